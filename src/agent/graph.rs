@@ -1,0 +1,173 @@
+//! The agent's JACK client: keeps the *intended* edges apart from the observed graph, connects
+//! them whenever their ports exist, removes edges of our clients that nobody intended, and
+//! mirrors what reaches `system:playback_N` into the recorder. Callbacks only send to a channel.
+
+use crate::deploy::Edge;
+use std::collections::BTreeSet;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Something changed in the JACK graph (or the server left); the agent reconciles.
+#[derive(Debug)]
+pub enum GraphEvent {
+    Changed,
+    ServerGone(String),
+}
+
+struct Notifier {
+    tx: UnboundedSender<GraphEvent>,
+}
+
+impl jack::NotificationHandler for Notifier {
+    unsafe fn shutdown(&mut self, _status: jack::ClientStatus, reason: &str) {
+        let _ = self.tx.send(GraphEvent::ServerGone(reason.to_string()));
+    }
+    fn client_registration(&mut self, _: &jack::Client, _name: &str, _registered: bool) {
+        let _ = self.tx.send(GraphEvent::Changed);
+    }
+    fn port_registration(&mut self, _: &jack::Client, _id: jack::PortId, _registered: bool) {
+        let _ = self.tx.send(GraphEvent::Changed);
+    }
+    fn ports_connected(
+        &mut self,
+        _: &jack::Client,
+        _a: jack::PortId,
+        _b: jack::PortId,
+        _connected: bool,
+    ) {
+        let _ = self.tx.send(GraphEvent::Changed);
+    }
+}
+
+pub struct JackGraph {
+    client: jack::AsyncClient<Notifier, ()>,
+    intended: BTreeSet<Edge>,
+    /// Where the recorder listens: (its input ports, index 0 = DAC channel 1).
+    recorder_inputs: Vec<String>,
+}
+
+const PLAYBACK_PREFIX: &str = "system:playback_";
+
+impl JackGraph {
+    pub fn open() -> anyhow::Result<(JackGraph, UnboundedReceiver<GraphEvent>)> {
+        let (client, _) =
+            jack::Client::new("orchestra-agent", jack::ClientOptions::NO_START_SERVER)
+                .map_err(|e| anyhow::anyhow!("cannot open a JACK client: {e:?}"))?;
+        let (tx, rx) = unbounded_channel();
+        let client = client
+            .activate_async(Notifier { tx }, ())
+            .map_err(|e| anyhow::anyhow!("cannot activate the JACK client: {e:?}"))?;
+        Ok((
+            JackGraph {
+                client,
+                intended: BTreeSet::new(),
+                recorder_inputs: Vec::new(),
+            },
+            rx,
+        ))
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.client.as_client().sample_rate() as u32
+    }
+
+    pub fn intend(&mut self, edge: Edge, on: bool) {
+        if on {
+            self.intended.insert(edge);
+        } else {
+            self.intended.remove(&edge);
+        }
+    }
+
+    pub fn set_recorder_inputs(&mut self, inputs: Vec<String>) {
+        self.recorder_inputs = inputs;
+    }
+
+    pub fn disconnect(&self, edge: &Edge) {
+        let _ = self
+            .client
+            .as_client()
+            .disconnect_ports_by_name(&edge.from, &edge.to);
+    }
+
+    fn connected(&self, edge: &Edge) -> bool {
+        self.client
+            .as_client()
+            .port_by_name(&edge.from)
+            .and_then(|p| p.is_connected_to(&edge.to).ok())
+            .unwrap_or(false)
+    }
+
+    fn exists(&self, port: &str) -> bool {
+        self.client.as_client().port_by_name(port).is_some()
+    }
+
+    /// Bring the graph in line: connect intended edges whose ports exist, disconnect edges of
+    /// `our_clients` nobody intended (e.g. a synth that connected itself), mirror the DAC.
+    pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a str>) {
+        let client = self.client.as_client();
+        for edge in &self.intended {
+            if self.exists(&edge.from) && self.exists(&edge.to) && !self.connected(edge) {
+                if let Err(e) = client.connect_ports_by_name(&edge.from, &edge.to) {
+                    tracing::warn!("connect {} → {}: {e:?}", edge.from, edge.to);
+                }
+            }
+        }
+        for name in our_clients {
+            for port_name in
+                client.ports(Some(&format!("^{name}:")), None, jack::PortFlags::empty())
+            {
+                let Some(port) = client.port_by_name(&port_name) else {
+                    continue;
+                };
+                let is_output = port.flags().contains(jack::PortFlags::IS_OUTPUT);
+                for other in port.get_connections() {
+                    let edge = if is_output {
+                        Edge {
+                            from: port_name.clone(),
+                            to: other.clone(),
+                        }
+                    } else {
+                        Edge {
+                            from: other.clone(),
+                            to: port_name.clone(),
+                        }
+                    };
+                    if !self.intended.contains(&edge) && !self.recorder_inputs.contains(&edge.to) {
+                        let _ = client.disconnect_ports_by_name(&edge.from, &edge.to);
+                    }
+                }
+            }
+        }
+        self.mirror_playback();
+    }
+
+    /// Connect to each recorder input exactly what is connected to the matching playback port.
+    fn mirror_playback(&self) {
+        let client = self.client.as_client();
+        for (i, rec) in self.recorder_inputs.iter().enumerate() {
+            let playback = format!("{PLAYBACK_PREFIX}{}", i + 1);
+            let sources: BTreeSet<String> = client
+                .port_by_name(&playback)
+                .map(|p| p.get_connections().into_iter().collect())
+                .unwrap_or_default();
+            let current: BTreeSet<String> = client
+                .port_by_name(rec)
+                .map(|p| p.get_connections().into_iter().collect())
+                .unwrap_or_default();
+            for s in sources.difference(&current) {
+                let _ = client.connect_ports_by_name(s, rec);
+            }
+            for s in current.difference(&sources) {
+                let _ = client.disconnect_ports_by_name(s, rec);
+            }
+        }
+    }
+
+    /// Intended edges that are connected, and those that are not.
+    pub fn split_intended(&self) -> (Vec<Edge>, Vec<Edge>) {
+        self.intended
+            .iter()
+            .cloned()
+            .partition(|e| self.connected(e))
+    }
+}

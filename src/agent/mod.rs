@@ -1,0 +1,246 @@
+//! The host side: `orchestra agent` owns one host — its JACK server, the synth processes and
+//! the JACK edges — and serves the controller over stdin/stdout (see `protocol`).
+
+pub mod graph;
+pub mod jackd;
+pub mod protocol;
+pub mod recorder;
+pub mod supervisor;
+
+use anyhow::{anyhow, bail, Result};
+use graph::{GraphEvent, JackGraph};
+use protocol::{AgentLine, Event, HelloReply, Request, RequestLine, StatusReply};
+use recorder::Recorder;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use supervisor::Supervisor;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How often the agent sweeps for exited processes and re-checks the graph, so whatever
+/// events missed is repaired (level-triggered).
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+struct Agent {
+    workdir: Option<PathBuf>,
+    supervisor: Option<Supervisor>,
+    graph: Option<JackGraph>,
+    graph_events: Option<UnboundedReceiver<GraphEvent>>,
+    recorder: Option<Recorder>,
+    first_sound_sent: bool,
+}
+
+impl Agent {
+    fn supervisor(&mut self) -> Result<&mut Supervisor> {
+        self.supervisor
+            .as_mut()
+            .ok_or_else(|| anyhow!("say hello first"))
+    }
+
+    fn graph(&mut self) -> Result<&mut JackGraph> {
+        self.graph
+            .as_mut()
+            .ok_or_else(|| anyhow!("no JACK client (say hello first)"))
+    }
+
+    fn reconcile(&self) {
+        if let (Some(graph), Some(sup)) = (&self.graph, &self.supervisor) {
+            let mut ours: Vec<&str> = sup.clients().collect();
+            ours.push("orchestra-rec");
+            graph.reconcile(ours.into_iter());
+        }
+    }
+
+    async fn handle(&mut self, request: Request) -> Result<Value> {
+        match request {
+            Request::Hello { workdir, jack } => {
+                let workdir = PathBuf::from(workdir);
+                std::fs::create_dir_all(&workdir)?;
+                let mut jack_started = false;
+                if !jackd::is_running() {
+                    if !jack.start_if_missing {
+                        bail!("no JACK server `{}` answers", jackd::server_name());
+                    }
+                    jackd::start(&workdir, jack.rate, jack.period)?;
+                    jack_started = true;
+                }
+                let mut sup = Supervisor::new(&workdir);
+                let adopted = sup.adopt();
+                let (graph, events) = JackGraph::open()?;
+                let sample_rate = graph.sample_rate();
+                if sample_rate != jack.rate {
+                    tracing::warn!(
+                        "JACK server `{}` runs at {sample_rate} Hz, the orchestra at {} Hz",
+                        jackd::server_name(),
+                        jack.rate
+                    );
+                }
+                self.workdir = Some(workdir);
+                self.supervisor = Some(sup);
+                self.graph = Some(graph);
+                self.graph_events = Some(events);
+                Ok(serde_json::to_value(HelloReply {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    jack_server: jackd::server_name(),
+                    jack_started,
+                    sample_rate,
+                    adopted,
+                })?)
+            }
+            Request::Start { process } => {
+                let pid = self.supervisor()?.start(&process)?;
+                Ok(json!({ "pid": pid }))
+            }
+            Request::Stop { client } => {
+                self.supervisor()?.stop(&client)?;
+                Ok(json!({}))
+            }
+            Request::Connect { edge } => {
+                self.graph()?.intend(edge, true);
+                self.reconcile();
+                Ok(json!({}))
+            }
+            Request::Disconnect { edge } => {
+                let graph = self.graph()?;
+                graph.intend(edge.clone(), false);
+                // The edge may be between ports of no client we manage: remove it directly.
+                graph.disconnect(&edge);
+                self.reconcile();
+                Ok(json!({}))
+            }
+            Request::Record { path, channels } => {
+                if let Some(old) = self.recorder.take() {
+                    old.finish()?;
+                }
+                let recorder = Recorder::start(PathBuf::from(path), channels.clamp(1, 8))?;
+                self.graph()?.set_recorder_inputs(recorder.inputs.clone());
+                self.recorder = Some(recorder);
+                self.first_sound_sent = false;
+                self.reconcile();
+                Ok(json!({}))
+            }
+            Request::Status => {
+                let processes = self.supervisor()?.status();
+                let (connected, missing) = self.graph()?.split_intended();
+                Ok(serde_json::to_value(StatusReply {
+                    processes,
+                    connected,
+                    missing,
+                })?)
+            }
+            Request::WaitEdges { timeout_ms } => {
+                let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                loop {
+                    self.reconcile();
+                    let (connected, missing) = self.graph()?.split_intended();
+                    if missing.is_empty() || Instant::now() >= deadline {
+                        return Ok(json!({ "connected": connected.len(), "missing": missing }));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            Request::Shutdown { stop_jack } => {
+                if let Some(recorder) = self.recorder.take() {
+                    recorder.finish()?;
+                }
+                self.graph = None;
+                let mut stopped_jack = false;
+                if stop_jack {
+                    if let Some(dir) = &self.workdir {
+                        stopped_jack = jackd::stop_ours(dir)?;
+                    }
+                }
+                Ok(json!({ "stopped_jack": stopped_jack }))
+            }
+        }
+    }
+
+    /// Periodic and event-driven upkeep; returns events for the controller.
+    fn upkeep(&mut self) -> Vec<Event> {
+        let mut events = self
+            .supervisor
+            .as_mut()
+            .map(|s| s.sweep())
+            .unwrap_or_default();
+        if let Some(rx) = self.graph_events.as_mut() {
+            while let Ok(event) = rx.try_recv() {
+                if let GraphEvent::ServerGone(reason) = event {
+                    events.push(Event::JackGone { reason });
+                    self.graph = None;
+                }
+            }
+        }
+        self.reconcile();
+        if let Some(rec) = &self.recorder {
+            if !self.first_sound_sent {
+                if let Some(after) = *rec.first_sound.lock().expect("lock") {
+                    self.first_sound_sent = true;
+                    events.push(Event::FirstSound {
+                        after_ms: after.as_millis() as u64,
+                    });
+                }
+            }
+        }
+        events
+    }
+}
+
+/// Serve requests from stdin until it closes. Processes keep running after the agent exits:
+/// a later agent adopts them (the show goes on if the controller dies).
+pub async fn serve() -> Result<()> {
+    // libjack's own messages ("cannot connect to server socket" while probing) would drown
+    // the agent's; failures are reported in our words instead.
+    jack::set_logger(jack::LoggerType::None);
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    let mut agent = Agent {
+        workdir: None,
+        supervisor: None,
+        graph: None,
+        graph_events: None,
+        recorder: None,
+        first_sound_sent: false,
+    };
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        let mut out: Vec<AgentLine> = Vec::new();
+        let mut shutdown = false;
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                if line.trim().is_empty() { continue; }
+                match serde_json::from_str::<RequestLine>(&line) {
+                    Ok(RequestLine { id, request }) => {
+                        shutdown = matches!(request, Request::Shutdown { .. });
+                        let reply = match agent.handle(request).await {
+                            Ok(ok) => AgentLine::Reply { id, ok: Some(ok), error: None },
+                            Err(e) => AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) },
+                        };
+                        out.push(reply);
+                    }
+                    Err(e) => out.push(AgentLine::Reply { id: 0, ok: None, error: Some(format!("bad request: {e}")) }),
+                }
+            }
+            _ = sweep.tick() => {}
+        }
+        if !shutdown {
+            out.extend(
+                agent
+                    .upkeep()
+                    .into_iter()
+                    .map(|event| AgentLine::Event { event }),
+            );
+        }
+        for line in out {
+            let mut text = serde_json::to_string(&line)?;
+            text.push('\n');
+            stdout.write_all(text.as_bytes()).await?;
+        }
+        stdout.flush().await?;
+        if shutdown {
+            break;
+        }
+    }
+    Ok(())
+}

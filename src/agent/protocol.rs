@@ -1,0 +1,118 @@
+//! The controller ↔ agent protocol: one JSON object per line on the agent's stdin/stdout.
+//! Requests carry an `id`; the agent answers each with `{"id", "ok"}` or `{"id", "error"}` and
+//! may send `{"event": …}` lines at any time.
+
+use crate::deploy::{Edge, ProcessSpec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestLine {
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// First request: where to keep instances, and the JACK server to use or start.
+    Hello {
+        workdir: String,
+        jack: JackSettings,
+    },
+    /// Write the instance's files and start it (idempotent for a running client).
+    Start {
+        process: ProcessSpec,
+    },
+    Stop {
+        client: String,
+    },
+    Connect {
+        edge: Edge,
+    },
+    Disconnect {
+        edge: Edge,
+    },
+    /// Record what reaches the DAC (`system:playback_*`) into a WAV file on the agent's host.
+    Record {
+        path: String,
+        channels: u32,
+    },
+    Status,
+    /// Answer once every intended edge exists, or after `timeout_ms` with those missing.
+    WaitEdges {
+        timeout_ms: u64,
+    },
+    /// Close the JACK client; stop jackd if this agent (or an earlier one) started it.
+    Shutdown {
+        stop_jack: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JackSettings {
+    pub rate: u32,
+    pub period: u32,
+    /// Start `jackd -d dummy` when no server answers.
+    pub start_if_missing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub version: String,
+    pub jack_server: String,
+    /// True when this agent had to start a (silent, dummy) JACK server.
+    pub jack_started: bool,
+    pub sample_rate: u32,
+    /// Clients of a previous agent found still running and adopted.
+    pub adopted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub block: String,
+    pub client: String,
+    pub pid: u32,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub processes: Vec<ProcessStatus>,
+    /// Intended edges that exist in the JACK graph.
+    pub connected: Vec<Edge>,
+    /// Intended edges whose ports are not (yet) there or not connected.
+    pub missing: Vec<Edge>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A synth process ended (crashed, or failed to start).
+    Exited {
+        block: String,
+        client: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+        log_tail: String,
+    },
+    /// The recorder heard its first non-silent sample, `after_ms` after recording started.
+    FirstSound { after_ms: u64 },
+    /// The JACK server went away.
+    JackGone { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AgentLine {
+    Reply {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ok: Option<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    Event {
+        event: Event,
+    },
+}

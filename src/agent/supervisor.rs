@@ -1,0 +1,296 @@
+//! The agent's process supervisor: starts synth instances detached (own process group, log
+//! and `instance.json` in their directory), adopts those a previous agent left, stops them,
+//! and notices when one exits.
+
+use crate::agent::protocol::{Event, ProcessStatus};
+use crate::deploy::ProcessSpec;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What `instance.json` records, so a later agent can adopt the process safely.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InstanceRecord {
+    block: String,
+    client: String,
+    pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22): guards against a
+    /// recycled pid being mistaken for ours.
+    start_ticks: u64,
+}
+
+struct Managed {
+    record: InstanceRecord,
+    dir: PathBuf,
+    /// `None` for adopted processes (not our children).
+    child: Option<Child>,
+}
+
+pub struct Supervisor {
+    workdir: PathBuf,
+    running: BTreeMap<String, Managed>,
+}
+
+/// `kill(pid, 0)` succeeds and the process is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // `rest` starts at field 3 (state); start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The process's command name (`/proc/<pid>/comm`).
+pub fn command_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// SIGTERM the process group `pid` leads, then SIGKILL it if it outlives `grace`.
+pub fn terminate_group(pid: u32, grace: Duration) {
+    let pgid = -(pid as i32);
+    // SAFETY: plain syscalls on a process group we created.
+    unsafe { libc::kill(pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !process_alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if process_alive(pid) {
+        unsafe { libc::kill(pgid, libc::SIGKILL) };
+    }
+    // Reap it if it is our child (jackd started by this agent); harmless otherwise.
+    unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+}
+
+/// The last lines of a log, without terminal colour codes.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = bytes.len().saturating_sub(4096);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let clean: String = strip_ansi(&text);
+    let all: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Supervisor {
+    pub fn new(workdir: &Path) -> Supervisor {
+        Supervisor {
+            workdir: workdir.to_path_buf(),
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// Adopt instances a previous agent started that still run; clean up dead ones.
+    pub fn adopt(&mut self) -> Vec<String> {
+        let mut adopted = Vec::new();
+        let pattern = self.workdir.join("blocks");
+        let Ok(blocks) = std::fs::read_dir(&pattern) else {
+            return adopted;
+        };
+        for block_dir in blocks.flatten() {
+            let Ok(instances) = std::fs::read_dir(block_dir.path()) else {
+                continue;
+            };
+            for instance in instances.flatten() {
+                let dir = instance.path();
+                let Ok(text) = std::fs::read_to_string(dir.join("instance.json")) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_str::<InstanceRecord>(&text) else {
+                    continue;
+                };
+                if process_alive(record.pid) && start_ticks(record.pid) == Some(record.start_ticks)
+                {
+                    adopted.push(record.client.clone());
+                    self.running.insert(
+                        record.client.clone(),
+                        Managed {
+                            record,
+                            dir,
+                            child: None,
+                        },
+                    );
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+            let _ = std::fs::remove_dir(block_dir.path());
+        }
+        adopted
+    }
+
+    /// Write the instance's files and start it. A client already running is left alone.
+    pub fn start(&mut self, spec: &ProcessSpec) -> Result<u32> {
+        if let Some(m) = self.running.get(&spec.client) {
+            if process_alive(m.record.pid) {
+                return Ok(m.record.pid);
+            }
+        }
+        if spec
+            .dir
+            .split('/')
+            .any(|part| part == ".." || part.is_empty())
+        {
+            bail!("instance dir `{}` is not a plain relative path", spec.dir);
+        }
+        let dir = self.workdir.join(&spec.dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        for (rel, content) in &spec.files {
+            if rel.split('/').any(|part| part == ".." || part.is_empty()) {
+                bail!("module file `{rel}` is not a plain relative path");
+            }
+            let path = dir.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, content).with_context(|| format!("write {}", path.display()))?;
+        }
+        let log = std::fs::File::create(dir.join("log"))?;
+        let (program, args) = spec.command.split_first().context("empty command")?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{program}` for block `{}`", spec.block))?;
+        let pid = child.id();
+        let record = InstanceRecord {
+            block: spec.block.clone(),
+            client: spec.client.clone(),
+            pid,
+            start_ticks: start_ticks(pid).unwrap_or(0),
+        };
+        let tmp = dir.join("instance.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&record)?)?;
+        std::fs::rename(&tmp, dir.join("instance.json"))?;
+        self.running.insert(
+            spec.client.clone(),
+            Managed {
+                record,
+                dir,
+                child: Some(child),
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Stop an instance and remove its directory. Unknown clients are already stopped.
+    pub fn stop(&mut self, client: &str) -> Result<()> {
+        let Some(mut managed) = self.running.remove(client) else {
+            return Ok(());
+        };
+        if process_alive(managed.record.pid) {
+            terminate_group(managed.record.pid, Duration::from_secs(2));
+        }
+        if let Some(child) = managed.child.as_mut() {
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&managed.dir);
+        if let Some(parent) = managed.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
+    }
+
+    /// Instances that ended since the last sweep, each with its log tail; they are forgotten
+    /// (their directory is kept for the log).
+    pub fn sweep(&mut self) -> Vec<Event> {
+        let mut exited = Vec::new();
+        for (client, managed) in &mut self.running {
+            let status = match managed.child.as_mut() {
+                Some(child) => match child.try_wait() {
+                    Ok(Some(status)) => Some((
+                        status.code(),
+                        std::os::unix::process::ExitStatusExt::signal(&status),
+                    )),
+                    _ => None,
+                },
+                None if !process_alive(managed.record.pid) => Some((None, None)),
+                None => None,
+            };
+            if let Some((code, signal)) = status {
+                exited.push((client.clone(), code, signal));
+            }
+        }
+        exited
+            .into_iter()
+            .map(|(client, code, signal)| {
+                let managed = self.running.remove(&client).expect("listed above");
+                Event::Exited {
+                    block: managed.record.block.clone(),
+                    client,
+                    code,
+                    signal,
+                    log_tail: log_tail(&managed.dir.join("log"), 8),
+                }
+            })
+            .collect()
+    }
+
+    pub fn clients(&self) -> impl Iterator<Item = &str> {
+        self.running.keys().map(String::as_str)
+    }
+
+    pub fn status(&self) -> Vec<ProcessStatus> {
+        self.running
+            .values()
+            .map(|m| ProcessStatus {
+                block: m.record.block.clone(),
+                client: m.record.client.clone(),
+                pid: m.record.pid,
+                alive: process_alive(m.record.pid),
+            })
+            .collect()
+    }
+
+    pub fn stop_all(&mut self) {
+        let clients: Vec<String> = self.running.keys().cloned().collect();
+        for client in clients {
+            let _ = self.stop(&client);
+        }
+    }
+}

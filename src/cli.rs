@@ -1,0 +1,216 @@
+//! The command line (clap): `run`, `plan`, `check`, `down`, `agent`, `analyze`.
+
+use crate::placement::{Placement, Weights};
+use crate::runtime::{self, RunOptions, Source};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "orchestra",
+    version,
+    about = "Play a cloud orchestra: synths placed, deployed and wired across machines from a Lua script"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct SourceArgs {
+    /// The orchestra: a Lua script, or the prototype's synthdef.json.
+    script: PathBuf,
+    /// Hosts file: Lua `host "name" { … }` entries or the prototype's slaves.json.
+    /// Without it the orchestra runs on this machine.
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// A folder of extra modules (`<dir>/<name>/manifest.json`); may shadow built-ins.
+    #[arg(long = "modules", value_name = "DIR")]
+    modules: Vec<PathBuf>,
+    /// Price of one core of overflow in the placement.
+    #[arg(long, default_value_t = 100.0)]
+    alpha: f64,
+    /// Price of moving one block away from its previous host.
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+}
+
+impl SourceArgs {
+    fn source(&self) -> Source {
+        Source {
+            script: self.script.clone(),
+            hosts: self.hosts.clone(),
+            modules: self.modules.clone(),
+            weights: Weights {
+                alpha: self.alpha,
+                beta: self.beta,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the orchestra and keep it playing until Ctrl-C; then stop everything it started.
+    Run {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Where to keep state (default: `.orchestra/` beside the script).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Write what reaches the DAC to this WAV file (hear a machine with no sound card).
+        #[arg(long, value_name = "FILE.wav")]
+        record: Option<PathBuf>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
+    /// Show what `run` would do: placement, cost and the ordered actions.
+    Plan {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// A previous `plan --format json` output whose placement to start from.
+        #[arg(long, value_name = "PLAN.json")]
+        previous: Option<PathBuf>,
+        /// Time budget of the placement search, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        time_limit: u64,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Check the orchestra (script, hosts, modules, ports) without starting anything.
+    Check {
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Stop what a previous `run` of this script left playing.
+    Down {
+        script: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Serve one host for a controller (JSON lines on stdin/stdout). Started by `run`.
+    Agent,
+    /// Measure a recording: frequency, level, dropouts.
+    Analyze {
+        wav: PathBuf,
+        /// Channel to analyze (1-based).
+        #[arg(long, default_value_t = 1)]
+        channel: usize,
+    },
+}
+
+pub async fn main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            source,
+            state_dir,
+            record,
+            seconds,
+        } => {
+            runtime::run(RunOptions {
+                source: source.source(),
+                state_dir,
+                record,
+                seconds,
+            })
+            .await
+        }
+        Command::Plan {
+            source,
+            format,
+            previous,
+            time_limit: _,
+            state_dir,
+        } => plan(source.source(), format, previous, state_dir),
+        Command::Check { source } => {
+            let loaded = runtime::load(&source.source())?;
+            let desired = runtime::desire(&loaded, None, &source.source().weights)?;
+            runtime::warn_overflow(&loaded, &desired);
+            println!(
+                "{}: ok ({} blocks, {} connections, {} host(s))",
+                source.script.display(),
+                loaded.resolved.blocks.len(),
+                loaded.resolved.connections.len(),
+                loaded.resolved.hosts.len()
+            );
+            Ok(())
+        }
+        Command::Down { script, state_dir } => runtime::down(&script, state_dir.as_deref()).await,
+        Command::Agent => crate::agent::serve().await,
+        Command::Analyze { wav, channel } => {
+            let (samples, rate) = crate::analysis::read_channel(&wav, channel.saturating_sub(1))?;
+            let report = crate::analysis::analyze(&samples, rate);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
+
+fn plan(
+    source: Source,
+    format: Format,
+    previous: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+) -> Result<()> {
+    let loaded = runtime::load(&source)?;
+    let dir = crate::state::state_dir(&source.script, state_dir.as_deref());
+    let applied = crate::state::load(&dir, &loaded.resolved.name)?;
+    let previous_placement = match &previous {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+            let value: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                format!("{}: not a `plan --format json` output", path.display())
+            })?;
+            let placement: Placement = serde_json::from_value(value["placement"].clone())
+                .with_context(|| format!("{}: no `placement` map", path.display()))?;
+            Some(placement)
+        }
+        None => applied.as_ref().map(|a| a.placement.clone()),
+    };
+    let desired = runtime::desire(&loaded, previous_placement.as_ref(), &source.weights)?;
+    let current = applied.map(|a| a.deployment).unwrap_or_default();
+    let actions = crate::plan::diff(&current, &desired.deployment);
+    match format {
+        Format::Json => {
+            let out = json!({
+                "placement": desired.placement,
+                "cost": desired.cost,
+                "actions": actions.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
+                "remote_wires": desired.deployment.remote_wires,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Text => {
+            runtime::warn_overflow(&loaded, &desired);
+            println!("placement:");
+            for (block, host) in &desired.placement.0 {
+                println!("  {block} → {host}");
+            }
+            let c = desired.cost;
+            println!(
+                "cost: {} (overflow {}, cut {}, moved {})",
+                c.total, c.overflow, c.cut, c.moved
+            );
+            for w in &desired.deployment.remote_wires {
+                println!(
+                    "  link {} ({}) → {} ({})",
+                    w.from_port, w.from_host, w.to_port, w.to_host
+                );
+            }
+            println!("actions:");
+            print!("{}", actions.to_text());
+        }
+    }
+    Ok(())
+}

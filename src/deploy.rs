@@ -1,0 +1,216 @@
+//! Deployment: from a resolved orchestra and its placement, exactly what must exist on each
+//! host — processes (each with a spec hash), JACK edges — and the wires that cross hosts.
+
+use crate::model::{AudioSettings, Host, Resolved};
+use crate::modules::{Engines, ModuleError, ModuleLibrary};
+use crate::placement::Placement;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A synth process to run: everything that defines it, hashed into `spec_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub block: String,
+    pub module: String,
+    /// JACK client name, `<block>-<hash8>`: unique per instance, so a replacement can start
+    /// beside the old one (make-before-break) without a name clash.
+    pub client: String,
+    /// Working directory relative to the agent's work dir: `blocks/<block>-<module>/<hash8>`.
+    pub dir: String,
+    pub command: Vec<String>,
+    /// Rendered module files, relative path → content.
+    pub files: BTreeMap<String, String>,
+    /// Hash of module, engine, files and command: a block restarts only when it changes.
+    pub spec_hash: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// One JACK connection, full port names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+}
+
+/// A wire whose blocks sit on different hosts: a network link (jacktrip) carries it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RemoteWire {
+    pub from_host: String,
+    pub from_port: String,
+    pub to_host: String,
+    pub to_port: String,
+}
+
+/// What must exist on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostDeployment {
+    pub host: Host,
+    /// By block name.
+    pub processes: BTreeMap<String, ProcessSpec>,
+    pub edges: BTreeSet<Edge>,
+}
+
+/// What must exist everywhere. The empty deployment is what teardown diffs to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub orchestra: String,
+    pub audio: AudioSettings,
+    pub hosts: BTreeMap<String, HostDeployment>,
+    pub remote_wires: Vec<RemoteWire>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("block `{block}`: {error}")]
+    Module { block: String, error: ModuleError },
+    #[error("block `{0}` has no host in the placement")]
+    Unplaced(String),
+}
+
+fn short_hash(parts: &serde_json::Value) -> String {
+    let digest = Sha256::digest(parts.to_string().as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Derive the deployment. Pure: the same inputs give the same deployment, hashes included.
+pub fn deploy(
+    resolved: &Resolved,
+    placement: &Placement,
+    library: &ModuleLibrary,
+    engines: &mut Engines,
+) -> Result<Deployment, DeployError> {
+    let hosts_by_name: BTreeMap<&str, &Host> = resolved
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h))
+        .collect();
+    let host_of = |block: &str| -> Result<&Host, DeployError> {
+        placement
+            .host_of(block)
+            .and_then(|h| hosts_by_name.get(h).copied())
+            .ok_or_else(|| DeployError::Unplaced(block.to_string()))
+    };
+    let blocks_context: BTreeMap<&str, serde_json::Value> = resolved
+        .blocks
+        .values()
+        .map(|b| {
+            let host = host_of(&b.name)?;
+            Ok((
+                b.name.as_str(),
+                json!({"host": host.name, "address": host.address, "module": b.module.name()}),
+            ))
+        })
+        .collect::<Result<_, DeployError>>()?;
+    let hosts_context: BTreeMap<&str, serde_json::Value> = resolved
+        .hosts
+        .iter()
+        .map(|h| {
+            (
+                h.name.as_str(),
+                json!({"address": h.address, "cores": h.cores}),
+            )
+        })
+        .collect();
+
+    let mut deployment = Deployment {
+        orchestra: resolved.name.clone(),
+        audio: resolved.audio,
+        ..Default::default()
+    };
+    // Port names per block (system blocks have ports but no process).
+    let mut ports: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for block in resolved.blocks.values() {
+        let host = host_of(&block.name)?;
+        let fail = |error| DeployError::Module {
+            block: block.name.clone(),
+            error,
+        };
+        let context = json!({
+            "block": {"name": block.name, "module": block.module.name(), "host": host.name,
+                      "inputs": block.inputs, "outputs": block.outputs, "params": block.params},
+            "params": block.params,
+            "audio": {"rate": resolved.audio.rate, "period": resolved.audio.period},
+            "blocks": blocks_context,
+            "hosts": hosts_context,
+        });
+        let files = block.module.render(&context).map_err(fail)?;
+        let launch = |client: &str, engines: &mut Engines| {
+            engines
+                .launch(
+                    library,
+                    &block.module,
+                    client,
+                    block.inputs,
+                    block.outputs,
+                    &resolved.audio,
+                    &block.params,
+                )
+                .map_err(fail)
+        };
+        // Hash what defines the process, with the block name standing in for the client
+        // name (which itself carries the hash).
+        let draft = launch(&block.name, engines)?;
+        let hash = short_hash(&json!({
+            "module": block.module.name(), "engine": block.module.manifest.synth,
+            "files": files, "command": draft.command, "audio": resolved.audio,
+        }));
+        let host_deployment = deployment
+            .hosts
+            .entry(host.name.clone())
+            .or_insert_with(|| HostDeployment {
+                host: host.clone(),
+                processes: BTreeMap::new(),
+                edges: BTreeSet::new(),
+            });
+        if draft.command.is_none() {
+            ports.insert(&block.name, (draft.inputs, draft.outputs));
+            continue;
+        }
+        let client = format!("{}-{hash}", block.name);
+        let real = launch(&client, engines)?;
+        ports.insert(&block.name, (real.inputs.clone(), real.outputs.clone()));
+        host_deployment.processes.insert(
+            block.name.clone(),
+            ProcessSpec {
+                block: block.name.clone(),
+                module: block.module.name().to_string(),
+                dir: format!("blocks/{}-{}/{hash}", block.name, block.module.name()),
+                client,
+                command: real.command.unwrap_or_default(),
+                files,
+                spec_hash: hash,
+                inputs: real.inputs,
+                outputs: real.outputs,
+            },
+        );
+    }
+    for wire in &resolved.wires {
+        let from_host = host_of(&wire.from.0)?.name.clone();
+        let to_host = host_of(&wire.to.0)?.name.clone();
+        let from_port = ports[wire.from.0.as_str()].1[wire.from.1 as usize - 1].clone();
+        let to_port = ports[wire.to.0.as_str()].0[wire.to.1 as usize - 1].clone();
+        if from_host == to_host {
+            deployment
+                .hosts
+                .get_mut(&from_host)
+                .expect("host of a placed block")
+                .edges
+                .insert(Edge {
+                    from: from_port,
+                    to: to_port,
+                });
+        } else {
+            deployment.remote_wires.push(RemoteWire {
+                from_host,
+                from_port,
+                to_host,
+                to_port,
+            });
+        }
+    }
+    deployment.remote_wires.sort();
+    Ok(deployment)
+}

@@ -1,0 +1,129 @@
+//! The controller's side of agents: a session per host speaking the JSON-lines protocol.
+//! Local hosts run `orchestra agent` as a child process (SSH sessions come later, same protocol).
+
+use crate::agent::protocol::{AgentLine, Event, Request, RequestLine};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value>>>>>;
+
+/// One live agent: send requests, await replies; events go to the channel given at start.
+pub struct AgentSession {
+    pub host: String,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    pending: Pending,
+    next_id: std::sync::atomic::AtomicU64,
+    child: tokio::sync::Mutex<Child>,
+}
+
+impl AgentSession {
+    /// Start `orchestra agent` on this machine. Its own process group keeps Ctrl-C in the
+    /// terminal from reaching it: the controller decides when and how it ends.
+    pub async fn spawn_local(
+        host: &str,
+        events: mpsc::UnboundedSender<(String, Event)>,
+    ) -> Result<AgentSession> {
+        let exe = agent_executable()?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("agent")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start the agent {}", exe.display()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let pending: Pending = Arc::default();
+        let reader_pending = pending.clone();
+        let host_name = host.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<AgentLine>(&line) {
+                    Ok(AgentLine::Reply { id, ok, error }) => {
+                        let waiter = reader_pending.lock().expect("lock").remove(&id);
+                        if let Some(tx) = waiter {
+                            let _ = tx.send(match error {
+                                Some(e) => Err(anyhow!(e)),
+                                None => Ok(ok.unwrap_or(Value::Null)),
+                            });
+                        }
+                    }
+                    Ok(AgentLine::Event { event }) => {
+                        let _ = events.send((host_name.clone(), event));
+                    }
+                    Err(e) => tracing::warn!("agent on {host_name}: unreadable line ({e}): {line}"),
+                }
+            }
+            // The agent is gone: fail whoever still waits.
+            for (_, tx) in reader_pending.lock().expect("lock").drain() {
+                let _ = tx.send(Err(anyhow!("the agent on {host_name} exited")));
+            }
+        });
+        Ok(AgentSession {
+            host: host.to_string(),
+            stdin: tokio::sync::Mutex::new(stdin),
+            pending,
+            next_id: 1.into(),
+            child: tokio::sync::Mutex::new(child),
+        })
+    }
+
+    /// Send one request and wait for its reply.
+    pub async fn call(&self, request: Request) -> Result<Value> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("lock").insert(id, tx);
+        let mut line = serde_json::to_string(&RequestLine { id, request })?;
+        line.push('\n');
+        {
+            let mut stdin = self.stdin.lock().await;
+            if let Err(e) = stdin.write_all(line.as_bytes()).await {
+                self.pending.lock().expect("lock").remove(&id);
+                bail!("the agent on {} is gone: {e}", self.host);
+            }
+            stdin.flush().await?;
+        }
+        rx.await
+            .map_err(|_| anyhow!("the agent on {} exited", self.host))?
+            .with_context(|| format!("on {}", self.host))
+    }
+
+    /// Close the session: the agent exits when its stdin closes.
+    pub async fn close(self) {
+        drop(self.stdin);
+        let mut child = self.child.lock().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+    }
+}
+
+/// The binary to run as the agent: this very executable.
+fn agent_executable() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the orchestra executable")?;
+    if exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("orchestra"))
+    {
+        return Ok(exe);
+    }
+    // Inside `cargo test` the current exe is the test harness: use the built binary.
+    let candidate = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/orchestra");
+    if let Ok(path) = std::env::var("CARGO_BIN_EXE_orchestra") {
+        return Ok(path.into());
+    }
+    Ok(candidate)
+}

@@ -1,0 +1,34 @@
+//! cloud-orchestra: play a cloud orchestra of software synthesizers from a Lua script.
+//!
+//! The one data flow (see DESIGN.md), one module per stage:
+//!
+//! - [`script`]: evaluate the Lua orchestra in a sandbox (or read the prototype's JSON) →
+//!   [`model::Orchestra`].
+//! - [`model`]: hosts, blocks, connections; [`model::resolve`] checks them against the
+//!   [`modules`] library and expands connections to port-level wires.
+//! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`).
+//! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
+//! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist.
+//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions.
+//! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
+//!   recording; spoken to in JSON lines ([`agent::protocol`]).
+//! - [`hosts`]: the controller side of agent sessions.
+//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`.
+//! - [`state`]: the last applied deployment, persisted beside the script.
+//! - [`analysis`]: frequency, level and dropouts of a recording.
+//! - [`names`]: name validation and "did you mean".
+//! - [`cli`]: the command line.
+
+pub mod agent;
+pub mod analysis;
+pub mod cli;
+pub mod deploy;
+pub mod hosts;
+pub mod model;
+pub mod modules;
+pub mod names;
+pub mod placement;
+pub mod plan;
+pub mod runtime;
+pub mod script;
+pub mod state;

@@ -1,0 +1,186 @@
+//! The orchestra model: hosts, blocks, connections and audio settings, as a script declares them.
+//!
+//! `Orchestra` is what the script stage produces (Lua or the prototype's JSON); `resolve`
+//! checks it against the module library and yields a `Resolved` orchestra whose blocks know
+//! their module, merged params and port counts, and whose connections are expanded to wires.
+
+pub mod prototype;
+mod resolve;
+
+pub use resolve::{resolve, Resolved, ResolvedBlock, Wire};
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Where something was declared, so errors can say `file:line: …`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub file: String,
+    /// 1-based line; 0 when only the file is known.
+    pub line: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}", self.file, self.line)
+        } else {
+            write!(f, "{}", self.file)
+        }
+    }
+}
+
+/// An error tied to a place in the user's files: displays as `file:line: message`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{message}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
+pub struct ModelError {
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+impl ModelError {
+    pub fn at(location: Option<&Location>, message: impl Into<String>) -> Self {
+        ModelError {
+            location: location.cloned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A machine the orchestra may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    /// Address to reach it by (`127.0.0.1` for the implicit local host).
+    pub address: String,
+    /// Login user; `None` means the current user.
+    pub user: Option<String>,
+    pub port: u16,
+    /// Cores the placement may fill.
+    pub cores: u32,
+    /// SSH key file; `None` means the agent, then the default keys.
+    pub identity: Option<String>,
+    /// True for the implicit host used when no hosts are declared: reached without SSH.
+    #[serde(default)]
+    pub local: bool,
+    #[serde(skip)]
+    pub location: Option<Location>,
+}
+
+impl Host {
+    /// The host used when the musician lists none: this machine, all its cores, no SSH.
+    pub fn localhost() -> Host {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        Host {
+            name: "localhost".into(),
+            address: "127.0.0.1".into(),
+            user: None,
+            port: 22,
+            cores,
+            identity: None,
+            local: true,
+            location: None,
+        }
+    }
+}
+
+/// One synthesizer instance (or a system port group such as `dac`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    pub name: String,
+    pub module: String,
+    /// The block's own params; module defaults are merged in by `resolve`.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// `host = "h3"`: a hard placement constraint. In the prototype's format this may also be
+    /// an alias (see `Orchestra::host_aliases`).
+    pub host: Option<String>,
+    #[serde(skip)]
+    pub location: Option<Location>,
+}
+
+/// One side of a connection: a block, or one numbered port of it (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub block: String,
+    pub port: Option<u32>,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{}", self.block, p),
+            None => write!(f, "{}", self.block),
+        }
+    }
+}
+
+/// `from >> to`: audio from outputs of `from` into inputs of `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    #[serde(skip)]
+    pub location: Option<Location>,
+}
+
+/// One sample rate and period for the whole orchestra (every JACK server and every synth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioSettings {
+    pub rate: u32,
+    pub period: u32,
+}
+
+impl Default for AudioSettings {
+    fn default() -> Self {
+        AudioSettings {
+            rate: 48000,
+            period: 256,
+        }
+    }
+}
+
+/// Everything a script (plus its hosts file) declares.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Orchestra {
+    /// Derived from the script's file name; names the state and work directories.
+    pub name: String,
+    pub hosts: Vec<Host>,
+    pub blocks: Vec<Block>,
+    pub connections: Vec<Connection>,
+    pub audio: AudioSettings,
+    /// The prototype's synthdef `hosts` map: names that group blocks onto one (placed) host
+    /// rather than naming a real machine.
+    pub host_aliases: BTreeSet<String>,
+    /// Every file the orchestra was read from (script, required files, hosts file).
+    pub files: Vec<std::path::PathBuf>,
+    /// Things worth telling the musician that do not stop the orchestra.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+impl Orchestra {
+    /// Add hosts from a hosts file, refusing duplicates.
+    pub fn add_hosts(&mut self, hosts: Vec<Host>) -> Result<(), ModelError> {
+        for host in hosts {
+            if let Some(existing) = self.hosts.iter().find(|h| h.name == host.name) {
+                return Err(ModelError::at(
+                    host.location.as_ref(),
+                    format!(
+                        "host `{}` is declared twice{}",
+                        host.name,
+                        existing
+                            .location
+                            .as_ref()
+                            .map(|l| format!(" (first at {l})"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            self.hosts.push(host);
+        }
+        Ok(())
+    }
+}

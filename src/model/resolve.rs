@@ -1,0 +1,264 @@
+//! Resolution: check an `Orchestra` against the module library and expand it for placement.
+
+use super::{Host, Location, ModelError, Orchestra};
+use crate::model::AudioSettings;
+use crate::modules::{Module, ModuleLibrary};
+use crate::names::{did_you_mean, invalid_name_reason, is_valid_name};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A block with everything later stages need: its module, merged params and port counts.
+#[derive(Debug, Clone)]
+pub struct ResolvedBlock {
+    pub name: String,
+    pub module: Arc<Module>,
+    /// Module defaults overridden by the block's own params.
+    pub params: BTreeMap<String, Value>,
+    pub inputs: u32,
+    pub outputs: u32,
+    pub cpu: u32,
+    /// Host the block must run on.
+    pub pin: Option<String>,
+    /// Prototype alias: blocks sharing it run on one host the placement chooses.
+    pub group: Option<String>,
+    pub location: Option<Location>,
+}
+
+/// One port-to-port audio link: (block, 1-based output) → (block, 1-based input).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Wire {
+    pub from: (String, u32),
+    pub to: (String, u32),
+}
+
+/// A checked orchestra, ready for placement and deployment.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: String,
+    pub hosts: Vec<Host>,
+    pub blocks: BTreeMap<String, ResolvedBlock>,
+    /// One (from block, to block) pair per declared connection: what the placement's cut counts.
+    pub connections: Vec<(String, String)>,
+    pub wires: Vec<Wire>,
+    pub audio: AudioSettings,
+}
+
+/// Check names, modules, params, pins and ports; expand block-level connections to wires.
+pub fn resolve(orchestra: &Orchestra, library: &ModuleLibrary) -> Result<Resolved, ModelError> {
+    let hosts = resolve_hosts(orchestra)?;
+    let blocks = resolve_blocks(orchestra, library, &hosts)?;
+    let mut connections = Vec::new();
+    let mut wires = Vec::new();
+    for connection in &orchestra.connections {
+        let at = connection.location.as_ref();
+        let from = endpoint_block(&blocks, &connection.from.block, at)?;
+        let to = endpoint_block(&blocks, &connection.to.block, at)?;
+        let pairs: Vec<(u32, u32)> = match (connection.from.port, connection.to.port) {
+            (None, None) => {
+                let n = from.outputs.min(to.inputs);
+                if n == 0 {
+                    return Err(ModelError::at(
+                        at,
+                        format!(
+                            "cannot connect `{}` to `{}`: {}",
+                            from.name,
+                            to.name,
+                            if from.outputs == 0 {
+                                format!("`{}` ({}) has no outputs", from.name, from.module.name())
+                            } else {
+                                format!("`{}` ({}) has no inputs", to.name, to.module.name())
+                            }
+                        ),
+                    ));
+                }
+                (1..=n).map(|i| (i, i)).collect()
+            }
+            (out, inp) => vec![(out.unwrap_or(1), inp.unwrap_or(1))],
+        };
+        for (out, inp) in pairs {
+            check_port(from, out, "output", from.outputs, at)?;
+            check_port(to, inp, "input", to.inputs, at)?;
+            let wire = Wire {
+                from: (from.name.clone(), out),
+                to: (to.name.clone(), inp),
+            };
+            if !wires.contains(&wire) {
+                wires.push(wire);
+            }
+        }
+        connections.push((from.name.clone(), to.name.clone()));
+    }
+    Ok(Resolved {
+        name: orchestra.name.clone(),
+        hosts,
+        blocks,
+        connections,
+        wires,
+        audio: orchestra.audio,
+    })
+}
+
+fn resolve_hosts(orchestra: &Orchestra) -> Result<Vec<Host>, ModelError> {
+    if orchestra.hosts.is_empty() {
+        return Ok(vec![Host::localhost()]);
+    }
+    for host in &orchestra.hosts {
+        let at = host.location.as_ref();
+        if !is_valid_name(&host.name) {
+            return Err(ModelError::at(at, invalid_name_reason("host", &host.name)));
+        }
+        if host.cores == 0 {
+            return Err(ModelError::at(
+                at,
+                format!(
+                    "host `{}` has no cores (cores must be at least 1)",
+                    host.name
+                ),
+            ));
+        }
+        if host.address.trim().is_empty() {
+            return Err(ModelError::at(
+                at,
+                format!("host `{}` has no address", host.name),
+            ));
+        }
+    }
+    Ok(orchestra.hosts.clone())
+}
+
+fn resolve_blocks(
+    orchestra: &Orchestra,
+    library: &ModuleLibrary,
+    hosts: &[Host],
+) -> Result<BTreeMap<String, ResolvedBlock>, ModelError> {
+    let mut blocks: BTreeMap<String, ResolvedBlock> = BTreeMap::new();
+    for block in &orchestra.blocks {
+        let at = block.location.as_ref();
+        if !is_valid_name(&block.name) {
+            return Err(ModelError::at(
+                at,
+                invalid_name_reason("block", &block.name),
+            ));
+        }
+        if let Some(first) = blocks.get(&block.name) {
+            return Err(ModelError::at(
+                at,
+                format!(
+                    "block `{}` is declared twice{}",
+                    block.name,
+                    first
+                        .location
+                        .as_ref()
+                        .map(|l| format!(" (first at {l})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        let module = library.get(&block.module).ok_or_else(|| {
+            ModelError::at(
+                at,
+                format!(
+                    "block `{}`: unknown module `{}`{}",
+                    block.name,
+                    block.module,
+                    did_you_mean(&block.module, library.names())
+                ),
+            )
+        })?;
+        let mut params = module.manifest.params.clone();
+        for (key, value) in &block.params {
+            if !params.contains_key(key) {
+                return Err(ModelError::at(
+                    at,
+                    format!(
+                        "block `{}`: module `{}` has no param `{}`{}",
+                        block.name,
+                        module.name(),
+                        key,
+                        did_you_mean(key, module.manifest.params.keys().map(String::as_str))
+                    ),
+                ));
+            }
+            params.insert(key.clone(), value.clone());
+        }
+        let count = |what: &str, spec: &crate::modules::PortCount| {
+            spec.resolve(&params)
+                .map_err(|e| ModelError::at(at, format!("block `{}`: {what}: {e}", block.name)))
+        };
+        let inputs = count("inputs", &module.manifest.inputs)?;
+        let outputs = count("outputs", &module.manifest.outputs)?;
+        let (pin, group) = match &block.host {
+            None => (None, None),
+            Some(h) if hosts.iter().any(|host| &host.name == h) => (Some(h.clone()), None),
+            Some(h) if orchestra.host_aliases.contains(h) => (None, Some(h.clone())),
+            Some(h) => {
+                return Err(ModelError::at(
+                    at,
+                    format!(
+                        "block `{}` is pinned to unknown host `{}`{}",
+                        block.name,
+                        h,
+                        did_you_mean(h, hosts.iter().map(|h| h.name.as_str()))
+                    ),
+                ))
+            }
+        };
+        blocks.insert(
+            block.name.clone(),
+            ResolvedBlock {
+                name: block.name.clone(),
+                cpu: module.manifest.cpu,
+                module: module.clone(),
+                params,
+                inputs,
+                outputs,
+                pin,
+                group,
+                location: block.location.clone(),
+            },
+        );
+    }
+    Ok(blocks)
+}
+
+fn endpoint_block<'a>(
+    blocks: &'a BTreeMap<String, ResolvedBlock>,
+    name: &str,
+    at: Option<&Location>,
+) -> Result<&'a ResolvedBlock, ModelError> {
+    blocks.get(name).ok_or_else(|| {
+        ModelError::at(
+            at,
+            format!(
+                "connection names unknown block `{name}`{}",
+                did_you_mean(name, blocks.keys().map(String::as_str))
+            ),
+        )
+    })
+}
+
+fn check_port(
+    block: &ResolvedBlock,
+    port: u32,
+    kind: &str,
+    count: u32,
+    at: Option<&Location>,
+) -> Result<(), ModelError> {
+    if port == 0 || port > count {
+        let range = match count {
+            0 => format!("it has no {kind}s"),
+            1 => format!("it has 1 {kind}"),
+            n => format!("it has {kind}s 1 to {n}"),
+        };
+        return Err(ModelError::at(
+            at,
+            format!(
+                "{kind} {port} of `{}` ({}) is out of range: {range}",
+                block.name,
+                block.module.name()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Synth modules: manifests, the built-in library, user module folders, per-block template
+//! rendering (minijinja) and engines (`lua/engines/<synth>.lua`: launch command and port names).
+
+use crate::script::sandbox;
+use include_dir::{include_dir, Dir};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+static BUILTIN_MODULES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/modules");
+static BUILTIN_ENGINES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/lua/engines");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("{path}: {message}")]
+    Manifest { path: String, message: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("module `{module}`: {file}:{line}: {message}")]
+    Template {
+        module: String,
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("engine `{engine}`: {message}")]
+    Engine { engine: String, message: String },
+}
+
+/// How many ports a module has: fixed, or the value of one of its params (`mixer`'s `inputs`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PortCount {
+    Fixed(u32),
+    Param { param: String },
+}
+
+impl PortCount {
+    pub fn resolve(&self, params: &BTreeMap<String, Value>) -> Result<u32, String> {
+        match self {
+            PortCount::Fixed(n) => Ok(*n),
+            PortCount::Param { param } => match params.get(param).and_then(Value::as_u64) {
+                Some(n) if n <= 64 => Ok(n as u32),
+                _ => Err(format!(
+                    "param `{param}` must be a whole number from 0 to 64, not {}",
+                    params
+                        .get(param)
+                        .map(|v| v.to_string())
+                        .unwrap_or("missing".into())
+                )),
+            },
+        }
+    }
+}
+
+fn one() -> PortCount {
+    PortCount::Fixed(1)
+}
+fn one_core() -> u32 {
+    1
+}
+
+/// `manifest.json`: the prototype's `synth`, `main`, `module`, plus ports, cpu and params.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub module: String,
+    /// Engine name: `lua/engines/<synth>.lua`.
+    pub synth: String,
+    /// Main file, relative to the module folder (after rendering, without `.j2`).
+    #[serde(default)]
+    pub main: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// The prototype's modules are mono in, mono out: that is the default.
+    #[serde(default = "one")]
+    pub inputs: PortCount,
+    #[serde(default = "one")]
+    pub outputs: PortCount,
+    /// Cores it needs; what the placement packs.
+    #[serde(default = "one_core")]
+    pub cpu: u32,
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// Listens for OSC (the runtime allocates a port for it).
+    #[serde(default)]
+    pub osc: bool,
+    /// Free text, as the prototype's manifests sometimes carry.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// A module: its manifest and every file of its folder.
+#[derive(Debug, Clone)]
+pub struct Module {
+    pub manifest: Manifest,
+    /// Relative path → content, manifest excluded.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// `built-in` or the folder it was read from, for messages.
+    pub origin: String,
+}
+
+impl Module {
+    pub fn name(&self) -> &str {
+        &self.manifest.module
+    }
+
+    fn parse(
+        origin: String,
+        manifest: &[u8],
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Module, ModuleError> {
+        let manifest: Manifest =
+            serde_json::from_slice(manifest).map_err(|e| ModuleError::Manifest {
+                path: format!("{origin}/manifest.json:{}", e.line()),
+                message: e.to_string(),
+            })?;
+        if !crate::names::is_valid_name(&manifest.module) {
+            return Err(ModuleError::Manifest {
+                path: format!("{origin}/manifest.json"),
+                message: crate::names::invalid_name_reason("module", &manifest.module),
+            });
+        }
+        if let Some(main) = &manifest.main {
+            if !files.contains_key(main) {
+                return Err(ModuleError::Manifest {
+                    path: format!("{origin}/manifest.json"),
+                    message: format!("main file `{main}` is not in the module folder"),
+                });
+            }
+        }
+        Ok(Module {
+            manifest,
+            files,
+            origin,
+        })
+    }
+
+    /// The main file's name once rendered (`sine.csd.j2` → `sine.csd`).
+    pub fn rendered_main(&self) -> Option<String> {
+        self.manifest
+            .main
+            .as_ref()
+            .map(|m| m.strip_suffix(".j2").unwrap_or(m).to_string())
+    }
+
+    /// Render `.j2` files with `context`; copy the others. Returns relative path → text.
+    pub fn render(&self, context: &Value) -> Result<BTreeMap<String, String>, ModuleError> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        let mut out = BTreeMap::new();
+        for (path, bytes) in &self.files {
+            let text = std::str::from_utf8(bytes).map_err(|_| ModuleError::Manifest {
+                path: format!("{}/{path}", self.origin),
+                message: "binary module files are not supported yet".into(),
+            })?;
+            match path.strip_suffix(".j2") {
+                Some(rendered) => {
+                    let fail = |e: minijinja::Error| ModuleError::Template {
+                        module: self.name().to_string(),
+                        file: path.clone(),
+                        line: e.line().unwrap_or(0),
+                        message: e.detail().unwrap_or(&e.to_string()).to_string(),
+                    };
+                    let text = env.render_str(text, context).map_err(fail)?;
+                    out.insert(rendered.to_string(), text);
+                }
+                None => {
+                    out.insert(path.clone(), text.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Every module the orchestra may use: built-ins, then user folders that may shadow them.
+#[derive(Debug, Clone)]
+pub struct ModuleLibrary {
+    modules: BTreeMap<String, Arc<Module>>,
+    engines: BTreeMap<String, String>,
+}
+
+impl ModuleLibrary {
+    pub fn builtin() -> ModuleLibrary {
+        let mut modules = BTreeMap::new();
+        for dir in BUILTIN_MODULES.dirs() {
+            let Some(manifest) = dir.get_file(dir.path().join("manifest.json")) else {
+                continue;
+            };
+            let mut files = BTreeMap::new();
+            collect_embedded(dir, dir.path(), &mut files);
+            let origin = format!("modules/{}", dir.path().display());
+            let module = Module::parse(origin, manifest.contents(), files)
+                .expect("built-in modules are valid (checked by tests)");
+            modules.insert(module.name().to_string(), Arc::new(module));
+        }
+        let engines = BUILTIN_ENGINES
+            .files()
+            .filter_map(|f| {
+                let name = f.path().file_stem()?.to_str()?.to_string();
+                Some((name, f.contents_utf8()?.to_string()))
+            })
+            .collect();
+        ModuleLibrary { modules, engines }
+    }
+
+    /// Add every `<dir>/<name>/manifest.json` module; a user module shadows a built-in one.
+    /// `<dir>/engines/*.lua` adds engines the same way.
+    pub fn add_dir(&mut self, dir: &Path) -> Result<Vec<String>, ModuleError> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| ModuleError::Io(format!("{}: {e}", dir.display())))?;
+        let mut added = Vec::new();
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            if path.file_name().is_some_and(|n| n == "engines") {
+                for engine in read_dir_sorted(&path)? {
+                    if engine.extension().is_some_and(|e| e == "lua") {
+                        let name = engine.file_stem().unwrap().to_string_lossy().to_string();
+                        let text = std::fs::read_to_string(&engine)
+                            .map_err(|e| ModuleError::Io(format!("{}: {e}", engine.display())))?;
+                        self.engines.insert(name, text);
+                    }
+                }
+                continue;
+            }
+            let manifest = path.join("manifest.json");
+            if !manifest.is_file() {
+                continue;
+            }
+            let bytes = std::fs::read(&manifest)
+                .map_err(|e| ModuleError::Io(format!("{}: {e}", manifest.display())))?;
+            let mut files = BTreeMap::new();
+            collect_disk(&path, &path, &mut files)?;
+            let module = Module::parse(path.display().to_string(), &bytes, files)?;
+            added.push(module.name().to_string());
+            self.modules
+                .insert(module.name().to_string(), Arc::new(module));
+        }
+        Ok(added)
+    }
+
+    /// A module by name. The prototype wrote `ADC`/`DAC`: names match case-insensitively
+    /// when there is no exact match.
+    pub fn get(&self, name: &str) -> Option<&Arc<Module>> {
+        self.modules.get(name).or_else(|| {
+            self.modules
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, m)| m)
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+
+    pub fn modules(&self) -> impl Iterator<Item = &Arc<Module>> {
+        self.modules.values()
+    }
+
+    pub fn engine_source(&self, engine: &str) -> Option<&str> {
+        self.engines.get(engine).map(String::as_str)
+    }
+
+    pub fn engine_names(&self) -> impl Iterator<Item = &str> {
+        self.engines.keys().map(String::as_str)
+    }
+}
+
+fn collect_embedded(dir: &Dir<'_>, root: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+    for file in dir.files() {
+        let rel = file.path().strip_prefix(root).unwrap_or(file.path());
+        if rel != Path::new("manifest.json") {
+            out.insert(rel.to_string_lossy().to_string(), file.contents().to_vec());
+        }
+    }
+    for sub in dir.dirs() {
+        collect_embedded(sub, root, out);
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, ModuleError> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ModuleError::Io(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn collect_disk(
+    dir: &Path,
+    root: &Path,
+    out: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), ModuleError> {
+    for path in read_dir_sorted(dir)? {
+        if path.is_dir() {
+            collect_disk(&path, root, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            if rel != Path::new("manifest.json") {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| ModuleError::Io(format!("{}: {e}", path.display())))?;
+                out.insert(rel.to_string_lossy().to_string(), bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What an engine says about one block instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// argv to run in the instance directory; `None` for port-only engines (`system`).
+    pub command: Option<Vec<String>>,
+    /// Full JACK port names, index 0 = port 1.
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// Engines loaded into one sandboxed Lua state, evaluated per block at deployment.
+pub struct Engines {
+    lua: mlua::Lua,
+    loaded: BTreeMap<String, mlua::Table>,
+}
+
+impl Engines {
+    pub fn new() -> Engines {
+        Engines {
+            lua: sandbox::new_lua().expect("a fresh Lua state"),
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    fn table(&mut self, library: &ModuleLibrary, engine: &str) -> Result<mlua::Table, ModuleError> {
+        if let Some(t) = self.loaded.get(engine) {
+            return Ok(t.clone());
+        }
+        let fail = |message: String| ModuleError::Engine {
+            engine: engine.to_string(),
+            message,
+        };
+        let source = library.engine_source(engine).ok_or_else(|| {
+            fail(format!(
+                "no lua/engines/{engine}.lua{}",
+                crate::names::did_you_mean(engine, library.engine_names())
+            ))
+        })?;
+        let table: mlua::Table = self
+            .lua
+            .load(source)
+            .set_name(format!("@engines/{engine}.lua"))
+            .eval()
+            .map_err(|e| fail(sandbox::first_line(&e)))?;
+        self.loaded.insert(engine.to_string(), table.clone());
+        Ok(table)
+    }
+
+    /// Ask the module's engine how to launch `client` and what its ports are called.
+    pub fn launch(
+        &mut self,
+        library: &ModuleLibrary,
+        module: &Module,
+        client: &str,
+        inputs: u32,
+        outputs: u32,
+        audio: &crate::model::AudioSettings,
+        params: &BTreeMap<String, Value>,
+    ) -> Result<Launch, ModuleError> {
+        let engine = module.manifest.synth.clone();
+        let table = self.table(library, &engine)?;
+        let fail = |message: String| ModuleError::Engine {
+            engine: engine.clone(),
+            message,
+        };
+        let lua_err = |e: mlua::Error| fail(sandbox::first_line(&e));
+        let ctx = self.lua.create_table().map_err(lua_err)?;
+        ctx.set("client", client).map_err(lua_err)?;
+        ctx.set("main", module.rendered_main()).map_err(lua_err)?;
+        ctx.set("inputs", inputs).map_err(lua_err)?;
+        ctx.set("outputs", outputs).map_err(lua_err)?;
+        let audio_t = self.lua.create_table().map_err(lua_err)?;
+        audio_t.set("rate", audio.rate).map_err(lua_err)?;
+        audio_t.set("period", audio.period).map_err(lua_err)?;
+        ctx.set("audio", audio_t).map_err(lua_err)?;
+        let params_v = mlua::LuaSerdeExt::to_value(&self.lua, params).map_err(lua_err)?;
+        ctx.set("params", params_v).map_err(lua_err)?;
+        let command = match table
+            .get::<Option<mlua::Function>>("command")
+            .map_err(lua_err)?
+        {
+            Some(f) => f
+                .call::<Option<Vec<String>>>(ctx.clone())
+                .map_err(lua_err)?,
+            None => None,
+        };
+        if command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(fail("command returned an empty list".into()));
+        }
+        let port = |kind: &str, count: u32| -> Result<Vec<String>, ModuleError> {
+            if count == 0 {
+                return Ok(Vec::new());
+            }
+            let f: mlua::Function = table
+                .get(kind)
+                .map_err(|_| fail(format!("has no `{kind}` function")))?;
+            (1..=count)
+                .map(|i| f.call::<String>((ctx.clone(), i)).map_err(lua_err))
+                .collect()
+        };
+        Ok(Launch {
+            inputs: port("input_port", inputs)?,
+            outputs: port("output_port", outputs)?,
+            command,
+        })
+    }
+}
+
+impl Default for Engines {
+    fn default() -> Self {
+        Engines::new()
+    }
+}

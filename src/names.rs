@@ -1,0 +1,70 @@
+//! Names: what a block, host or module name may look like, and "did you mean" hints.
+
+/// The longest name we accept. JACK client names are limited to 64 bytes and we append a
+/// 9-character instance suffix (`-` + 8 hex digits of the spec hash).
+pub const MAX_NAME_LEN: usize = 48;
+
+/// A name is `[A-Za-z0-9_-]+`: safe in a shell argument, a path component and a JACK client name.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Why `name` is not valid, for error messages.
+pub fn invalid_name_reason(kind: &str, name: &str) -> String {
+    if name.is_empty() {
+        format!("{kind} name is empty")
+    } else if name.len() > MAX_NAME_LEN {
+        format!("{kind} name `{name}` is longer than {MAX_NAME_LEN} characters")
+    } else {
+        format!("{kind} name `{name}` may only contain letters, digits, `_` and `-`")
+    }
+}
+
+/// The closest candidate to `name`, if one is close enough to be a likely typo.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| {
+            (
+                strsim::jaro_winkler(&name.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
+        .filter(|(score, _)| *score >= 0.75)
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, c)| c)
+}
+
+/// `" (did you mean `x`?)"` or an empty string.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(name, candidates)
+        .map(|c| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_names() {
+        assert!(is_valid_name("osc_1-a"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a b"));
+        assert!(!is_valid_name("a;rm"));
+        assert!(!is_valid_name(&"x".repeat(MAX_NAME_LEN + 1)));
+    }
+
+    #[test]
+    fn suggests_close_names_only() {
+        let known = ["sine", "noise", "mixer", "lp"];
+        assert_eq!(closest("sien", known), Some("sine"));
+        assert_eq!(closest("mixr", known), Some("mixer"));
+        assert_eq!(closest("granular", known), None);
+        assert_eq!(did_you_mean("sine2", known), " (did you mean `sine`?)");
+    }
+}

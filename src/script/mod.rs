@@ -1,0 +1,659 @@
+//! Orchestra scripts: evaluate a Lua script (the `block`/`host`/`connect`/`>>` DSL) in the
+//! sandbox, or read the prototype's JSON, into an `Orchestra`. Records every file it read.
+
+pub mod sandbox;
+
+use crate::model::{
+    prototype, AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, Orchestra,
+};
+use crate::names::{did_you_mean, is_valid_name};
+use mlua::{Lua, MetaMethod, UserData, UserDataMethods, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The global functions a script may call; `lua/types/orchestra.d.lua` annotates each.
+pub const API_FUNCTIONS: &[&str] = &["block", "host", "connect", "audio", "require"];
+
+/// Read an orchestra: `.json` is the prototype's synthdef, anything else a Lua script.
+/// `hosts` is an optional hosts file (Lua or the prototype's slaves.json).
+pub fn load_orchestra(path: &Path, hosts: Option<&Path>) -> Result<Orchestra, ModelError> {
+    let mut orchestra = if is_json(path) {
+        prototype::load_synthdef(path)?
+    } else {
+        eval_script(path)?
+    };
+    if let Some(hosts_path) = hosts {
+        let (hosts, audio) = load_hosts(hosts_path, &mut orchestra.warnings)?;
+        orchestra.add_hosts(hosts)?;
+        if let Some(audio) = audio {
+            orchestra.audio = audio;
+        }
+        orchestra.files.push(hosts_path.to_path_buf());
+    }
+    Ok(orchestra)
+}
+
+/// Read a hosts file: `host "h1" { … }` entries in Lua, or the prototype's slaves.json.
+pub fn load_hosts(
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Host>, Option<AudioSettings>), ModelError> {
+    if is_json(path) {
+        return Ok((prototype::load_slaves(path, warnings)?, None));
+    }
+    let built = eval_file(path)?;
+    if let Some(block) = built.blocks.first() {
+        return Err(ModelError::at(
+            block.location.as_ref(),
+            "a hosts file declares hosts (and audio settings), not blocks",
+        ));
+    }
+    Ok((built.hosts, built.audio))
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
+/// The orchestra's name: the script's file stem, made a valid name.
+pub fn orchestra_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "orchestra".into());
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(crate::names::MAX_NAME_LEN)
+        .collect();
+    if name.is_empty() {
+        "orchestra".into()
+    } else {
+        name
+    }
+}
+
+/// Evaluate a Lua orchestra script.
+pub fn eval_script(path: &Path) -> Result<Orchestra, ModelError> {
+    let built = eval_file(path)?;
+    Ok(Orchestra {
+        name: orchestra_name(path),
+        hosts: built.hosts,
+        blocks: built.blocks,
+        connections: built.connections,
+        audio: built.audio.unwrap_or_default(),
+        host_aliases: Default::default(),
+        files: built.files,
+        warnings: Vec::new(),
+    })
+}
+
+const LUA_KEYWORDS: &[&str] = &[
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in",
+    "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+];
+
+/// Lua has no expression statements, but the DSL writes `osc >> filt >> out` on a line of its
+/// own. Such a line (it starts with a name, and has `>>` before any `=`) becomes `_ = osc >> …`
+/// on the same line, so line numbers in errors stay true.
+pub fn desugar_chains(source: &str) -> String {
+    let mut out = String::with_capacity(source.len() + 64);
+    for line in source.split_inclusive('\n') {
+        let body = line.trim_start();
+        let first_word: String = body
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let starts_with_name = body.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && !LUA_KEYWORDS.contains(&first_word.as_str());
+        let is_chain = starts_with_name
+            && body.find(">>").is_some_and(|shr| {
+                let before = &body[..shr];
+                !before.contains("--") && !before.replace("==", "").replace("~=", "").contains('=')
+            });
+        if is_chain {
+            let indent = &line[..line.len() - body.len()];
+            out.push_str(indent);
+            out.push_str("_ = ");
+            out.push_str(body);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// What the DSL functions collect while a script runs.
+#[derive(Default)]
+struct Builder {
+    blocks: Vec<Block>,
+    connections: Vec<Connection>,
+    hosts: Vec<Host>,
+    audio: Option<AudioSettings>,
+    files: Vec<PathBuf>,
+    /// The directory `require` resolves names in: the main script's.
+    base_dir: PathBuf,
+    /// Results of required files, so each is evaluated once.
+    required: BTreeMap<PathBuf, mlua::RegistryKey>,
+}
+
+fn eval_file(path: &Path) -> Result<Builder, ModelError> {
+    let file_location = Location {
+        file: path.display().to_string(),
+        line: 0,
+    };
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::at(Some(&file_location), format!("cannot read: {e}")))?;
+    let lua = sandbox::new_lua().map_err(|e| ModelError::at(None, e.to_string()))?;
+    let builder = Builder {
+        files: vec![path.to_path_buf()],
+        base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ..Default::default()
+    };
+    lua.set_app_data(builder);
+    install_api(&lua).map_err(|e| ModelError::at(None, e.to_string()))?;
+    let seen = sandbox::limit(&lua).map_err(|e| ModelError::at(None, e.to_string()))?;
+    let result = lua
+        .load(desugar_chains(&source))
+        .set_name(format!("@{}", path.display()))
+        .exec();
+    lua.remove_hook();
+    if let Err(error) = result {
+        return Err(lua_error(&error, &seen, &file_location));
+    }
+    let builder = lua
+        .remove_app_data::<Builder>()
+        .expect("builder installed above");
+    Ok(builder)
+}
+
+/// Map a Lua error to `file:line: message`.
+fn lua_error(error: &mlua::Error, seen: &sandbox::LastSeen, file: &Location) -> ModelError {
+    if is_memory_error(error) {
+        let at = seen.location().unwrap_or_else(|| file.clone());
+        return ModelError::at(
+            Some(&at),
+            format!(
+                "script used more than {} MiB of memory",
+                sandbox::MEMORY_LIMIT / (1024 * 1024)
+            ),
+        );
+    }
+    let mut line = sandbox::first_line(error);
+    // A misspelt DSL function: `blok "x"` → "attempt to call a nil value (global 'blok')".
+    if let Some(name) = line
+        .split("(global '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+    {
+        line.push_str(&did_you_mean(name, API_FUNCTIONS.iter().copied()));
+    }
+    // Lua already prefixes `file:line:` to syntax and runtime errors raised in Lua code.
+    if line.contains(".lua:") || line.contains(".json:") || line.starts_with(&file.file) {
+        ModelError::at(None, line)
+    } else {
+        ModelError::at(Some(file), line)
+    }
+}
+
+fn is_memory_error(error: &mlua::Error) -> bool {
+    match error {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            is_memory_error(cause)
+        }
+        _ => false,
+    }
+}
+
+/// An error at the Lua caller's line.
+fn script_error(lua: &Lua, message: impl Into<String>) -> mlua::Error {
+    let at = sandbox::caller_location(lua);
+    mlua::Error::RuntimeError(ModelError::at(at.as_ref(), message).to_string())
+}
+
+/// A block handle in Lua: `osc >> filt`, `osc:out(1)`, `filt:input(2)`.
+#[derive(Clone)]
+struct BlockHandle {
+    name: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Output,
+    Input,
+}
+
+/// One port of a block in Lua, from `:out(i)` or `:input(i)`.
+#[derive(Clone)]
+struct PortHandle {
+    block: String,
+    port: u32,
+    direction: Direction,
+}
+
+fn port_number(lua: &Lua, index: i64) -> mlua::Result<u32> {
+    if index < 1 || index > 64 {
+        return Err(script_error(
+            lua,
+            format!("port number must be from 1 to 64, not {index}"),
+        ));
+    }
+    Ok(index as u32)
+}
+
+impl UserData for BlockHandle {
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("name", |_, this| Ok(this.name.clone()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let output = |lua: &Lua, this: &BlockHandle, i: i64| {
+            Ok(PortHandle {
+                block: this.name.clone(),
+                port: port_number(lua, i)?,
+                direction: Direction::Output,
+            })
+        };
+        methods.add_method("out", output);
+        methods.add_method("output", output);
+        methods.add_method("input", |lua, this, i: i64| {
+            Ok(PortHandle {
+                block: this.name.clone(),
+                port: port_number(lua, i)?,
+                direction: Direction::Input,
+            })
+        });
+        methods.add_meta_method(MetaMethod::Shr, |lua, this, to: Value| {
+            let from = Value::UserData(lua.create_userdata(this.clone())?);
+            connect(lua, from, to.clone())?;
+            Ok(to)
+        });
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!("block {}", this.name))
+        });
+    }
+}
+
+impl UserData for PortHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::Shr, |lua, this, to: Value| {
+            let from = Value::UserData(lua.create_userdata(this.clone())?);
+            connect(lua, from, to.clone())?;
+            Ok(to)
+        });
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            let kind = if this.direction == Direction::Output {
+                "out"
+            } else {
+                "input"
+            };
+            Ok(format!("{}:{}({})", this.block, kind, this.port))
+        });
+    }
+}
+
+fn endpoint(lua: &Lua, value: &Value, side: Direction) -> mlua::Result<Endpoint> {
+    let where_ = if side == Direction::Output {
+        "source"
+    } else {
+        "destination"
+    };
+    if let Value::UserData(ud) = value {
+        if let Ok(block) = ud.borrow::<BlockHandle>() {
+            return Ok(Endpoint {
+                block: block.name.clone(),
+                port: None,
+            });
+        }
+        if let Ok(port) = ud.borrow::<PortHandle>() {
+            if port.direction != side {
+                let (want, got) = if side == Direction::Output {
+                    ("an output, e.g. `a:out(1)`", "an input")
+                } else {
+                    ("an input, e.g. `b:input(1)`", "an output")
+                };
+                return Err(script_error(
+                    lua,
+                    format!(
+                        "connection {where_} must be a block or {want}, not {got} of `{}`",
+                        port.block
+                    ),
+                ));
+            }
+            return Ok(Endpoint {
+                block: port.block.clone(),
+                port: Some(port.port),
+            });
+        }
+    }
+    if let Value::String(s) = value {
+        // `connect("osc", "filt")` by name also works.
+        let name = s.to_str()?.to_string();
+        return Ok(Endpoint {
+            block: name,
+            port: None,
+        });
+    }
+    Err(script_error(
+        lua,
+        format!(
+            "connection {where_} must be a block (from `block \"name\" {{…}}`), not a {}",
+            value.type_name()
+        ),
+    ))
+}
+
+fn connect(lua: &Lua, from: Value, to: Value) -> mlua::Result<()> {
+    let from = endpoint(lua, &from, Direction::Output)?;
+    let to = endpoint(lua, &to, Direction::Input)?;
+    let location = sandbox::caller_location(lua);
+    let mut builder = lua.app_data_mut::<Builder>().expect("builder");
+    builder.connections.push(Connection { from, to, location });
+    Ok(())
+}
+
+fn param_value(lua: &Lua, block: &str, key: &str, value: Value) -> mlua::Result<serde_json::Value> {
+    Ok(match value {
+        Value::Integer(i) => serde_json::Value::from(i),
+        Value::Number(n) => serde_json::Value::from(n),
+        Value::Boolean(b) => serde_json::Value::from(b),
+        Value::String(s) => serde_json::Value::from(s.to_str()?.to_string()),
+        other => {
+            return Err(script_error(
+                lua,
+                format!(
+                    "block `{block}`: param `{key}` must be a number, string or boolean, not a {}",
+                    other.type_name()
+                ),
+            ))
+        }
+    })
+}
+
+fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<BlockHandle> {
+    let location = sandbox::caller_location(lua);
+    let mut module = None;
+    let mut host = None;
+    let mut params = BTreeMap::new();
+    for pair in spec.pairs::<Value, Value>() {
+        let (key, value) = pair?;
+        let Value::String(key) = key else {
+            return Err(script_error(
+                lua,
+                format!("block `{name}`: fields must be named, e.g. `freq = 440`"),
+            ));
+        };
+        let key = key.to_str()?.to_string();
+        match key.as_str() {
+            "module" => match value {
+                Value::String(s) => module = Some(s.to_str()?.to_string()),
+                _ => {
+                    return Err(script_error(
+                        lua,
+                        format!("block `{name}`: `module` must be a string"),
+                    ))
+                }
+            },
+            "host" => match value {
+                Value::String(s) => host = Some(s.to_str()?.to_string()),
+                _ => {
+                    return Err(script_error(
+                        lua,
+                        format!("block `{name}`: `host` must be a host name string"),
+                    ))
+                }
+            },
+            _ => {
+                let v = param_value(lua, &name, &key, value)?;
+                params.insert(key, v);
+            }
+        }
+    }
+    let Some(module) = module else {
+        return Err(script_error(
+            lua,
+            format!("block `{name}` has no `module` (e.g. module = \"sine\")"),
+        ));
+    };
+    let mut builder = lua.app_data_mut::<Builder>().expect("builder");
+    builder.blocks.push(Block {
+        name: name.clone(),
+        module,
+        params,
+        host,
+        location,
+    });
+    Ok(BlockHandle { name })
+}
+
+const HOST_FIELDS: &[&str] = &["address", "user", "port", "cores", "identity"];
+
+fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value> {
+    let location = sandbox::caller_location(lua);
+    for pair in spec.pairs::<Value, Value>() {
+        let (key, _) = pair?;
+        let key = key.to_string()?;
+        if !HOST_FIELDS.contains(&key.as_str()) {
+            return Err(script_error(
+                lua,
+                format!(
+                    "host `{name}`: unknown field `{key}`{} (fields: {})",
+                    did_you_mean(&key, HOST_FIELDS.iter().copied()),
+                    HOST_FIELDS.join(", ")
+                ),
+            ));
+        }
+    }
+    let text = |field: &str| -> mlua::Result<Option<String>> {
+        match spec.get::<Value>(field)? {
+            Value::Nil => Ok(None),
+            Value::String(s) => Ok(Some(s.to_str()?.to_string())),
+            _ => Err(script_error(
+                lua,
+                format!("host `{name}`: `{field}` must be a string"),
+            )),
+        }
+    };
+    let number = |field: &str, default: i64, max: i64| -> mlua::Result<i64> {
+        match spec.get::<Value>(field)? {
+            Value::Nil => Ok(default),
+            Value::Integer(i) if (0..=max).contains(&i) => Ok(i),
+            other => Err(script_error(
+                lua,
+                format!(
+                    "host `{name}`: `{field}` must be a whole number from 0 to {max}, not {}",
+                    other.to_string().unwrap_or_default()
+                ),
+            )),
+        }
+    };
+    let Some(address) = text("address")? else {
+        return Err(script_error(lua, format!("host `{name}` has no `address`")));
+    };
+    let host = Host {
+        name: name.clone(),
+        address,
+        user: text("user")?,
+        port: number("port", 22, 65535)? as u16,
+        cores: number("cores", 1, 4096)? as u32,
+        identity: text("identity")?,
+        local: false,
+        location,
+    };
+    lua.app_data_mut::<Builder>()
+        .expect("builder")
+        .hosts
+        .push(host);
+    Ok(Value::Nil)
+}
+
+fn define_audio(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
+    let mut audio = AudioSettings::default();
+    for pair in spec.pairs::<String, Value>() {
+        let (key, value) = pair?;
+        let n = match value {
+            Value::Integer(i) if i > 0 && i <= 384_000 => i as u32,
+            _ => {
+                return Err(script_error(
+                    lua,
+                    format!("audio: `{key}` must be a positive whole number"),
+                ))
+            }
+        };
+        match key.as_str() {
+            "rate" => audio.rate = n,
+            "period" => audio.period = n,
+            _ => {
+                return Err(script_error(
+                    lua,
+                    format!(
+                        "audio: unknown field `{key}`{}",
+                        did_you_mean(&key, ["rate", "period"])
+                    ),
+                ))
+            }
+        }
+    }
+    if !audio.period.is_power_of_two() {
+        return Err(script_error(
+            lua,
+            format!("audio: period {} must be a power of two", audio.period),
+        ));
+    }
+    lua.app_data_mut::<Builder>().expect("builder").audio = Some(audio);
+    Ok(())
+}
+
+/// `name "x" { … }` and `name("x", { … })` both work: with one argument return a function
+/// that takes the table.
+fn named_constructor<R: mlua::IntoLua + 'static>(
+    lua: &Lua,
+    kind: &'static str,
+    define: fn(&Lua, String, mlua::Table) -> mlua::Result<R>,
+) -> mlua::Result<mlua::Function> {
+    lua.create_function(move |lua, (name, spec): (Value, Option<mlua::Table>)| {
+        let name = match name {
+            Value::String(s) => s.to_str()?.to_string(),
+            other => {
+                return Err(script_error(
+                    lua,
+                    format!(
+                        "{kind} needs a name string, e.g. {kind} \"x\" {{…}}, not a {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        if !is_valid_name(&name) {
+            return Err(script_error(
+                lua,
+                crate::names::invalid_name_reason(kind, &name),
+            ));
+        }
+        match spec {
+            Some(spec) => Ok(mlua::Either::Left(define(lua, name, spec)?)),
+            None => {
+                let f = lua.create_function(move |lua, spec: Value| match spec {
+                    Value::Table(t) => define(lua, name.clone(), t),
+                    other => Err(script_error(
+                        lua,
+                        format!(
+                            "{kind} `{name}` needs a table, e.g. {{ module = \"sine\" }}, not a {}",
+                            other.type_name()
+                        ),
+                    )),
+                })?;
+                Ok(mlua::Either::Right(f))
+            }
+        }
+    })
+}
+
+fn install_api(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    g.set("block", named_constructor(lua, "block", define_block)?)?;
+    g.set("host", named_constructor(lua, "host", define_host)?)?;
+    g.set(
+        "connect",
+        lua.create_function(|lua, (a, b): (Value, Value)| connect(lua, a, b))?,
+    )?;
+    g.set(
+        "audio",
+        lua.create_function(|lua, spec: mlua::Table| define_audio(lua, spec))?,
+    )?;
+    g.set("require", lua.create_function(require)?)?;
+    Ok(())
+}
+
+/// `require "name"` loads `name.lua` (dots are folders) or `name/init.lua` beside the script,
+/// once, and records the file so a watcher can follow it.
+fn require(lua: &Lua, name: String) -> mlua::Result<Value> {
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(script_error(
+            lua,
+            format!("require: `{name}` is not a module name (letters, digits, `_`, `-`, `.`)"),
+        ));
+    }
+    let base = lua
+        .app_data_ref::<Builder>()
+        .expect("builder")
+        .base_dir
+        .clone();
+    let rel = name.replace('.', "/");
+    let candidates = [
+        base.join(format!("{rel}.lua")),
+        base.join(&rel).join("init.lua"),
+    ];
+    let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
+        return Err(script_error(
+            lua,
+            format!(
+                "require: no `{}` or `{}`",
+                candidates[0].display(),
+                candidates[1].display()
+            ),
+        ));
+    };
+    if let Some(key) = lua
+        .app_data_ref::<Builder>()
+        .expect("builder")
+        .required
+        .get(&path)
+    {
+        return lua.registry_value(key);
+    }
+    let source = std::fs::read_to_string(&path)
+        .map_err(|e| script_error(lua, format!("require: cannot read {}: {e}", path.display())))?;
+    lua.app_data_mut::<Builder>()
+        .expect("builder")
+        .files
+        .push(path.clone());
+    let value: Value = lua
+        .load(desugar_chains(&source))
+        .set_name(format!("@{}", path.display()))
+        .call(name)?;
+    let value = if value.is_nil() {
+        Value::Boolean(true)
+    } else {
+        value
+    };
+    let key = lua.create_registry_value(value.clone())?;
+    lua.app_data_mut::<Builder>()
+        .expect("builder")
+        .required
+        .insert(path, key);
+    Ok(value)
+}

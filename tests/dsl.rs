@@ -1,0 +1,108 @@
+//! The Lua DSL: blocks, chains, port-level connections, loops, functions and `require`.
+
+use cloud_orchestra::model::{resolve, Wire};
+use cloud_orchestra::modules::ModuleLibrary;
+use cloud_orchestra::script::{desugar_chains, load_orchestra};
+
+fn wire(a: &str, o: u32, b: &str, i: u32) -> Wire {
+    Wire {
+        from: (a.into(), o),
+        to: (b.into(), i),
+    }
+}
+
+#[test]
+fn chain_connects_output_i_to_input_i() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("song.lua");
+    std::fs::write(
+        &path,
+        r#"
+local osc  = block "osc"  { module = "sine", freq = 440 }
+local filt = block "filt" { module = "lp", cutoff = 2000 }
+local out  = block "out"  { module = "dac" }   -- a comment with >> in it
+osc >> filt >> out
+connect(osc, filt)
+"#,
+    )
+    .unwrap();
+    let orchestra = load_orchestra(&path, None).unwrap();
+    assert_eq!(orchestra.name, "song");
+    assert_eq!(orchestra.blocks.len(), 3);
+    assert_eq!(orchestra.blocks[0].params["freq"], serde_json::json!(440));
+    let resolved = resolve(&orchestra, &ModuleLibrary::builtin()).unwrap();
+    // osc → filt twice (chain and connect) is one wire; filt has 1 output → dac input 1 only.
+    assert_eq!(
+        resolved.wires,
+        vec![wire("osc", 1, "filt", 1), wire("filt", 1, "out", 1)]
+    );
+    assert_eq!(
+        resolved.connections.len(),
+        3,
+        "each declared connection counts for the cut"
+    );
+    assert_eq!(resolved.hosts[0].name, "localhost");
+}
+
+#[test]
+fn loops_functions_ports_and_require() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lib")).unwrap();
+    std::fs::write(
+        dir.path().join("lib/voices.lua"),
+        "local M = {}\nfunction M.voice(name, f)\n  return block(name) { module = \"sine\", freq = f, amp = 0.1 }\nend\nreturn M\n",
+    )
+    .unwrap();
+    let path = dir.path().join("main.lua");
+    std::fs::write(
+        &path,
+        r#"
+local voices = require "lib.voices"
+local mix = block "mix" { module = "mixer", inputs = 3 }
+for i = 1, 3 do
+  voices.voice("v" .. i, 110 * i):out(1) >> mix:input(i)
+end
+mix >> block "dac" { module = "dac" }
+audio { rate = 44100, period = 512 }
+"#,
+    )
+    .unwrap();
+    let orchestra = load_orchestra(&path, None).unwrap();
+    assert_eq!(
+        orchestra.files.len(),
+        2,
+        "the required file is recorded for the watcher"
+    );
+    assert_eq!(orchestra.audio.rate, 44100);
+    let resolved = resolve(&orchestra, &ModuleLibrary::builtin()).unwrap();
+    assert_eq!(resolved.blocks["mix"].inputs, 3);
+    assert!(resolved.wires.contains(&wire("v3", 1, "mix", 3)));
+    assert!(resolved.wires.contains(&wire("mix", 1, "dac", 1)));
+}
+
+#[test]
+fn hosts_and_pins() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts.lua");
+    std::fs::write(&hosts, "host \"h1\" { address = \"10.1.0.1\", user = \"ubuntu\", cores = 2, port = 2222, identity = \"~/.ssh/id_ed25519\" }\nhost \"h3\" { address = \"10.1.0.3\" }\n").unwrap();
+    let path = dir.path().join("song.lua");
+    std::fs::write(&path, "block \"out\" { module = \"dac\", host = \"h3\" }\n").unwrap();
+    let orchestra = load_orchestra(&path, Some(&hosts)).unwrap();
+    let h1 = &orchestra.hosts[0];
+    assert_eq!(
+        (h1.name.as_str(), h1.port, h1.cores, h1.user.as_deref()),
+        ("h1", 2222, 2, Some("ubuntu"))
+    );
+    let resolved = resolve(&orchestra, &ModuleLibrary::builtin()).unwrap();
+    assert_eq!(resolved.blocks["out"].pin.as_deref(), Some("h3"));
+}
+
+#[test]
+fn desugar_only_touches_chain_statements() {
+    let src = "osc >> filt\n  a:out(1) >> b:input(2) >> c\nlocal x = a >> b\nif a >> b then end\n-- a >> b\nprint(a >> b)\n";
+    let out = desugar_chains(src);
+    assert_eq!(
+        out,
+        "_ = osc >> filt\n  _ = a:out(1) >> b:input(2) >> c\nlocal x = a >> b\nif a >> b then end\n-- a >> b\n_ = print(a >> b)\n"
+    );
+}

@@ -1,0 +1,152 @@
+//! Bad input: every mistake is one `file:line: message` line, and nothing is started.
+
+use cloud_orchestra::model::resolve;
+use cloud_orchestra::modules::ModuleLibrary;
+use cloud_orchestra::script::load_orchestra;
+use std::path::PathBuf;
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Load and resolve; return the error line.
+fn error_of(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "song.lua", text);
+    let result = load_orchestra(&path, None).and_then(|o| resolve(&o, &ModuleLibrary::builtin()));
+    let message = result
+        .expect_err("the script should be refused")
+        .to_string();
+    let shown = message.replace(&dir.path().display().to_string(), "DIR");
+    assert_eq!(shown.lines().count(), 1, "one line: {shown}");
+    shown
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let e = error_of("local a = block \"a\" { module = \"sine\" }\nlocal b = = 2\n");
+    assert!(e.starts_with("DIR/song.lua:2:"), "{e}");
+    assert!(e.contains("unexpected symbol") || e.contains("near"), "{e}");
+}
+
+#[test]
+fn runtime_error_names_file_and_line_and_suggests() {
+    let e = error_of("block \"a\" { module = \"sine\" }\n\nblok \"b\" { module = \"sine\" }\n");
+    assert!(e.starts_with("DIR/song.lua:3:"), "{e}");
+    assert!(e.contains("did you mean `block`?"), "{e}");
+}
+
+#[test]
+fn unknown_module_suggests_the_closest() {
+    let e = error_of("block \"a\" { module = \"sien\" }\n");
+    assert_eq!(
+        e,
+        "DIR/song.lua:1: block `a`: unknown module `sien` (did you mean `sine`?)"
+    );
+}
+
+#[test]
+fn unknown_param_suggests_the_closest() {
+    let e = error_of("\nblock \"a\" { module = \"sine\", frq = 220 }\n");
+    assert_eq!(
+        e,
+        "DIR/song.lua:2: block `a`: module `sine` has no param `frq` (did you mean `freq`?)"
+    );
+}
+
+#[test]
+fn port_out_of_range() {
+    let e = error_of(
+        "local a = block \"a\" { module = \"sine\" }\nlocal b = block \"b\" { module = \"lp\" }\nconnect(a:out(2), b:input(1))\n",
+    );
+    assert_eq!(
+        e,
+        "DIR/song.lua:3: output 2 of `a` (sine) is out of range: it has 1 output"
+    );
+}
+
+#[test]
+fn input_used_as_source() {
+    let e = error_of("local a = block \"a\" { module = \"lp\" }\nlocal b = block \"b\" { module = \"lp\" }\nconnect(a:input(1), b)\n");
+    assert!(
+        e.starts_with("DIR/song.lua:3: connection source must be a block or an output"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_block_names() {
+    let e = error_of("block \"a\" { module = \"sine\" }\nblock \"a\" { module = \"noise\" }\n");
+    assert_eq!(
+        e,
+        "DIR/song.lua:2: block `a` is declared twice (first at DIR/song.lua:1)"
+    );
+}
+
+#[test]
+fn invalid_block_name() {
+    let e = error_of("block \"a b\" { module = \"sine\" }\n");
+    assert_eq!(
+        e,
+        "DIR/song.lua:1: block name `a b` may only contain letters, digits, `_` and `-`"
+    );
+}
+
+#[test]
+fn pin_to_unknown_host() {
+    let e = error_of(
+        "host \"h1\" { address = \"10.0.0.1\" }\nhost \"h2\" { address = \"10.0.0.2\" }\nblock \"a\" { module = \"sine\", host = \"h3\" }\n",
+    );
+    assert!(
+        e.starts_with("DIR/song.lua:3: block `a` is pinned to unknown host `h3`"),
+        "{e}"
+    );
+    assert!(e.contains("did you mean"), "{e}");
+}
+
+#[test]
+fn runaway_loop_is_stopped() {
+    let e = error_of(
+        "block \"a\" { module = \"sine\" }\nlocal i = 0\nwhile true do\n  i = i + 1\nend\n",
+    );
+    assert!(e.starts_with("DIR/song.lua:"), "{e}");
+    assert!(e.contains("endless loop"), "{e}");
+}
+
+#[test]
+fn memory_bomb_is_stopped() {
+    let e = error_of("local t = {}\nlocal s = string.rep(\"x\", 1024)\nfor i = 1, 1e9 do\n  t[i] = s .. i\nend\n");
+    assert!(
+        e.starts_with("DIR/song.lua:4: script used more than 64 MiB of memory"),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_io_no_execute_no_bytecode() {
+    for (code, what) in [
+        ("io.open(\"/etc/passwd\")", "io"),
+        ("os.execute(\"true\")", "execute"),
+        ("dofile(\"/etc/passwd\")", "dofile"),
+        ("load(string.dump(function() end))", "dump"),
+    ] {
+        let e = error_of(&format!("\n{code}\n"));
+        assert!(e.starts_with("DIR/song.lua:2:"), "{what}: {e}");
+    }
+    // Binary chunks are refused even when built by hand.
+    let e = error_of("local f, err = load(\"\\27Lua\")\nerror(err)\n");
+    assert!(e.contains("binary") || e.contains("attempt to load"), "{e}");
+}
+
+#[test]
+fn bad_host_field_suggests() {
+    let e = error_of("host \"h1\" { adress = \"10.0.0.1\" }\n");
+    assert!(
+        e.starts_with(
+            "DIR/song.lua:1: host `h1`: unknown field `adress` (did you mean `address`?)"
+        ),
+        "{e}"
+    );
+}
