@@ -220,6 +220,8 @@ fn report_event(host: &str, event: &Event, started: Instant, record_offset: Opti
 /// `orchestra run`: play until Ctrl-C / SIGTERM / `--seconds`, then tear down.
 pub async fn run(options: RunOptions) -> Result<()> {
     let started = Instant::now();
+    // Installed first, so a Ctrl-C during start-up waits for it and then tears down cleanly.
+    let signals = Signals::install()?;
     let loaded = load(&options.source)?;
     let dir = state::state_dir(&options.source.script, options.state_dir.as_deref());
     let previous = state::load(&dir, &loaded.resolved.name)?;
@@ -289,7 +291,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     )?;
     wait_for_edges(&agents, &desired, started).await;
 
-    let outcome = play(&options, &agents, &mut event_rx, started, record_offset).await;
+    let outcome = play(&options, signals, &mut event_rx, started, record_offset).await;
     teardown(&agents, &desired.deployment, &dir).await?;
     for (_, session) in agents.sessions {
         session.close().await;
@@ -355,14 +357,29 @@ async fn wait_for_edges(agents: &Agents, desired: &Desired, started: Instant) {
     }
 }
 
+/// SIGINT and SIGTERM, caught from the start of `run`.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
 async fn play(
     options: &RunOptions,
-    agents: &Agents,
+    mut signals: Signals,
     events: &mut mpsc::UnboundedReceiver<(String, Event)>,
     started: Instant,
     record_offset: Option<Duration>,
 ) -> Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let until = options
         .seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -374,13 +391,12 @@ async fn play(
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { eprintln!("stopping (Ctrl-C)"); break; }
-            _ = sigterm.recv() => { eprintln!("stopping (SIGTERM)"); break; }
+            _ = signals.interrupt.recv() => { eprintln!("stopping (Ctrl-C)"); break; }
+            _ = signals.terminate.recv() => { eprintln!("stopping (SIGTERM)"); break; }
             _ = timer => { break; }
             Some((host, event)) = events.recv() => report_event(&host, &event, started, record_offset),
         }
     }
-    let _ = agents;
     Ok(())
 }
 

@@ -1,0 +1,177 @@
+//! Helpers for tests that run the real `orchestra` binary against a real jackd and csound.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A JACK server name of this test's own, so tests run in parallel without meeting.
+pub fn server_name(test: &str) -> String {
+    format!("co-{test}-{}", std::process::id())
+}
+
+/// `orchestra …` with its own JACK server.
+pub fn orchestra(server: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_orchestra"));
+    c.env("JACK_DEFAULT_SERVER", server).stdin(Stdio::null());
+    c
+}
+
+/// Copy an example (and nothing else) into a fresh directory, so its state stays there.
+pub fn example_in_tempdir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::copy(repo().join("examples").join(name), &path).unwrap();
+    (dir, path)
+}
+
+/// Processes that belong to this test: jackd serving `server`, or anything whose working
+/// directory or command line lies under `dir`.
+pub fn leftovers(server: &str, dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) || pid == std::process::id().to_string() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'))
+        {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let environ = String::from_utf8_lossy(&environ);
+        let ours = cmdline.contains(&format!("-n {server} "))
+            || cwd.starts_with(&dir)
+            || (environ.contains(&format!("JACK_DEFAULT_SERVER={server}\0"))
+                && !cmdline.contains("cargo"));
+        if ours {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// A running `orchestra run`, with its stderr lines collected.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(mut command: Command) -> Running {
+        command.stderr(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = command.spawn().expect("start orchestra");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Wait until a stderr line contains `needle`; panic with what was said after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    self.stderr.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!(
+            "no `{needle}` within {timeout:?}; stderr so far:\n{}",
+            self.stderr.join("\n")
+        );
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Wait for exit (bounded); returns the exit code and all of stderr.
+    pub fn finish(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.stderr.push(line);
+                }
+                return (status.code(), self.stderr.join("\n"));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "orchestra did not exit within {timeout:?}:\n{}",
+                    self.stderr.join("\n")
+                );
+            }
+            while let Ok(line) = self.lines.try_recv() {
+                self.stderr.push(line);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `jack_lsp -c` on this test's server: port → its connections.
+pub fn jack_connections(server: &str) -> Vec<(String, String)> {
+    let out = Command::new("jack_lsp")
+        .arg("-c")
+        .env("JACK_DEFAULT_SERVER", server)
+        .output()
+        .expect("jack_lsp (jack-tools) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut edges = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(other) = line.strip_prefix("   ") {
+            edges.push((current.clone(), other.trim().to_string()));
+        } else {
+            current = line.trim().to_string();
+        }
+    }
+    edges
+}
+
+/// Wait until no process of this test is left (teardown is asynchronous at the edges).
+pub fn assert_no_leftovers(server: &str, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = leftovers(server, dir);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("processes left behind:\n{}", left.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

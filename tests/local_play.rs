@@ -1,0 +1,221 @@
+//! Playing on this machine against a real jackd (dummy driver, a server per test) and real
+//! csound: the tone that reaches the DAC, teardown, failures, Ctrl-C, adoption by `down`.
+
+mod common;
+
+use cloud_orchestra::analysis::{analyze, read_channel};
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
+    let server = server_name("sine-lp");
+    let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let wav = dir.path().join("out.wav");
+    let mut cmd = orchestra(&server);
+    cmd.arg("run")
+        .arg(&script)
+        .arg("--record")
+        .arg(&wav)
+        .args(["--seconds", "4"]);
+    let run = Running::spawn(cmd);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("first sound at the DAC"), "{stderr}");
+
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let report = analyze(&left, rate);
+    assert_eq!(rate, 48000);
+    assert!(
+        (report.frequency_hz - 440.0).abs() < 4.4,
+        "440 Hz ± 1 %: {report:?}"
+    );
+    assert!(
+        report.rms > 0.1 && report.peak < 1.0,
+        "healthy level: {report:?}"
+    );
+    assert!(report.longest_gap_ms < 5.0, "no dropout: {report:?}");
+    let sounding = report.seconds - report.first_sound_s.unwrap();
+    assert!(sounding > 3.0, "played for the whole run: {report:?}");
+    // Only the left channel is wired (filt has one output → dac input 1).
+    let (right, _) = read_channel(&wav, 1).unwrap();
+    assert!(
+        analyze(&right, rate).first_sound_s.is_none(),
+        "nothing reaches playback_2"
+    );
+
+    assert_no_leftovers(&server, dir.path());
+    assert!(
+        !dir.path().join(".orchestra/sine-lp.state.json").exists(),
+        "state cleared at teardown"
+    );
+}
+
+#[test]
+fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
+    let server = server_name("failing");
+    let dir = tempfile::tempdir().unwrap();
+    let modules = dir.path().join("modules");
+    std::fs::create_dir_all(modules.join("broken")).unwrap();
+    std::fs::write(
+        modules.join("broken/manifest.json"),
+        r#"{"module": "broken", "synth": "csound", "main": "broken.csd", "inputs": 0, "outputs": 1}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        modules.join("broken/broken.csd"),
+        "<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\nksmps = 32\nnchnls = 1\n0dbfs = 1\ninstr 1\n  asig no_such_opcode 1\n  out asig\nendin\n</CsInstruments>\n<CsScore>\ni 1 0 z\n</CsScore>\n</CsoundSynthesizer>\n",
+    )
+    .unwrap();
+    let script = dir.path().join("song.lua");
+    std::fs::write(
+        &script,
+        "local osc = block \"osc\" { module = \"sine\", freq = 440 }\nlocal bad = block \"bad\" { module = \"broken\" }\nlocal out = block \"out\" { module = \"dac\" }\nosc >> out\nbad:out(1) >> out:input(2)\n",
+    )
+    .unwrap();
+    let wav = dir.path().join("out.wav");
+    let mut cmd = orchestra(&server);
+    cmd.arg("run")
+        .arg(&script)
+        .arg("--modules")
+        .arg(&modules)
+        .arg("--record")
+        .arg(&wav)
+        .args(["--seconds", "4"]);
+    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("block `bad`") && stderr.contains("exited with code"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no_such_opcode"),
+        "the log tail shows the cause: {stderr}"
+    );
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let report = analyze(&left, rate);
+    assert!((report.frequency_hz - 440.0).abs() < 4.4, "{report:?}");
+    assert!(report.longest_gap_ms < 5.0, "{report:?}");
+    assert_no_leftovers(&server, dir.path());
+}
+
+#[test]
+fn ctrl_c_tears_down_and_exits_zero() {
+    let server = server_name("ctrl-c");
+    let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let mut cmd = orchestra(&server);
+    cmd.arg("run").arg(&script);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(30));
+    let silent = run
+        .stderr
+        .iter()
+        .any(|l| l.contains("silent JACK server") && l.contains("--record"));
+    assert!(silent, "points to --record: {:?}", run.stderr);
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_leftovers(&server, dir.path());
+}
+
+#[test]
+fn synths_never_reach_ports_the_plan_did_not_ask_for() {
+    let server = server_name("stray");
+    let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let mut cmd = orchestra(&server);
+    cmd.arg("run").arg(&script);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(30));
+    let edges = jack_connections(&server);
+    let osc_out = edges
+        .iter()
+        .map(|(a, _)| a.clone())
+        .find(|p| p.starts_with("osc-") && p.ends_with(":output1"))
+        .expect("osc is connected");
+    // Exactly the planned graph: osc → filt → playback_1 (each edge listed from both ends).
+    let mut planned: Vec<&(String, String)> = edges
+        .iter()
+        .filter(|(a, _)| !a.starts_with("orchestra-rec"))
+        .collect();
+    planned.sort();
+    assert_eq!(planned.len(), 4, "{edges:?}");
+    assert!(
+        !edges
+            .iter()
+            .any(|(a, b)| a == "system:playback_2" || b == "system:playback_2"),
+        "{edges:?}"
+    );
+
+    // Someone wires the synth straight to the DAC by hand: the agent removes it.
+    let status = std::process::Command::new("jack_connect")
+        .args([&osc_out, "system:playback_2"])
+        .env("JACK_DEFAULT_SERVER", &server)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while jack_connections(&server)
+        .iter()
+        .any(|(a, b)| a == &osc_out && b == "system:playback_2")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stray edge was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.signal(libc::SIGTERM);
+    let (code, stderr) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_leftovers(&server, dir.path());
+}
+
+#[test]
+fn down_stops_what_a_killed_controller_left_playing() {
+    let server = server_name("down");
+    let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let mut cmd = orchestra(&server);
+    cmd.arg("run").arg(&script);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(30));
+    run.signal(libc::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    // The show goes on without its controller.
+    let still = leftovers(&server, dir.path());
+    assert!(
+        still.iter().filter(|p| p.contains("csound")).count() == 2,
+        "{still:?}"
+    );
+    assert!(dir.path().join(".orchestra/sine-lp.state.json").exists());
+
+    let out = orchestra(&server)
+        .arg("down")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
+    assert_no_leftovers(&server, dir.path());
+}
+
+#[test]
+fn bad_script_starts_nothing() {
+    let server = server_name("bad");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("song.lua");
+    std::fs::write(&script, "local a = block \"a\" { module = \"sien\" }\n").unwrap();
+    let out = orchestra(&server).arg("run").arg(&script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("song.lua:1: block `a`: unknown module `sien` (did you mean `sine`?)"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join(".orchestra").exists(),
+        "nothing was started or written"
+    );
+    assert!(leftovers(&server, dir.path()).is_empty());
+}
