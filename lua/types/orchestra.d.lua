@@ -1,0 +1,77 @@
+---@meta
+-- LuaLS annotations for cloud-orchestra scripts: point your editor's Lua language server
+-- at this folder (e.g. `"workspace.library": ["<repo>/lua/types"]` in .luarc.json) for
+-- completion and checks of the orchestra API.
+
+---A synthesizer block (or the host's adc/dac ports). `a >> b` connects output i of `a` to
+---input i of `b` for every i both have, and returns `b`, so chains read left to right.
+---@class Block
+---@field name string The block's name.
+---@operator shr(Block|Port): Block|Port
+local Block = {}
+
+---One output port of this block (1-based), for port-level connections.
+---@param i integer
+---@return Port
+function Block:out(i) end
+
+---Same as `Block:out`.
+---@param i integer
+---@return Port
+function Block:output(i) end
+
+---One input port of this block (1-based): `osc:out(1) >> mix:input(2)`.
+---@param i integer
+---@return Port
+function Block:input(i) end
+
+---A single port of a block, from `:out(i)` or `:input(i)`.
+---@class Port
+---@operator shr(Block|Port): Block|Port
+
+---What a block is made of. Every other field is a param of its module
+---(e.g. `freq = 440` for `sine`); unknown params are an error.
+---@class BlockSpec
+---@field module string The module: sine, fm, lp, gain, mixer, noise, adc, dac, or one from --modules.
+---@field host? string Pin the block to this host (a hard constraint for the placement).
+---@field [string] number|string|boolean Module params.
+
+---Declare a block: `local osc = block "osc" { module = "sine", freq = 440 }`.
+---Names are `[A-Za-z0-9_-]+` and unique.
+---@param name string
+---@param spec? BlockSpec When given, the block is declared at once: `block("osc", {…})`.
+---@return fun(spec: BlockSpec): Block
+function block(name, spec) end
+
+---A machine the orchestra may use (usually in a hosts file given with --hosts).
+---@class HostSpec
+---@field address string Address to reach it by.
+---@field user? string Login user (default: the current user).
+---@field port? integer SSH port (default: 22).
+---@field cores? integer Cores the placement may fill (default: 1).
+---@field identity? string SSH key file (default: the ssh-agent, then ~/.ssh/id_ed25519, id_rsa).
+
+---Declare a host: `host "h1" { address = "10.0.0.4", user = "ubuntu", cores = 2 }`.
+---@param name string
+---@param spec? HostSpec
+---@return fun(spec: HostSpec)
+function host(name, spec) end
+
+---Connect two blocks or ports: the same as `from >> to`.
+---@param from Block|Port|string A block, an output port (`a:out(1)`), or a block name.
+---@param to Block|Port|string A block, an input port (`b:input(1)`), or a block name.
+function connect(from, to) end
+
+---@class AudioSpec
+---@field rate? integer Sample rate of every JACK server and synth (default: 48000).
+---@field period? integer Frames per JACK period, a power of two (default: 256).
+
+---One sample rate and period for the whole orchestra.
+---@param spec AudioSpec
+function audio(spec) end
+
+---Load `name.lua` (dots are folders) or `name/init.lua` from the script's folder, once.
+---Required files are watched like the script.
+---@param name string
+---@return any
+function require(name) end

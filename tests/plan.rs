@@ -1,0 +1,188 @@
+//! The pure stages end to end: script → resolve → place → deploy → diff, with plan snapshots.
+
+use cloud_orchestra::deploy::{deploy, Deployment};
+use cloud_orchestra::model::resolve;
+use cloud_orchestra::modules::{Engines, ModuleLibrary};
+use cloud_orchestra::placement::{place, Placement, Weights};
+use cloud_orchestra::plan::{diff, Action};
+use cloud_orchestra::script::load_orchestra;
+use std::path::Path;
+
+fn deployment_of(
+    script: &str,
+    hosts: Option<&str>,
+    previous: Option<&Placement>,
+) -> (Deployment, Placement) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("song.lua");
+    std::fs::write(&path, script).unwrap();
+    let hosts_path = hosts.map(|h| {
+        let p = dir.path().join("hosts.lua");
+        std::fs::write(&p, h).unwrap();
+        p
+    });
+    let orchestra = load_orchestra(&path, hosts_path.as_deref()).unwrap();
+    let library = ModuleLibrary::builtin();
+    let resolved = resolve(&orchestra, &library).unwrap();
+    let (placement, _) = place(&resolved, previous, &Weights::default()).unwrap();
+    let deployment = deploy(&resolved, &placement, &library, &mut Engines::new()).unwrap();
+    (deployment, placement)
+}
+
+const SINE_LP: &str = r#"
+local osc  = block "osc"  { module = "sine", freq = 440 }
+local filt = block "filt" { module = "lp", cutoff = 2000 }
+local out  = block "out"  { module = "dac" }
+osc >> filt >> out
+"#;
+
+#[test]
+fn first_run_starts_then_connects() {
+    let (desired, _) = deployment_of(SINE_LP, None, None);
+    let plan = diff(&Deployment::default(), &desired);
+    insta::assert_snapshot!(plan.to_text());
+}
+
+#[test]
+fn applying_the_same_deployment_twice_changes_nothing() {
+    let (a, _) = deployment_of(SINE_LP, None, None);
+    let (b, _) = deployment_of(SINE_LP, None, None);
+    assert_eq!(a, b, "deployment is deterministic");
+    let plan = diff(&a, &b);
+    assert!(plan.is_empty());
+    assert_eq!(plan.to_text(), "nothing to change\n");
+}
+
+#[test]
+fn param_edit_replaces_only_that_block_make_before_break() {
+    let (before, placement) = deployment_of(SINE_LP, None, None);
+    let (after, _) = deployment_of(
+        &SINE_LP.replace("freq = 440", "freq = 660"),
+        None,
+        Some(&placement),
+    );
+    let plan = diff(&before, &after);
+    insta::assert_snapshot!(plan.to_text());
+    let order: Vec<&str> = plan
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::Start { .. } => "start",
+            Action::Connect { .. } => "connect",
+            Action::Disconnect { .. } => "disconnect",
+            Action::Stop { .. } => "stop",
+        })
+        .collect();
+    assert_eq!(order, ["start", "connect", "disconnect", "stop"]);
+    assert!(
+        plan.actions.iter().all(|a| !a.line().contains("filt (lp)")),
+        "filt untouched"
+    );
+}
+
+#[test]
+fn connection_edit_restarts_nothing() {
+    let (before, placement) = deployment_of(SINE_LP, None, None);
+    let (after, _) = deployment_of(
+        &format!("{SINE_LP}osc:out(1) >> out:input(2)\n"),
+        None,
+        Some(&placement),
+    );
+    let plan = diff(&before, &after);
+    assert_eq!(plan.actions.len(), 1);
+    assert!(
+        matches!(&plan.actions[0], Action::Connect { edge, .. } if edge.to == "system:playback_2")
+    );
+}
+
+#[test]
+fn teardown_is_the_diff_to_nothing() {
+    let (running, _) = deployment_of(SINE_LP, None, None);
+    let plan = diff(&running, &Deployment::default());
+    insta::assert_snapshot!(plan.to_text());
+}
+
+#[test]
+fn prototype_multi_host_example_loads_and_plans_as_it_is() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prototype");
+    let orchestra = load_orchestra(
+        &examples.join("synthdef.json"),
+        Some(&examples.join("slaves.json")),
+    )
+    .unwrap();
+    assert!(
+        orchestra.warnings[0].contains("not strict JSON"),
+        "{:?}",
+        orchestra.warnings
+    );
+    let library = ModuleLibrary::builtin();
+    let resolved = resolve(&orchestra, &library).unwrap();
+    assert_eq!(
+        resolved.blocks["dac"].module.name(),
+        "dac",
+        "DAC is the built-in dac"
+    );
+    assert_eq!(
+        resolved.blocks["lp2"].group.as_deref(),
+        Some("bach"),
+        "synthdef hosts are aliases"
+    );
+    let (placement, cost) = place(&resolved, None, &Weights::default()).unwrap();
+    for group in [
+        ["adc", "dac", "lp2", "lp3"].as_slice(),
+        ["fm", "lp", "lp4"].as_slice(),
+    ] {
+        let hosts: std::collections::BTreeSet<_> = group
+            .iter()
+            .map(|b| placement.host_of(b).unwrap())
+            .collect();
+        assert_eq!(
+            hosts.len(),
+            1,
+            "an alias group shares one host: {placement:?}"
+        );
+    }
+    assert_ne!(
+        placement.host_of("dac"),
+        placement.host_of("fm"),
+        "the two aliases are spread"
+    );
+    assert_eq!(cost.cut, 3);
+    let deployment = deploy(&resolved, &placement, &library, &mut Engines::new()).unwrap();
+    assert_eq!(deployment.remote_wires.len(), 3);
+    assert_eq!(
+        diff(&Deployment::default(), &deployment).counts()[0],
+        5,
+        "five csound blocks start"
+    );
+}
+
+#[test]
+fn prototype_implicit_adc_dac_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synthdef.json");
+    std::fs::write(
+        &path,
+        r#"{"type":"synthdef","blocks":{"fm":{"module":"fm"},"lp4":{"module":"lp"}},
+            "connections":[{"source":"fm","sink":"DAC"},{"source":"ADC","sink":"lp4"},{"source":"lp4","sink":"DAC"}]}"#,
+    )
+    .unwrap();
+    let orchestra = load_orchestra(&path, None).unwrap();
+    assert!(orchestra.warnings.is_empty());
+    let resolved = resolve(&orchestra, &ModuleLibrary::builtin()).unwrap();
+    assert_eq!(resolved.blocks["DAC"].module.name(), "dac");
+    assert_eq!(resolved.blocks["ADC"].module.name(), "adc");
+    assert_eq!(resolved.wires.len(), 3);
+}
+
+#[test]
+fn broken_json_is_one_line_with_its_line_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synthdef.json");
+    std::fs::write(&path, "{\n  \"blocks\": {\n    \"a\": [[[\n").unwrap();
+    let e = load_orchestra(&path, None).unwrap_err().to_string();
+    assert!(
+        e.contains("synthdef.json:") && e.lines().count() == 1,
+        "{e}"
+    );
+}
