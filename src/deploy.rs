@@ -143,8 +143,7 @@ pub fn deploy(
                     library,
                     &block.module,
                     client,
-                    block.inputs,
-                    block.outputs,
+                    (block.inputs, block.outputs),
                     &resolved.audio,
                     &block.params,
                 )

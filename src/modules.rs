@@ -367,8 +367,7 @@ impl Engines {
         library: &ModuleLibrary,
         module: &Module,
         client: &str,
-        inputs: u32,
-        outputs: u32,
+        (inputs, outputs): (u32, u32),
         audio: &crate::model::AudioSettings,
         params: &BTreeMap<String, Value>,
     ) -> Result<Launch, ModuleError> {

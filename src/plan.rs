@@ -10,7 +10,7 @@ use std::fmt::Write;
 pub enum Action {
     Start {
         host: String,
-        process: ProcessSpec,
+        process: Box<ProcessSpec>,
         /// The instance this one replaces: (host, client), on this host or (a move) another.
         replaces: Option<(String, String)>,
     },
@@ -192,7 +192,7 @@ pub fn diff(current: &Deployment, desired: &Deployment) -> Plan {
         }
         plan.actions.push(Action::Start {
             host: wanted.0.to_string(),
-            process: wanted.1.clone(),
+            process: Box::new(wanted.1.clone()),
             replaces: old.map(|(h, p)| (h.to_string(), p.client.clone())),
         });
     }

@@ -114,7 +114,7 @@ impl Agents {
         for action in &plan.actions {
             let request = match action {
                 Action::Start { process, .. } => Request::Start {
-                    process: process.clone(),
+                    process: (**process).clone(),
                 },
                 Action::Stop { client, .. } => Request::Stop {
                     client: client.clone(),

@@ -60,7 +60,14 @@ fn built_in_modules_render_and_launch() {
         let files = module.render(&context).unwrap();
         let audio = Default::default();
         let launch = engines
-            .launch(&library, module, "b-0000", inputs, outputs, &audio, &params)
+            .launch(
+                &library,
+                module,
+                "b-0000",
+                (inputs, outputs),
+                &audio,
+                &params,
+            )
             .unwrap();
         assert_eq!(launch.inputs.len() as u32, inputs);
         assert_eq!(launch.outputs.len() as u32, outputs);

@@ -67,7 +67,7 @@ impl JackGraph {
     }
 
     pub fn sample_rate(&self) -> u32 {
-        self.client.as_client().sample_rate() as u32
+        self.client.as_client().sample_rate()
     }
 
     pub fn intend(&mut self, edge: Edge, on: bool) {

@@ -47,7 +47,7 @@ impl Recorder {
     pub fn start(path: PathBuf, channels: u32) -> Result<Recorder> {
         let (client, _) = jack::Client::new("orchestra-rec", jack::ClientOptions::NO_START_SERVER)
             .map_err(|e| anyhow::anyhow!("recorder: cannot open a JACK client: {e:?}"))?;
-        let rate = client.sample_rate() as u32;
+        let rate = client.sample_rate();
         let mut ports = Vec::new();
         let mut inputs = Vec::new();
         for c in 1..=channels {

@@ -240,7 +240,7 @@ struct PortHandle {
 }
 
 fn port_number(lua: &Lua, index: i64) -> mlua::Result<u32> {
-    if index < 1 || index > 64 {
+    if !(1..=64).contains(&index) {
         return Err(script_error(
             lua,
             format!("port number must be from 1 to 64, not {index}"),
