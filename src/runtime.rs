@@ -155,8 +155,11 @@ fn check_runnable(deployment: &Deployment) -> Result<()> {
     Ok(())
 }
 
+/// Start an agent per host and greet it; `running` is what was last applied (its edges are
+/// handed over so adopted synths keep them).
 async fn start_agents(
     hosts: impl Iterator<Item = &str>,
+    running: &Deployment,
     dir: &Path,
     audio: crate::model::AudioSettings,
     events: &mpsc::UnboundedSender<(String, Event)>,
@@ -174,6 +177,11 @@ async fn start_agents(
                     period: audio.period,
                     start_if_missing: true,
                 },
+                intended: running
+                    .hosts
+                    .get(host)
+                    .map(|h| h.edges.iter().cloned().collect())
+                    .unwrap_or_default(),
             })
             .await?;
         hellos.insert(host.to_string(), serde_json::from_value(hello)?);
@@ -242,8 +250,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .chain(current.hosts.keys())
         .map(String::as_str)
         .collect();
-    let (agents, hellos) =
-        start_agents(hosts.into_iter(), &dir, desired.deployment.audio, &event_tx).await?;
+    let (agents, hellos) = start_agents(
+        hosts.into_iter(),
+        &current,
+        &dir,
+        desired.deployment.audio,
+        &event_tx,
+    )
+    .await?;
     for (host, hello) in &hellos {
         if !hello.adopted.is_empty() {
             eprintln!(
@@ -433,7 +447,14 @@ pub async fn down(script: &Path, state_dir: Option<&Path>) -> Result<()> {
         .keys()
         .map(String::as_str)
         .collect();
-    let (agents, _) = start_agents(hosts.into_iter(), &dir, applied.deployment.audio, &tx).await?;
+    let (agents, _) = start_agents(
+        hosts.into_iter(),
+        &applied.deployment,
+        &dir,
+        applied.deployment.audio,
+        &tx,
+    )
+    .await?;
     teardown(&agents, &applied.deployment, &dir).await?;
     let count: usize = applied
         .deployment

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[test]
 fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
+    let _turn = audio_turn();
     let server = server_name("sine-lp");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
     let wav = dir.path().join("out.wav");
@@ -53,6 +54,7 @@ fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
 
 #[test]
 fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
+    let _turn = audio_turn();
     let server = server_name("failing");
     let dir = tempfile::tempdir().unwrap();
     let modules = dir.path().join("modules");
@@ -101,6 +103,7 @@ fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
 
 #[test]
 fn ctrl_c_tears_down_and_exits_zero() {
+    let _turn = audio_turn();
     let server = server_name("ctrl-c");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
     let mut cmd = orchestra(&server);
@@ -120,6 +123,7 @@ fn ctrl_c_tears_down_and_exits_zero() {
 
 #[test]
 fn synths_never_reach_ports_the_plan_did_not_ask_for() {
+    let _turn = audio_turn();
     let server = server_name("stray");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
     let mut cmd = orchestra(&server);
@@ -172,6 +176,7 @@ fn synths_never_reach_ports_the_plan_did_not_ask_for() {
 
 #[test]
 fn down_stops_what_a_killed_controller_left_playing() {
+    let _turn = audio_turn();
     let server = server_name("down");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
     let mut cmd = orchestra(&server);
@@ -218,4 +223,52 @@ fn bad_script_starts_nothing() {
         "nothing was started or written"
     );
     assert!(leftovers(&server, dir.path()).is_empty());
+}
+
+#[test]
+fn a_new_run_adopts_what_a_killed_controller_left_playing() {
+    let _turn = audio_turn();
+    let server = server_name("adopt");
+    let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let mut cmd = orchestra(&server);
+    cmd.arg("run").arg(&script);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(30));
+    run.signal(libc::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    let synths_before: Vec<String> = leftovers(&server, dir.path())
+        .into_iter()
+        .filter(|p| p.contains("csound"))
+        .collect();
+    assert_eq!(synths_before.len(), 2, "{synths_before:?}");
+
+    let wav = dir.path().join("out.wav");
+    let mut cmd = orchestra(&server);
+    cmd.arg("run")
+        .arg(&script)
+        .arg("--record")
+        .arg(&wav)
+        .args(["--seconds", "3"]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("adopted 2 running instance(s)", Duration::from_secs(30));
+    run.wait_for("playing:", Duration::from_secs(30));
+    let synths_now: Vec<String> = leftovers(&server, dir.path())
+        .into_iter()
+        .filter(|p| p.contains("csound"))
+        .collect();
+    assert_eq!(
+        synths_now, synths_before,
+        "the same processes (same pids) play on"
+    );
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let report = analyze(&left, rate);
+    assert!((report.frequency_hz - 440.0).abs() < 4.4, "{report:?}");
+    assert!(
+        report.first_sound_s.unwrap() < 0.5,
+        "already sounding when recording starts: {report:?}"
+    );
+    assert!(report.longest_gap_ms < 5.0, "edges kept: {report:?}");
+    assert_no_leftovers(&server, dir.path());
 }

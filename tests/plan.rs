@@ -186,3 +186,69 @@ fn broken_json_is_one_line_with_its_line_number() {
         "{e}"
     );
 }
+
+#[test]
+fn every_example_checks() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let library = ModuleLibrary::builtin();
+    for script in ["sine-lp.lua", "fm-lp.lua"] {
+        let o = load_orchestra(&examples.join(script), None).unwrap();
+        resolve(&o, &library).unwrap();
+    }
+    let o = load_orchestra(
+        &examples.join("sine-lp.lua"),
+        Some(&examples.join("hosts.lua")),
+    )
+    .unwrap();
+    assert_eq!(o.hosts.len(), 3);
+    resolve(&o, &library).unwrap();
+}
+
+#[test]
+fn a_user_module_shadows_a_built_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let sine = dir.path().join("sine");
+    std::fs::create_dir(&sine).unwrap();
+    std::fs::write(
+        sine.join("manifest.json"),
+        r#"{"module": "sine", "synth": "csound", "main": "s.csd", "inputs": 0, "outputs": 2, "params": {"freq": 1}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        sine.join("s.csd"),
+        "<CsoundSynthesizer></CsoundSynthesizer>\n",
+    )
+    .unwrap();
+    let mut library = ModuleLibrary::builtin();
+    assert_eq!(library.add_dir(dir.path()).unwrap(), ["sine"]);
+    let sine = library.get("sine").unwrap();
+    assert_eq!(sine.origin, dir.path().join("sine").display().to_string());
+    assert_eq!(sine.manifest.outputs.resolve(&sine.manifest.params), Ok(2));
+}
+
+#[test]
+fn a_template_error_names_module_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("tpl");
+    std::fs::create_dir(&m).unwrap();
+    std::fs::write(
+        m.join("manifest.json"),
+        r#"{"module": "tpl", "synth": "csound", "main": "t.csd.j2", "inputs": 0}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("t.csd.j2"),
+        "sr = {{ audio.rate }}\nfreq = {{ params.frq }}\n",
+    )
+    .unwrap();
+    let mut library = ModuleLibrary::builtin();
+    library.add_dir(dir.path()).unwrap();
+    let path = dir.path().join("song.lua");
+    std::fs::write(&path, "block \"t\" { module = \"tpl\" }\n").unwrap();
+    let resolved = resolve(&load_orchestra(&path, None).unwrap(), &library).unwrap();
+    let (placement, _) = place(&resolved, None, &Weights::default()).unwrap();
+    let e = deploy(&resolved, &placement, &library, &mut Engines::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("block `t`: module `tpl`: t.csd.j2:2:"), "{e}");
+}

@@ -99,11 +99,15 @@ fn pin_to_unknown_host() {
     let e = error_of(
         "host \"h1\" { address = \"10.0.0.1\" }\nhost \"h2\" { address = \"10.0.0.2\" }\nblock \"a\" { module = \"sine\", host = \"h3\" }\n",
     );
+    assert_eq!(
+        e,
+        "DIR/song.lua:3: block `a` is pinned to unknown host `h3` (hosts: h1, h2)"
+    );
+    let e = error_of("host \"xenakis\" { address = \"10.0.0.1\" }\nblock \"a\" { module = \"sine\", host = \"xenaks\" }\n");
     assert!(
-        e.starts_with("DIR/song.lua:3: block `a` is pinned to unknown host `h3`"),
+        e.ends_with("unknown host `xenaks` (did you mean `xenakis`?)"),
         "{e}"
     );
-    assert!(e.contains("did you mean"), "{e}");
 }
 
 #[test]
@@ -118,8 +122,10 @@ fn runaway_loop_is_stopped() {
 #[test]
 fn memory_bomb_is_stopped() {
     let e = error_of("local t = {}\nlocal s = string.rep(\"x\", 1024)\nfor i = 1, 1e9 do\n  t[i] = s .. i\nend\n");
+    // The line is where the script was when the limit hit: the loop (3) or its body (4).
     assert!(
-        e.starts_with("DIR/song.lua:4: script used more than 64 MiB of memory"),
+        e == "DIR/song.lua:3: script used more than 64 MiB of memory"
+            || e == "DIR/song.lua:4: script used more than 64 MiB of memory",
         "{e}"
     );
 }

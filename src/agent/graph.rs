@@ -78,6 +78,10 @@ impl JackGraph {
         }
     }
 
+    pub fn intend_only(&mut self, edges: BTreeSet<Edge>) {
+        self.intended = edges;
+    }
+
     pub fn set_recorder_inputs(&mut self, inputs: Vec<String>) {
         self.recorder_inputs = inputs;
     }

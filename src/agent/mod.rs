@@ -29,6 +29,10 @@ struct Agent {
     graph_events: Option<UnboundedReceiver<GraphEvent>>,
     recorder: Option<Recorder>,
     first_sound_sent: bool,
+    /// Events noticed while a request ran, sent with the next upkeep.
+    pending_events: Vec<Event>,
+    /// Clients that exited: edges to them will not appear, so nobody waits for them.
+    dead_clients: std::collections::BTreeSet<String>,
 }
 
 impl Agent {
@@ -44,6 +48,21 @@ impl Agent {
             .ok_or_else(|| anyhow!("no JACK client (say hello first)"))
     }
 
+    /// Notice exited synths now (their events go out with the next upkeep).
+    fn sweep(&mut self) {
+        let exited = self
+            .supervisor
+            .as_mut()
+            .map(|s| s.sweep())
+            .unwrap_or_default();
+        for event in exited {
+            if let Event::Exited { client, .. } = &event {
+                self.dead_clients.insert(client.clone());
+            }
+            self.pending_events.push(event);
+        }
+    }
+
     fn reconcile(&self) {
         if let (Some(graph), Some(sup)) = (&self.graph, &self.supervisor) {
             let mut ours: Vec<&str> = sup.clients().collect();
@@ -54,7 +73,11 @@ impl Agent {
 
     async fn handle(&mut self, request: Request) -> Result<Value> {
         match request {
-            Request::Hello { workdir, jack } => {
+            Request::Hello {
+                workdir,
+                jack,
+                intended,
+            } => {
                 let workdir = PathBuf::from(workdir);
                 std::fs::create_dir_all(&workdir)?;
                 let mut jack_started = false;
@@ -67,7 +90,8 @@ impl Agent {
                 }
                 let mut sup = Supervisor::new(&workdir);
                 let adopted = sup.adopt();
-                let (graph, events) = JackGraph::open()?;
+                let (mut graph, events) = JackGraph::open()?;
+                graph.intend_only(intended.into_iter().collect());
                 let sample_rate = graph.sample_rate();
                 if sample_rate != jack.rate {
                     tracing::warn!(
@@ -132,9 +156,15 @@ impl Agent {
             Request::WaitEdges { timeout_ms } => {
                 let deadline = Instant::now() + Duration::from_millis(timeout_ms);
                 loop {
+                    self.sweep();
                     self.reconcile();
                     let (connected, missing) = self.graph()?.split_intended();
-                    if missing.is_empty() || Instant::now() >= deadline {
+                    let client_of = |port: &str| port.split(':').next().unwrap_or("").to_string();
+                    let awaited = missing.iter().any(|e| {
+                        !self.dead_clients.contains(&client_of(&e.from))
+                            && !self.dead_clients.contains(&client_of(&e.to))
+                    });
+                    if !awaited || Instant::now() >= deadline {
                         return Ok(json!({ "connected": connected.len(), "missing": missing }));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -158,11 +188,8 @@ impl Agent {
 
     /// Periodic and event-driven upkeep; returns events for the controller.
     fn upkeep(&mut self) -> Vec<Event> {
-        let mut events = self
-            .supervisor
-            .as_mut()
-            .map(|s| s.sweep())
-            .unwrap_or_default();
+        self.sweep();
+        let mut events = std::mem::take(&mut self.pending_events);
         if let Some(rx) = self.graph_events.as_mut() {
             while let Ok(event) = rx.try_recv() {
                 if let GraphEvent::ServerGone(reason) = event {
@@ -201,6 +228,8 @@ pub async fn serve() -> Result<()> {
         graph_events: None,
         recorder: None,
         first_sound_sent: false,
+        pending_events: Vec::new(),
+        dead_clients: Default::default(),
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {

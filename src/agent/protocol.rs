@@ -15,10 +15,14 @@ pub struct RequestLine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// First request: where to keep instances, and the JACK server to use or start.
+    /// First request: where to keep instances, the JACK server to use or start, and the
+    /// edges the controller last applied here — so synths adopted from an earlier agent keep
+    /// theirs (any other edge of our clients is removed).
     Hello {
         workdir: String,
         jack: JackSettings,
+        #[serde(default)]
+        intended: Vec<Edge>,
     },
     /// Write the instance's files and start it (idempotent for a running client).
     Start {

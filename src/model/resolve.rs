@@ -199,7 +199,17 @@ fn resolve_blocks(
                         "block `{}` is pinned to unknown host `{}`{}",
                         block.name,
                         h,
-                        did_you_mean(h, hosts.iter().map(|h| h.name.as_str()))
+                        match did_you_mean(h, hosts.iter().map(|h| h.name.as_str())) {
+                            hint if hint.is_empty() => format!(
+                                " (hosts: {})",
+                                hosts
+                                    .iter()
+                                    .map(|h| h.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                            hint => hint,
+                        }
                     ),
                 ))
             }

@@ -175,3 +175,10 @@ pub fn assert_no_leftovers(server: &str, dir: &Path) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Real-time audio tests take turns: on a 2-core machine several jackd servers and csound
+/// processes at once starve each other into dropouts that say nothing about the code.
+pub fn audio_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
