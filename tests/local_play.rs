@@ -106,10 +106,7 @@ fn ctrl_c_tears_down_and_exits_zero() {
     let _turn = audio_turn();
     let server = server_name("ctrl-c");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let mut cmd = orchestra(&server);
-    cmd.arg("run").arg(&script);
-    let mut run = Running::spawn(cmd);
-    run.wait_for("playing:", Duration::from_secs(30));
+    let run = playing(&server, &script);
     let silent = run
         .stderr
         .iter()
@@ -126,10 +123,7 @@ fn synths_never_reach_ports_the_plan_did_not_ask_for() {
     let _turn = audio_turn();
     let server = server_name("stray");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let mut cmd = orchestra(&server);
-    cmd.arg("run").arg(&script);
-    let mut run = Running::spawn(cmd);
-    run.wait_for("playing:", Duration::from_secs(30));
+    let run = playing(&server, &script);
     let edges = jack_connections(&server);
     let osc_out = edges
         .iter()
@@ -179,10 +173,7 @@ fn down_stops_what_a_killed_controller_left_playing() {
     let _turn = audio_turn();
     let server = server_name("down");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let mut cmd = orchestra(&server);
-    cmd.arg("run").arg(&script);
-    let mut run = Running::spawn(cmd);
-    run.wait_for("playing:", Duration::from_secs(30));
+    let run = playing(&server, &script);
     run.signal(libc::SIGKILL);
     let _ = run.finish(Duration::from_secs(10));
     // The show goes on without its controller.
@@ -230,10 +221,7 @@ fn a_new_run_adopts_what_a_killed_controller_left_playing() {
     let _turn = audio_turn();
     let server = server_name("adopt");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let mut cmd = orchestra(&server);
-    cmd.arg("run").arg(&script);
-    let mut run = Running::spawn(cmd);
-    run.wait_for("playing:", Duration::from_secs(30));
+    let run = playing(&server, &script);
     run.signal(libc::SIGKILL);
     let _ = run.finish(Duration::from_secs(10));
     let synths_before: Vec<String> = leftovers(&server, dir.path())

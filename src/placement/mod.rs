@@ -85,25 +85,18 @@ impl Problem {
         let mut group_unit: BTreeMap<String, usize> = BTreeMap::new();
         let mut units: Vec<Unit> = Vec::new();
         for block in resolved.blocks.values() {
+            let mut new_unit = || {
+                units.push(Unit {
+                    blocks: vec![],
+                    cpu: 0,
+                    pin: None,
+                    previous: vec![],
+                });
+                units.len() - 1
+            };
             let u = match &block.group {
-                Some(g) => *group_unit.entry(g.clone()).or_insert_with(|| {
-                    units.push(Unit {
-                        blocks: vec![],
-                        cpu: 0,
-                        pin: None,
-                        previous: vec![],
-                    });
-                    units.len() - 1
-                }),
-                None => {
-                    units.push(Unit {
-                        blocks: vec![],
-                        cpu: 0,
-                        pin: None,
-                        previous: vec![],
-                    });
-                    units.len() - 1
-                }
+                Some(g) => *group_unit.entry(g.clone()).or_insert_with(new_unit),
+                None => new_unit(),
             };
             let unit = &mut units[u];
             if let Some(pin) = &block.pin {

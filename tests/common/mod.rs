@@ -182,3 +182,12 @@ pub fn audio_turn() -> std::sync::MutexGuard<'static, ()> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// `orchestra run SCRIPT` with no end set, returned once it says it is playing.
+pub fn playing(server: &str, script: &Path) -> Running {
+    let mut cmd = orchestra(server);
+    cmd.arg("run").arg(script);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(30));
+    run
+}
