@@ -1,6 +1,6 @@
 //! The command line (clap): `run`, `plan`, `check`, `down`, `agent`, `analyze`.
 
-use crate::placement::{Placement, Weights};
+use crate::placement::{Options as PlacementOptions, Placement, Weights};
 use crate::runtime::{self, RunOptions, Source};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -35,6 +35,9 @@ struct SourceArgs {
     /// Price of moving one block away from its previous host.
     #[arg(long, default_value_t = 1.0)]
     beta: f64,
+    /// Time budget of the placement search, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    time_limit: u64,
 }
 
 impl SourceArgs {
@@ -43,9 +46,12 @@ impl SourceArgs {
             script: self.script.clone(),
             hosts: self.hosts.clone(),
             modules: self.modules.clone(),
-            weights: Weights {
-                alpha: self.alpha,
-                beta: self.beta,
+            placement: PlacementOptions {
+                weights: Weights {
+                    alpha: self.alpha,
+                    beta: self.beta,
+                },
+                time_limit: std::time::Duration::from_millis(self.time_limit),
             },
         }
     }
@@ -82,9 +88,9 @@ enum Command {
         /// A previous `plan --format json` output whose placement to start from.
         #[arg(long, value_name = "PLAN.json")]
         previous: Option<PathBuf>,
-        /// Time budget of the placement search, in milliseconds.
-        #[arg(long, default_value_t = 200)]
-        time_limit: u64,
+        /// Per host: load against cores, cut connections, and why blocks sit where they do.
+        #[arg(long)]
+        explain: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -130,12 +136,12 @@ pub async fn main(cli: Cli) -> Result<()> {
             source,
             format,
             previous,
-            time_limit: _,
+            explain,
             state_dir,
-        } => plan(source.source(), format, previous, state_dir),
+        } => plan(source.source(), format, previous, explain, state_dir),
         Command::Check { source } => {
             let loaded = runtime::load(&source.source())?;
-            let desired = runtime::desire(&loaded, None, &source.source().weights)?;
+            let desired = runtime::desire(&loaded, None, &source.source().placement)?;
             runtime::warn_overflow(&loaded, &desired);
             println!(
                 "{}: ok ({} blocks, {} connections, {} host(s))",
@@ -161,6 +167,7 @@ fn plan(
     source: Source,
     format: Format,
     previous: Option<PathBuf>,
+    explain: bool,
     state_dir: Option<PathBuf>,
 ) -> Result<()> {
     let loaded = runtime::load(&source)?;
@@ -174,11 +181,21 @@ fn plan(
             })?;
             let placement: Placement = serde_json::from_value(value["placement"].clone())
                 .with_context(|| format!("{}: no `placement` map", path.display()))?;
+            for (block, host) in &placement.0 {
+                if !loaded.resolved.blocks.contains_key(block) {
+                    eprintln!(
+                        "note: {}: block `{block}` (on {host}) is not in the orchestra; ignored",
+                        path.display()
+                    );
+                } else if !loaded.resolved.hosts.iter().any(|h| &h.name == host) {
+                    eprintln!("note: {}: host `{host}` (of `{block}`) is not in the hosts; `{block}` counts as moved", path.display());
+                }
+            }
             Some(placement)
         }
         None => applied.as_ref().map(|a| a.placement.clone()),
     };
-    let desired = runtime::desire(&loaded, previous_placement.as_ref(), &source.weights)?;
+    let desired = runtime::desire(&loaded, previous_placement.as_ref(), &source.placement)?;
     let current = applied.map(|a| a.deployment).unwrap_or_default();
     let actions = crate::plan::diff(&current, &desired.deployment);
     match format {
@@ -186,6 +203,7 @@ fn plan(
             let out = json!({
                 "placement": desired.placement,
                 "cost": desired.cost,
+                "optimal": desired.optimal,
                 "actions": actions.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
                 "remote_wires": desired.deployment.remote_wires,
             });
@@ -193,15 +211,39 @@ fn plan(
         }
         Format::Text => {
             runtime::warn_overflow(&loaded, &desired);
-            println!("placement:");
-            for (block, host) in &desired.placement.0 {
-                println!("  {block} → {host}");
+            if explain {
+                let solution = crate::placement::Solution {
+                    placement: desired.placement.clone(),
+                    cost: desired.cost,
+                    optimal: desired.optimal,
+                };
+                print!(
+                    "{}",
+                    crate::placement::explain::explain(
+                        &loaded.resolved,
+                        &solution,
+                        previous_placement.as_ref()
+                    )
+                );
+            } else {
+                println!("placement:");
+                for (block, host) in &desired.placement.0 {
+                    println!("  {block} → {host}");
+                }
+                let c = desired.cost;
+                println!(
+                    "cost: {} (overflow {}, cut {}, moved {}){}",
+                    c.total,
+                    c.overflow,
+                    c.cut,
+                    c.moved,
+                    if desired.optimal {
+                        ", proven optimal"
+                    } else {
+                        ""
+                    }
+                );
             }
-            let c = desired.cost;
-            println!(
-                "cost: {} (overflow {}, cut {}, moved {})",
-                c.total, c.overflow, c.cut, c.moved
-            );
             for w in &desired.deployment.remote_wires {
                 println!(
                     "  link {} ({}) → {} ({})",

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct ProcessSpec {
     pub block: String,
     pub module: String,
-    /// JACK client name, `<block>-<hash8>`: unique per instance, so a replacement can start
+    /// JACK client name, `<block>-<hash8>` (see `client_name`): unique per instance, so a replacement can start
     /// beside the old one (make-before-break) without a name clash.
     pub client: String,
     /// Working directory relative to the agent's work dir: `blocks/<block>-<module>/<hash8>`.
@@ -68,6 +68,18 @@ pub enum DeployError {
     Module { block: String, error: ModuleError },
     #[error("block `{0}` has no host in the placement")]
     Unplaced(String),
+}
+
+/// The longest JACK client name every engine accepts: csound silently falls back to
+/// `csound6` for a name of 32 bytes or more.
+pub const MAX_CLIENT_NAME: usize = 31;
+
+/// `<block>-<hash8>`, the block name cut so the whole fits `MAX_CLIENT_NAME`. The hash covers
+/// the full block name, so two long names with one prefix still get distinct clients.
+pub fn client_name(block: &str, hash: &str) -> String {
+    let room = MAX_CLIENT_NAME - hash.len() - 1;
+    let prefix: String = block.chars().take(room).collect();
+    format!("{prefix}-{hash}")
 }
 
 fn short_hash(parts: &serde_json::Value) -> String {
@@ -153,7 +165,7 @@ pub fn deploy(
         // name (which itself carries the hash).
         let draft = launch(&block.name, engines)?;
         let hash = short_hash(&json!({
-            "module": block.module.name(), "engine": block.module.manifest.synth,
+            "block": block.name, "module": block.module.name(), "engine": block.module.manifest.synth,
             "files": files, "command": draft.command, "audio": resolved.audio,
         }));
         let host_deployment = deployment
@@ -168,7 +180,7 @@ pub fn deploy(
             ports.insert(&block.name, (draft.inputs, draft.outputs));
             continue;
         }
-        let client = format!("{}-{hash}", block.name);
+        let client = client_name(&block.name, &hash);
         let real = launch(&client, engines)?;
         ports.insert(&block.name, (real.inputs.clone(), real.outputs.clone()));
         host_deployment.processes.insert(

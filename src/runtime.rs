@@ -7,7 +7,7 @@ use crate::deploy::{deploy, Deployment};
 use crate::hosts::AgentSession;
 use crate::model::{resolve, Orchestra, Resolved};
 use crate::modules::{Engines, ModuleLibrary};
-use crate::placement::{place, Cost, Placement, Weights};
+use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
 use crate::plan::{diff, Action, Plan};
 use crate::state::{self, AppliedState};
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,7 +22,7 @@ pub struct Source {
     pub script: PathBuf,
     pub hosts: Option<PathBuf>,
     pub modules: Vec<PathBuf>,
-    pub weights: Weights,
+    pub placement: PlacementOptions,
 }
 
 /// An orchestra read, checked and resolved against its modules.
@@ -54,16 +54,24 @@ pub fn load(source: &Source) -> Result<Loaded> {
 pub struct Desired {
     pub placement: Placement,
     pub cost: Cost,
+    /// The placement is proven optimal.
+    pub optimal: bool,
     pub deployment: Deployment,
 }
 
-pub fn desire(loaded: &Loaded, previous: Option<&Placement>, weights: &Weights) -> Result<Desired> {
-    let (placement, cost) = place(&loaded.resolved, previous, weights)?;
+pub fn desire(
+    loaded: &Loaded,
+    previous: Option<&Placement>,
+    options: &PlacementOptions,
+) -> Result<Desired> {
+    let solution = place(&loaded.resolved, previous, options)?;
+    let (placement, cost, optimal) = (solution.placement, solution.cost, solution.optimal);
     let mut engines = Engines::new();
     let deployment = deploy(&loaded.resolved, &placement, &loaded.library, &mut engines)?;
     Ok(Desired {
         placement,
         cost,
+        optimal,
         deployment,
     })
 }
@@ -236,7 +244,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let desired = desire(
         &loaded,
         previous.as_ref().map(|p| &p.placement),
-        &options.source.weights,
+        &options.source.placement,
     )?;
     check_runnable(&desired.deployment)?;
     warn_overflow(&loaded, &desired);

@@ -2,7 +2,7 @@
 
 use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::ModuleLibrary;
-use cloud_orchestra::placement::{place, Weights};
+use cloud_orchestra::placement::{place, Options, Solution};
 use cloud_orchestra::script::load_orchestra;
 
 fn resolved(script: &str, hosts: &str) -> cloud_orchestra::model::Resolved {
@@ -32,7 +32,9 @@ local out = block "out" { module = "dac", host = "h3" }
 #[test]
 fn connected_blocks_share_a_host_and_cores_are_respected() {
     let r = resolved(CHAINS, HOSTS);
-    let (p, cost) = place(&r, None, &Weights::default()).unwrap();
+    let Solution {
+        placement: p, cost, ..
+    } = place(&r, None, &Options::default()).unwrap();
     assert_eq!(p.host_of("out"), Some("h3"), "pins hold");
     assert_eq!(p.host_of("a1"), p.host_of("b1"));
     assert_eq!(p.host_of("a2"), p.host_of("b2"));
@@ -51,7 +53,9 @@ fn overflow_is_counted_and_still_placed() {
         "for i = 1, 3 do block(\"v\" .. i) { module = \"noise\" } end\n",
         hosts,
     );
-    let (p, cost) = place(&r, None, &Weights::default()).unwrap();
+    let Solution {
+        placement: p, cost, ..
+    } = place(&r, None, &Options::default()).unwrap();
     assert_eq!(p.0.len(), 3);
     assert_eq!(cost.overflow, 2);
     assert_eq!(cost.total, 200.0);
@@ -60,10 +64,18 @@ fn overflow_is_counted_and_still_placed() {
 #[test]
 fn deterministic_and_stable_with_a_previous_placement() {
     let r = resolved(CHAINS, HOSTS);
-    let (first, _) = place(&r, None, &Weights::default()).unwrap();
-    let (again, _) = place(&r, None, &Weights::default()).unwrap();
+    let Solution {
+        placement: first, ..
+    } = place(&r, None, &Options::default()).unwrap();
+    let Solution {
+        placement: again, ..
+    } = place(&r, None, &Options::default()).unwrap();
     assert_eq!(first, again);
-    let (kept, cost) = place(&r, Some(&first), &Weights::default()).unwrap();
+    let Solution {
+        placement: kept,
+        cost,
+        ..
+    } = place(&r, Some(&first), &Options::default()).unwrap();
     assert_eq!(kept, first);
     assert_eq!(cost.moved, 0);
 }
@@ -71,12 +83,18 @@ fn deterministic_and_stable_with_a_previous_placement() {
 #[test]
 fn adding_a_block_moves_nothing_else() {
     let r = resolved(CHAINS, HOSTS);
-    let (before, _) = place(&r, None, &Weights::default()).unwrap();
+    let Solution {
+        placement: before, ..
+    } = place(&r, None, &Options::default()).unwrap();
     let r2 = resolved(
         &format!("{CHAINS}block \"extra\" {{ module = \"noise\" }}\n"),
         HOSTS,
     );
-    let (after, cost) = place(&r2, Some(&before), &Weights::default()).unwrap();
+    let Solution {
+        placement: after,
+        cost,
+        ..
+    } = place(&r2, Some(&before), &Options::default()).unwrap();
     assert_eq!(cost.moved, 0);
     for (block, host) in &before.0 {
         assert_eq!(after.host_of(block), Some(host.as_str()));

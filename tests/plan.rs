@@ -3,7 +3,7 @@
 use cloud_orchestra::deploy::{deploy, Deployment};
 use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
-use cloud_orchestra::placement::{place, Placement, Weights};
+use cloud_orchestra::placement::{place, Options, Placement, Solution};
 use cloud_orchestra::plan::{diff, Action};
 use cloud_orchestra::script::load_orchestra;
 use std::path::Path;
@@ -24,7 +24,7 @@ fn deployment_of(
     let orchestra = load_orchestra(&path, hosts_path.as_deref()).unwrap();
     let library = ModuleLibrary::builtin();
     let resolved = resolve(&orchestra, &library).unwrap();
-    let (placement, _) = place(&resolved, previous, &Weights::default()).unwrap();
+    let Solution { placement, .. } = place(&resolved, previous, &Options::default()).unwrap();
     let deployment = deploy(&resolved, &placement, &library, &mut Engines::new()).unwrap();
     (deployment, placement)
 }
@@ -127,7 +127,9 @@ fn prototype_multi_host_example_loads_and_plans_as_it_is() {
         Some("bach"),
         "synthdef hosts are aliases"
     );
-    let (placement, cost) = place(&resolved, None, &Weights::default()).unwrap();
+    let Solution {
+        placement, cost, ..
+    } = place(&resolved, None, &Options::default()).unwrap();
     for group in [
         ["adc", "dac", "lp2", "lp3"].as_slice(),
         ["fm", "lp", "lp4"].as_slice(),
@@ -246,9 +248,27 @@ fn a_template_error_names_module_file_and_line() {
     let path = dir.path().join("song.lua");
     std::fs::write(&path, "block \"t\" { module = \"tpl\" }\n").unwrap();
     let resolved = resolve(&load_orchestra(&path, None).unwrap(), &library).unwrap();
-    let (placement, _) = place(&resolved, None, &Weights::default()).unwrap();
+    let Solution { placement, .. } = place(&resolved, None, &Options::default()).unwrap();
     let e = deploy(&resolved, &placement, &library, &mut Engines::new())
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("block `t`: module `tpl`: t.csd.j2:2:"), "{e}");
+}
+
+#[test]
+fn long_block_names_get_short_distinct_clients() {
+    let long_a = "a_rather_long_block_name_for_voice_1";
+    let long_b = "a_rather_long_block_name_for_voice_2";
+    let script = format!("block \"{long_a}\" {{ module = \"noise\" }}\nblock \"{long_b}\" {{ module = \"noise\" }}\n");
+    let (d, _) = deployment_of(&script, None, None);
+    let clients: Vec<&str> = d.hosts["localhost"]
+        .processes
+        .values()
+        .map(|p| p.client.as_str())
+        .collect();
+    assert_eq!(clients.len(), 2);
+    assert_ne!(clients[0], clients[1]);
+    for c in clients {
+        assert!(c.len() <= cloud_orchestra::deploy::MAX_CLIENT_NAME, "{c}");
+    }
 }

@@ -1,10 +1,14 @@
--- System engine: the host's own sound card ports. No process runs; adc outputs are
--- system:capture_N and dac inputs are system:playback_N.
+-- System engine: the host's own sound card as JACK's "system" client.  Nothing is
+-- launched (no `command`); a block of this engine only names existing ports.
+-- The directions flip: a block's input i is where sound leaves the host
+-- (system:playback_i), its output i is where sound enters it (system:capture_i).
+
 return {
   input_port = function(ctx, i)
-    return "system:playback_" .. i
+    return string.format("system:playback_%d", i)
   end,
+
   output_port = function(ctx, i)
-    return "system:capture_" .. i
+    return string.format("system:capture_%d", i)
   end,
 }

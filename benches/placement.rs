@@ -1,0 +1,2 @@
+//! Placement benchmarks over generated orchestra families.
+fn main() {}

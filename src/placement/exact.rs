@@ -1,0 +1,245 @@
+//! Exact placement by branch and bound: depth-first over units (most constrained first),
+//! hosts tried cheapest first, interchangeable empty hosts tried once, and two lower bounds —
+//! each remaining unit's cheapest increment against what is placed, and the cut/move part
+//! plus the overflow the remaining cpu cannot avoid. Used whole on small orchestras and on
+//! small groups of hosts inside the large-neighbourhood search.
+
+use super::problem::Problem;
+use super::Weights;
+use std::time::Instant;
+
+const EPS: f64 = 1e-9;
+const UNSET: usize = usize::MAX;
+
+/// What a search found.
+pub struct Exact {
+    /// Best assignment found (never worse than the incumbent given).
+    pub assignment: Vec<usize>,
+    pub total: f64,
+    /// True when the search finished: `assignment` is optimal.
+    pub proven: bool,
+    pub nodes: u64,
+}
+
+struct Search<'a> {
+    problem: &'a Problem,
+    weights: Weights,
+    adjacency: Vec<Vec<(usize, u32)>>,
+    order: Vec<usize>,
+    /// Interchangeability class of each host: hosts with the same class and no units are
+    /// the same choice (same cores, nothing pinned to or previously on them).
+    class: Vec<usize>,
+    at: Vec<usize>,
+    load: Vec<u64>,
+    units_on: Vec<u32>,
+    best: Vec<usize>,
+    best_total: f64,
+    nodes: u64,
+    node_limit: u64,
+    deadline: Option<Instant>,
+    stopped: bool,
+    remaining_cpu: u64,
+}
+
+/// Find an optimal assignment, starting from `incumbent` (a complete assignment) as the
+/// upper bound. Stops early, unproven, after `node_limit` nodes or at `deadline`.
+pub fn solve(
+    problem: &Problem,
+    weights: &Weights,
+    incumbent: &[usize],
+    node_limit: u64,
+    deadline: Option<Instant>,
+) -> Exact {
+    let n = problem.units.len();
+    let hosts = problem.hosts.len();
+    let adjacency = problem.adjacency();
+    let mut special = vec![false; hosts];
+    for unit in &problem.units {
+        if let Some(p) = unit.pin {
+            special[p] = true;
+        }
+        for (h, _) in &unit.previous {
+            special[*h] = true;
+        }
+    }
+    let class: Vec<usize> = (0..hosts)
+        .map(|h| {
+            if special[h] {
+                h
+            } else {
+                (0..h)
+                    .find(|&g| !special[g] && problem.hosts[g].cores == problem.hosts[h].cores)
+                    .unwrap_or(h)
+            }
+        })
+        .collect();
+    let mut search = Search {
+        problem,
+        weights: *weights,
+        order: branching_order(problem, &adjacency),
+        adjacency,
+        class,
+        at: vec![UNSET; n],
+        load: vec![0; hosts],
+        units_on: vec![0; hosts],
+        best: incumbent.to_vec(),
+        best_total: problem.cost(incumbent, weights).total,
+        nodes: 0,
+        node_limit,
+        deadline,
+        stopped: false,
+        remaining_cpu: problem.units.iter().map(|u| u.cpu as u64).sum(),
+    };
+    search.descend(0, 0.0);
+    Exact {
+        proven: !search.stopped,
+        assignment: search.best,
+        total: search.best_total,
+        nodes: search.nodes,
+    }
+}
+
+/// Pinned units first, then repeatedly the unit most connected to those already ordered
+/// (ties: larger cpu, then index), so bounds bite early.
+fn branching_order(problem: &Problem, adjacency: &[Vec<(usize, u32)>]) -> Vec<usize> {
+    let n = problem.units.len();
+    let mut ordered = vec![false; n];
+    let mut link = vec![0u64; n];
+    let mut order = Vec::with_capacity(n);
+    for _ in 0..n {
+        let next = (0..n)
+            .filter(|&u| !ordered[u])
+            .max_by_key(|&u| {
+                let unit = &problem.units[u];
+                (
+                    unit.pin.is_some(),
+                    link[u],
+                    unit.cpu,
+                    adjacency[u].len(),
+                    std::cmp::Reverse(u),
+                )
+            })
+            .expect("an unordered unit remains");
+        ordered[next] = true;
+        order.push(next);
+        for &(v, w) in &adjacency[next] {
+            link[v] += w as u64;
+        }
+    }
+    order
+}
+
+impl Search<'_> {
+    fn overflow(&self, h: usize, load: u64) -> u64 {
+        load.saturating_sub(self.problem.hosts[h].cores as u64)
+    }
+
+    /// Cost of putting `u` on `h` given what is placed: (cut + move part, overflow part).
+    fn increment(&self, u: usize, h: usize) -> (f64, f64) {
+        let unit = &self.problem.units[u];
+        let cut: u32 = self.adjacency[u]
+            .iter()
+            .filter(|(v, _)| self.at[*v] != UNSET && self.at[*v] != h)
+            .map(|(_, w)| *w)
+            .sum();
+        let moved = unit.moved_if_on(h) as f64 * self.weights.beta;
+        let over = (self.overflow(h, self.load[h] + unit.cpu as u64)
+            - self.overflow(h, self.load[h])) as f64
+            * self.weights.alpha;
+        (cut as f64 + moved, over)
+    }
+
+    fn candidates(&self, u: usize) -> Vec<usize> {
+        if let Some(p) = self.problem.units[u].pin {
+            return vec![p];
+        }
+        // Of interchangeable empty hosts, only the first is a distinct choice.
+        let mut offered_empty: Vec<usize> = Vec::new();
+        (0..self.problem.hosts.len())
+            .filter(|&h| {
+                if self.units_on[h] > 0 {
+                    return true;
+                }
+                if offered_empty.contains(&self.class[h]) {
+                    return false;
+                }
+                offered_empty.push(self.class[h]);
+                true
+            })
+            .collect()
+    }
+
+    fn lower_bound(&self, depth: usize, partial: f64) -> f64 {
+        let mut separate = 0.0;
+        let mut cut_move = 0.0;
+        for &u in &self.order[depth..] {
+            let mut best_sum = f64::INFINITY;
+            let mut best_cut = f64::INFINITY;
+            for h in self.candidates(u) {
+                let (c, o) = self.increment(u, h);
+                best_sum = best_sum.min(c + o);
+                best_cut = best_cut.min(c);
+            }
+            separate += best_sum;
+            cut_move += best_cut;
+        }
+        let free: u64 = (0..self.problem.hosts.len())
+            .map(|h| (self.problem.hosts[h].cores as u64).saturating_sub(self.load[h]))
+            .sum();
+        let unavoidable = self.remaining_cpu.saturating_sub(free) as f64 * self.weights.alpha;
+        partial + separate.max(cut_move + unavoidable)
+    }
+
+    fn descend(&mut self, depth: usize, partial: f64) {
+        if self.stopped {
+            return;
+        }
+        self.nodes += 1;
+        if self.nodes > self.node_limit
+            || (self.nodes.is_multiple_of(1024) && self.deadline.is_some_and(|d| Instant::now() >= d))
+        {
+            self.stopped = true;
+            return;
+        }
+        if depth == self.order.len() {
+            if partial + EPS < self.best_total {
+                self.best_total = partial;
+                self.best.clone_from(&self.at);
+            }
+            return;
+        }
+        if self.lower_bound(depth, partial) + EPS >= self.best_total {
+            return;
+        }
+        let u = self.order[depth];
+        let previous = self.problem.units[u].previous_host();
+        let mut options: Vec<(f64, bool, usize)> = self
+            .candidates(u)
+            .into_iter()
+            .map(|h| {
+                let (c, o) = self.increment(u, h);
+                (c + o, previous != Some(h), h)
+            })
+            .collect();
+        // Cheapest first; ties stay put, then go to the first host.
+        options.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let cpu = self.problem.units[u].cpu as u64;
+        for (inc, _, h) in options {
+            if partial + inc + EPS >= self.best_total {
+                break;
+            }
+            self.at[u] = h;
+            self.load[h] += cpu;
+            self.units_on[h] += 1;
+            self.remaining_cpu -= cpu;
+            self.descend(depth + 1, partial + inc);
+            self.remaining_cpu += cpu;
+            self.units_on[h] -= 1;
+            self.load[h] -= cpu;
+            self.at[u] = UNSET;
+            if self.stopped {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Generated placement instances that look like real orchestras, for benchmarks and tests.

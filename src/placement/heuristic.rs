@@ -1,0 +1,494 @@
+//! Heuristic placement for orchestras too large to prove: a greedy construction along the
+//! connection graph, Fiduccia–Mattheyses refinement (best move first, negative moves allowed,
+//! rolled back to the best prefix), pairwise swaps for full hosts, and a large-neighbourhood
+//! search that re-solves small groups of hosts exactly. Deterministic: every loop is bounded
+//! by counts; the deadline only cuts a search short.
+
+use super::exact;
+use super::problem::{HostSlot, Problem, Unit};
+use super::Weights;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Instant;
+
+const EPS: f64 = 1e-9;
+
+/// A complete assignment with the bookkeeping that makes move gains cheap.
+pub struct State<'a> {
+    pub problem: &'a Problem,
+    pub weights: Weights,
+    pub adjacency: Vec<Vec<(usize, u32)>>,
+    pub at: Vec<usize>,
+    pub load: Vec<u64>,
+}
+
+impl<'a> State<'a> {
+    pub fn new(problem: &'a Problem, weights: &Weights, at: Vec<usize>) -> State<'a> {
+        let mut load = vec![0u64; problem.hosts.len()];
+        for (u, h) in at.iter().enumerate() {
+            load[*h] += problem.units[u].cpu as u64;
+        }
+        State {
+            problem,
+            weights: *weights,
+            adjacency: problem.adjacency(),
+            at,
+            load,
+        }
+    }
+
+    pub fn total(&self) -> f64 {
+        self.problem.cost(&self.at, &self.weights).total
+    }
+
+    fn overflow(&self, h: usize, load: u64) -> u64 {
+        load.saturating_sub(self.problem.hosts[h].cores as u64)
+    }
+
+    /// Weight of `u`'s connections to units on `h`.
+    fn link(&self, u: usize, h: usize) -> u32 {
+        self.adjacency[u]
+            .iter()
+            .filter(|(v, _)| self.at[*v] == h)
+            .map(|(_, w)| *w)
+            .sum()
+    }
+
+    /// Change of total cost if `u` moved to `to` (negative is better).
+    pub fn move_delta(&self, u: usize, to: usize) -> f64 {
+        let from = self.at[u];
+        if from == to {
+            return 0.0;
+        }
+        let unit = &self.problem.units[u];
+        let cpu = unit.cpu as u64;
+        let cut = self.link(u, from) as f64 - self.link(u, to) as f64;
+        let over = (self.overflow(to, self.load[to] + cpu) as f64
+            - self.overflow(to, self.load[to]) as f64)
+            + (self.overflow(from, self.load[from] - cpu) as f64
+                - self.overflow(from, self.load[from]) as f64);
+        let moved = unit.moved_if_on(to) as f64 - unit.moved_if_on(from) as f64;
+        cut + self.weights.alpha * over + self.weights.beta * moved
+    }
+
+    pub fn apply(&mut self, u: usize, to: usize) {
+        let cpu = self.problem.units[u].cpu as u64;
+        self.load[self.at[u]] -= cpu;
+        self.load[to] += cpu;
+        self.at[u] = to;
+    }
+
+    /// Hosts worth trying for `u`: its neighbours' hosts, its previous host, and the host with
+    /// the most free cores (room for a move that only relieves an overflow).
+    fn targets(&self, u: usize) -> Vec<usize> {
+        let unit = &self.problem.units[u];
+        if unit.pin.is_some() {
+            return Vec::new();
+        }
+        let mut t: Vec<usize> = self.adjacency[u].iter().map(|(v, _)| self.at[*v]).collect();
+        t.extend(unit.previous_host());
+        t.push(self.roomiest());
+        t.sort_unstable();
+        t.dedup();
+        t.retain(|h| *h != self.at[u]);
+        t
+    }
+
+    fn roomiest(&self) -> usize {
+        (0..self.problem.hosts.len())
+            .max_by_key(|&h| {
+                (
+                    self.problem.hosts[h].cores as i64 - self.load[h] as i64,
+                    std::cmp::Reverse(h),
+                )
+            })
+            .expect("at least one host")
+    }
+
+    /// The best move of `u`: (delta, target).
+    fn best_move(&self, u: usize) -> Option<(f64, usize)> {
+        self.targets(u)
+            .into_iter()
+            .map(|h| (self.move_delta(u, h), h))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+    }
+}
+
+/// Greedy construction: pinned units first, then depth-first along connections (subtrees and
+/// chains stay contiguous). Each unit goes where it adds least; ties go to its previous host,
+/// then — if it has placed neighbours — to the fullest host that still fits (fill hosts one by
+/// one), else to the emptiest (start a new region).
+pub fn construct(problem: &Problem, weights: &Weights) -> Vec<usize> {
+    let n = problem.units.len();
+    let adjacency = problem.adjacency();
+    let mut order = Vec::with_capacity(n);
+    let mut seen = vec![false; n];
+    let mut seeds: Vec<usize> = (0..n).collect();
+    seeds.sort_by_key(|&u| {
+        let unit = &problem.units[u];
+        (
+            unit.pin.is_none(),
+            unit.previous.is_empty(),
+            std::cmp::Reverse(adjacency[u].len()),
+            u,
+        )
+    });
+    for seed in seeds {
+        if seen[seed] {
+            continue;
+        }
+        let mut stack = vec![seed];
+        while let Some(u) = stack.pop() {
+            if seen[u] {
+                continue;
+            }
+            seen[u] = true;
+            order.push(u);
+            // Visit heavier links last-pushed, so they come next.
+            let mut next: Vec<(u32, usize)> = adjacency[u]
+                .iter()
+                .filter(|(v, _)| !seen[*v])
+                .map(|(v, w)| (*w, *v))
+                .collect();
+            next.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            stack.extend(next.into_iter().map(|(_, v)| v));
+        }
+    }
+    const UNSET: usize = usize::MAX;
+    let mut at = vec![UNSET; n];
+    let mut load = vec![0u64; problem.hosts.len()];
+    for u in order {
+        let unit = &problem.units[u];
+        let candidates: Vec<usize> = match unit.pin {
+            Some(p) => vec![p],
+            None => (0..problem.hosts.len()).collect(),
+        };
+        let has_placed_neighbour = adjacency[u].iter().any(|(v, _)| at[*v] != UNSET);
+        let previous = unit.previous_host();
+        let best = candidates
+            .into_iter()
+            .map(|h| {
+                let cores = problem.hosts[h].cores as u64;
+                let over = |l: u64| l.saturating_sub(cores) as f64;
+                let cut: u32 = adjacency[u]
+                    .iter()
+                    .filter(|(v, _)| at[*v] != UNSET && at[*v] != h)
+                    .map(|(_, w)| *w)
+                    .sum();
+                let delta = weights.alpha * (over(load[h] + unit.cpu as u64) - over(load[h]))
+                    + cut as f64
+                    + weights.beta * unit.moved_if_on(h) as f64;
+                let free = cores as i64 - load[h] as i64;
+                let fill = if has_placed_neighbour { free } else { -free };
+                (delta, previous != Some(h), fill, h)
+            })
+            .min_by(|a, b| {
+                a.0.total_cmp(&b.0)
+                    .then(a.1.cmp(&b.1))
+                    .then(a.2.cmp(&b.2))
+                    .then(a.3.cmp(&b.3))
+            })
+            .expect("a candidate host");
+        at[u] = best.3;
+        load[best.3] += unit.cpu as u64;
+    }
+    at
+}
+
+/// A candidate move in the FM heap, best (lowest delta) first.
+#[derive(PartialEq)]
+struct Candidate {
+    delta: f64,
+    unit: usize,
+    to: usize,
+}
+
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .delta
+            .total_cmp(&self.delta)
+            .then(other.unit.cmp(&self.unit))
+            .then(other.to.cmp(&self.to))
+    }
+}
+
+/// Fiduccia–Mattheyses passes: repeatedly make the best move of an unlocked unit (even a
+/// worsening one), lock it, and finally keep the best prefix. Returns the improvement.
+pub fn refine(state: &mut State, passes: usize, deadline: Option<Instant>) -> f64 {
+    let n = state.problem.units.len();
+    let mut improvement = 0.0;
+    for _ in 0..passes {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let mut locked = vec![false; n];
+        let mut heap = BinaryHeap::new();
+        for u in 0..n {
+            if let Some((delta, to)) = state.best_move(u) {
+                heap.push(Candidate { delta, unit: u, to });
+            }
+        }
+        let mut moves: Vec<(usize, usize)> = Vec::new();
+        let (mut running, mut best, mut best_len) = (0.0f64, 0.0f64, 0usize);
+        // Give up on a pass after this many moves without a new best.
+        let patience = 25 + n / 20;
+        while let Some(c) = heap.pop() {
+            if locked[c.unit] {
+                continue;
+            }
+            // Gains go stale as loads and neighbours move: re-evaluate lazily.
+            let Some((delta, to)) = state.best_move(c.unit) else {
+                continue;
+            };
+            if delta > c.delta + EPS || to != c.to {
+                heap.push(Candidate {
+                    delta,
+                    unit: c.unit,
+                    to,
+                });
+                continue;
+            }
+            let from = state.at[c.unit];
+            state.apply(c.unit, to);
+            locked[c.unit] = true;
+            moves.push((c.unit, from));
+            running += delta;
+            if running < best - EPS {
+                best = running;
+                best_len = moves.len();
+            }
+            if moves.len() - best_len > patience {
+                break;
+            }
+            for &(v, _) in &state.adjacency[c.unit] {
+                if !locked[v] {
+                    if let Some((delta, to)) = state.best_move(v) {
+                        heap.push(Candidate { delta, unit: v, to });
+                    }
+                }
+            }
+        }
+        for &(u, from) in moves[best_len..].iter().rev() {
+            state.apply(u, from);
+        }
+        if best > -EPS {
+            break;
+        }
+        improvement -= best;
+    }
+    improvement
+}
+
+/// Pairwise swaps: for a unit drawn to another host, exchange it with a unit there when the
+/// pair together lowers the cost (what single moves cannot do between full hosts).
+pub fn swaps(state: &mut State, deadline: Option<Instant>) -> f64 {
+    let n = state.problem.units.len();
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); state.problem.hosts.len()];
+    for u in 0..n {
+        members[state.at[u]].push(u);
+    }
+    let mut improvement = 0.0;
+    for u in 0..n {
+        if state.problem.units[u].pin.is_some() {
+            continue;
+        }
+        if u.is_multiple_of(64) && deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let a = state.at[u];
+        let here = state.link(u, a);
+        let mut drawn: Vec<(u32, usize)> = state
+            .targets(u)
+            .into_iter()
+            .map(|b| (state.link(u, b), b))
+            .filter(|(w, _)| *w > here)
+            .collect();
+        drawn.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (_, b) in drawn.into_iter().take(3) {
+            for &v in &members[b] {
+                if state.problem.units[v].pin.is_some() {
+                    continue;
+                }
+                let d1 = state.move_delta(u, b);
+                state.apply(u, b);
+                let d2 = state.move_delta(v, a);
+                state.apply(u, a);
+                let delta = d1 + d2;
+                if delta < -EPS && best.is_none_or(|(bd, _, _)| delta < bd) {
+                    best = Some((delta, v, b));
+                }
+            }
+        }
+        if let Some((delta, v, b)) = best {
+            state.apply(u, b);
+            state.apply(v, a);
+            members[a].retain(|x| *x != u);
+            members[b].retain(|x| *x != v);
+            members[b].push(u);
+            members[a].push(v);
+            improvement -= delta;
+        }
+    }
+    improvement
+}
+
+/// Units on a group of hosts, as a problem of its own: their internal connections, the
+/// group's cores, their pins and previous hosts mapped into the group. Connections leaving the
+/// group cost the same wherever inside it the units go, so the sub-problem is exact.
+fn subproblem(state: &State, group: &[usize]) -> (Problem, Vec<usize>) {
+    let local_host: BTreeMap<usize, usize> =
+        group.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    let units: Vec<usize> = (0..state.problem.units.len())
+        .filter(|u| local_host.contains_key(&state.at[*u]))
+        .collect();
+    let local_unit: BTreeMap<usize, usize> =
+        units.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+    let problem = Problem {
+        hosts: group
+            .iter()
+            .map(|h| HostSlot {
+                name: state.problem.hosts[*h].name.clone(),
+                cores: state.problem.hosts[*h].cores,
+            })
+            .collect(),
+        units: units
+            .iter()
+            .map(|u| {
+                let unit = &state.problem.units[*u];
+                Unit {
+                    blocks: Vec::new(),
+                    cpu: unit.cpu,
+                    pin: unit.pin.and_then(|p| local_host.get(&p).copied()),
+                    previous: unit
+                        .previous
+                        .iter()
+                        .filter_map(|(h, c)| local_host.get(h).map(|l| (*l, *c)))
+                        .collect(),
+                    previous_total: unit.previous_total,
+                }
+            })
+            .collect(),
+        edges: state
+            .problem
+            .edges
+            .iter()
+            .filter_map(|(a, b, w)| Some((*local_unit.get(a)?, *local_unit.get(b)?, *w)))
+            .collect(),
+    };
+    (problem, units)
+}
+
+/// Groups of 2–5 hosts to re-solve: pairs joined by the most cut weight, grown by the host
+/// most connected to the group while the group stays small enough to solve.
+fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
+    let hosts = state.problem.hosts.len();
+    let mut between: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    for &(a, b, w) in &state.problem.edges {
+        let (ha, hb) = (state.at[a], state.at[b]);
+        if ha != hb {
+            *between.entry((ha.min(hb), ha.max(hb))).or_default() += w as u64;
+        }
+    }
+    let mut count = vec![0usize; hosts];
+    for h in &state.at {
+        count[*h] += 1;
+    }
+    // Overloaded hosts pair with the roomiest one as well.
+    for h in 0..hosts {
+        if state.load[h] > state.problem.hosts[h].cores as u64 {
+            let r = state.roomiest();
+            if r != h {
+                *between.entry((h.min(r), h.max(r))).or_default() += 1;
+            }
+        }
+    }
+    let mut pairs: Vec<((usize, usize), u64)> = between.into_iter().collect();
+    pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut out = Vec::new();
+    for ((a, b), _) in pairs {
+        let mut group = vec![a, b];
+        let mut size = count[a] + count[b];
+        if size > max_units {
+            continue;
+        }
+        while group.len() < 5 {
+            let mut pull = vec![0u64; hosts];
+            for &(x, y, w) in &state.problem.edges {
+                let (hx, hy) = (state.at[x], state.at[y]);
+                if group.contains(&hx) && !group.contains(&hy) {
+                    pull[hy] += w as u64;
+                } else if group.contains(&hy) && !group.contains(&hx) {
+                    pull[hx] += w as u64;
+                }
+            }
+            let next = (0..hosts)
+                .filter(|h| !group.contains(h) && pull[*h] > 0 && size + count[*h] <= max_units)
+                .max_by_key(|h| (pull[*h], std::cmp::Reverse(*h)));
+            match next {
+                Some(h) => {
+                    size += count[h];
+                    group.push(h);
+                }
+                None => break,
+            }
+        }
+        group.sort_unstable();
+        if !out.contains(&group) {
+            out.push(group);
+        }
+    }
+    out
+}
+
+/// Large-neighbourhood search: re-solve groups of hosts exactly, keep what improves, until a
+/// round improves nothing, `rounds` run out, or the deadline passes.
+pub fn neighbourhoods(state: &mut State, rounds: usize, deadline: Option<Instant>) -> f64 {
+    const MAX_UNITS: usize = 24;
+    const NODE_LIMIT: u64 = 20_000;
+    let mut improvement = 0.0;
+    for _ in 0..rounds {
+        let mut improved = false;
+        for group in groups(state, MAX_UNITS) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return improvement;
+            }
+            let (sub, units) = subproblem(state, &group);
+            if sub.edges.is_empty()
+                && sub.hosts.iter().zip(0..).all(|(h, i)| {
+                    units
+                        .iter()
+                        .filter(|u| state.at[**u] == group[i])
+                        .map(|u| state.problem.units[*u].cpu as u64)
+                        .sum::<u64>()
+                        <= h.cores as u64
+                })
+            {
+                continue;
+            }
+            let local_host: BTreeMap<usize, usize> =
+                group.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+            let incumbent: Vec<usize> = units.iter().map(|u| local_host[&state.at[*u]]).collect();
+            let before = sub.cost(&incumbent, &state.weights).total;
+            let found = exact::solve(&sub, &state.weights, &incumbent, NODE_LIMIT, deadline);
+            if found.total < before - EPS {
+                for (i, u) in units.iter().enumerate() {
+                    state.apply(*u, group[found.assignment[i]]);
+                }
+                improvement += before - found.total;
+                improved = true;
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    improvement
+}
