@@ -12,6 +12,10 @@ fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
     let _turn = audio_turn();
     let server = server_name("sine-lp");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let _cleanup = Cleanup {
+        server: server.clone(),
+        dir: dir.path().to_path_buf(),
+    };
     let wav = dir.path().join("out.wav");
     let mut cmd = orchestra(&server);
     cmd.arg("run")
@@ -57,6 +61,10 @@ fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
     let _turn = audio_turn();
     let server = server_name("failing");
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup {
+        server: server.clone(),
+        dir: dir.path().to_path_buf(),
+    };
     let modules = dir.path().join("modules");
     std::fs::create_dir_all(modules.join("broken")).unwrap();
     std::fs::write(
@@ -106,6 +114,10 @@ fn ctrl_c_tears_down_and_exits_zero() {
     let _turn = audio_turn();
     let server = server_name("ctrl-c");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let _cleanup = Cleanup {
+        server: server.clone(),
+        dir: dir.path().to_path_buf(),
+    };
     let run = playing(&server, &script);
     let silent = run
         .stderr
@@ -123,6 +135,10 @@ fn synths_never_reach_ports_the_plan_did_not_ask_for() {
     let _turn = audio_turn();
     let server = server_name("stray");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let _cleanup = Cleanup {
+        server: server.clone(),
+        dir: dir.path().to_path_buf(),
+    };
     let run = playing(&server, &script);
     let edges = jack_connections(&server);
     let osc_out = edges
@@ -173,6 +189,10 @@ fn down_stops_what_a_killed_controller_left_playing() {
     let _turn = audio_turn();
     let server = server_name("down");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let _cleanup = Cleanup {
+        server: server.clone(),
+        dir: dir.path().to_path_buf(),
+    };
     let run = playing(&server, &script);
     run.signal(libc::SIGKILL);
     let _ = run.finish(Duration::from_secs(10));
@@ -221,6 +241,10 @@ fn a_new_run_adopts_what_a_killed_controller_left_playing() {
     let _turn = audio_turn();
     let server = server_name("adopt");
     let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let _cleanup = Cleanup {
+        server: server.clone(),
+        dir: dir.path().to_path_buf(),
+    };
     let run = playing(&server, &script);
     run.signal(libc::SIGKILL);
     let _ = run.finish(Duration::from_secs(10));
@@ -259,4 +283,89 @@ fn a_new_run_adopts_what_a_killed_controller_left_playing() {
     );
     assert!(report.longest_gap_ms < 5.0, "edges kept: {report:?}");
     assert_no_leftovers(&server, dir.path());
+}
+
+#[test]
+fn a_client_name_taken_by_another_program_is_refused() {
+    let _turn = audio_turn();
+    let server = server_name("taken");
+    let (dir, script) = example_in_tempdir("sine-lp.lua");
+    let _cleanup = Cleanup {
+        server: server.clone(),
+        dir: dir.path().to_path_buf(),
+    };
+    // Learn the client names the plan will use, then let another program take osc's.
+    let plan = orchestra(&server)
+        .arg("plan")
+        .arg(&script)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let osc_client = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["op"] == "start" && a["block"] == "osc")
+        .unwrap()["client"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jackd = std::process::Command::new("jackd")
+        .args(["-n", &server, "-d", "dummy", "-r", "48000", "-p", "256"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let squatter_dir = dir.path().join("squatter");
+    std::fs::create_dir(&squatter_dir).unwrap();
+    let csd = "<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\nksmps = 32\nnchnls = 1\n0dbfs = 1\ninstr 1\n  out poscil(0.1, 330)\nendin\n</CsInstruments>\n<CsScore>\ni 1 0 z\n</CsScore>\n</CsoundSynthesizer>\n";
+    std::fs::write(squatter_dir.join("n.csd"), csd).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut squatter = std::process::Command::new("csound")
+        .args([
+            "-d",
+            "-+rtaudio=jack",
+            &format!("-+jack_client={osc_client}"),
+            "-odac:null",
+            "-b",
+            "128",
+            "-B",
+            "512",
+            "n.csd",
+        ])
+        .current_dir(&squatter_dir)
+        .env("JACK_DEFAULT_SERVER", &server)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listed = || {
+        let out = std::process::Command::new("jack_lsp")
+            .env("JACK_DEFAULT_SERVER", &server)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{osc_client}:"))
+    };
+    while !listed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the squatter never registered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut cmd = orchestra(&server);
+    cmd.arg("run").arg(&script).args(["--seconds", "1"]);
+    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    let mut jackd = jackd;
+    let _ = jackd.kill();
+    let _ = jackd.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("JACK client name `{osc_client}` is already taken")),
+        "{stderr}"
+    );
 }

@@ -156,3 +156,14 @@ fn bad_host_field_suggests() {
         "{e}"
     );
 }
+
+#[test]
+fn param_of_the_wrong_kind() {
+    let e = error_of("block \"a\" { module = \"sine\", freq = \"440; system(\\\"rm\\\")\" }\n");
+    assert!(
+        e.starts_with(
+            "DIR/song.lua:1: block `a`: param `freq` must be a number (like its default 440)"
+        ),
+        "{e}"
+    );
+}

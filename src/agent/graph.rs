@@ -86,6 +86,15 @@ impl JackGraph {
         self.recorder_inputs = inputs;
     }
 
+    /// Whether any client called `name` has ports on the server.
+    pub fn client_exists(&self, name: &str) -> bool {
+        !self
+            .client
+            .as_client()
+            .ports(Some(&format!("^{name}:")), None, jack::PortFlags::empty())
+            .is_empty()
+    }
+
     pub fn disconnect(&self, edge: &Edge) {
         let _ = self
             .client

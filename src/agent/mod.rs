@@ -113,6 +113,16 @@ impl Agent {
                 })?)
             }
             Request::Start { process } => {
+                let ours = self.supervisor()?.clients().any(|c| c == process.client);
+                // JACK silently renames a second `NAME` to `NAME-01`: its ports would never
+                // be found. Refuse instead.
+                if !ours && self.graph()?.client_exists(&process.client) {
+                    bail!(
+                        "JACK client name `{}` is already taken on server `{}` by a program we did not start",
+                        process.client,
+                        jackd::server_name()
+                    );
+                }
                 let pid = self.supervisor()?.start(&process)?;
                 Ok(json!({ "pid": pid }))
             }

@@ -180,6 +180,19 @@ fn resolve_blocks(
                     ),
                 ));
             }
+            // Params are pasted into synth code: a value must be of its default's kind, so a
+            // string cannot smuggle code where a number belongs.
+            let default = &module.manifest.params[key];
+            if kind(default) != kind(value) {
+                return Err(ModelError::at(
+                    at,
+                    format!(
+                        "block `{}`: param `{key}` must be a {} (like its default {default}), not {value}",
+                        block.name,
+                        kind(default)
+                    ),
+                ));
+            }
             params.insert(key.clone(), value.clone());
         }
         let count = |what: &str, spec: &crate::modules::PortCount| {
@@ -230,6 +243,16 @@ fn resolve_blocks(
         );
     }
     Ok(blocks)
+}
+
+/// What sort of value a param is, for type checks.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Bool(_) => "boolean",
+        _ => "value",
+    }
 }
 
 fn endpoint_block<'a>(

@@ -191,3 +191,20 @@ pub fn playing(server: &str, script: &Path) -> Running {
     run.wait_for("playing:", Duration::from_secs(30));
     run
 }
+
+/// Kills whatever this test started if the test fails half-way (a passing test has already
+/// proved nothing is left), so a failure does not leave synths playing on the machine.
+pub struct Cleanup {
+    pub server: String,
+    pub dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for line in leftovers(&self.server, &self.dir) {
+            if let Some(pid) = line.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
