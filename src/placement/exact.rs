@@ -39,6 +39,10 @@ struct Search<'a> {
     deadline: Option<Instant>,
     stopped: bool,
     remaining_cpu: u64,
+    /// `links[u * hosts + h]`: weight of `u`'s connections to placed units on `h`.
+    links: Vec<u32>,
+    /// Weight of `u`'s connections to placed units anywhere.
+    placed_links: Vec<u32>,
 }
 
 /// Find an optimal assignment, starting from `incumbent` (a complete assignment) as the
@@ -89,6 +93,8 @@ pub fn solve(
         deadline,
         stopped: false,
         remaining_cpu: problem.units.iter().map(|u| u.cpu as u64).sum(),
+        links: vec![0; n * hosts],
+        placed_links: vec![0; n],
     };
     search.descend(0, 0.0);
     Exact {
@@ -137,11 +143,7 @@ impl Search<'_> {
     /// Cost of putting `u` on `h` given what is placed: (cut + move part, overflow part).
     fn increment(&self, u: usize, h: usize) -> (f64, f64) {
         let unit = &self.problem.units[u];
-        let cut: u32 = self.adjacency[u]
-            .iter()
-            .filter(|(v, _)| self.at[*v] != UNSET && self.at[*v] != h)
-            .map(|(_, w)| *w)
-            .sum();
+        let cut = self.placed_links[u] - self.links[u * self.problem.hosts.len() + h];
         let moved = unit.moved_if_on(h) as f64 * self.weights.beta;
         let over = (self.overflow(h, self.load[h] + unit.cpu as u64)
             - self.overflow(h, self.load[h])) as f64
@@ -175,7 +177,12 @@ impl Search<'_> {
         for &u in &self.order[depth..] {
             let mut best_sum = f64::INFINITY;
             let mut best_cut = f64::INFINITY;
-            for h in self.candidates(u) {
+            // Interchangeable empty hosts give equal increments: no need to skip them here.
+            let hosts = match self.problem.units[u].pin {
+                Some(p) => p..p + 1,
+                None => 0..self.problem.hosts.len(),
+            };
+            for h in hosts {
                 let (c, o) = self.increment(u, h);
                 best_sum = best_sum.min(c + o);
                 best_cut = best_cut.min(c);
@@ -190,13 +197,40 @@ impl Search<'_> {
         partial + separate.max(cut_move + unavoidable)
     }
 
+    /// Put `u` on `h` (or take it off again), keeping loads and links current.
+    fn place(&mut self, u: usize, h: usize, on: bool) {
+        let cpu = self.problem.units[u].cpu as u64;
+        let hosts = self.problem.hosts.len();
+        if on {
+            self.at[u] = h;
+            self.load[h] += cpu;
+            self.units_on[h] += 1;
+            self.remaining_cpu -= cpu;
+        } else {
+            self.at[u] = UNSET;
+            self.load[h] -= cpu;
+            self.units_on[h] -= 1;
+            self.remaining_cpu += cpu;
+        }
+        for &(v, w) in &self.adjacency[u] {
+            if on {
+                self.links[v * hosts + h] += w;
+                self.placed_links[v] += w;
+            } else {
+                self.links[v * hosts + h] -= w;
+                self.placed_links[v] -= w;
+            }
+        }
+    }
+
     fn descend(&mut self, depth: usize, partial: f64) {
         if self.stopped {
             return;
         }
         self.nodes += 1;
         if self.nodes > self.node_limit
-            || (self.nodes.is_multiple_of(1024) && self.deadline.is_some_and(|d| Instant::now() >= d))
+            || (self.nodes.is_multiple_of(1024)
+                && self.deadline.is_some_and(|d| Instant::now() >= d))
         {
             self.stopped = true;
             return;
@@ -223,20 +257,13 @@ impl Search<'_> {
             .collect();
         // Cheapest first; ties stay put, then go to the first host.
         options.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let cpu = self.problem.units[u].cpu as u64;
         for (inc, _, h) in options {
             if partial + inc + EPS >= self.best_total {
                 break;
             }
-            self.at[u] = h;
-            self.load[h] += cpu;
-            self.units_on[h] += 1;
-            self.remaining_cpu -= cpu;
+            self.place(u, h, true);
             self.descend(depth + 1, partial + inc);
-            self.remaining_cpu += cpu;
-            self.units_on[h] -= 1;
-            self.load[h] -= cpu;
-            self.at[u] = UNSET;
+            self.place(u, h, false);
             if self.stopped {
                 return;
             }

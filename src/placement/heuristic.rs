@@ -20,20 +20,36 @@ pub struct State<'a> {
     pub adjacency: Vec<Vec<(usize, u32)>>,
     pub at: Vec<usize>,
     pub load: Vec<u64>,
+    /// `links[u * hosts + h]`: weight of `u`'s connections to units on `h`, kept current by
+    /// `apply` so a move's gain costs O(1).
+    links: Vec<u32>,
+    /// Units the search may move: all, or in an incremental re-plan only those near a change.
+    pub movable: Vec<bool>,
 }
 
 impl<'a> State<'a> {
     pub fn new(problem: &'a Problem, weights: &Weights, at: Vec<usize>) -> State<'a> {
-        let mut load = vec![0u64; problem.hosts.len()];
+        let hosts = problem.hosts.len();
+        let mut load = vec![0u64; hosts];
         for (u, h) in at.iter().enumerate() {
             load[*h] += problem.units[u].cpu as u64;
         }
+        let adjacency = problem.adjacency();
+        let mut links = vec![0u32; problem.units.len() * hosts];
+        for (u, neighbours) in adjacency.iter().enumerate() {
+            for (v, w) in neighbours {
+                links[u * hosts + at[*v]] += w;
+            }
+        }
+        let movable = vec![true; problem.units.len()];
         State {
             problem,
             weights: *weights,
-            adjacency: problem.adjacency(),
+            adjacency,
             at,
             load,
+            links,
+            movable,
         }
     }
 
@@ -47,11 +63,7 @@ impl<'a> State<'a> {
 
     /// Weight of `u`'s connections to units on `h`.
     fn link(&self, u: usize, h: usize) -> u32 {
-        self.adjacency[u]
-            .iter()
-            .filter(|(v, _)| self.at[*v] == h)
-            .map(|(_, w)| *w)
-            .sum()
+        self.links[u * self.problem.hosts.len() + h]
     }
 
     /// Change of total cost if `u` moved to `to` (negative is better).
@@ -72,17 +84,26 @@ impl<'a> State<'a> {
     }
 
     pub fn apply(&mut self, u: usize, to: usize) {
+        let from = self.at[u];
+        if from == to {
+            return;
+        }
         let cpu = self.problem.units[u].cpu as u64;
-        self.load[self.at[u]] -= cpu;
+        self.load[from] -= cpu;
         self.load[to] += cpu;
         self.at[u] = to;
+        let hosts = self.problem.hosts.len();
+        for &(v, w) in &self.adjacency[u] {
+            self.links[v * hosts + from] -= w;
+            self.links[v * hosts + to] += w;
+        }
     }
 
     /// Hosts worth trying for `u`: its neighbours' hosts, its previous host, and the host with
     /// the most free cores (room for a move that only relieves an overflow).
     fn targets(&self, u: usize) -> Vec<usize> {
         let unit = &self.problem.units[u];
-        if unit.pin.is_some() {
+        if unit.pin.is_some() || !self.movable[u] {
             return Vec::new();
         }
         let mut t: Vec<usize> = self.adjacency[u].iter().map(|(v, _)| self.at[*v]).collect();
@@ -119,6 +140,15 @@ impl<'a> State<'a> {
 /// then — if it has placed neighbours — to the fullest host that still fits (fill hosts one by
 /// one), else to the emptiest (start a new region).
 pub fn construct(problem: &Problem, weights: &Weights) -> Vec<usize> {
+    construct_around(problem, weights, &vec![None; problem.units.len()])
+}
+
+/// `construct`, with some units already placed (`fixed`): an incremental start.
+pub fn construct_around(
+    problem: &Problem,
+    weights: &Weights,
+    fixed: &[Option<usize>],
+) -> Vec<usize> {
     let n = problem.units.len();
     let adjacency = problem.adjacency();
     let mut order = Vec::with_capacity(n);
@@ -155,9 +185,14 @@ pub fn construct(problem: &Problem, weights: &Weights) -> Vec<usize> {
         }
     }
     const UNSET: usize = usize::MAX;
-    let mut at = vec![UNSET; n];
+    let mut at: Vec<usize> = fixed.iter().map(|f| f.unwrap_or(UNSET)).collect();
     let mut load = vec![0u64; problem.hosts.len()];
-    for u in order {
+    for (u, h) in at.iter().enumerate() {
+        if *h != UNSET {
+            load[*h] += problem.units[u].cpu as u64;
+        }
+    }
+    for u in order.into_iter().filter(|u| fixed[*u].is_none()) {
         let unit = &problem.units[u];
         let candidates: Vec<usize> = match unit.pin {
             Some(p) => vec![p],
@@ -296,7 +331,7 @@ pub fn swaps(state: &mut State, deadline: Option<Instant>) -> f64 {
     }
     let mut improvement = 0.0;
     for u in 0..n {
-        if state.problem.units[u].pin.is_some() {
+        if state.problem.units[u].pin.is_some() || !state.movable[u] {
             continue;
         }
         if u.is_multiple_of(64) && deadline.is_some_and(|d| Instant::now() >= d) {
@@ -314,7 +349,7 @@ pub fn swaps(state: &mut State, deadline: Option<Instant>) -> f64 {
         let mut best: Option<(f64, usize, usize)> = None;
         for (_, b) in drawn.into_iter().take(3) {
             for &v in &members[b] {
-                if state.problem.units[v].pin.is_some() {
+                if state.problem.units[v].pin.is_some() || !state.movable[v] {
                     continue;
                 }
                 let d1 = state.move_delta(u, b);
@@ -363,10 +398,16 @@ fn subproblem(state: &State, group: &[usize]) -> (Problem, Vec<usize>) {
             .iter()
             .map(|u| {
                 let unit = &state.problem.units[*u];
+                // Units the search may not move are pinned where they are.
+                let pin = if state.movable[*u] {
+                    unit.pin
+                } else {
+                    Some(state.at[*u])
+                };
                 Unit {
                     blocks: Vec::new(),
                     cpu: unit.cpu,
-                    pin: unit.pin.and_then(|p| local_host.get(&p).copied()),
+                    pin: pin.and_then(|p| local_host.get(&p).copied()),
                     previous: unit
                         .previous
                         .iter()
@@ -449,18 +490,28 @@ fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
 }
 
 /// Large-neighbourhood search: re-solve groups of hosts exactly, keep what improves, until a
-/// round improves nothing, `rounds` run out, or the deadline passes.
-pub fn neighbourhoods(state: &mut State, rounds: usize, deadline: Option<Instant>) -> f64 {
+/// round improves nothing, `rounds` or the node budget run out, or the deadline passes.
+/// `node_budget` bounds the branch-and-bound work of the whole search (so the result does not
+/// depend on the machine's speed).
+pub fn neighbourhoods(
+    state: &mut State,
+    rounds: usize,
+    mut node_budget: u64,
+    deadline: Option<Instant>,
+) -> f64 {
     const MAX_UNITS: usize = 24;
-    const NODE_LIMIT: u64 = 20_000;
+    const GROUP_NODES: u64 = 3_000;
     let mut improvement = 0.0;
     for _ in 0..rounds {
         let mut improved = false;
         for group in groups(state, MAX_UNITS) {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if node_budget == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 return improvement;
             }
             let (sub, units) = subproblem(state, &group);
+            if !units.iter().any(|u| state.movable[*u]) {
+                continue;
+            }
             if sub.edges.is_empty()
                 && sub.hosts.iter().zip(0..).all(|(h, i)| {
                     units
@@ -477,7 +528,14 @@ pub fn neighbourhoods(state: &mut State, rounds: usize, deadline: Option<Instant
                 group.iter().enumerate().map(|(i, h)| (*h, i)).collect();
             let incumbent: Vec<usize> = units.iter().map(|u| local_host[&state.at[*u]]).collect();
             let before = sub.cost(&incumbent, &state.weights).total;
-            let found = exact::solve(&sub, &state.weights, &incumbent, NODE_LIMIT, deadline);
+            let found = exact::solve(
+                &sub,
+                &state.weights,
+                &incumbent,
+                GROUP_NODES.min(node_budget),
+                deadline,
+            );
+            node_budget = node_budget.saturating_sub(found.nodes);
             if found.total < before - EPS {
                 for (i, u) in units.iter().enumerate() {
                     state.apply(*u, group[found.assignment[i]]);
@@ -491,4 +549,55 @@ pub fn neighbourhoods(state: &mut State, rounds: usize, deadline: Option<Instant
         }
     }
     improvement
+}
+
+/// Where an incremental re-plan starts: every unit on its previous host (pins permitting),
+/// new units placed greedily around them. `None` when nothing was placed before.
+pub fn incremental_start(problem: &Problem, weights: &Weights) -> Option<Vec<usize>> {
+    if problem.units.iter().all(|u| u.previous.is_empty()) {
+        return None;
+    }
+    let fixed: Vec<Option<usize>> = problem
+        .units
+        .iter()
+        .map(|u| match u.pin {
+            Some(p) => Some(p),
+            None => u
+                .previous_host()
+                .filter(|_| u.moved_if_on(u.previous_host().unwrap_or(0)) == 0),
+        })
+        .collect();
+    Some(construct_around(problem, weights, &fixed))
+}
+
+/// Units an incremental re-plan may move: those that are new or were split, units within two
+/// connections of them, and units on hosts that are over their cores. `None` when that is
+/// most of the orchestra (then everything may move).
+pub fn changed_region(state: &State) -> Option<Vec<bool>> {
+    let problem = state.problem;
+    let n = problem.units.len();
+    let mut movable = vec![false; n];
+    let mut frontier: Vec<usize> = (0..n)
+        .filter(|&u| {
+            let unit = &problem.units[u];
+            unit.previous_total == 0 || unit.previous_host().is_none_or(|h| unit.moved_if_on(h) > 0)
+        })
+        .collect();
+    for u in 0..n {
+        if state.load[state.at[u]] > problem.hosts[state.at[u]].cores as u64 {
+            frontier.push(u);
+        }
+    }
+    for _ in 0..=2 {
+        let mut next = Vec::new();
+        for u in frontier {
+            if !movable[u] {
+                movable[u] = true;
+                next.extend(state.adjacency[u].iter().map(|(v, _)| *v));
+            }
+        }
+        frontier = next;
+    }
+    let count = movable.iter().filter(|m| **m).count();
+    (count * 3 <= n).then_some(movable)
 }

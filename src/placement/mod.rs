@@ -112,13 +112,24 @@ pub struct Solution {
 const EXACT_UNITS: usize = 24;
 const EXACT_NODES: u64 = 2_000_000;
 
+/// Branch-and-bound nodes the large-neighbourhood search may spend in all.
+const NEIGHBOURHOOD_NODES: u64 = 150_000;
+
 /// Solve in indices: the host of each unit, and whether it is proven optimal.
 pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     let deadline = Some(Instant::now() + options.time_limit);
     let weights = &options.weights;
-    // An incremental start keeps what exists (pins permitting); new units are placed greedily.
-    let fresh = heuristic::construct(problem, weights);
-    let mut state = heuristic::State::new(problem, weights, fresh);
+    let incremental = heuristic::incremental_start(problem, weights);
+    let start = incremental
+        .clone()
+        .unwrap_or_else(|| heuristic::construct(problem, weights));
+    let mut state = heuristic::State::new(problem, weights, start);
+    if incremental.is_some() && problem.units.len() > EXACT_UNITS {
+        // A re-plan touches only the neighbourhood of what changed: the rest keeps its host.
+        if let Some(region) = heuristic::changed_region(&state) {
+            state.movable = region;
+        }
+    }
     heuristic::refine(&mut state, 8, deadline);
     heuristic::swaps(&mut state, deadline);
     heuristic::refine(&mut state, 8, deadline);
@@ -126,18 +137,29 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         let found = exact::solve(problem, weights, &state.at, EXACT_NODES, deadline);
         return (found.assignment, found.proven);
     }
-    heuristic::neighbourhoods(&mut state, 6, deadline);
+    heuristic::neighbourhoods(&mut state, 6, NEIGHBOURHOOD_NODES, deadline);
     heuristic::refine(&mut state, 4, deadline);
     let total = state.total();
-    let at = state.at;
-    (at, total <= lower_bound(problem, weights) + 1e-9)
+    (state.at, total <= lower_bound(problem, weights) + 1e-9)
 }
 
-/// A bound no placement beats: the overflow the total cpu cannot avoid.
+/// A bound no placement beats: the overflow that pins force, plus what the unpinned cpu
+/// cannot fit into the cores the pins leave free (a fractional packing).
 pub fn lower_bound(problem: &Problem, weights: &Weights) -> f64 {
-    let cpu: u64 = problem.units.iter().map(|u| u.cpu as u64).sum();
-    let cores: u64 = problem.hosts.iter().map(|h| h.cores as u64).sum();
-    cpu.saturating_sub(cores) as f64 * weights.alpha
+    let mut pinned = vec![0u64; problem.hosts.len()];
+    let mut unpinned = 0u64;
+    for unit in &problem.units {
+        match unit.pin {
+            Some(p) => pinned[p] += unit.cpu as u64,
+            None => unpinned += unit.cpu as u64,
+        }
+    }
+    let (mut forced, mut free) = (0u64, 0u64);
+    for (load, host) in pinned.iter().zip(&problem.hosts) {
+        forced += load.saturating_sub(host.cores as u64);
+        free += (host.cores as u64).saturating_sub(*load);
+    }
+    (forced + unpinned.saturating_sub(free)) as f64 * weights.alpha
 }
 
 /// Place every block on a host. With `previous`, staying put is preferred (`beta` per move).
