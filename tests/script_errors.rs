@@ -173,10 +173,25 @@ fn hosts_file_without_hosts_and_host_without_cores() {
     let dir = tempfile::tempdir().unwrap();
     let script = write(&dir, "song.lua", "block \"a\" { module = \"sine\" }\n");
     let empty = write(&dir, "hosts.lua", "-- nothing yet\n");
-    let e = load_orchestra(&script, Some(&empty)).unwrap_err().to_string();
-    assert!(e.ends_with("hosts.lua: declares no hosts (e.g. host \"h1\" { address = \"10.0.0.4\", cores = 2 })"), "{e}");
+    let e = load_orchestra(&script, Some(&empty))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with(
+            "hosts.lua: declares no hosts (e.g. host \"h1\" { address = \"10.0.0.4\", cores = 2 })"
+        ),
+        "{e}"
+    );
     let e = error_of("host \"h1\" { address = \"10.0.0.1\", cores = 0 }\nblock \"a\" { module = \"sine\", host = \"h1\" }\n");
-    assert_eq!(e, "DIR/song.lua:1: host `h1` has no cores (cores must be at least 1)");
+    assert_eq!(
+        e,
+        "DIR/song.lua:1: host `h1` has no cores (cores must be at least 1)"
+    );
     let e = error_of("host \"h1\" { address = \"10.0.0.1\", cores = -2 }\n");
-    assert!(e.starts_with("DIR/song.lua:1: host `h1`: `cores` must be a whole number from 0 to 4096, not -2"), "{e}");
+    assert!(
+        e.starts_with(
+            "DIR/song.lua:1: host `h1`: `cores` must be a whole number from 0 to 4096, not -2"
+        ),
+        "{e}"
+    );
 }

@@ -25,7 +25,10 @@ pub fn load_orchestra(path: &Path, hosts: Option<&Path>) -> Result<Orchestra, Mo
     if let Some(hosts_path) = hosts {
         let (hosts, audio) = load_hosts(hosts_path, &mut orchestra.warnings)?;
         if hosts.is_empty() {
-            let at = Location { file: hosts_path.display().to_string(), line: 0 };
+            let at = Location {
+                file: hosts_path.display().to_string(),
+                line: 0,
+            };
             return Err(ModelError::at(
                 Some(&at),
                 "declares no hosts (e.g. host \"h1\" { address = \"10.0.0.4\", cores = 2 })",
