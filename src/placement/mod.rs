@@ -9,6 +9,7 @@ pub mod exact;
 pub mod explain;
 pub mod generate;
 pub mod heuristic;
+pub mod multilevel;
 pub mod problem;
 
 use crate::model::Resolved;
@@ -133,6 +134,13 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     heuristic::refine(&mut state, 8, deadline);
     heuristic::swaps(&mut state, deadline);
     heuristic::refine(&mut state, 8, deadline);
+    if incremental.is_none() && problem.units.len() > EXACT_UNITS {
+        // A second opinion that sees chains and subtrees whole; keep the better.
+        let coarse = multilevel::place(problem, weights, deadline);
+        if problem.cost(&coarse, weights).total < state.total() - 1e-9 {
+            state = heuristic::State::new(problem, weights, coarse);
+        }
+    }
     if problem.units.len() <= EXACT_UNITS {
         let found = exact::solve(problem, weights, &state.at, EXACT_NODES, deadline);
         return (found.assignment, found.proven);
