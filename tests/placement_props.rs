@@ -100,3 +100,64 @@ proptest! {
         prop_assert_eq!(unchanged.cost(&kept, &options.weights).moved, 0);
     }
 }
+
+fn large_problem_strategy() -> impl Strategy<Value = Problem> {
+    (2usize..=6, 25usize..=60).prop_flat_map(|(hosts, units)| {
+        let host_cores = prop::collection::vec(1u32..=12, hosts);
+        let unit_specs =
+            prop::collection::vec((0u32..=2, prop::option::weighted(0.15, 0..hosts)), units);
+        let edges = prop::collection::vec((0..units, 0..units, 1u32..=2), units..=units * 2);
+        (host_cores, unit_specs, edges).prop_map(move |(cores, specs, raw_edges)| {
+            let mut merged = std::collections::BTreeMap::new();
+            for (a, b, w) in raw_edges {
+                if a != b {
+                    *merged.entry((a.min(b), a.max(b))).or_insert(0) += w;
+                }
+            }
+            Problem {
+                hosts: cores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| HostSlot {
+                        name: format!("h{i}"),
+                        cores: *c,
+                    })
+                    .collect(),
+                units: specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (cpu, pin))| Unit {
+                        blocks: vec![format!("b{i}")],
+                        cpu: *cpu,
+                        pin: *pin,
+                        previous: vec![],
+                        previous_total: 0,
+                    })
+                    .collect(),
+                edges: merged.into_iter().map(|((a, b), w)| (a, b, w)).collect(),
+            }
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Beyond the exact solver's size: pins hold, the result never loses to the greedy start
+    /// or the overflow bound, and the heuristic path is deterministic and stable.
+    #[test]
+    fn heuristic_path_keeps_pins_determinism_and_stability(problem in large_problem_strategy()) {
+        let options = Options { time_limit: std::time::Duration::from_secs(5), ..Options::default() };
+        let (at, _) = solve(&problem, &options);
+        prop_assert!(problem.pins_hold(&at));
+        let cost = problem.cost(&at, &options.weights);
+        let greedy = cloud_orchestra::placement::heuristic::construct(&problem, &options.weights);
+        prop_assert!(cost.total <= problem.cost(&greedy, &options.weights).total + 1e-9);
+        prop_assert!(cost.total + 1e-9 >= cloud_orchestra::placement::lower_bound(&problem, &options.weights));
+        let (again, _) = solve(&problem, &options);
+        prop_assert_eq!(&again, &at);
+        let unchanged = with_previous(&problem, &at);
+        let (kept, _) = solve(&unchanged, &options);
+        prop_assert_eq!(unchanged.cost(&kept, &options.weights).moved, 0, "nothing moves");
+    }
+}
