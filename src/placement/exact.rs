@@ -171,30 +171,68 @@ impl Search<'_> {
             .collect()
     }
 
+    /// Two bounds on what the remaining units add, the larger wins:
+    /// - each unit's cheapest increment, plus — per host — what the units that would all like
+    ///   that host must pay when they do not fit in its free cores (each either overflows it,
+    ///   `alpha` per core, or goes to its second-best host: a fractional knapsack);
+    /// - each unit's cheapest cut/move increment plus the overflow the remaining cpu cannot
+    ///   avoid anywhere.
     fn lower_bound(&self, depth: usize, partial: f64) -> f64 {
+        let hosts = self.problem.hosts.len();
         let mut separate = 0.0;
         let mut cut_move = 0.0;
+        // Per host: (extra cost per core if moved away, cpu) of units that fit there alone.
+        let mut drawn: Vec<Vec<(f64, u64)>> = vec![Vec::new(); hosts];
         for &u in &self.order[depth..] {
-            let mut best_sum = f64::INFINITY;
+            let (mut best, mut second, mut best_host, mut best_over) =
+                (f64::INFINITY, f64::INFINITY, 0, 0.0);
             let mut best_cut = f64::INFINITY;
             // Interchangeable empty hosts give equal increments: no need to skip them here.
-            let hosts = match self.problem.units[u].pin {
+            let range = match self.problem.units[u].pin {
                 Some(p) => p..p + 1,
-                None => 0..self.problem.hosts.len(),
+                None => 0..hosts,
             };
-            for h in hosts {
+            for h in range {
                 let (c, o) = self.increment(u, h);
-                best_sum = best_sum.min(c + o);
+                if c + o < best {
+                    second = best;
+                    (best, best_host, best_over) = (c + o, h, o);
+                } else if c + o < second {
+                    second = c + o;
+                }
                 best_cut = best_cut.min(c);
             }
-            separate += best_sum;
+            separate += best;
             cut_move += best_cut;
+            let cpu = self.problem.units[u].cpu as u64;
+            if best_over == 0.0 && cpu > 0 {
+                let per_core = ((second - best) / cpu as f64).min(self.weights.alpha);
+                drawn[best_host].push((per_core, cpu));
+            }
         }
-        let free: u64 = (0..self.problem.hosts.len())
+        let mut crowding = 0.0;
+        for (h, units) in drawn.iter_mut().enumerate() {
+            let free = (self.problem.hosts[h].cores as u64).saturating_sub(self.load[h]);
+            let wanted: u64 = units.iter().map(|(_, c)| c).sum();
+            let mut excess = wanted.saturating_sub(free);
+            if excess == 0 {
+                continue;
+            }
+            units.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for &(per_core, cpu) in units.iter() {
+                let take = cpu.min(excess);
+                crowding += per_core * take as f64;
+                excess -= take;
+                if excess == 0 {
+                    break;
+                }
+            }
+        }
+        let free: u64 = (0..hosts)
             .map(|h| (self.problem.hosts[h].cores as u64).saturating_sub(self.load[h]))
             .sum();
         let unavoidable = self.remaining_cpu.saturating_sub(free) as f64 * self.weights.alpha;
-        partial + separate.max(cut_move + unavoidable)
+        partial + (separate + crowding).max(cut_move + unavoidable)
     }
 
     /// Put `u` on `h` (or take it off again), keeping loads and links current.

@@ -116,7 +116,11 @@ fn coarsen(problem: &Problem, seed: u64) -> Option<(Problem, Vec<usize>)> {
 
 /// Multilevel placement with a few contraction orders (fewer for large orchestras); the best.
 pub fn place(problem: &Problem, weights: &Weights, deadline: Option<Instant>) -> Vec<usize> {
-    let tries = if problem.units.len() <= 500 { 4 } else { 2 };
+    let tries = match problem.units.len() {
+        0..=500 => 4,
+        501..=1000 => 2,
+        _ => 1,
+    };
     (0..tries)
         .map(|seed| place_seeded(problem, weights, seed, deadline))
         .map(|at| (problem.cost(&at, weights).total, at))
