@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Stop contracting at this many units (or when a round shrinks the problem by < 10 %).
-const COARSEST: usize = 24;
+pub const COARSEST: usize = 24;
 const COARSEST_NODES: u64 = 50_000;
 
 /// A coarser problem and, per fine unit, its coarse unit.
