@@ -114,7 +114,8 @@ pub struct Solution {
 const EXACT_UNITS: usize = 32;
 const EXACT_NODES: u64 = 150_000;
 
-/// Branch-and-bound nodes the large-neighbourhood search may spend in all.
+/// Branch-and-bound nodes the large-neighbourhood search may spend in all (at most 100 per
+/// unit, so small orchestras stay fast).
 const NEIGHBOURHOOD_NODES: u64 = 150_000;
 
 /// Solve in indices: the host of each unit, and whether it is proven optimal.
@@ -146,7 +147,15 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         let found = exact::solve(problem, weights, &state.at, EXACT_NODES, deadline);
         return (found.assignment, found.proven);
     }
-    heuristic::neighbourhoods(&mut state, 6, NEIGHBOURHOOD_NODES, deadline);
+    // V-cycles pay off on large orchestras; on small ones they cost more time than they gain.
+    if incremental.is_none() && problem.units.len() > 200 {
+        for seed in 0..2 {
+            let at = multilevel::v_cycle(problem, weights, state.at.clone(), seed, deadline);
+            state = heuristic::State::new(problem, weights, at);
+        }
+    }
+    let budget = NEIGHBOURHOOD_NODES.min(100 * problem.units.len() as u64);
+    heuristic::neighbourhoods(&mut state, 6, budget, deadline);
     heuristic::refine(&mut state, 4, deadline);
     let total = state.total();
     (state.at, total <= lower_bound(problem, weights) + 1e-9)

@@ -12,10 +12,11 @@ use std::time::Instant;
 
 /// Stop contracting at this many units (or when a round shrinks the problem by < 10 %).
 pub const COARSEST: usize = 24;
-const COARSEST_NODES: u64 = 50_000;
+const COARSEST_NODES: u64 = 10_000;
 
 /// A coarser problem and, per fine unit, its coarse unit.
-fn coarsen(problem: &Problem, seed: u64) -> Option<(Problem, Vec<usize>)> {
+/// With `keep`, only units on the same host are contracted (a V-cycle around a placement).
+fn coarsen(problem: &Problem, seed: u64, keep: Option<&[usize]>) -> Option<(Problem, Vec<usize>)> {
     let n = problem.units.len();
     let adjacency = problem.adjacency();
     let max_cores = problem.hosts.iter().map(|h| h.cores).max().unwrap_or(1);
@@ -43,7 +44,8 @@ fn coarsen(problem: &Problem, seed: u64) -> Option<(Problem, Vec<usize>)> {
                 let b = &problem.units[*v];
                 let pin = a.pin.or(b.pin);
                 let fits = a.cpu + b.cpu <= pin.map_or(cap, |p| problem.hosts[p].cores.max(cap));
-                fits && (a.pin.is_none() || b.pin.is_none() || a.pin == b.pin)
+                let together = keep.is_none_or(|at| at[u] == at[*v]);
+                fits && together && (a.pin.is_none() || b.pin.is_none() || a.pin == b.pin)
             })
             .max_by_key(|(v, w)| {
                 (
@@ -137,7 +139,7 @@ fn place_seeded(
     deadline: Option<Instant>,
 ) -> Vec<usize> {
     if problem.units.len() > COARSEST {
-        if let Some((coarse, coarse_of)) = coarsen(problem, seed) {
+        if let Some((coarse, coarse_of)) = coarsen(problem, seed, None) {
             let coarse_at = place_seeded(&coarse, weights, seed, deadline);
             let at: Vec<usize> = coarse_of.iter().map(|c| coarse_at[*c]).collect();
             return polish(problem, weights, at, deadline);
@@ -162,4 +164,48 @@ fn polish(
     heuristic::swaps(&mut state, deadline);
     heuristic::refine(&mut state, 4, deadline);
     state.at
+}
+
+/// A V-cycle around an existing placement: contract only units that share a host, refine
+/// from the coarsest level back down. Moves at coarse levels shift whole runs of a chain or
+/// whole subtrees between hosts. Never returns anything worse than `at`.
+pub fn v_cycle(
+    problem: &Problem,
+    weights: &Weights,
+    at: Vec<usize>,
+    seed: u64,
+    deadline: Option<Instant>,
+) -> Vec<usize> {
+    let before = problem.cost(&at, weights).total;
+    let improved = cycle(problem, weights, at.clone(), seed, deadline);
+    if problem.cost(&improved, weights).total < before - 1e-9 {
+        improved
+    } else {
+        at
+    }
+}
+
+fn cycle(
+    problem: &Problem,
+    weights: &Weights,
+    at: Vec<usize>,
+    seed: u64,
+    deadline: Option<Instant>,
+) -> Vec<usize> {
+    if problem.units.len() > COARSEST {
+        if let Some((coarse, coarse_of)) = coarsen(problem, seed, Some(&at)) {
+            let mut coarse_at = vec![0; coarse.units.len()];
+            for (u, c) in coarse_of.iter().enumerate() {
+                coarse_at[*c] = at[u];
+            }
+            let coarse_at = cycle(&coarse, weights, coarse_at, seed, deadline);
+            let projected: Vec<usize> = coarse_of.iter().map(|c| coarse_at[*c]).collect();
+            return polish(problem, weights, projected, deadline);
+        }
+    }
+    let at = polish(problem, weights, at, deadline);
+    if problem.units.len() <= COARSEST {
+        return exact::solve(problem, weights, &at, COARSEST_NODES, deadline).assignment;
+    }
+    at
 }
