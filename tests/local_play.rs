@@ -9,17 +9,12 @@ use std::time::Duration;
 
 #[test]
 fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
-    let _turn = audio_turn();
-    let server = server_name("sine-lp");
-    let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let _cleanup = Cleanup {
-        server: server.clone(),
-        dir: dir.path().to_path_buf(),
-    };
+    let stage = Stage::new("sine-lp");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
     let wav = dir.path().join("out.wav");
-    let mut cmd = orchestra(&server);
+    let mut cmd = orchestra(server);
     cmd.arg("run")
-        .arg(&script)
+        .arg(script)
         .arg("--record")
         .arg(&wav)
         .args(["--seconds", "4"]);
@@ -49,7 +44,7 @@ fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
         "nothing reaches playback_2"
     );
 
-    assert_no_leftovers(&server, dir.path());
+    assert_no_leftovers(server, dir.path());
     assert!(
         !dir.path().join(".orchestra/sine-lp.state.json").exists(),
         "state cleared at teardown"
@@ -111,14 +106,9 @@ fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
 
 #[test]
 fn ctrl_c_tears_down_and_exits_zero() {
-    let _turn = audio_turn();
-    let server = server_name("ctrl-c");
-    let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let _cleanup = Cleanup {
-        server: server.clone(),
-        dir: dir.path().to_path_buf(),
-    };
-    let run = playing(&server, &script);
+    let stage = Stage::new("ctrl-c");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let run = playing(server, script);
     let silent = run
         .stderr
         .iter()
@@ -127,20 +117,15 @@ fn ctrl_c_tears_down_and_exits_zero() {
     run.signal(libc::SIGINT);
     let (code, stderr) = run.finish(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stderr}");
-    assert_no_leftovers(&server, dir.path());
+    assert_no_leftovers(server, dir.path());
 }
 
 #[test]
 fn synths_never_reach_ports_the_plan_did_not_ask_for() {
-    let _turn = audio_turn();
-    let server = server_name("stray");
-    let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let _cleanup = Cleanup {
-        server: server.clone(),
-        dir: dir.path().to_path_buf(),
-    };
-    let run = playing(&server, &script);
-    let edges = jack_connections(&server);
+    let stage = Stage::new("stray");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let run = playing(server, script);
+    let edges = jack_connections(server);
     let osc_out = edges
         .iter()
         .map(|(a, _)| a.clone())
@@ -163,12 +148,12 @@ fn synths_never_reach_ports_the_plan_did_not_ask_for() {
     // Someone wires the synth straight to the DAC by hand: the agent removes it.
     let status = std::process::Command::new("jack_connect")
         .args([&osc_out, "system:playback_2"])
-        .env("JACK_DEFAULT_SERVER", &server)
+        .env("JACK_DEFAULT_SERVER", server)
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while jack_connections(&server)
+    while jack_connections(server)
         .iter()
         .any(|(a, b)| a == &osc_out && b == "system:playback_2")
     {
@@ -181,38 +166,29 @@ fn synths_never_reach_ports_the_plan_did_not_ask_for() {
     run.signal(libc::SIGTERM);
     let (code, stderr) = run.finish(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stderr}");
-    assert_no_leftovers(&server, dir.path());
+    assert_no_leftovers(server, dir.path());
 }
 
 #[test]
 fn down_stops_what_a_killed_controller_left_playing() {
-    let _turn = audio_turn();
-    let server = server_name("down");
-    let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let _cleanup = Cleanup {
-        server: server.clone(),
-        dir: dir.path().to_path_buf(),
-    };
-    let run = playing(&server, &script);
+    let stage = Stage::new("down");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let run = playing(server, script);
     run.signal(libc::SIGKILL);
     let _ = run.finish(Duration::from_secs(10));
     // The show goes on without its controller.
-    let still = leftovers(&server, dir.path());
+    let still = leftovers(server, dir.path());
     assert!(
         still.iter().filter(|p| p.contains("csound")).count() == 2,
         "{still:?}"
     );
     assert!(dir.path().join(".orchestra/sine-lp.state.json").exists());
 
-    let out = orchestra(&server)
-        .arg("down")
-        .arg(&script)
-        .output()
-        .unwrap();
+    let out = orchestra(server).arg("down").arg(script).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
-    assert_no_leftovers(&server, dir.path());
+    assert_no_leftovers(server, dir.path());
 }
 
 #[test]
@@ -238,33 +214,28 @@ fn bad_script_starts_nothing() {
 
 #[test]
 fn a_new_run_adopts_what_a_killed_controller_left_playing() {
-    let _turn = audio_turn();
-    let server = server_name("adopt");
-    let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let _cleanup = Cleanup {
-        server: server.clone(),
-        dir: dir.path().to_path_buf(),
-    };
-    let run = playing(&server, &script);
+    let stage = Stage::new("adopt");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let run = playing(server, script);
     run.signal(libc::SIGKILL);
     let _ = run.finish(Duration::from_secs(10));
-    let synths_before: Vec<String> = leftovers(&server, dir.path())
+    let synths_before: Vec<String> = leftovers(server, dir.path())
         .into_iter()
         .filter(|p| p.contains("csound"))
         .collect();
     assert_eq!(synths_before.len(), 2, "{synths_before:?}");
 
     let wav = dir.path().join("out.wav");
-    let mut cmd = orchestra(&server);
+    let mut cmd = orchestra(server);
     cmd.arg("run")
-        .arg(&script)
+        .arg(script)
         .arg("--record")
         .arg(&wav)
         .args(["--seconds", "3"]);
     let mut run = Running::spawn(cmd);
     run.wait_for("adopted 2 running instance(s)", Duration::from_secs(30));
     run.wait_for("playing:", Duration::from_secs(30));
-    let synths_now: Vec<String> = leftovers(&server, dir.path())
+    let synths_now: Vec<String> = leftovers(server, dir.path())
         .into_iter()
         .filter(|p| p.contains("csound"))
         .collect();
@@ -282,22 +253,17 @@ fn a_new_run_adopts_what_a_killed_controller_left_playing() {
         "already sounding when recording starts: {report:?}"
     );
     assert!(report.longest_gap_ms < 5.0, "edges kept: {report:?}");
-    assert_no_leftovers(&server, dir.path());
+    assert_no_leftovers(server, dir.path());
 }
 
 #[test]
 fn a_client_name_taken_by_another_program_is_refused() {
-    let _turn = audio_turn();
-    let server = server_name("taken");
-    let (dir, script) = example_in_tempdir("sine-lp.lua");
-    let _cleanup = Cleanup {
-        server: server.clone(),
-        dir: dir.path().to_path_buf(),
-    };
+    let stage = Stage::new("taken");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
     // Learn the client names the plan will use, then let another program take osc's.
-    let plan = orchestra(&server)
+    let plan = orchestra(server)
         .arg("plan")
-        .arg(&script)
+        .arg(script)
         .args(["--format", "json"])
         .output()
         .unwrap();
@@ -312,7 +278,7 @@ fn a_client_name_taken_by_another_program_is_refused() {
         .unwrap()
         .to_string();
     let jackd = std::process::Command::new("jackd")
-        .args(["-n", &server, "-d", "dummy", "-r", "48000", "-p", "256"])
+        .args(["-n", server, "-d", "dummy", "-r", "48000", "-p", "256"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -335,7 +301,7 @@ fn a_client_name_taken_by_another_program_is_refused() {
             "n.csd",
         ])
         .current_dir(&squatter_dir)
-        .env("JACK_DEFAULT_SERVER", &server)
+        .env("JACK_DEFAULT_SERVER", server)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -343,7 +309,7 @@ fn a_client_name_taken_by_another_program_is_refused() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let listed = || {
         let out = std::process::Command::new("jack_lsp")
-            .env("JACK_DEFAULT_SERVER", &server)
+            .env("JACK_DEFAULT_SERVER", server)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains(&format!("{osc_client}:"))
@@ -355,8 +321,8 @@ fn a_client_name_taken_by_another_program_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut cmd = orchestra(&server);
-    cmd.arg("run").arg(&script).args(["--seconds", "1"]);
+    let mut cmd = orchestra(server);
+    cmd.arg("run").arg(script).args(["--seconds", "1"]);
     let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
     let _ = squatter.kill();
     let _ = squatter.wait();

@@ -5,12 +5,23 @@ use cloud_orchestra::placement::problem::{HostSlot, Unit};
 use cloud_orchestra::placement::{solve, Options, Problem, Weights};
 use proptest::prelude::*;
 
-fn problem_strategy() -> impl Strategy<Value = Problem> {
-    (1usize..=3, 1usize..=7).prop_flat_map(|(hosts, units)| {
-        let host_cores = prop::collection::vec(1u32..=3, hosts);
+/// Random problems: `hosts` × `cores` each, `units` of cpu 0–2 (some pinned), and between
+/// `edge_factor.0` and `edge_factor.1` connections per unit.
+fn problems(
+    hosts: std::ops::RangeInclusive<usize>,
+    units: std::ops::RangeInclusive<usize>,
+    cores: std::ops::RangeInclusive<u32>,
+    pinned: f64,
+    edge_factor: (usize, usize),
+) -> impl Strategy<Value = Problem> {
+    (hosts, units).prop_flat_map(move |(hosts, units)| {
+        let host_cores = prop::collection::vec(cores.clone(), hosts);
         let unit_specs =
-            prop::collection::vec((0u32..=2, prop::option::weighted(0.2, 0..hosts)), units);
-        let edges = prop::collection::vec((0..units, 0..units, 1u32..=2), 0..=units * 2);
+            prop::collection::vec((0u32..=2, prop::option::weighted(pinned, 0..hosts)), units);
+        let edges = prop::collection::vec(
+            (0..units, 0..units, 1u32..=2),
+            units * edge_factor.0..=units * edge_factor.1,
+        );
         (host_cores, unit_specs, edges).prop_map(move |(cores, specs, raw_edges)| {
             let mut merged = std::collections::BTreeMap::new();
             for (a, b, w) in raw_edges {
@@ -42,6 +53,10 @@ fn problem_strategy() -> impl Strategy<Value = Problem> {
             }
         })
     })
+}
+
+fn problem_strategy() -> impl Strategy<Value = Problem> {
+    problems(1..=3, 1..=7, 1..=3, 0.2, (0, 2))
 }
 
 fn brute_force(problem: &Problem, weights: &Weights) -> f64 {
@@ -102,42 +117,7 @@ proptest! {
 }
 
 fn large_problem_strategy() -> impl Strategy<Value = Problem> {
-    (2usize..=6, 25usize..=60).prop_flat_map(|(hosts, units)| {
-        let host_cores = prop::collection::vec(1u32..=12, hosts);
-        let unit_specs =
-            prop::collection::vec((0u32..=2, prop::option::weighted(0.15, 0..hosts)), units);
-        let edges = prop::collection::vec((0..units, 0..units, 1u32..=2), units..=units * 2);
-        (host_cores, unit_specs, edges).prop_map(move |(cores, specs, raw_edges)| {
-            let mut merged = std::collections::BTreeMap::new();
-            for (a, b, w) in raw_edges {
-                if a != b {
-                    *merged.entry((a.min(b), a.max(b))).or_insert(0) += w;
-                }
-            }
-            Problem {
-                hosts: cores
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| HostSlot {
-                        name: format!("h{i}"),
-                        cores: *c,
-                    })
-                    .collect(),
-                units: specs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (cpu, pin))| Unit {
-                        blocks: vec![format!("b{i}")],
-                        cpu: *cpu,
-                        pin: *pin,
-                        previous: vec![],
-                        previous_total: 0,
-                    })
-                    .collect(),
-                edges: merged.into_iter().map(|((a, b), w)| (a, b, w)).collect(),
-            }
-        })
-    })
+    problems(2..=6, 25..=60, 1..=12, 0.15, (1, 2))
 }
 
 proptest! {

@@ -208,3 +208,32 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// One real-audio test's stage: its turn, its own JACK server name, `examples/sine-lp.lua`
+/// copied into a fresh directory, and cleanup if the test fails half-way.
+pub struct Stage {
+    pub server: String,
+    pub script: PathBuf,
+    _cleanup: Cleanup,
+    pub dir: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Stage {
+    pub fn new(test: &str) -> Stage {
+        let turn = audio_turn();
+        let server = server_name(test);
+        let (dir, script) = example_in_tempdir("sine-lp.lua");
+        let cleanup = Cleanup {
+            server: server.clone(),
+            dir: dir.path().to_path_buf(),
+        };
+        Stage {
+            server,
+            script,
+            _cleanup: cleanup,
+            dir,
+            _turn: turn,
+        }
+    }
+}
