@@ -451,6 +451,12 @@ fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
             }
         }
     }
+    // Hosts joined by cut weight, to grow groups without rescanning every connection.
+    let mut host_links: Vec<Vec<(usize, u64)>> = vec![Vec::new(); hosts];
+    for (&(a, b), &w) in &between {
+        host_links[a].push((b, w));
+        host_links[b].push((a, w));
+    }
     let mut pairs: Vec<((usize, usize), u64)> = between.into_iter().collect();
     pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut out = Vec::new();
@@ -461,18 +467,19 @@ fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
             continue;
         }
         while group.len() < 5 {
-            let mut pull = vec![0u64; hosts];
-            for &(x, y, w) in &state.problem.edges {
-                let (hx, hy) = (state.at[x], state.at[y]);
-                if group.contains(&hx) && !group.contains(&hy) {
-                    pull[hy] += w as u64;
-                } else if group.contains(&hy) && !group.contains(&hx) {
-                    pull[hx] += w as u64;
+            let mut pull: BTreeMap<usize, u64> = BTreeMap::new();
+            for g in &group {
+                for &(h, w) in &host_links[*g] {
+                    if !group.contains(&h) {
+                        *pull.entry(h).or_default() += w;
+                    }
                 }
             }
-            let next = (0..hosts)
-                .filter(|h| !group.contains(h) && pull[*h] > 0 && size + count[*h] <= max_units)
-                .max_by_key(|h| (pull[*h], std::cmp::Reverse(*h)));
+            let next = pull
+                .iter()
+                .filter(|(h, _)| size + count[**h] <= max_units)
+                .max_by_key(|(h, w)| (**w, std::cmp::Reverse(**h)))
+                .map(|(h, _)| *h);
             match next {
                 Some(h) => {
                     size += count[h];
