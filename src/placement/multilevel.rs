@@ -12,7 +12,7 @@ use std::time::Instant;
 
 /// Stop contracting at this many units (or when a round shrinks the problem by < 10 %).
 pub const COARSEST: usize = 24;
-const COARSEST_NODES: u64 = 10_000;
+const COARSEST_NODES: u64 = 3_000;
 
 /// A coarser problem and, per fine unit, its coarse unit.
 /// With `keep`, only units on the same host are contracted (a V-cycle around a placement).
@@ -119,7 +119,7 @@ fn coarsen(problem: &Problem, seed: u64, keep: Option<&[usize]>) -> Option<(Prob
 /// Multilevel placement with a few contraction orders (fewer for large orchestras); the best.
 pub fn place(problem: &Problem, weights: &Weights, deadline: Option<Instant>) -> Vec<usize> {
     let tries = match problem.units.len() {
-        0..=500 => 4,
+        0..=500 => 3,
         501..=1000 => 2,
         _ => 1,
     };
