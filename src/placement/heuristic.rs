@@ -506,12 +506,19 @@ pub fn neighbourhoods(
     mut node_budget: u64,
     deadline: Option<Instant>,
 ) -> f64 {
-    const MAX_UNITS: usize = 24;
+    // Larger groups find more on large orchestras, which have the time; small orchestras and
+    // incremental re-plans (some units held still) keep to pairs of hosts.
+    let holding_still = state.movable.iter().any(|m| !m);
+    let max_units = if state.problem.units.len() > 200 && !holding_still {
+        36
+    } else {
+        24
+    };
     const GROUP_NODES: u64 = 3_000;
     let mut improvement = 0.0;
     for _ in 0..rounds {
         let mut improved = false;
-        for group in groups(state, MAX_UNITS) {
+        for group in groups(state, max_units) {
             if node_budget == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 return improvement;
             }
@@ -590,9 +597,23 @@ pub fn changed_region(state: &State) -> Option<Vec<bool>> {
             unit.previous_total == 0 || unit.previous_host().is_none_or(|h| unit.moved_if_on(h) > 0)
         })
         .collect();
-    for u in 0..n {
-        if state.load[state.at[u]] > problem.hosts[state.at[u]].cores as u64 {
-            frontier.push(u);
+    // Overloaded hosts join the region only when some of their overflow could be avoided: in
+    // an over-committed rig the unavoidable overflow is no reason to move anything.
+    let overflow: u64 = (0..problem.hosts.len())
+        .map(|h| state.load[h].saturating_sub(problem.hosts[h].cores as u64))
+        .sum();
+    let unavoidable = super::lower_bound(
+        problem,
+        &Weights {
+            alpha: 1.0,
+            beta: 0.0,
+        },
+    );
+    if overflow as f64 > unavoidable + 1e-9 {
+        for u in 0..n {
+            if state.load[state.at[u]] > problem.hosts[state.at[u]].cores as u64 {
+                frontier.push(u);
+            }
         }
     }
     for _ in 0..=2 {
