@@ -324,11 +324,12 @@ fn a_client_name_taken_by_another_program_is_refused() {
     let mut cmd = orchestra(server);
     cmd.arg("run").arg(script).args(["--seconds", "1"]);
     let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
-    let _ = squatter.kill();
-    let _ = squatter.wait();
-    let mut jackd = jackd;
-    let _ = jackd.kill();
-    let _ = jackd.wait();
+    // SIGTERM, not SIGKILL: a killed jackd leaves its entries in JACK's shared-memory
+    // registry, and enough of those keep later servers from starting.
+    for child in [&mut squatter, &mut { jackd }] {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    }
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!("JACK client name `{osc_client}` is already taken")),

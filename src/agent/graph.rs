@@ -3,7 +3,9 @@
 //! mirrors what reaches `system:playback_N` into the recorder. Callbacks only send to a channel.
 
 use crate::deploy::Edge;
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// Something changed in the JACK graph (or the server left); the agent reconciles.
@@ -43,7 +45,14 @@ pub struct JackGraph {
     intended: BTreeSet<Edge>,
     /// Where the recorder listens: (its input ports, index 0 = DAC channel 1).
     recorder_inputs: Vec<String>,
+    /// When each client's ports were first seen. A client registers its ports before it
+    /// activates; connecting in that window fails ("inactive client") and was seen to leave
+    /// csound stalled, so edges wait until a client has settled.
+    first_seen: RefCell<HashMap<String, Instant>>,
 }
+
+/// How long a new client's ports must exist before we connect them.
+const SETTLE: Duration = Duration::from_millis(100);
 
 const PLAYBACK_PREFIX: &str = "system:playback_";
 
@@ -61,6 +70,7 @@ impl JackGraph {
                 client,
                 intended: BTreeSet::new(),
                 recorder_inputs: Vec::new(),
+                first_seen: RefCell::new(HashMap::new()),
             },
             rx,
         ))
@@ -110,8 +120,18 @@ impl JackGraph {
             .unwrap_or(false)
     }
 
-    fn exists(&self, port: &str) -> bool {
-        self.client.as_client().port_by_name(port).is_some()
+    /// The port exists and its client has had time to activate.
+    fn ready(&self, port: &str) -> bool {
+        if self.client.as_client().port_by_name(port).is_none() {
+            return false;
+        }
+        let client = port.split(':').next().unwrap_or("");
+        if client == "system" {
+            return true;
+        }
+        let now = Instant::now();
+        let mut seen = self.first_seen.borrow_mut();
+        now.duration_since(*seen.entry(client.to_string()).or_insert(now)) >= SETTLE
     }
 
     /// Bring the graph in line: connect intended edges whose ports exist, disconnect edges of
@@ -119,7 +139,7 @@ impl JackGraph {
     pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a str>) {
         let client = self.client.as_client();
         for edge in &self.intended {
-            if self.exists(&edge.from) && self.exists(&edge.to) && !self.connected(edge) {
+            if self.ready(&edge.from) && self.ready(&edge.to) && !self.connected(edge) {
                 if let Err(e) = client.connect_ports_by_name(&edge.from, &edge.to) {
                     tracing::warn!("connect {} → {}: {e:?}", edge.from, edge.to);
                 }

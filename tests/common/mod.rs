@@ -201,10 +201,14 @@ pub struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for line in leftovers(&self.server, &self.dir) {
-            if let Some(pid) = line.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+        // SIGTERM first: a SIGKILLed jackd leaves entries in JACK's shared-memory registry.
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            for line in leftovers(&self.server, &self.dir) {
+                if let Some(pid) = line.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+                    unsafe { libc::kill(pid, signal) };
+                }
             }
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 }
