@@ -2,7 +2,7 @@
 //! until a signal (Ctrl-C, SIGTERM, `--seconds`), and tear down by applying the diff to an
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
-use crate::agent::protocol::{Event, HelloReply, JackSettings, Request, StatusReply};
+use crate::agent::protocol::{Event, HelloReply, JackSettings, Request};
 use crate::deploy::{deploy, Deployment};
 use crate::hosts::AgentSession;
 use crate::model::{resolve, Orchestra, Resolved};
@@ -475,11 +475,4 @@ pub async fn down(script: &Path, state_dir: Option<&Path>) -> Result<()> {
     }
     eprintln!("stopped {count} synth(s)");
     Ok(())
-}
-
-/// What every agent reports: for tests and a future `status` command.
-pub async fn status_of(session: &AgentSession) -> Result<StatusReply> {
-    Ok(serde_json::from_value(
-        session.call(Request::Status).await?,
-    )?)
 }

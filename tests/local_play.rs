@@ -114,10 +114,7 @@ fn ctrl_c_tears_down_and_exits_zero() {
         .iter()
         .any(|l| l.contains("silent JACK server") && l.contains("--record"));
     assert!(silent, "points to --record: {:?}", run.stderr);
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(30));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_no_leftovers(server, dir.path());
+    stop_cleanly(run, libc::SIGINT, server, dir.path());
 }
 
 #[test]
@@ -163,10 +160,7 @@ fn synths_never_reach_ports_the_plan_did_not_ask_for() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    run.signal(libc::SIGTERM);
-    let (code, stderr) = run.finish(Duration::from_secs(30));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_no_leftovers(server, dir.path());
+    stop_cleanly(run, libc::SIGTERM, server, dir.path());
 }
 
 #[test]

@@ -145,12 +145,12 @@ fn place_seeded(
             return polish(problem, weights, at, deadline);
         }
     }
-    let start = heuristic::construct(problem, weights);
-    let at = polish(problem, weights, start, deadline);
-    if problem.units.len() <= COARSEST {
-        return exact::solve(problem, weights, &at, COARSEST_NODES, deadline).assignment;
-    }
-    at
+    coarsest(
+        problem,
+        weights,
+        heuristic::construct(problem, weights),
+        deadline,
+    )
 }
 
 fn polish(
@@ -203,6 +203,16 @@ fn cycle(
             return polish(problem, weights, projected, deadline);
         }
     }
+    coarsest(problem, weights, at, deadline)
+}
+
+/// The bottom of a cycle: refine, then search exactly (within a node budget) when small.
+fn coarsest(
+    problem: &Problem,
+    weights: &Weights,
+    at: Vec<usize>,
+    deadline: Option<Instant>,
+) -> Vec<usize> {
     let at = polish(problem, weights, at, deadline);
     if problem.units.len() <= COARSEST {
         return exact::solve(problem, weights, &at, COARSEST_NODES, deadline).assignment;

@@ -241,3 +241,11 @@ impl Stage {
         }
     }
 }
+
+/// Stop a playing orchestra with `signal`: it must exit 0 and leave nothing running.
+pub fn stop_cleanly(run: Running, signal: i32, server: &str, dir: &Path) {
+    run.signal(signal);
+    let (code, stderr) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_leftovers(server, dir);
+}
