@@ -26,6 +26,9 @@ pub struct ProcessSpec {
     pub spec_hash: String,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The engine's "done registering with JACK" log line (`Launch::ready_line`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_line: Option<String>,
 }
 
 /// One JACK connection, full port names.
@@ -195,6 +198,7 @@ pub fn deploy(
                 spec_hash: hash,
                 inputs: real.inputs,
                 outputs: real.outputs,
+                ready_line: real.ready_line,
             },
         );
     }

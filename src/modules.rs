@@ -321,6 +321,10 @@ pub struct Launch {
     /// Full JACK port names, index 0 = port 1.
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// A line the process writes to its log once it has registered with JACK and looked at
+    /// the graph; until then the agent starts nothing else on that server (see `ready_line`
+    /// in lua/engines/csound.lua for why).
+    pub ready_line: Option<String>,
 }
 
 /// Engines loaded into one sandboxed Lua state, evaluated per block at deployment.
@@ -412,7 +416,9 @@ impl Engines {
                 .map(|i| f.call::<String>((ctx.clone(), i)).map_err(lua_err))
                 .collect()
         };
+        let ready_line = table.get::<Option<String>>("ready_line").map_err(lua_err)?;
         Ok(Launch {
+            ready_line,
             inputs: port("input_port", inputs)?,
             outputs: port("output_port", outputs)?,
             command,

@@ -423,15 +423,26 @@ async fn play(
 }
 
 /// Apply the diff to an empty deployment, then let each agent stop the jackd it started.
+/// The state file goes only when everything stopped: otherwise `orchestra down` still knows
+/// what to stop (its fresh agents adopt what is left).
 async fn teardown(agents: &Agents, running: &Deployment, dir: &Path) -> Result<()> {
     let plan = diff(running, &Deployment::default());
+    let mut failures = 0;
     for (action, error) in agents.apply(&plan).await {
         eprintln!("error: {}: {error:#}", action.line());
+        failures += 1;
     }
     for session in agents.sessions.values() {
         if let Err(e) = session.call(Request::Shutdown { stop_jack: true }).await {
             eprintln!("error: {e:#}");
+            failures += 1;
         }
+    }
+    if failures > 0 {
+        bail!(
+            "teardown incomplete ({failures} step(s) failed); the state is kept in {}: run `orchestra down` to finish it",
+            dir.display()
+        );
     }
     state::clear(dir, &running.orchestra)?;
     Ok(())

@@ -105,4 +105,10 @@ fn desugar_only_touches_chain_statements() {
         out,
         "_ = osc >> filt\n  _ = a:out(1) >> b:input(2) >> c\nlocal x = a >> b\nif a >> b then end\n-- a >> b\n_ = print(a >> b)\n"
     );
+    // A block made on the spot starts a chain too; `=` inside its table is no assignment.
+    let src = "block \"a\" { freq = 1, name = \"x=y\" } >> mix\nt[1] = a >> b\nx.y = a >> b\nf(a == b) >> c\n";
+    assert_eq!(
+        desugar_chains(src),
+        "_ = block \"a\" { freq = 1, name = \"x=y\" } >> mix\nt[1] = a >> b\nx.y = a >> b\n_ = f(a == b) >> c\n"
+    );
 }

@@ -53,13 +53,12 @@ fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
 
 #[test]
 fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
-    let _turn = audio_turn();
-    let server = server_name("failing");
-    let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup {
-        server: server.clone(),
-        dir: dir.path().to_path_buf(),
-    };
+    let stage = Stage::with_script(
+        "failing",
+        "song.lua",
+        "local osc = block \"osc\" { module = \"sine\", freq = 440 }\nlocal bad = block \"bad\" { module = \"broken\" }\nlocal out = block \"out\" { module = \"dac\" }\nosc >> out\nbad:out(1) >> out:input(2)\n",
+    );
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
     let modules = dir.path().join("modules");
     std::fs::create_dir_all(modules.join("broken")).unwrap();
     std::fs::write(
@@ -72,16 +71,10 @@ fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
         "<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\nksmps = 32\nnchnls = 1\n0dbfs = 1\ninstr 1\n  asig no_such_opcode 1\n  out asig\nendin\n</CsInstruments>\n<CsScore>\ni 1 0 z\n</CsScore>\n</CsoundSynthesizer>\n",
     )
     .unwrap();
-    let script = dir.path().join("song.lua");
-    std::fs::write(
-        &script,
-        "local osc = block \"osc\" { module = \"sine\", freq = 440 }\nlocal bad = block \"bad\" { module = \"broken\" }\nlocal out = block \"out\" { module = \"dac\" }\nosc >> out\nbad:out(1) >> out:input(2)\n",
-    )
-    .unwrap();
     let wav = dir.path().join("out.wav");
-    let mut cmd = orchestra(&server);
+    let mut cmd = orchestra(server);
     cmd.arg("run")
-        .arg(&script)
+        .arg(script)
         .arg("--modules")
         .arg(&modules)
         .arg("--record")
@@ -101,7 +94,7 @@ fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
     let report = analyze(&left, rate);
     assert!((report.frequency_hz - 440.0).abs() < 4.4, "{report:?}");
     assert!(report.longest_gap_ms < 5.0, "{report:?}");
-    assert_no_leftovers(&server, dir.path());
+    assert_no_leftovers(server, dir.path());
 }
 
 #[test]
@@ -176,6 +169,30 @@ fn down_stops_what_a_killed_controller_left_playing() {
         still.iter().filter(|p| p.contains("csound")).count() == 2,
         "{still:?}"
     );
+    assert!(dir.path().join(".orchestra/sine-lp.state.json").exists());
+
+    let out = orchestra(server).arg("down").arg(script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
+    assert_no_leftovers(server, dir.path());
+}
+
+#[test]
+fn a_teardown_that_fails_keeps_the_state_for_down() {
+    let stage = Stage::new("agent-dies");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let run = playing(server, script);
+    let agent = leftovers(server, dir.path())
+        .into_iter()
+        .find(|p| p.contains("orchestra agent"))
+        .expect("a local agent runs");
+    let pid: i32 = agent.split(':').next().unwrap().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("teardown incomplete"), "{stderr}");
     assert!(dir.path().join(".orchestra/sine-lp.state.json").exists());
 
     let out = orchestra(server).arg("down").arg(script).output().unwrap();
@@ -329,4 +346,47 @@ fn a_client_name_taken_by_another_program_is_refused() {
         stderr.contains(&format!("JACK client name `{osc_client}` is already taken")),
         "{stderr}"
     );
+}
+
+/// Nine csound clients starting on one server at once: csound's rtjack lists the server's
+/// ports into a buffer sized by a count taken a moment earlier, so a port registered in
+/// between corrupts its heap and stalls the whole graph into silence. The agent starts one
+/// synth at a time; every voice must come up and the tone must play throughout.
+#[test]
+fn many_synths_starting_together_all_play() {
+    let stage = Stage::with_script(
+        "many",
+        "voices.lua",
+        r#"local mix = block "mix" { module = "mixer", inputs = 8 }
+block "lead" { module = "sine", freq = 440, amp = 0.3 } >> mix:input(1)
+for i = 2, 8 do
+  block("quiet" .. i) { module = "sine", freq = 220 * i, amp = 0.0 } >> mix:input(i)
+end
+mix >> block "out" { module = "dac" }
+"#,
+    );
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let wav = dir.path().join("out.wav");
+    let mut cmd = orchestra(server);
+    cmd.arg("run")
+        .arg(script)
+        .arg("--record")
+        .arg(&wav)
+        .args(["--seconds", "3"]);
+    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(90));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("playing: 9 synth(s)"), "{stderr}");
+    assert!(!stderr.contains("exited"), "no voice died: {stderr}");
+
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let report = analyze(&left, rate);
+    assert!(
+        (report.frequency_hz - 440.0).abs() < 4.4,
+        "440 Hz ± 1 %: {report:?}"
+    );
+    assert!(report.rms > 0.1, "healthy level: {report:?}");
+    assert!(report.longest_gap_ms < 5.0, "no dropout: {report:?}");
+    let sounding = report.seconds - report.first_sound_s.expect("sound at the DAC");
+    assert!(sounding > 2.0, "played for the whole run: {report:?}");
+    assert_no_leftovers(server, dir.path());
 }

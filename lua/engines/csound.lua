@@ -41,6 +41,13 @@ local function buffer_frames(period)
 end
 
 return {
+  -- rtjack, right after activating, counts the server's ports and then lists them into
+  -- a buffer of that size: a port that another client registers in between overflows the
+  -- buffer (measured: "double free or corruption", csound hangs in its abort handler and
+  -- stalls the whole JACK graph into silence). It prints this line when it is past that
+  -- point, so the agent starts the next client on the server only then.
+  ready_line = "output ports not connected",
+
   command = function(ctx)
     local b, B = buffer_frames(ctx.audio.period)
     local argv = {

@@ -105,6 +105,10 @@ impl JackGraph {
             .is_empty()
     }
 
+    pub fn port_exists(&self, name: &str) -> bool {
+        self.client.as_client().port_by_name(name).is_some()
+    }
+
     pub fn disconnect(&self, edge: &Edge) {
         let _ = self
             .client

@@ -44,7 +44,7 @@ pub fn start(workdir: &Path, rate: u32, period: u32) -> Result<u32> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    crate::agent::supervisor::detach(&mut command);
     let mut child = command
         .spawn()
         .context("cannot start jackd (is jackd2 installed? scripts/setup.sh installs it)")?;

@@ -5,9 +5,10 @@ pub mod graph;
 pub mod jackd;
 pub mod protocol;
 pub mod recorder;
+pub mod startup;
 pub mod supervisor;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use graph::{GraphEvent, JackGraph};
 use protocol::{AgentLine, Event, HelloReply, Request, RequestLine, StatusReply};
 use recorder::Recorder;
@@ -33,6 +34,8 @@ struct Agent {
     pending_events: Vec<Event>,
     /// Clients that exited: edges to them will not appear, so nobody waits for them.
     dead_clients: std::collections::BTreeSet<String>,
+    /// The synth started last, until it has finished registering with JACK.
+    starting: Option<startup::Starting>,
 }
 
 impl Agent {
@@ -123,7 +126,10 @@ impl Agent {
                         jackd::server_name()
                     );
                 }
+                self.wait_for_previous_start().await;
                 let pid = self.supervisor()?.start(&process)?;
+                let workdir = self.workdir.clone().context("no hello yet")?;
+                self.starting = Some(startup::Starting::new(&process, pid, &workdir));
                 Ok(json!({ "pid": pid }))
             }
             Request::Stop { client } => {
@@ -196,6 +202,21 @@ impl Agent {
         }
     }
 
+    /// One synth registers with JACK at a time (see `startup`).
+    async fn wait_for_previous_start(&mut self) {
+        while let Some(starting) = &self.starting {
+            let settled = match &self.graph {
+                Some(graph) => starting.settled(|port| graph.port_exists(port)),
+                None => true,
+            };
+            if settled {
+                self.starting = None;
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
     /// Periodic and event-driven upkeep; returns events for the controller.
     fn upkeep(&mut self) -> Vec<Event> {
         self.sweep();
@@ -238,6 +259,7 @@ pub async fn serve() -> Result<()> {
         graph_events: None,
         recorder: None,
         first_sound_sent: false,
+        starting: None,
         pending_events: Vec::new(),
         dead_clients: Default::default(),
     };

@@ -34,6 +34,28 @@ pub struct Supervisor {
     running: BTreeMap<String, Managed>,
 }
 
+/// Make `command` a detached child of its own: its own process group (a signal to the agent
+/// does not reach it) and none of the agent's open files. libjack opens its sockets without
+/// close-on-exec, so a synth started after the agent's JACK client would hold that client's
+/// socket open: when the agent dies, jackd then waits for a client that never answers and
+/// the whole server hangs (measured: SIGKILL of the agent froze `jack_lsp`).
+pub fn detach(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0);
+    // SAFETY: close_range is async-signal-safe and touches only this child's descriptors;
+    // close-on-exec (not close) keeps std's own exec-error pipe working until exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
+            Ok(())
+        });
+    }
+}
+
 /// `kill(pid, 0)` succeeds and the process is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -193,7 +215,7 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        detach(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start `{program}` for block `{}`", spec.block))?;

@@ -126,7 +126,7 @@ pub fn desugar_chains(source: &str) -> String {
         let is_chain = starts_with_name
             && body.find(">>").is_some_and(|shr| {
                 let before = &body[..shr];
-                !before.contains("--") && !before.replace("==", "").replace("~=", "").contains('=')
+                !before.contains("--") && !assigns_at_top_level(before)
             });
         if is_chain {
             let indent = &line[..line.len() - body.len()];
@@ -138,6 +138,37 @@ pub fn desugar_chains(source: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `code` has an assignment `=` outside brackets and strings: `x = a >> b` is already
+/// a statement, while in `block "a" { freq = 1 } >> b` the `=` sits inside a table.
+fn assigns_at_top_level(code: &str) -> bool {
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut prev = ' ';
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) if c == q && prev != '\\' => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '(' | '{' | '[' => depth += 1,
+                ')' | '}' | ']' => depth -= 1,
+                '=' if depth == 0 => {
+                    let comparison = matches!(prev, '=' | '~' | '<' | '>');
+                    if chars.peek() == Some(&'=') {
+                        chars.next();
+                    } else if !comparison {
+                        return true;
+                    }
+                }
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    false
 }
 
 /// What the DSL functions collect while a script runs.

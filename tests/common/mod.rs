@@ -225,9 +225,21 @@ pub struct Stage {
 
 impl Stage {
     pub fn new(test: &str) -> Stage {
+        let (dir, script) = example_in_tempdir("sine-lp.lua");
+        Stage::in_dir(test, dir, script)
+    }
+
+    /// A stage whose script is `source`, written to `name` in a fresh directory.
+    pub fn with_script(test: &str, name: &str, source: &str) -> Stage {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join(name);
+        std::fs::write(&script, source).unwrap();
+        Stage::in_dir(test, dir, script)
+    }
+
+    fn in_dir(test: &str, dir: tempfile::TempDir, script: PathBuf) -> Stage {
         let turn = audio_turn();
         let server = server_name(test);
-        let (dir, script) = example_in_tempdir("sine-lp.lua");
         let cleanup = Cleanup {
             server: server.clone(),
             dir: dir.path().to_path_buf(),
