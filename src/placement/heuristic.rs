@@ -115,7 +115,7 @@ impl<'a> State<'a> {
         t
     }
 
-    fn roomiest(&self) -> usize {
+    pub(super) fn roomiest(&self) -> usize {
         (0..self.problem.hosts.len())
             .max_by_key(|&h| {
                 (

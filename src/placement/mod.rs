@@ -5,6 +5,7 @@
 //! `heuristic` handles the rest (construction, FM refinement, swaps, and re-solving small
 //! groups of hosts exactly); `explain` says why blocks sit where they do.
 
+pub mod ejection;
 pub mod exact;
 pub mod explain;
 pub mod generate;
@@ -118,6 +119,17 @@ const EXACT_NODES: u64 = 150_000;
 /// unit, so small orchestras stay fast).
 const NEIGHBOURHOOD_NODES: u64 = 150_000;
 
+/// Branch visits and moves the ejection-chain search may spend: generous on medium
+/// orchestras, where it finds the most; none on small ones (at 100 blocks it found nothing
+/// within the 5 ms they may take); capped on large ones, where V-cycles and LNS use the time.
+fn ejection_work(units: usize) -> u64 {
+    match units {
+        0..=150 => 0,
+        151..=500 => 1_000 * units as u64,
+        _ => 50_000,
+    }
+}
+
 /// Solve in indices: the host of each unit, and whether it is proven optimal.
 pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     let deadline = Some(Instant::now() + options.time_limit);
@@ -157,6 +169,10 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     let budget = NEIGHBOURHOOD_NODES.min(100 * problem.units.len() as u64);
     heuristic::neighbourhoods(&mut state, 6, budget, deadline);
     heuristic::refine(&mut state, 4, deadline);
+    if incremental.is_none() && ejection_work(problem.units.len()) > 0 {
+        // Segment and subtree moves passed along rows of full hosts (chains and trees).
+        ejection::improve(&mut state, 4, ejection_work(problem.units.len()), deadline);
+    }
     let total = state.total();
     (state.at, total <= lower_bound(problem, weights) + 1e-9)
 }
