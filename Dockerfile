@@ -16,6 +16,10 @@ RUN apt-get update -qq \
  && mkdir -p /run/sshd \
  && useradd -m -s /bin/bash orchestra
 COPY --from=build /src/target/release/orchestra /usr/local/bin/orchestra
+# Where a controller on another CPU looks for an agent binary it cannot upload.
+RUN mkdir -p /home/orchestra/.cloud-orchestra/bin \
+ && ln -s /usr/local/bin/orchestra "/home/orchestra/.cloud-orchestra/bin/orchestra-$(orchestra --version | cut -d' ' -f2)" \
+ && chown -R orchestra /home/orchestra/.cloud-orchestra
 # Key-only logins; the public key comes from the AUTHORIZED_KEY environment variable.
 RUN printf 'PasswordAuthentication no\nPermitRootLogin no\n' > /etc/ssh/sshd_config.d/orchestra.conf
 EXPOSE 22

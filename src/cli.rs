@@ -1,5 +1,6 @@
 //! The command line (clap): `run`, `plan`, `check`, `down`, `agent`, `analyze`.
 
+use crate::hosts::fleet::ConnectOptions;
 use crate::placement::{Options as PlacementOptions, Placement, Weights};
 use crate::runtime::{self, RunOptions, Source};
 use anyhow::{Context, Result};
@@ -57,6 +58,13 @@ impl SourceArgs {
     }
 }
 
+#[derive(Args, Clone)]
+struct SshArgs {
+    /// known_hosts file to check host keys against (default: ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -78,6 +86,12 @@ enum Command {
         /// Stop after this many seconds.
         #[arg(long)]
         seconds: Option<f64>,
+        #[command(flatten)]
+        ssh: SshArgs,
+        /// Play on the hosts that answer when some are unreachable (the others are left
+        /// out of the placement).
+        #[arg(long)]
+        skip_unreachable: bool,
     },
     /// Show what `run` would do: placement, cost and the ordered actions.
     Plan {
@@ -99,11 +113,22 @@ enum Command {
         #[command(flatten)]
         source: SourceArgs,
     },
-    /// Stop what a previous `run` of this script left playing.
+    /// Stop what a previous `run` of this script left playing, on every host.
     Down {
         script: PathBuf,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        ssh: SshArgs,
+    },
+    /// Show the SSH host keys of the hosts in a hosts file and record them in known_hosts:
+    /// the explicit way to accept a new host.
+    Trust {
+        /// Hosts file (Lua or slaves.json).
+        #[arg(long)]
+        hosts: PathBuf,
+        #[command(flatten)]
+        ssh: SshArgs,
     },
     /// Serve one host for a controller (JSON lines on stdin/stdout). Started by `run`.
     Agent,
@@ -123,12 +148,15 @@ pub async fn main(cli: Cli) -> Result<()> {
             state_dir,
             record,
             seconds,
+            ssh,
+            skip_unreachable,
         } => {
             runtime::run(RunOptions {
                 source: source.source(),
                 state_dir,
                 record,
                 seconds,
+                connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
             })
             .await
         }
@@ -141,7 +169,12 @@ pub async fn main(cli: Cli) -> Result<()> {
         } => plan(source.source(), format, previous, explain, state_dir),
         Command::Check { source } => {
             let loaded = runtime::load(&source.source())?;
-            let desired = runtime::desire(&loaded, None, &source.source().placement)?;
+            let desired = runtime::desire(
+                &loaded,
+                None,
+                &Default::default(),
+                &source.source().placement,
+            )?;
             runtime::warn_overflow(&loaded, &desired);
             println!(
                 "{}: ok ({} blocks, {} connections, {} host(s))",
@@ -152,7 +185,18 @@ pub async fn main(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Down { script, state_dir } => runtime::down(&script, state_dir.as_deref()).await,
+        Command::Down {
+            script,
+            state_dir,
+            ssh,
+        } => {
+            let connect = ConnectOptions::new(ssh.known_hosts, false);
+            runtime::down(&script, state_dir.as_deref(), &connect).await
+        }
+        Command::Trust { hosts, ssh } => {
+            let connect = ConnectOptions::new(ssh.known_hosts, false);
+            runtime::trust(&hosts, &connect).await
+        }
         Command::Agent => crate::agent::serve().await,
         Command::Analyze { wav, channel } => {
             let (samples, rate) = crate::analysis::read_channel(&wav, channel.saturating_sub(1))?;
@@ -195,8 +239,13 @@ fn plan(
         }
         None => applied.as_ref().map(|a| a.placement.clone()),
     };
-    let desired = runtime::desire(&loaded, previous_placement.as_ref(), &source.placement)?;
     let current = applied.map(|a| a.deployment).unwrap_or_default();
+    let desired = runtime::desire(
+        &loaded,
+        previous_placement.as_ref(),
+        &current,
+        &source.placement,
+    )?;
     let actions = crate::plan::diff(&current, &desired.deployment);
     match format {
         Format::Json => {
@@ -205,7 +254,7 @@ fn plan(
                 "cost": desired.cost,
                 "optimal": desired.optimal,
                 "actions": actions.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
-                "remote_wires": desired.deployment.remote_wires,
+                "links": desired.deployment.links,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -244,10 +293,19 @@ fn plan(
                     }
                 );
             }
-            for w in &desired.deployment.remote_wires {
+            if !desired.deployment.links.is_empty() {
+                println!("network links (jacktrip):");
+            }
+            for l in &desired.deployment.links {
                 println!(
-                    "  link {} ({}) → {} ({})",
-                    w.from_port, w.from_host, w.to_port, w.to_host
+                    "  {}: {} ({}, udp {}) → {} ({}, udp {})",
+                    l.id,
+                    l.from_port,
+                    l.from_host,
+                    l.client_port,
+                    l.to_port,
+                    l.to_host,
+                    l.server_port
                 );
             }
             println!("actions:");

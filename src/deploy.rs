@@ -1,6 +1,7 @@
 //! Deployment: from a resolved orchestra and its placement, exactly what must exist on each
 //! host — processes (each with a spec hash), JACK edges — and the wires that cross hosts.
 
+use crate::links::{allocate, ends, link_id, Link, LinkDraft, LinkError};
 use crate::model::{AudioSettings, Host, Resolved};
 use crate::modules::{Engines, ModuleError, ModuleLibrary};
 use crate::placement::Placement;
@@ -38,15 +39,6 @@ pub struct Edge {
     pub to: String,
 }
 
-/// A wire whose blocks sit on different hosts: a network link (jacktrip) carries it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RemoteWire {
-    pub from_host: String,
-    pub from_port: String,
-    pub to_host: String,
-    pub to_port: String,
-}
-
 /// What must exist on one host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostDeployment {
@@ -62,7 +54,10 @@ pub struct Deployment {
     pub orchestra: String,
     pub audio: AudioSettings,
     pub hosts: BTreeMap<String, HostDeployment>,
-    pub remote_wires: Vec<RemoteWire>,
+    /// Wires between hosts; each link's two jacktrip ends are also among the processes of
+    /// its hosts (keyed by the link id), joined to the blocks by edges there.
+    #[serde(default)]
+    pub links: Vec<Link>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +66,8 @@ pub enum DeployError {
     Module { block: String, error: ModuleError },
     #[error("block `{0}` has no host in the placement")]
     Unplaced(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 /// The longest JACK client name every engine accepts: csound silently falls back to
@@ -96,6 +93,23 @@ pub fn deploy(
     placement: &Placement,
     library: &ModuleLibrary,
     engines: &mut Engines,
+) -> Result<Deployment, DeployError> {
+    redeploy(
+        resolved,
+        placement,
+        library,
+        engines,
+        &Deployment::default(),
+    )
+}
+
+/// [`deploy`] while `previous` plays: links that stay keep their UDP ports.
+pub fn redeploy(
+    resolved: &Resolved,
+    placement: &Placement,
+    library: &ModuleLibrary,
+    engines: &mut Engines,
+    previous: &Deployment,
 ) -> Result<Deployment, DeployError> {
     let hosts_by_name: BTreeMap<&str, &Host> = resolved
         .hosts
@@ -202,6 +216,7 @@ pub fn deploy(
             },
         );
     }
+    let mut drafts = Vec::new();
     for wire in &resolved.wires {
         let from_host = host_of(&wire.from.0)?.name.clone();
         let to_host = host_of(&wire.to.0)?.name.clone();
@@ -218,7 +233,13 @@ pub fn deploy(
                     to: to_port,
                 });
         } else {
-            deployment.remote_wires.push(RemoteWire {
+            drafts.push(LinkDraft {
+                id: link_id(
+                    (&wire.from.0, wire.from.1),
+                    (&wire.to.0, wire.to.1),
+                    &from_host,
+                    &to_host,
+                ),
                 from_host,
                 from_port,
                 to_host,
@@ -226,6 +247,18 @@ pub fn deploy(
             });
         }
     }
-    deployment.remote_wires.sort();
+    deployment.links = allocate(&drafts, &previous.links, &resolved.network)?;
+    for link in &deployment.links {
+        let receiver = hosts_by_name[link.to_host.as_str()];
+        for end in ends(link, receiver, &resolved.audio, &resolved.network) {
+            let host = deployment
+                .hosts
+                .get_mut(&end.host)
+                .expect("host of a placed block");
+            host.edges.insert(end.edge);
+            host.processes
+                .insert(end.process.block.clone(), end.process);
+        }
+    }
     Ok(deployment)
 }

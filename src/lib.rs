@@ -8,7 +8,8 @@
 //!   [`modules`] library and expands connections to port-level wires.
 //! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`).
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
-//! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist.
+//! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
+//!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions.
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
@@ -24,6 +25,7 @@ pub mod analysis;
 pub mod cli;
 pub mod deploy;
 pub mod hosts;
+pub mod links;
 pub mod model;
 pub mod modules;
 pub mod names;

@@ -2,16 +2,15 @@
 //! until a signal (Ctrl-C, SIGTERM, `--seconds`), and tear down by applying the diff to an
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
-use crate::agent::protocol::{Event, HelloReply, JackSettings, Request};
-use crate::deploy::{deploy, Deployment};
-use crate::hosts::AgentSession;
-use crate::model::{resolve, Orchestra, Resolved};
+use crate::agent::protocol::{Event, Request};
+use crate::deploy::{redeploy, Deployment};
+use crate::hosts::fleet::{self, ConnectOptions, Fleet};
+use crate::model::{resolve, Host, Orchestra, Resolved};
 use crate::modules::{Engines, ModuleLibrary};
 use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
-use crate::plan::{diff, Action, Plan};
+use crate::plan::diff;
 use crate::state::{self, AppliedState};
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -59,15 +58,23 @@ pub struct Desired {
     pub deployment: Deployment,
 }
 
+/// Place and deploy; `running` is what plays now (links that stay keep their ports).
 pub fn desire(
     loaded: &Loaded,
     previous: Option<&Placement>,
+    running: &Deployment,
     options: &PlacementOptions,
 ) -> Result<Desired> {
     let solution = place(&loaded.resolved, previous, options)?;
     let (placement, cost, optimal) = (solution.placement, solution.cost, solution.optimal);
     let mut engines = Engines::new();
-    let deployment = deploy(&loaded.resolved, &placement, &loaded.library, &mut engines)?;
+    let deployment = redeploy(
+        &loaded.resolved,
+        &placement,
+        &loaded.library,
+        &mut engines,
+        running,
+    )?;
     Ok(Desired {
         placement,
         cost,
@@ -102,100 +109,8 @@ pub struct RunOptions {
     pub state_dir: Option<PathBuf>,
     pub record: Option<PathBuf>,
     pub seconds: Option<f64>,
-}
-
-/// Live agents, one per host.
-struct Agents {
-    sessions: BTreeMap<String, AgentSession>,
-}
-
-impl Agents {
-    fn get(&self, host: &str) -> Result<&AgentSession> {
-        self.sessions
-            .get(host)
-            .ok_or_else(|| anyhow!("no agent for host `{host}`"))
-    }
-
-    /// Apply a plan in order; a failed action is reported and the rest go on.
-    async fn apply(&self, plan: &Plan) -> Vec<(Action, anyhow::Error)> {
-        let mut failures = Vec::new();
-        for action in &plan.actions {
-            let request = match action {
-                Action::Start { process, .. } => Request::Start {
-                    process: (**process).clone(),
-                },
-                Action::Stop { client, .. } => Request::Stop {
-                    client: client.clone(),
-                },
-                Action::Connect { edge, .. } => Request::Connect { edge: edge.clone() },
-                Action::Disconnect { edge, .. } => Request::Disconnect { edge: edge.clone() },
-            };
-            let result = match self.get(action.host()) {
-                Ok(session) => session.call(request).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                failures.push((action.clone(), e));
-            }
-        }
-        failures
-    }
-}
-
-fn check_runnable(deployment: &Deployment) -> Result<()> {
-    if let Some(host) = deployment.hosts.values().find(|h| !h.host.local) {
-        bail!(
-            "host `{}` ({}) is remote: running on remote hosts over SSH is not supported yet; \
-             `orchestra plan` shows the placement",
-            host.host.name,
-            host.host.address
-        );
-    }
-    if let Some(w) = deployment.remote_wires.first() {
-        bail!(
-            "{} → {} crosses hosts ({} → {}): network links are not supported yet",
-            w.from_port,
-            w.to_port,
-            w.from_host,
-            w.to_host
-        );
-    }
-    Ok(())
-}
-
-/// Start an agent per host and greet it; `running` is what was last applied (its edges are
-/// handed over so adopted synths keep them).
-async fn start_agents(
-    hosts: impl Iterator<Item = &str>,
-    running: &Deployment,
-    dir: &Path,
-    audio: crate::model::AudioSettings,
-    events: &mpsc::UnboundedSender<(String, Event)>,
-) -> Result<(Agents, BTreeMap<String, HelloReply>)> {
-    let mut sessions = BTreeMap::new();
-    let mut hellos = BTreeMap::new();
-    for host in hosts {
-        let session = AgentSession::spawn_local(host, events.clone()).await?;
-        let workdir = state::local_workdir(dir, host);
-        let hello = session
-            .call(Request::Hello {
-                workdir: workdir.display().to_string(),
-                jack: JackSettings {
-                    rate: audio.rate,
-                    period: audio.period,
-                    start_if_missing: true,
-                },
-                intended: running
-                    .hosts
-                    .get(host)
-                    .map(|h| h.edges.iter().cloned().collect())
-                    .unwrap_or_default(),
-            })
-            .await?;
-        hellos.insert(host.to_string(), serde_json::from_value(hello)?);
-        sessions.insert(host.to_string(), session);
-    }
-    Ok((Agents { sessions }, hellos))
+    /// How to reach remote hosts (known_hosts, skipping unreachable ones).
+    pub connect: ConnectOptions,
 }
 
 fn report_event(host: &str, event: &Event, started: Instant, record_offset: Option<Duration>) {
@@ -238,56 +153,93 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let started = Instant::now();
     // Installed first, so a Ctrl-C during start-up waits for it and then tears down cleanly.
     let signals = Signals::install()?;
-    let loaded = load(&options.source)?;
+    let mut loaded = load(&options.source)?;
     let dir = state::state_dir(&options.source.script, options.state_dir.as_deref());
     let previous = state::load(&dir, &loaded.resolved.name)?;
+    let current = previous
+        .as_ref()
+        .map(|p| p.deployment.clone())
+        .unwrap_or_default();
+
+    // Every host is dialled and its key checked before anything starts anywhere.
+    let mut all_hosts = loaded.resolved.hosts.clone();
+    for h in current.hosts.values() {
+        if !all_hosts.iter().any(|x| x.name == h.host.name) {
+            all_hosts.push(h.host.clone());
+        }
+    }
+    let connected = fleet::connect(&all_hosts, &options.connect).await?;
+    if !connected.skipped.is_empty() {
+        for (host, why) in &connected.skipped {
+            eprintln!("warning: leaving out {host}: {why}");
+        }
+        let skipped: Vec<&str> = connected.skipped.iter().map(|(h, _)| h.as_str()).collect();
+        loaded
+            .resolved
+            .hosts
+            .retain(|h| !skipped.contains(&h.name.as_str()));
+        if loaded.resolved.hosts.is_empty() {
+            bail!("no host answered");
+        }
+        all_hosts.retain(|h| !skipped.contains(&h.name.as_str()));
+    }
     let desired = desire(
         &loaded,
         previous.as_ref().map(|p| &p.placement),
+        &current,
         &options.source.placement,
     )?;
-    check_runnable(&desired.deployment)?;
     warn_overflow(&loaded, &desired);
-    let current = previous.map(|p| p.deployment).unwrap_or_default();
 
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-    let hosts: std::collections::BTreeSet<&str> = desired
-        .deployment
-        .hosts
-        .keys()
-        .chain(current.hosts.keys())
-        .map(String::as_str)
+    // Hosts that play now or played before (their leftovers are stopped by the plan).
+    let involved: Vec<Host> = all_hosts
+        .iter()
+        .filter(|h| {
+            desired.deployment.hosts.contains_key(&h.name) || current.hosts.contains_key(&h.name)
+        })
+        .cloned()
         .collect();
-    let (agents, hellos) = start_agents(
-        hosts.into_iter(),
+    let fleet = Fleet::bring_up(
+        &involved,
+        &connected,
         &current,
         &dir,
+        &loaded.resolved.name,
         desired.deployment.audio,
         &event_tx,
     )
     .await?;
-    for (host, hello) in &hellos {
+    for (host, hello) in &fleet.hellos {
         if !hello.adopted.is_empty() {
             eprintln!(
                 "adopted {} running instance(s) on {host}",
                 hello.adopted.len()
             );
         }
-        if hello.jack_started && options.record.is_none() {
+        if hello.jack_started && options.record.is_none() && !fleet.has_remote() {
             eprintln!(
                 "started a silent JACK server (dummy driver) on {host}: nothing is audible here; \
                  add --record out.wav to hear what reaches the DAC"
             );
         }
     }
+    let mut recording = None;
     let mut record_offset = None;
     if let Some(path) = &options.record {
         let host = record_host(&loaded, &desired)?;
-        let path = std::path::absolute(path)?;
-        agents
+        let local = std::path::absolute(path)?;
+        let remote = connected.ssh.contains_key(&host);
+        // A remote host records beside its work and the file is fetched at the end.
+        let asked = if remote {
+            "record.wav".to_string()
+        } else {
+            local.display().to_string()
+        };
+        let reply = fleet
             .get(&host)?
             .call(Request::Record {
-                path: path.display().to_string(),
+                path: asked,
                 channels: 2,
             })
             .await
@@ -295,12 +247,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
         record_offset = Some(started.elapsed());
         eprintln!(
             "recording what reaches the DAC on {host} to {}",
-            path.display()
+            local.display()
         );
+        if remote {
+            let written = reply["path"].as_str().unwrap_or_default().to_string();
+            recording = Some((host, written, local));
+        }
     }
 
     let plan = diff(&current, &desired.deployment);
-    let failures = agents.apply(&plan).await;
+    let failures = fleet.apply(&plan).await;
     for (action, error) in &failures {
         eprintln!("error: {}: {error:#}", action.line());
     }
@@ -311,14 +267,66 @@ pub async fn run(options: RunOptions) -> Result<()> {
             placement: desired.placement.clone(),
         },
     )?;
-    wait_for_edges(&agents, &desired, started).await;
+    wait_for_edges(&fleet, &desired, started).await;
+    if fleet.has_remote() || fleet.sessions.len() > 1 {
+        eprint!("{}", summary(&desired.deployment, &fleet));
+    }
 
     let outcome = play(&options, signals, &mut event_rx, started, record_offset).await;
-    teardown(&agents, &desired.deployment, &dir).await?;
-    for (_, session) in agents.sessions {
-        session.close().await;
+    let stopped = teardown(&fleet, &desired.deployment, &dir).await;
+    if let Some((host, remote, local)) = &recording {
+        if let Err(e) = fleet.download(host, remote, local).await {
+            eprintln!("error: cannot fetch the recording from {host}: {e:#}");
+        }
     }
+    fleet.close().await;
+    stopped?;
     outcome
+}
+
+/// Per host: its synths, its network links and how long each step took.
+fn summary(deployment: &Deployment, fleet: &Fleet) -> String {
+    let timings = fleet.timings();
+    let mut out = String::new();
+    for (name, host) in &deployment.hosts {
+        let synths: Vec<&str> = host
+            .processes
+            .values()
+            .filter(|p| p.module != "jacktrip")
+            .map(|p| p.block.as_str())
+            .collect();
+        let links: Vec<String> = deployment
+            .links
+            .iter()
+            .filter_map(|l| {
+                if l.from_host == *name {
+                    Some(format!("→{} (udp {})", l.to_host, l.client_port))
+                } else if l.to_host == *name {
+                    Some(format!("←{} (udp {})", l.from_host, l.server_port))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "  {name:<12} {:<24} synths: {:<28} links: {}\n",
+            host.host.address,
+            if synths.is_empty() {
+                "-".to_string()
+            } else {
+                synths.join(", ")
+            },
+            if links.is_empty() {
+                "-".to_string()
+            } else {
+                links.join(", ")
+            }
+        ));
+        if let Some(t) = timings.get(name) {
+            out.push_str(&format!("  {:<12} {}\n", "", t.line()));
+        }
+    }
+    out
 }
 
 /// The host whose DAC `--record` listens to: where a `dac` block sits (else the first host).
@@ -344,16 +352,18 @@ fn record_host(loaded: &Loaded, desired: &Desired) -> Result<String> {
         .ok_or_else(|| anyhow!("nothing to record: the orchestra is empty"))
 }
 
-async fn wait_for_edges(agents: &Agents, desired: &Desired, started: Instant) {
+async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message("waiting for synths to register their ports");
     spinner.enable_steady_tick(Duration::from_millis(100));
     let mut missing_all = Vec::new();
-    for (host, session) in &agents.sessions {
-        match session
+    for (host, session) in &fleet.sessions {
+        let waiting = Instant::now();
+        let reply = session
             .call(Request::WaitEdges { timeout_ms: 10_000 })
-            .await
-        {
+            .await;
+        fleet.time(host, "wiring", waiting.elapsed());
+        match reply {
             Ok(v) => {
                 let missing: Vec<crate::deploy::Edge> =
                     serde_json::from_value(v["missing"].clone()).unwrap_or_default();
@@ -364,10 +374,19 @@ async fn wait_for_edges(agents: &Agents, desired: &Desired, started: Instant) {
     }
     spinner.finish_and_clear();
     let d = &desired.deployment;
-    let processes: usize = d.hosts.values().map(|h| h.processes.len()).sum();
+    let synths = d
+        .hosts
+        .values()
+        .flat_map(|h| h.processes.values())
+        .filter(|p| p.module != "jacktrip")
+        .count();
     let edges: usize = d.hosts.values().map(|h| h.edges.len()).sum();
+    let links = match d.links.len() {
+        0 => String::new(),
+        n => format!(", {n} network link(s)"),
+    };
     eprintln!(
-        "playing: {processes} synth(s), {edges} connection(s) on {} host(s), ready after {} ms (Ctrl-C stops)",
+        "playing: {synths} synth(s), {edges} connection(s){links} on {} host(s), ready after {} ms (Ctrl-C stops)",
         d.hosts.len(),
         started.elapsed().as_millis()
     );
@@ -425,14 +444,14 @@ async fn play(
 /// Apply the diff to an empty deployment, then let each agent stop the jackd it started.
 /// The state file goes only when everything stopped: otherwise `orchestra down` still knows
 /// what to stop (its fresh agents adopt what is left).
-async fn teardown(agents: &Agents, running: &Deployment, dir: &Path) -> Result<()> {
+async fn teardown(fleet: &Fleet, running: &Deployment, dir: &Path) -> Result<()> {
     let plan = diff(running, &Deployment::default());
     let mut failures = 0;
-    for (action, error) in agents.apply(&plan).await {
+    for (action, error) in fleet.apply(&plan).await {
         eprintln!("error: {}: {error:#}", action.line());
         failures += 1;
     }
-    for session in agents.sessions.values() {
+    for session in fleet.sessions.values() {
         if let Err(e) = session.call(Request::Shutdown { stop_jack: true }).await {
             eprintln!("error: {e:#}");
             failures += 1;
@@ -448,8 +467,9 @@ async fn teardown(agents: &Agents, running: &Deployment, dir: &Path) -> Result<(
     Ok(())
 }
 
-/// `orchestra down`: stop what a previous run left playing (its agents adopt the processes).
-pub async fn down(script: &Path, state_dir: Option<&Path>) -> Result<()> {
+/// `orchestra down`: stop what a previous run left playing on every host it used (fresh
+/// agents adopt the processes, then the diff to nothing stops them).
+pub async fn down(script: &Path, state_dir: Option<&Path>, connect: &ConnectOptions) -> Result<()> {
     let dir = state::state_dir(script, state_dir);
     let name = crate::script::orchestra_name(script);
     let Some(applied) = state::load(&dir, &name)? else {
@@ -459,31 +479,76 @@ pub async fn down(script: &Path, state_dir: Option<&Path>) -> Result<()> {
         );
         return Ok(());
     };
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let hosts: Vec<&str> = applied
+    let hosts: Vec<Host> = applied
         .deployment
         .hosts
-        .keys()
-        .map(String::as_str)
+        .values()
+        .map(|h| h.host.clone())
         .collect();
-    let (agents, _) = start_agents(
-        hosts.into_iter(),
+    let connected = fleet::connect(&hosts, connect).await?;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let fleet = Fleet::bring_up(
+        &hosts,
+        &connected,
         &applied.deployment,
         &dir,
+        &name,
         applied.deployment.audio,
         &tx,
     )
     .await?;
-    teardown(&agents, &applied.deployment, &dir).await?;
+    let stopped = teardown(&fleet, &applied.deployment, &dir).await;
+    fleet.close().await;
+    stopped?;
     let count: usize = applied
         .deployment
         .hosts
         .values()
-        .map(|h| h.processes.len())
-        .sum();
-    for (_, session) in agents.sessions {
-        session.close().await;
+        .flat_map(|h| h.processes.values())
+        .filter(|p| p.module != "jacktrip")
+        .count();
+    eprintln!(
+        "stopped {count} synth(s) and {} network link(s)",
+        applied.deployment.links.len()
+    );
+    Ok(())
+}
+
+/// `orchestra trust`: show each remote host's key fingerprint and record it in known_hosts.
+pub async fn trust(hosts_file: &Path, connect: &ConnectOptions) -> Result<()> {
+    let mut warnings = Vec::new();
+    let (hosts, _) = crate::script::load_hosts(hosts_file, &mut warnings)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
-    eprintln!("stopped {count} synth(s)");
+    let probes = futures::future::join_all(
+        hosts
+            .iter()
+            .map(|h| crate::hosts::ssh::probe_host_key(h, connect.timeout)),
+    )
+    .await;
+    let mut keys = Vec::new();
+    let mut failed = 0;
+    for (host, probe) in hosts.iter().zip(probes) {
+        match probe {
+            Ok(key) => {
+                eprintln!("{:<12} {:<22} {}", host.name, host.address, key.fingerprint);
+                keys.push(key);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    let added = crate::hosts::ssh::trust(&connect.known_hosts, &keys)?;
+    eprintln!(
+        "recorded {added} new key(s) in {} ({} already there)",
+        connect.known_hosts.display(),
+        keys.len() - added
+    );
+    if failed > 0 {
+        bail!("{failed} host(s) did not answer");
+    }
     Ok(())
 }

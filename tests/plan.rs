@@ -151,11 +151,25 @@ fn prototype_multi_host_example_loads_and_plans_as_it_is() {
     );
     assert_eq!(cost.cut, 3);
     let deployment = deploy(&resolved, &placement, &library, &mut Engines::new()).unwrap();
-    assert_eq!(deployment.remote_wires.len(), 3);
+    assert_eq!(deployment.links.len(), 3);
+    for link in &deployment.links {
+        let sender = &deployment.hosts[&link.from_host];
+        let receiver = &deployment.hosts[&link.to_host];
+        assert_eq!(
+            sender.processes[&format!("{}.send", link.id)].command[1],
+            "-c"
+        );
+        assert_eq!(
+            receiver.processes[&format!("{}.receive", link.id)].command[1],
+            "-s"
+        );
+        assert!(sender.edges.iter().any(|e| e.from == link.from_port));
+        assert!(receiver.edges.iter().any(|e| e.to == link.to_port));
+    }
     assert_eq!(
         diff(&Deployment::default(), &deployment).counts()[0],
-        5,
-        "five csound blocks start"
+        5 + 2 * 3,
+        "five csound blocks and two jacktrip ends per link start"
     );
 }
 

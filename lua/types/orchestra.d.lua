@@ -70,6 +70,15 @@ function connect(from, to) end
 ---@param spec AudioSpec
 function audio(spec) end
 
+---@class NetworkSpec
+---@field queue? integer jacktrip's receive queue in packets, `-q` (default: 4)
+---@field first_port? integer first UDP port links may use on a host (default: 4464)
+---@field last_port? integer last UDP port links may use on a host (default: 4963)
+
+---How network links (jacktrip, one per wire between hosts) carry audio.
+---@param spec NetworkSpec
+function network(spec) end
+
 ---Load `name.lua` (dots are folders) or `name/init.lua` from the script's folder, once.
 ---Required files are watched like the script.
 ---@param name string

@@ -81,8 +81,12 @@ impl Agent {
                 jack,
                 intended,
             } => {
+                // A relative work dir (what the controller sends to remote hosts) lies in
+                // the login directory the agent was started in; from here on it is absolute.
                 let workdir = PathBuf::from(workdir);
-                std::fs::create_dir_all(&workdir)?;
+                std::fs::create_dir_all(&workdir)
+                    .with_context(|| format!("cannot create {}", workdir.display()))?;
+                let workdir = std::fs::canonicalize(&workdir)?;
                 let mut jack_started = false;
                 if !jackd::is_running() {
                     if !jack.start_if_missing {
@@ -153,12 +157,17 @@ impl Agent {
                 if let Some(old) = self.recorder.take() {
                     old.finish()?;
                 }
-                let recorder = Recorder::start(PathBuf::from(path), channels.clamp(1, 8))?;
+                // Relative: in the work dir (a remote host's recording, fetched at the end).
+                let path = match &self.workdir {
+                    Some(dir) => dir.join(path),
+                    None => PathBuf::from(path),
+                };
+                let recorder = Recorder::start(path.clone(), channels.clamp(1, 8))?;
                 self.graph()?.set_recorder_inputs(recorder.inputs.clone());
                 self.recorder = Some(recorder);
                 self.first_sound_sent = false;
                 self.reconcile();
-                Ok(json!({}))
+                Ok(json!({ "path": path }))
             }
             Request::Status => {
                 let processes = self.supervisor()?.status();

@@ -1,5 +1,9 @@
 //! The controller's side of agents: a session per host speaking the JSON-lines protocol.
-//! Local hosts run `orchestra agent` as a child process (SSH sessions come later, same protocol).
+//! Local hosts run `orchestra agent` as a child process; remote hosts run it over an SSH
+//! channel ([`ssh`]). The protocol is the same.
+
+pub mod fleet;
+pub mod ssh;
 
 use crate::agent::protocol::{AgentLine, Event, Request, RequestLine};
 use anyhow::{anyhow, bail, Context, Result};
@@ -8,19 +12,24 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value>>>>>;
 
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// One live agent: send requests, await replies; events go to the channel given at start.
 pub struct AgentSession {
     pub host: String,
-    stdin: tokio::sync::Mutex<ChildStdin>,
+    stdin: tokio::sync::Mutex<Writer>,
     pending: Pending,
     next_id: std::sync::atomic::AtomicU64,
-    child: tokio::sync::Mutex<Child>,
+    /// Ends when the agent's output ends (it exited, or its SSH channel closed).
+    reader: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The local agent process, reaped at close.
+    child: Option<tokio::sync::Mutex<Child>>,
 }
 
 impl AgentSession {
@@ -44,11 +53,24 @@ impl AgentSession {
             .with_context(|| format!("cannot start the agent {}", exe.display()))?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
+        let mut session = AgentSession::over(host, stdout, stdin, events);
+        session.child = Some(tokio::sync::Mutex::new(child));
+        Ok(session)
+    }
+
+    /// A session over an agent's output and input, wherever it runs (a child process, an
+    /// SSH channel).
+    pub fn over(
+        host: &str,
+        output: impl AsyncRead + Send + Unpin + 'static,
+        input: impl AsyncWrite + Send + Unpin + 'static,
+        events: mpsc::UnboundedSender<(String, Event)>,
+    ) -> AgentSession {
         let pending: Pending = Arc::default();
         let reader_pending = pending.clone();
         let host_name = host.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(output).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<AgentLine>(&line) {
                     Ok(AgentLine::Reply { id, ok, error }) => {
@@ -71,13 +93,14 @@ impl AgentSession {
                 let _ = tx.send(Err(anyhow!("the agent on {host_name} exited")));
             }
         });
-        Ok(AgentSession {
+        AgentSession {
             host: host.to_string(),
-            stdin: tokio::sync::Mutex::new(stdin),
+            stdin: tokio::sync::Mutex::new(Box::new(input)),
             pending,
             next_id: 1.into(),
-            child: tokio::sync::Mutex::new(child),
-        })
+            reader: tokio::sync::Mutex::new(Some(reader)),
+            child: None,
+        }
     }
 
     /// Send one request and wait for its reply.
@@ -102,16 +125,22 @@ impl AgentSession {
             .with_context(|| format!("on {}", self.host))
     }
 
-    /// Close the session: the agent exits when its stdin closes.
+    /// Close the session: the agent exits when its input closes.
     pub async fn close(self) {
+        let grace = std::time::Duration::from_secs(5);
+        let _ = self.stdin.lock().await.shutdown().await;
         drop(self.stdin);
-        let mut child = self.child.lock().await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+        if let Some(reader) = self.reader.lock().await.take() {
+            let _ = tokio::time::timeout(grace, reader).await;
+        }
+        if let Some(child) = &self.child {
+            let _ = tokio::time::timeout(grace, child.lock().await.wait()).await;
+        }
     }
 }
 
 /// The binary to run as the agent: this very executable.
-fn agent_executable() -> Result<std::path::PathBuf> {
+pub(crate) fn agent_executable() -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe().context("cannot find the orchestra executable")?;
     if exe
         .file_name()

@@ -142,6 +142,29 @@ impl Default for AudioSettings {
     }
 }
 
+/// How network links (jacktrip) carry audio between hosts: one setting for the orchestra.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSettings {
+    /// jacktrip's receive queue in packets (`-q`): more rides out network jitter, fewer is
+    /// less latency.
+    pub queue: u32,
+    /// UDP ports links may use on each host, first and last included. A link keeps its
+    /// ports for as long as it exists.
+    pub first_port: u16,
+    pub last_port: u16,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        // 4464 is jacktrip's own default port.
+        NetworkSettings {
+            queue: 4,
+            first_port: 4464,
+            last_port: 4963,
+        }
+    }
+}
+
 /// Everything a script (plus its hosts file) declares.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Orchestra {
@@ -151,6 +174,8 @@ pub struct Orchestra {
     pub blocks: Vec<Block>,
     pub connections: Vec<Connection>,
     pub audio: AudioSettings,
+    #[serde(default)]
+    pub network: NetworkSettings,
     /// The prototype's synthdef `hosts` map: names that group blocks onto one (placed) host
     /// rather than naming a real machine.
     pub host_aliases: BTreeSet<String>,

@@ -161,6 +161,7 @@ pub fn load_synthdef(path: &Path) -> Result<Orchestra, ModelError> {
         blocks,
         connections,
         audio: AudioSettings::default(),
+        network: Default::default(),
         host_aliases: def.hosts.into_keys().collect::<BTreeSet<_>>(),
         files: vec![path.to_path_buf()],
         warnings,

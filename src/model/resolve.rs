@@ -42,6 +42,7 @@ pub struct Resolved {
     pub connections: Vec<(String, String)>,
     pub wires: Vec<Wire>,
     pub audio: AudioSettings,
+    pub network: crate::model::NetworkSettings,
 }
 
 /// Check names, modules, params, pins and ports; expand block-level connections to wires.
@@ -96,6 +97,7 @@ pub fn resolve(orchestra: &Orchestra, library: &ModuleLibrary) -> Result<Resolve
         connections,
         wires,
         audio: orchestra.audio,
+        network: orchestra.network,
     })
 }
 
@@ -139,6 +141,15 @@ fn resolve_blocks(
             return Err(ModelError::at(
                 at,
                 invalid_name_reason("block", &block.name),
+            ));
+        }
+        if block.name.starts_with("link-") {
+            return Err(ModelError::at(
+                at,
+                format!(
+                    "block name `{}`: names starting with `link-` are kept for network links",
+                    block.name
+                ),
             ));
         }
         if let Some(first) = blocks.get(&block.name) {

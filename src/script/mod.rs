@@ -4,7 +4,8 @@
 pub mod sandbox;
 
 use crate::model::{
-    prototype, AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, Orchestra,
+    prototype, AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError,
+    NetworkSettings, Orchestra,
 };
 use crate::names::{did_you_mean, is_valid_name};
 use mlua::{Lua, MetaMethod, UserData, UserDataMethods, Value};
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The global functions a script may call; `lua/types/orchestra.d.lua` annotates each.
-pub const API_FUNCTIONS: &[&str] = &["block", "host", "connect", "audio", "require"];
+pub const API_FUNCTIONS: &[&str] = &["block", "host", "connect", "audio", "network", "require"];
 
 /// Read an orchestra: `.json` is the prototype's synthdef, anything else a Lua script.
 /// `hosts` is an optional hosts file (Lua or the prototype's slaves.json).
@@ -99,6 +100,7 @@ pub fn eval_script(path: &Path) -> Result<Orchestra, ModelError> {
         blocks: built.blocks,
         connections: built.connections,
         audio: built.audio.unwrap_or_default(),
+        network: built.network.unwrap_or_default(),
         host_aliases: Default::default(),
         files: built.files,
         warnings: Vec::new(),
@@ -178,6 +180,7 @@ struct Builder {
     connections: Vec<Connection>,
     hosts: Vec<Host>,
     audio: Option<AudioSettings>,
+    network: Option<NetworkSettings>,
     files: Vec<PathBuf>,
     /// The directory `require` resolves names in: the main script's.
     base_dir: PathBuf,
@@ -573,6 +576,45 @@ fn define_audio(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
     Ok(())
 }
 
+fn define_network(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
+    let mut network = NetworkSettings::default();
+    for pair in spec.pairs::<String, Value>() {
+        let (key, value) = pair?;
+        let whole = |max: i64| match value {
+            Value::Integer(i) if i > 0 && i <= max => Ok(i),
+            _ => Err(script_error(
+                lua,
+                format!("network: `{key}` must be a whole number from 1 to {max}"),
+            )),
+        };
+        match key.as_str() {
+            "queue" => network.queue = whole(1024)? as u32,
+            "first_port" => network.first_port = whole(65535)? as u16,
+            "last_port" => network.last_port = whole(65535)? as u16,
+            _ => {
+                return Err(script_error(
+                    lua,
+                    format!(
+                        "network: unknown field `{key}`{}",
+                        did_you_mean(&key, ["queue", "first_port", "last_port"])
+                    ),
+                ))
+            }
+        }
+    }
+    if network.first_port > network.last_port {
+        return Err(script_error(
+            lua,
+            format!(
+                "network: first_port {} is above last_port {}",
+                network.first_port, network.last_port
+            ),
+        ));
+    }
+    lua.app_data_mut::<Builder>().expect("builder").network = Some(network);
+    Ok(())
+}
+
 /// `name "x" { … }` and `name("x", { … })` both work: with one argument return a function
 /// that takes the table.
 fn named_constructor<R: mlua::IntoLua + 'static>(
@@ -629,6 +671,10 @@ fn install_api(lua: &Lua) -> mlua::Result<()> {
     g.set(
         "audio",
         lua.create_function(|lua, spec: mlua::Table| define_audio(lua, spec))?,
+    )?;
+    g.set(
+        "network",
+        lua.create_function(|lua, spec: mlua::Table| define_network(lua, spec))?,
     )?;
     g.set("require", lua.create_function(require)?)?;
     Ok(())

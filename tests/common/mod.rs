@@ -106,8 +106,9 @@ impl Running {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
+        let status = self.child.try_wait().ok().flatten();
         panic!(
-            "no `{needle}` within {timeout:?}; stderr so far:\n{}",
+            "no `{needle}` within {timeout:?} (exit status {status:?}); stderr so far:\n{}",
             self.stderr.join("\n")
         );
     }
@@ -252,6 +253,29 @@ impl Stage {
             _turn: turn,
         }
     }
+}
+
+/// The left channel of `wav` holds a clean 440 Hz tone (± 1 %) at a healthy level, with no
+/// dropout, sounding for at least `min_seconds` after it started.
+pub fn assert_tone_440(wav: &Path, min_seconds: f64) {
+    use cloud_orchestra::analysis::{analyze, read_channel};
+    let (left, rate) = read_channel(wav, 0).unwrap();
+    assert_eq!(rate, 48000);
+    let report = analyze(&left, rate);
+    assert!(
+        (report.frequency_hz - 440.0).abs() < 4.4,
+        "440 Hz ± 1 %: {report:?}"
+    );
+    assert!(
+        report.rms > 0.1 && report.peak < 1.0,
+        "healthy level: {report:?}"
+    );
+    assert!(report.longest_gap_ms < 5.0, "no dropout: {report:?}");
+    let sounding = report.seconds - report.first_sound_s.expect("sound at the DAC");
+    assert!(
+        sounding > min_seconds,
+        "played for the whole run: {report:?}"
+    );
 }
 
 /// Stop a playing orchestra with `signal`: it must exit 0 and leave nothing running.

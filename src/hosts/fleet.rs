@@ -1,0 +1,346 @@
+//! The fleet: one agent session per host. Every remote host is dialled first, its key checked
+//! against known_hosts, before anything changes anywhere; then each host is brought up in
+//! parallel (the agent binary, the agent, its JACK server), plans are applied with the hosts
+//! working in parallel within each phase (start, connect, disconnect, stop), and each host's
+//! steps are timed for the summary.
+
+use super::ssh::{self, SshError, SshHost};
+use super::AgentSession;
+use crate::agent::protocol::{Event, HelloReply, JackSettings, Request};
+use crate::deploy::Deployment;
+use crate::model::{AudioSettings, Host};
+use crate::plan::{Action, Plan};
+use anyhow::{anyhow, bail, Context, Result};
+use futures::future::join_all;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How to reach remote hosts.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub known_hosts: PathBuf,
+    pub timeout: Duration,
+    /// Go on with the hosts that answered instead of stopping at an unreachable one.
+    pub skip_unreachable: bool,
+}
+
+impl ConnectOptions {
+    /// `~/.ssh/known_hosts` unless a file is given; 5 s per host.
+    pub fn new(known_hosts: Option<PathBuf>, skip_unreachable: bool) -> ConnectOptions {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        ConnectOptions {
+            known_hosts: known_hosts.unwrap_or_else(|| home.join(".ssh/known_hosts")),
+            timeout: Duration::from_secs(5),
+            skip_unreachable,
+        }
+    }
+}
+
+/// SSH connections to the remote hosts that answered.
+pub struct Connected {
+    pub ssh: BTreeMap<String, Arc<SshHost>>,
+    /// Hosts left out with `--skip-unreachable`, and why.
+    pub skipped: Vec<(String, String)>,
+    /// How long each host took to connect.
+    pub connect_time: BTreeMap<String, Duration>,
+}
+
+/// Dial every remote host at once. A host whose key is unknown or changed stops everything
+/// (nothing has started anywhere yet); an unreachable host too, unless skipping is allowed.
+pub async fn connect(hosts: &[Host], options: &ConnectOptions) -> Result<Connected> {
+    let remote: Vec<Host> = hosts.iter().filter(|h| !h.local).cloned().collect();
+    let started = Instant::now();
+    let results = ssh::connect_all(&remote, &options.known_hosts, options.timeout).await;
+    let elapsed = started.elapsed();
+    let mut connected = Connected {
+        ssh: BTreeMap::new(),
+        skipped: Vec::new(),
+        connect_time: BTreeMap::new(),
+    };
+    let mut refused = Vec::new();
+    for (host, result) in results {
+        match result {
+            Ok(session) => {
+                connected.connect_time.insert(host.clone(), elapsed);
+                connected.ssh.insert(host, Arc::new(session));
+            }
+            Err(e @ SshError::Unreachable { .. }) if options.skip_unreachable => {
+                connected.skipped.push((host, e.to_string()));
+            }
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    if !refused.is_empty() {
+        for session in connected.ssh.values() {
+            session.disconnect().await;
+        }
+        let also = if refused.len() > 1 {
+            format!(" (and {} more host(s), below)", refused.len() - 1)
+        } else {
+            String::new()
+        };
+        bail!(
+            "{}{also}; nothing was started on any host{}",
+            refused[0],
+            refused[1..]
+                .iter()
+                .map(|r| format!("\n  {r}"))
+                .collect::<String>()
+        );
+    }
+    Ok(connected)
+}
+
+/// Time spent on each step of one host, for the summary.
+#[derive(Debug, Default, Clone)]
+pub struct Timings {
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    fn add(&mut self, step: &'static str, took: Duration) {
+        match self.steps.iter_mut().find(|(s, _)| *s == step) {
+            Some((_, t)) => *t += took,
+            None => self.steps.push((step, took)),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        self.steps
+            .iter()
+            .map(|(s, t)| format!("{s} {} ms", t.as_millis()))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    }
+}
+
+/// Live agents, one per host.
+pub struct Fleet {
+    pub sessions: BTreeMap<String, AgentSession>,
+    pub hellos: BTreeMap<String, HelloReply>,
+    ssh: BTreeMap<String, Arc<SshHost>>,
+    timings: Mutex<BTreeMap<String, Timings>>,
+}
+
+/// The work directory of an orchestra on a remote host, relative to the login directory.
+pub fn remote_workdir(orchestra: &str) -> String {
+    format!("{}/{orchestra}", ssh::REMOTE_DIR)
+}
+
+impl Fleet {
+    /// Start an agent on each host (uploading the binary where it is missing) and greet it;
+    /// `running` is what was last applied: its edges are handed over so adopted synths keep
+    /// them.
+    pub async fn bring_up(
+        hosts: &[Host],
+        connected: &Connected,
+        running: &Deployment,
+        state_dir: &Path,
+        orchestra: &str,
+        audio: AudioSettings,
+        events: &mpsc::UnboundedSender<(String, Event)>,
+    ) -> Result<Fleet> {
+        let tasks = hosts.iter().map(|host| {
+            let ssh = connected.ssh.get(&host.name).cloned();
+            let events = events.clone();
+            let intended = running
+                .hosts
+                .get(&host.name)
+                .map(|h| h.edges.iter().cloned().collect())
+                .unwrap_or_default();
+            let local_workdir = crate::state::local_workdir(state_dir, &host.name);
+            async move {
+                let mut timings = Timings::default();
+                if let Some(took) = connected.connect_time.get(&host.name) {
+                    timings.add("connect", *took);
+                }
+                let (session, workdir) = match &ssh {
+                    None => (
+                        AgentSession::spawn_local(&host.name, events).await?,
+                        local_workdir.display().to_string(),
+                    ),
+                    Some(ssh) => {
+                        let t = Instant::now();
+                        let binary = ssh
+                            .ensure_binary(&super::agent_executable()?, env!("CARGO_PKG_VERSION"))
+                            .await?;
+                        timings.add("binary", t.elapsed());
+                        let (output, input) = ssh.open_agent(&binary).await?;
+                        (
+                            AgentSession::over(&host.name, output, input, events),
+                            remote_workdir(orchestra),
+                        )
+                    }
+                };
+                let t = Instant::now();
+                let hello = session
+                    .call(Request::Hello {
+                        workdir,
+                        jack: JackSettings {
+                            rate: audio.rate,
+                            period: audio.period,
+                            start_if_missing: true,
+                        },
+                        intended,
+                    })
+                    .await?;
+                timings.add("jackd", t.elapsed());
+                let hello: HelloReply = serde_json::from_value(hello)?;
+                Ok::<_, anyhow::Error>((host.name.clone(), session, hello, timings))
+            }
+        });
+        let mut fleet = Fleet {
+            sessions: BTreeMap::new(),
+            hellos: BTreeMap::new(),
+            ssh: connected.ssh.clone(),
+            timings: Mutex::default(),
+        };
+        let mut failures = Vec::new();
+        for (host, result) in hosts.iter().zip(join_all(tasks).await) {
+            match result {
+                Ok((name, session, hello, timings)) => {
+                    fleet.sessions.insert(name.clone(), session);
+                    fleet.hellos.insert(name.clone(), hello);
+                    fleet.timings.lock().expect("lock").insert(name, timings);
+                }
+                Err(e) => {
+                    let log = match connected.ssh.get(&host.name) {
+                        Some(ssh) => agent_log_tail(ssh).await,
+                        None => String::new(),
+                    };
+                    failures.push(format!("{}: {e:#}{log}", host.name));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            fleet.close().await;
+            bail!("cannot start the agent on {}", failures.join("; "));
+        }
+        Ok(fleet)
+    }
+
+    pub fn get(&self, host: &str) -> Result<&AgentSession> {
+        self.sessions
+            .get(host)
+            .ok_or_else(|| anyhow!("no agent for host `{host}`"))
+    }
+
+    /// True when some host is reached over SSH.
+    pub fn has_remote(&self) -> bool {
+        !self.ssh.is_empty()
+    }
+
+    /// Apply a plan phase by phase (all starts, then connections, disconnections, stops):
+    /// within a phase each host works through its actions in order, the hosts in parallel.
+    /// A failed action is reported and the rest go on.
+    pub async fn apply(&self, plan: &Plan) -> Vec<(Action, anyhow::Error)> {
+        let mut failures = Vec::new();
+        let mut phase_start = 0;
+        while phase_start < plan.actions.len() {
+            let kind = phase_of(&plan.actions[phase_start]);
+            let phase_end = plan.actions[phase_start..]
+                .iter()
+                .position(|a| phase_of(a) != kind)
+                .map_or(plan.actions.len(), |n| phase_start + n);
+            let mut by_host: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
+            for action in &plan.actions[phase_start..phase_end] {
+                by_host.entry(action.host()).or_default().push(action);
+            }
+            let work = by_host.into_iter().map(|(host, actions)| async move {
+                let started = Instant::now();
+                let mut failed = Vec::new();
+                for action in actions {
+                    let result = match self.get(host) {
+                        Ok(session) => session.call(request_of(action)).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        failed.push((action.clone(), e));
+                    }
+                }
+                (host, started.elapsed(), failed)
+            });
+            for (host, took, failed) in join_all(work).await {
+                self.timings
+                    .lock()
+                    .expect("lock")
+                    .entry(host.to_string())
+                    .or_default()
+                    .add(kind, took);
+                failures.extend(failed);
+            }
+            phase_start = phase_end;
+        }
+        failures
+    }
+
+    /// Note time a host spent on `step` (e.g. waiting for its edges).
+    pub fn time(&self, host: &str, step: &'static str, took: Duration) {
+        self.timings
+            .lock()
+            .expect("lock")
+            .entry(host.to_string())
+            .or_default()
+            .add(step, took);
+    }
+
+    pub fn timings(&self) -> BTreeMap<String, Timings> {
+        self.timings.lock().expect("lock").clone()
+    }
+
+    /// Fetch a file an agent wrote on its (remote) host.
+    pub async fn download(&self, host: &str, remote: &str, local: &Path) -> Result<()> {
+        let ssh = self
+            .ssh
+            .get(host)
+            .with_context(|| format!("`{host}` is not a remote host"))?;
+        Ok(ssh.download(remote, local).await?)
+    }
+
+    /// End every session (agents exit; what they started keeps running unless stopped) and
+    /// hang up.
+    pub async fn close(self) {
+        join_all(self.sessions.into_values().map(|s| s.close())).await;
+        for ssh in self.ssh.values() {
+            ssh.disconnect().await;
+        }
+    }
+}
+
+/// The end of a remote agent's log, to show why it stopped.
+async fn agent_log_tail(ssh: &SshHost) -> String {
+    let log = format!("{}/agent.log", ssh::REMOTE_DIR);
+    match ssh.run(&["tail", "-n", "15", &log]).await {
+        Ok(out) if !out.stdout_text().trim().is_empty() => {
+            format!("; its log ({log}) ends:\n{}", out.stdout_text())
+        }
+        _ => String::new(),
+    }
+}
+
+fn phase_of(action: &Action) -> &'static str {
+    match action {
+        Action::Start { .. } => "start",
+        Action::Connect { .. } => "wire",
+        Action::Disconnect { .. } => "unwire",
+        Action::Stop { .. } => "stop",
+    }
+}
+
+fn request_of(action: &Action) -> Request {
+    match action {
+        Action::Start { process, .. } => Request::Start {
+            process: (**process).clone(),
+        },
+        Action::Stop { client, .. } => Request::Stop {
+            client: client.clone(),
+        },
+        Action::Connect { edge, .. } => Request::Connect { edge: edge.clone() },
+        Action::Disconnect { edge, .. } => Request::Disconnect { edge: edge.clone() },
+    }
+}

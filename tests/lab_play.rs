@@ -1,0 +1,279 @@
+//! Playing across hosts: a lab of three hosts (network namespaces, each with its own sshd,
+//! JACK server and home), the controller in a namespace of its own, real jackd, csound and
+//! jacktrip. The tone is recorded at the DAC host and fetched back.
+
+mod common;
+#[path = "lab/mod.rs"]
+mod lab;
+
+use common::Running;
+use lab::Lab;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The three-host chain of the issue: sine on h1 → lowpass on h2 → DAC on h3, all pinned.
+const CHAIN: &str = r#"
+local osc  = block "osc"  { module = "sine", freq = 440, host = "h1" }
+local filt = block "filt" { module = "lp", cutoff = 2000, host = "h2" }
+local out  = block "out"  { module = "dac", host = "h3" }
+osc >> filt >> out
+"#;
+
+/// The same chain with nothing pinned: it fits wherever hosts answer.
+const FREE_CHAIN: &str = r#"
+local osc  = block "osc"  { module = "sine", freq = 440 }
+local filt = block "filt" { module = "lp", cutoff = 2000 }
+local out  = block "out"  { module = "dac" }
+osc >> filt >> out
+"#;
+
+struct Show {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    script: PathBuf,
+    hosts: PathBuf,
+}
+
+impl Show {
+    fn new(tag: &str, script: &str) -> Show {
+        let lab = Lab::build(tag, &["h1", "h2", "h3"]);
+        let dir = tempfile::tempdir_in(lab.dir()).unwrap();
+        let script_path = dir.path().join("song.lua");
+        std::fs::write(&script_path, script).unwrap();
+        let hosts = dir.path().join("hosts.lua");
+        lab.write_hosts_file(&hosts, 2);
+        Show {
+            lab,
+            dir,
+            script: script_path,
+            hosts,
+        }
+    }
+
+    /// `orchestra <verb> song.lua --hosts … --known-hosts …` in the controller's namespace.
+    fn orchestra(&self, verb: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestra"));
+        cmd.arg(verb)
+            .arg(&self.script)
+            .arg("--known-hosts")
+            .arg(self.lab.known_hosts())
+            .stdin(std::process::Stdio::null());
+        if verb != "down" {
+            cmd.arg("--hosts").arg(&self.hosts);
+        }
+        self.lab.in_controller(&mut cmd);
+        cmd
+    }
+
+    fn only_sshd_everywhere(&self) {
+        for host in ["h1", "h2", "h3"] {
+            self.lab.wait_until_only_sshd(host, Duration::from_secs(10));
+        }
+    }
+
+    fn jacktrips(&self, host: &str) -> Vec<String> {
+        self.lab
+            .processes(host)
+            .into_iter()
+            .filter(|p| p.comm == "jacktrip")
+            .map(|p| p.args)
+            .collect()
+    }
+}
+
+#[test]
+fn a_chain_over_three_hosts_plays_440_hz_at_the_dac_host() {
+    let show = Show::new("chain", CHAIN);
+    let wav = show.dir.path().join("out.wav");
+    let mut cmd = show.orchestra("run");
+    cmd.arg("--record").arg(&wav);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(90));
+
+    // One link h1 → h2 and one h2 → h3: the sending end beside the source, the receiving
+    // end (-s) beside the sink.
+    let (h1, h2, h3) = (
+        show.jacktrips("h1"),
+        show.jacktrips("h2"),
+        show.jacktrips("h3"),
+    );
+    assert_eq!(h1.len(), 1, "h1: {h1:?}");
+    assert!(h1[0].contains(" -c "), "{h1:?}");
+    assert_eq!(h2.len(), 2, "h2: {h2:?}");
+    assert!(h2.iter().any(|a| a.contains(" -s ")) && h2.iter().any(|a| a.contains(" -c ")));
+    assert_eq!(h3.len(), 1, "h3: {h3:?}");
+    assert!(h3[0].contains(" -s "), "{h3:?}");
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    eprintln!("{stderr}");
+    common::assert_tone_440(&wav, 2.0);
+    show.only_sshd_everywhere();
+}
+
+#[test]
+fn a_host_with_an_unknown_key_is_refused_before_anything_starts() {
+    let show = Show::new("unknown-key", CHAIN);
+    show.lab.forget_key("h2");
+    let out = show.orchestra("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("host h2") && stderr.contains("SHA256:"),
+        "names the host and its key: {stderr}"
+    );
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    for host in ["h1", "h2", "h3"] {
+        // Only sshd itself and, for a moment, the session the refusal just closed.
+        let ours: Vec<_> = show
+            .lab
+            .processes_besides_sshd(host)
+            .into_iter()
+            .filter(|p| p.comm != "sshd")
+            .collect();
+        assert!(ours.is_empty(), "{host} runs nothing of ours: {ours:?}");
+    }
+    show.only_sshd_everywhere();
+}
+
+#[test]
+fn an_unreachable_host_is_an_error_unless_skipped() {
+    let show = Show::new("unreachable", FREE_CHAIN);
+    show.lab.make_unreachable("h3");
+    let out = show.orchestra("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("h3") && stderr.contains("unreachable"),
+        "{stderr}"
+    );
+    show.only_sshd_everywhere();
+
+    let wav = show.dir.path().join("out.wav");
+    let mut cmd = show.orchestra("run");
+    cmd.arg("--skip-unreachable")
+        .arg("--record")
+        .arg(&wav)
+        .args(["--seconds", "4"]);
+    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("leaving out h3"), "{stderr}");
+    common::assert_tone_440(&wav, 2.0);
+    show.only_sshd_everywhere();
+}
+
+#[test]
+fn down_stops_every_host_after_the_controller_is_killed() {
+    let show = Show::new("down", CHAIN);
+    let mut run = Running::spawn(show.orchestra("run"));
+    run.wait_for("playing:", Duration::from_secs(90));
+    run.signal(libc::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    // The show goes on without its controller.
+    assert_eq!(show.jacktrips("h2").len(), 2);
+
+    let out = show.orchestra("down").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stopped 2 synth(s) and 2 network link(s)"),
+        "{stderr}"
+    );
+    show.only_sshd_everywhere();
+}
+
+/// Benchmark (run with `cargo test --release --test lab_play -- --ignored --nocapture`): time
+/// from `orchestra run` to the first sound at h3's DAC, five runs in one lab (the first one
+/// uploads the agent binary to each host).
+#[test]
+#[ignore = "benchmark: prints figures, asserts no timing"]
+fn bench_first_sound_on_three_hosts() {
+    let show = Show::new("bench-first", CHAIN);
+    for run in 1..=5 {
+        let wav = show.dir.path().join(format!("out{run}.wav"));
+        let mut cmd = show.orchestra("run");
+        cmd.arg("--record").arg(&wav).args(["--seconds", "1"]);
+        let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(120));
+        assert_eq!(code, Some(0), "{stderr}");
+        let first = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("first sound at the DAC "))
+            .unwrap_or("none");
+        eprintln!("run {run}: first sound {first}");
+        for line in stderr.lines().filter(|l| l.contains(" ms ·")) {
+            eprintln!("    {}", line.trim());
+        }
+    }
+    show.only_sshd_everywhere();
+}
+
+/// Benchmark: the round trip of one agent command (a Connect) over SSH on the lab.
+#[test]
+#[ignore = "benchmark: prints figures, asserts no timing"]
+fn bench_agent_command_over_ssh() {
+    use cloud_orchestra::agent::protocol::{JackSettings, Request};
+    use cloud_orchestra::deploy::Edge;
+    use cloud_orchestra::hosts::{fleet, ssh, AgentSession};
+    let show = Show::new("bench-cmd", CHAIN);
+    let mut warnings = Vec::new();
+    let (hosts, _) = cloud_orchestra::script::load_hosts(&show.hosts, &mut warnings).unwrap();
+    let known_hosts = show.lab.known_hosts();
+    show.lab.in_controller_thread(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let h1 = ssh::connect(&hosts[0], &known_hosts, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let exe = Path::new(env!("CARGO_BIN_EXE_orchestra"));
+            let binary = h1
+                .ensure_binary(exe, env!("CARGO_PKG_VERSION"))
+                .await
+                .unwrap();
+            let (output, input) = h1.open_agent(&binary).await.unwrap();
+            let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let session = AgentSession::over("h1", output, input, events);
+            session
+                .call(Request::Hello {
+                    workdir: fleet::remote_workdir("bench"),
+                    jack: JackSettings {
+                        rate: 48000,
+                        period: 256,
+                        start_if_missing: true,
+                    },
+                    intended: vec![],
+                })
+                .await
+                .unwrap();
+            let mut times = Vec::new();
+            for i in 0..500 {
+                let edge = Edge {
+                    from: format!("nobody:out{i}"),
+                    to: "system:playback_1".into(),
+                };
+                let t = std::time::Instant::now();
+                session.call(Request::Connect { edge }).await.unwrap();
+                times.push(t.elapsed());
+            }
+            times.sort();
+            let mean = times.iter().sum::<Duration>() / times.len() as u32;
+            eprintln!(
+                "Connect over SSH, 500 calls: mean {:?}, p50 {:?}, p99 {:?}",
+                mean,
+                times[times.len() / 2],
+                times[times.len() * 99 / 100]
+            );
+            session
+                .call(Request::Shutdown { stop_jack: true })
+                .await
+                .unwrap();
+            session.close().await;
+        });
+    });
+}
