@@ -16,7 +16,12 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value>>>>>;
+/// Callers waiting for replies, by request id; `None` once the agent's output has ended, so
+/// no caller can start waiting for a reply that will never come.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Value>>>>>>;
+
+/// Longer than any request takes (`WaitEdges` brings its own, shorter, timeout).
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -66,7 +71,7 @@ impl AgentSession {
         input: impl AsyncWrite + Send + Unpin + 'static,
         events: mpsc::UnboundedSender<(String, Event)>,
     ) -> AgentSession {
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();
         let host_name = host.to_string();
         let reader = tokio::spawn(async move {
@@ -74,7 +79,11 @@ impl AgentSession {
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<AgentLine>(&line) {
                     Ok(AgentLine::Reply { id, ok, error }) => {
-                        let waiter = reader_pending.lock().expect("lock").remove(&id);
+                        let waiter = reader_pending
+                            .lock()
+                            .expect("lock")
+                            .as_mut()
+                            .and_then(|p| p.remove(&id));
                         if let Some(tx) = waiter {
                             let _ = tx.send(match error {
                                 Some(e) => Err(anyhow!(e)),
@@ -88,8 +97,9 @@ impl AgentSession {
                     Err(e) => tracing::warn!("agent on {host_name}: unreadable line ({e}): {line}"),
                 }
             }
-            // The agent is gone: fail whoever still waits.
-            for (_, tx) in reader_pending.lock().expect("lock").drain() {
+            // The agent is gone: fail whoever still waits, and whoever comes later.
+            let waiting = reader_pending.lock().expect("lock").take();
+            for (_, tx) in waiting.into_iter().flatten() {
                 let _ = tx.send(Err(anyhow!("the agent on {host_name} exited")));
             }
         });
@@ -109,18 +119,30 @@ impl AgentSession {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("lock").insert(id, tx);
+        match self.pending.lock().expect("lock").as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => bail!("the agent on {} exited", self.host),
+        };
         let mut line = serde_json::to_string(&RequestLine { id, request })?;
         line.push('\n');
         {
             let mut stdin = self.stdin.lock().await;
             if let Err(e) = stdin.write_all(line.as_bytes()).await {
-                self.pending.lock().expect("lock").remove(&id);
+                if let Some(pending) = self.pending.lock().expect("lock").as_mut() {
+                    pending.remove(&id);
+                }
                 bail!("the agent on {} is gone: {e}", self.host);
             }
             stdin.flush().await?;
         }
-        rx.await
+        tokio::time::timeout(REPLY_TIMEOUT, rx)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the agent on {} did not answer within {REPLY_TIMEOUT:?}",
+                    self.host
+                )
+            })?
             .map_err(|_| anyhow!("the agent on {} exited", self.host))?
             .with_context(|| format!("on {}", self.host))
     }
