@@ -217,7 +217,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 hello.adopted.len()
             );
         }
-        if hello.jack_started && options.record.is_none() && !fleet.has_remote() {
+        let dummy = all_hosts
+            .iter()
+            .any(|h| h.name == *host && h.jack.driver.as_deref().unwrap_or("dummy") == "dummy");
+        if hello.jack_started && dummy && options.record.is_none() && !fleet.has_remote() {
             eprintln!(
                 "started a silent JACK server (dummy driver) on {host}: nothing is audible here; \
                  add --record out.wav to hear what reaches the DAC"
@@ -353,9 +356,6 @@ fn record_host(loaded: &Loaded, desired: &Desired) -> Result<String> {
 }
 
 async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_message("waiting for synths to register their ports");
-    spinner.enable_steady_tick(Duration::from_millis(100));
     let mut missing_all = Vec::new();
     for (host, session) in &fleet.sessions {
         let waiting = Instant::now();
@@ -372,7 +372,7 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
             Err(e) => eprintln!("error: {e:#}"),
         }
     }
-    spinner.finish_and_clear();
+    fleet.finish_progress();
     let d = &desired.deployment;
     let synths = d
         .hosts

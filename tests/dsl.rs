@@ -112,3 +112,32 @@ fn desugar_only_touches_chain_statements() {
         "_ = block \"a\" { freq = 1, name = \"x=y\" } >> mix\nt[1] = a >> b\nx.y = a >> b\n_ = f(a == b) >> c\n"
     );
 }
+
+#[test]
+fn hosts_carry_their_own_jack_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts.lua");
+    std::fs::write(
+        &hosts,
+        "host \"stage\" { address = \"10.0.0.9\", jack_driver = \"alsa\", jack_device = \"hw:1\" }\nhost \"cloud\" { address = \"10.0.0.10\" }\n",
+    )
+    .unwrap();
+    let mut warnings = Vec::new();
+    let (list, _) = cloud_orchestra::script::load_hosts(&hosts, &mut warnings).unwrap();
+    assert_eq!(list[0].jack.driver.as_deref(), Some("alsa"));
+    assert_eq!(list[0].jack.device.as_deref(), Some("hw:1"));
+    assert_eq!(list[1].jack, Default::default());
+
+    std::fs::write(
+        &hosts,
+        "host \"stage\" { address = \"10.0.0.9\", jack_device = \"hw:1; rm -rf /\" }\n",
+    )
+    .unwrap();
+    let err = cloud_orchestra::script::load_hosts(&hosts, &mut warnings)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hosts.lua:1:") && err.contains("jack_device"),
+        "{err}"
+    );
+}

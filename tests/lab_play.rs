@@ -246,6 +246,8 @@ fn bench_agent_command_over_ssh() {
                         rate: 48000,
                         period: 256,
                         start_if_missing: true,
+                        driver: None,
+                        device: None,
                     },
                     intended: vec![],
                 })

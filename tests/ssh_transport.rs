@@ -27,6 +27,7 @@ fn host(lab: &Lab, name: &str) -> Host {
         cores: 1,
         identity: Some(lab.user_key().display().to_string()),
         local: false,
+        jack: Default::default(),
         location: None,
     }
 }

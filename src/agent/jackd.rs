@@ -1,6 +1,7 @@
 //! The host's JACK server: find the one that answers, or start `jackd -d dummy` detached (pid
 //! file in the work dir, so a later agent knows it is ours to stop).
 
+use crate::agent::protocol::JackSettings;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -23,23 +24,33 @@ fn pid_file(workdir: &Path) -> std::path::PathBuf {
     workdir.join("jackd.pid")
 }
 
-/// Start `jackd -d dummy` with the orchestra's rate and period and wait until it answers.
-pub fn start(workdir: &Path, rate: u32, period: u32) -> Result<u32> {
+/// jackd's arguments: server name, backend (dummy unless the host names one), its device,
+/// the orchestra's rate and period.
+pub fn jackd_args(server: &str, jack: &JackSettings) -> Vec<String> {
+    let driver = jack.driver.as_deref().unwrap_or("dummy");
+    let mut args: Vec<String> = vec!["-n".into(), server.into(), "-d".into(), driver.into()];
+    if let Some(device) = &jack.device {
+        args.extend(["-d".into(), device.clone()]);
+    }
+    args.extend([
+        "-r".into(),
+        jack.rate.to_string(),
+        "-p".into(),
+        jack.period.to_string(),
+    ]);
+    if driver == "dummy" {
+        // Two capture and two playback ports, like a stereo sound card.
+        args.extend(["-C", "2", "-P", "2"].map(String::from));
+    }
+    args
+}
+
+/// Start jackd (the dummy driver unless the host says otherwise) with the orchestra's rate
+/// and period, and wait until it answers.
+pub fn start(workdir: &Path, jack: &JackSettings) -> Result<u32> {
     let log = std::fs::File::create(workdir.join("jackd.log")).context("jackd.log")?;
     let mut command = Command::new("jackd");
-    command.args(["-n", &server_name()]);
-    command.args([
-        "-d",
-        "dummy",
-        "-r",
-        &rate.to_string(),
-        "-p",
-        &period.to_string(),
-        "-C",
-        "2",
-        "-P",
-        "2",
-    ]);
+    command.args(jackd_args(&server_name(), jack));
     command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -91,4 +102,31 @@ pub fn stop_ours(workdir: &Path) -> Result<bool> {
 /// Whether this work dir records a jackd that we started.
 pub fn started_by_us(workdir: &Path) -> bool {
     pid_file(workdir).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(driver: Option<&str>, device: Option<&str>) -> JackSettings {
+        JackSettings {
+            rate: 44100,
+            period: 128,
+            start_if_missing: true,
+            driver: driver.map(String::from),
+            device: device.map(String::from),
+        }
+    }
+
+    #[test]
+    fn dummy_by_default_and_a_sound_card_when_the_host_says_so() {
+        assert_eq!(
+            jackd_args("default", &settings(None, None)).join(" "),
+            "-n default -d dummy -r 44100 -p 128 -C 2 -P 2"
+        );
+        assert_eq!(
+            jackd_args("s1", &settings(Some("alsa"), Some("hw:1"))).join(" "),
+            "-n s1 -d alsa -d hw:1 -r 44100 -p 128"
+        );
+    }
 }

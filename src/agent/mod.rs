@@ -92,7 +92,7 @@ impl Agent {
                     if !jack.start_if_missing {
                         bail!("no JACK server `{}` answers", jackd::server_name());
                     }
-                    jackd::start(&workdir, jack.rate, jack.period)?;
+                    jackd::start(&workdir, &jack)?;
                     jack_started = true;
                 }
                 let mut sup = Supervisor::new(&workdir);

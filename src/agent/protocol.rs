@@ -57,8 +57,13 @@ pub enum Request {
 pub struct JackSettings {
     pub rate: u32,
     pub period: u32,
-    /// Start `jackd -d dummy` when no server answers.
+    /// Start jackd when no server answers.
     pub start_if_missing: bool,
+    /// Its backend and device (`None`: the dummy driver).
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

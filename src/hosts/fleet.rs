@@ -96,17 +96,29 @@ pub async fn connect(hosts: &[Host], options: &ConnectOptions) -> Result<Connect
     Ok(connected)
 }
 
-/// Time spent on each step of one host, for the summary.
+/// Time spent on each step of one host, shown live on the host's progress line (when
+/// stderr is a terminal) and in the summary.
 #[derive(Debug, Default, Clone)]
 pub struct Timings {
     pub steps: Vec<(&'static str, Duration)>,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Timings {
+    fn on(bar: indicatif::ProgressBar) -> Timings {
+        Timings {
+            steps: Vec::new(),
+            bar: Some(bar),
+        }
+    }
+
     fn add(&mut self, step: &'static str, took: Duration) {
         match self.steps.iter_mut().find(|(s, _)| *s == step) {
             Some((_, t)) => *t += took,
             None => self.steps.push((step, took)),
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.line());
         }
     }
 
@@ -145,7 +157,20 @@ impl Fleet {
         audio: AudioSettings,
         events: &mpsc::UnboundedSender<(String, Event)>,
     ) -> Result<Fleet> {
-        let tasks = hosts.iter().map(|host| {
+        let progress = indicatif::MultiProgress::new();
+        let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
+            .expect("a valid template");
+        let bars: Vec<indicatif::ProgressBar> = hosts
+            .iter()
+            .map(|host| {
+                let bar = progress.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(host.name.clone());
+                bar.enable_steady_tick(Duration::from_millis(100));
+                bar
+            })
+            .collect();
+        let tasks = hosts.iter().zip(bars).map(|(host, bar)| {
             let ssh = connected.ssh.get(&host.name).cloned();
             let events = events.clone();
             let intended = running
@@ -155,7 +180,7 @@ impl Fleet {
                 .unwrap_or_default();
             let local_workdir = crate::state::local_workdir(state_dir, &host.name);
             async move {
-                let mut timings = Timings::default();
+                let mut timings = Timings::on(bar);
                 if let Some(took) = connected.connect_time.get(&host.name) {
                     timings.add("connect", *took);
                 }
@@ -185,6 +210,8 @@ impl Fleet {
                             rate: audio.rate,
                             period: audio.period,
                             start_if_missing: true,
+                            driver: host.jack.driver.clone(),
+                            device: host.jack.device.clone(),
                         },
                         intended,
                     })
@@ -291,6 +318,15 @@ impl Fleet {
 
     pub fn timings(&self) -> BTreeMap<String, Timings> {
         self.timings.lock().expect("lock").clone()
+    }
+
+    /// The hosts are up and wired: their live progress lines give way to the summary.
+    pub fn finish_progress(&self) {
+        for timings in self.timings.lock().expect("lock").values_mut() {
+            if let Some(bar) = timings.bar.take() {
+                bar.finish_and_clear();
+            }
+        }
     }
 
     /// Fetch a file an agent wrote on its (remote) host.

@@ -64,8 +64,21 @@ pub struct Host {
     /// True for the implicit host used when no hosts are declared: reached without SSH.
     #[serde(default)]
     pub local: bool,
+    /// How to start this host's JACK server when none runs there.
+    #[serde(default)]
+    pub jack: JackHost,
     #[serde(skip)]
     pub location: Option<Location>,
+}
+
+/// A host's own JACK settings (the rate and period are the orchestra's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JackHost {
+    /// jackd's backend: `None` is `dummy` (cloud machines have no sound card); `alsa` plays
+    /// through a sound card.
+    pub driver: Option<String>,
+    /// The backend's device, e.g. `hw:1` for alsa.
+    pub device: Option<String>,
 }
 
 impl Host {
@@ -82,6 +95,7 @@ impl Host {
             cores,
             identity: None,
             local: true,
+            jack: JackHost::default(),
             location: None,
         }
     }

@@ -184,6 +184,7 @@ pub fn load_slaves(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Host>,
             cores: s.cores,
             identity: s.identity,
             local: false,
+            jack: Default::default(),
             location: Some(at.clone()),
         })
         .collect())

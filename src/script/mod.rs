@@ -478,7 +478,15 @@ fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Bloc
     Ok(BlockHandle { name })
 }
 
-const HOST_FIELDS: &[&str] = &["address", "user", "port", "cores", "identity"];
+const HOST_FIELDS: &[&str] = &[
+    "address",
+    "user",
+    "port",
+    "cores",
+    "identity",
+    "jack_driver",
+    "jack_device",
+];
 
 fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value> {
     let location = sandbox::caller_location(lua);
@@ -522,6 +530,29 @@ fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value
     let Some(address) = text("address")? else {
         return Err(script_error(lua, format!("host `{name}` has no `address`")));
     };
+    // Passed to jackd as single arguments (never through a shell); still kept plain.
+    let plain = |field: &str| -> mlua::Result<Option<String>> {
+        let value = text(field)?;
+        if let Some(v) = &value {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ":,._-".contains(c))
+            {
+                return Err(script_error(
+                    lua,
+                    format!(
+                        "host `{name}`: `{field}` `{v}` may hold only letters, digits and `:,._-`"
+                    ),
+                ));
+            }
+        }
+        Ok(value)
+    };
+    let jack = crate::model::JackHost {
+        driver: plain("jack_driver")?,
+        device: plain("jack_device")?,
+    };
     let host = Host {
         name: name.clone(),
         address,
@@ -530,6 +561,7 @@ fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value
         cores: number("cores", 1, 4096)? as u32,
         identity: text("identity")?,
         local: false,
+        jack,
         location,
     };
     lua.app_data_mut::<Builder>()
