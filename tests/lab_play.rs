@@ -138,6 +138,33 @@ fn a_host_with_an_unknown_key_is_refused_before_anything_starts() {
         assert!(ours.is_empty(), "{host} runs nothing of ours: {ours:?}");
     }
     show.only_sshd_everywhere();
+
+    // Accepting the key is one explicit command; then the orchestra plays.
+    let mut trust = Command::new(env!("CARGO_BIN_EXE_orchestra"));
+    trust
+        .args(["trust", "--hosts"])
+        .arg(&show.hosts)
+        .arg("--known-hosts")
+        .arg(show.lab.known_hosts());
+    show.lab.in_controller(&mut trust);
+    let out = trust.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let fingerprint = stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap()
+        .trim_end_matches([';', ',', ')']);
+    assert!(
+        said.contains(fingerprint),
+        "trust shows the same key: {said}"
+    );
+    assert!(said.contains("recorded 1 new key(s)"), "{said}");
+    let mut run = show.orchestra("run");
+    run.args(["--seconds", "1"]);
+    let (code, stderr) = Running::spawn(run).finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    show.only_sshd_everywhere();
 }
 
 #[test]
