@@ -3,9 +3,13 @@
 //!
 //! `problem` states it in indices; `exact` proves small instances by branch and bound;
 //! `heuristic` handles the rest (construction, FM refinement, swaps, and re-solving small
-//! groups of hosts exactly); `explain` says why blocks sit where they do.
+//! groups of hosts exactly), helped by `multilevel` (contraction and V-cycles), `ejection`
+//! and `ejection_dfs` (segment and subtree moves passed along rows of full hosts); `explain`
+//! says why blocks sit where they do.
 
+pub mod branch;
 pub mod ejection;
+pub mod ejection_dfs;
 pub mod exact;
 pub mod explain;
 pub mod generate;
@@ -119,14 +123,25 @@ const EXACT_NODES: u64 = 150_000;
 /// unit, so small orchestras stay fast).
 const NEIGHBOURHOOD_NODES: u64 = 150_000;
 
-/// Branch visits and moves the ejection-chain search may spend: generous on medium
-/// orchestras, where it finds the most; none on small ones (at 100 blocks it found nothing
-/// within the 5 ms they may take); capped on large ones, where V-cycles and LNS use the time.
+/// Work (units visited, path states expanded) the ejection-chain path search may spend, about
+/// 15–40 ns each. Small orchestras get what fits in their 5 ms (the 100-block chain and tree
+/// of the benchmark find their chains within 30 000), medium ones enough to finish; large ones
+/// are capped, as V-cycles and the large-neighbourhood search already fill most of their time.
 fn ejection_work(units: usize) -> u64 {
     match units {
-        0..=150 => 0,
-        151..=500 => 1_000 * units as u64,
+        0..=150 => 500 * units as u64,
+        151..=500 => 2_000 * units as u64,
         _ => 50_000,
+    }
+}
+
+/// Unit moves and branch visits the depth-first ejection search may spend after the path
+/// search: only medium orchestras, where it still finds some (small ones must stay within
+/// 5 ms, large ones are short of time).
+fn ejection_dfs_work(units: usize) -> u64 {
+    match units {
+        151..=500 => 1_000 * units as u64,
+        _ => 0,
     }
 }
 
@@ -169,9 +184,13 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     let budget = NEIGHBOURHOOD_NODES.min(100 * problem.units.len() as u64);
     heuristic::neighbourhoods(&mut state, 6, budget, deadline);
     heuristic::refine(&mut state, 4, deadline);
-    if incremental.is_none() && ejection_work(problem.units.len()) > 0 {
+    if incremental.is_none() {
         // Segment and subtree moves passed along rows of full hosts (chains and trees).
         ejection::improve(&mut state, 4, ejection_work(problem.units.len()), deadline);
+        let dfs_work = ejection_dfs_work(problem.units.len());
+        if dfs_work > 0 {
+            ejection_dfs::improve(&mut state, 4, dfs_work, deadline);
+        }
     }
     let total = state.total();
     (state.at, total <= lower_bound(problem, weights) + 1e-9)
