@@ -158,11 +158,7 @@ fn down_stops_what_a_killed_controller_left_playing() {
     );
     assert!(dir.path().join(".orchestra/sine-lp.state.json").exists());
 
-    let out = orchestra(server).arg("down").arg(script).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
-    assert_no_leftovers(server, dir.path());
+    down_stops_both_synths(server, script, dir.path());
 }
 
 #[test]
@@ -182,11 +178,7 @@ fn a_teardown_that_fails_keeps_the_state_for_down() {
     assert!(stderr.contains("teardown incomplete"), "{stderr}");
     assert!(dir.path().join(".orchestra/sine-lp.state.json").exists());
 
-    let out = orchestra(server).arg("down").arg(script).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
-    assert_no_leftovers(server, dir.path());
+    down_stops_both_synths(server, script, dir.path());
 }
 
 #[test]
@@ -367,4 +359,13 @@ mix >> block "out" { module = "dac" }
 
     assert_tone_440(&wav, 2.0);
     assert_no_leftovers(server, dir.path());
+}
+
+/// `orchestra down` adopts and stops the two synths of sine-lp, leaving nothing running.
+fn down_stops_both_synths(server: &str, script: &std::path::Path, dir: &std::path::Path) {
+    let out = orchestra(server).arg("down").arg(script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
+    assert_no_leftovers(server, dir);
 }

@@ -467,28 +467,17 @@ impl Lab {
     /// Cut `host` off the bridge: packets to it go nowhere, so ssh to it times out (or reports
     /// "No route to host" once ARP gives up). Its processes keep running.
     pub fn make_unreachable(&self, host: &str) {
-        let h = self.host(host);
-        ip(&[
-            "-n",
-            &self.switch_netns,
-            "link",
-            "set",
-            &h.switch_port,
-            "down",
-        ]);
+        self.set_switch_port(host, "down");
+    }
+
+    fn set_switch_port(&self, host: &str, state: &str) {
+        let port = &self.host(host).switch_port;
+        ip(&["-n", &self.switch_netns, "link", "set", port, state]);
     }
 
     /// Undo [`Lab::make_unreachable`].
     pub fn make_reachable(&self, host: &str) {
-        let h = self.host(host);
-        ip(&[
-            "-n",
-            &self.switch_netns,
-            "link",
-            "set",
-            &h.switch_port,
-            "up",
-        ]);
+        self.set_switch_port(host, "up");
     }
 
     /// Rewrite known_hosts without `host`'s key, so a strict host key check against it fails.
