@@ -92,6 +92,14 @@ enum Command {
         /// out of the placement).
         #[arg(long)]
         skip_unreachable: bool,
+        /// Do not reload when the script, its required files, the hosts file or a module
+        /// folder changes.
+        #[arg(long)]
+        no_watch: bool,
+        /// Print the plans (the first, then one per saved change) without starting or
+        /// changing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show what `run` would do: placement, cost and the ordered actions.
     Plan {
@@ -150,6 +158,8 @@ pub async fn main(cli: Cli) -> Result<()> {
             seconds,
             ssh,
             skip_unreachable,
+            no_watch,
+            dry_run,
         } => {
             runtime::run(RunOptions {
                 source: source.source(),
@@ -157,6 +167,8 @@ pub async fn main(cli: Cli) -> Result<()> {
                 record,
                 seconds,
                 connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
+                watch: !no_watch,
+                dry_run,
             })
             .await
         }

@@ -15,7 +15,9 @@
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`.
+//! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents.
 //! - [`state`]: the last applied deployment, persisted beside the script.
+//! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
 //! - [`names`]: name validation and "did you mean".
 //! - [`cli`]: the command line.
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod deploy;
 pub mod hosts;
 pub mod links;
+pub mod live;
 pub mod model;
 pub mod modules;
 pub mod names;
@@ -34,3 +37,4 @@ pub mod plan;
 pub mod runtime;
 pub mod script;
 pub mod state;
+pub mod watch;

@@ -5,15 +5,20 @@
 use crate::agent::protocol::{Event, Request};
 use crate::deploy::{redeploy, Deployment};
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
+use crate::live::Live;
 use crate::model::{resolve, Host, Orchestra, Resolved};
 use crate::modules::{Engines, ModuleLibrary};
 use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
-use crate::plan::diff;
+use crate::plan::{diff, Action};
 use crate::state::{self, AppliedState};
+use crate::watch::Change;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// How often what runs is compared with what was applied (exits repair at once).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the orchestra comes from and how to place it.
 #[derive(Debug, Clone)]
@@ -111,6 +116,10 @@ pub struct RunOptions {
     pub seconds: Option<f64>,
     /// How to reach remote hosts (known_hosts, skipping unreachable ones).
     pub connect: ConnectOptions,
+    /// Reload when a file of the orchestra changes.
+    pub watch: bool,
+    /// Show the plans (the first, then one per change) without starting or changing anything.
+    pub dry_run: bool,
 }
 
 fn report_event(host: &str, event: &Event, started: Instant, record_offset: Option<Duration>) {
@@ -160,6 +169,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .as_ref()
         .map(|p| p.deployment.clone())
         .unwrap_or_default();
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let watcher = if options.watch {
+        Some(Live::watcher(&loaded, &options.source, changes_tx)?)
+    } else {
+        None
+    };
+    if options.dry_run {
+        return dry_run(
+            &options, loaded, previous, &dir, signals, watcher, changes_rx,
+        )
+        .await;
+    }
 
     // Every host is dialled and its key checked before anything starts anywhere.
     let mut all_hosts = loaded.resolved.hosts.clone();
@@ -260,23 +281,50 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     let plan = diff(&current, &desired.deployment);
     let failures = fleet.apply(&plan).await;
+    let mut applied = AppliedState {
+        deployment: desired.deployment.clone(),
+        placement: desired.placement.clone(),
+    };
     for (action, error) in &failures {
         eprintln!("error: {}: {error:#}", action.line());
+        // A synth that did not start is not retried until the orchestra is reloaded.
+        if let Action::Start { host, process, .. } = action {
+            if let Some(h) = applied.deployment.hosts.get_mut(host) {
+                h.processes.remove(&process.block);
+            }
+        }
     }
-    state::save(
-        &dir,
-        &AppliedState {
-            deployment: desired.deployment.clone(),
-            placement: desired.placement.clone(),
-        },
-    )?;
+    state::save(&dir, &applied)?;
     wait_for_edges(&fleet, &desired, started).await;
     if fleet.has_remote() || fleet.sessions.len() > 1 {
         eprint!("{}", summary(&desired.deployment, &fleet));
     }
 
-    let outcome = play(&options, signals, &mut event_rx, started, record_offset).await;
-    let stopped = teardown(&fleet, &desired.deployment, &dir).await;
+    let mut live = Live::new(
+        options.source.clone(),
+        options.connect.clone(),
+        dir.clone(),
+        Some(fleet),
+        loaded,
+        std::mem::take(&mut applied),
+        event_tx,
+    );
+    live.overflow = desired.cost.overflow;
+    if let Some(watcher) = watcher {
+        live.watch_with(watcher);
+    }
+    let outcome = play(
+        &mut live,
+        &options,
+        signals,
+        &mut event_rx,
+        changes_rx,
+        started,
+        record_offset,
+    )
+    .await;
+    let fleet = live.fleet.take().expect("a live run has a fleet");
+    let stopped = teardown(&fleet, &live.applied.deployment, &dir).await;
     if let Some((host, remote, local)) = &recording {
         if let Err(e) = fleet.download(host, remote, local).await {
             eprintln!("error: cannot fetch the recording from {host}: {e:#}");
@@ -360,7 +408,10 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
     for (host, session) in &fleet.sessions {
         let waiting = Instant::now();
         let reply = session
-            .call(Request::WaitEdges { timeout_ms: 10_000 })
+            .call(Request::WaitEdges {
+                timeout_ms: 10_000,
+                only: Vec::new(),
+            })
             .await;
         fleet.time(host, "wiring", waiting.elapsed());
         match reply {
@@ -414,16 +465,24 @@ impl Signals {
     }
 }
 
+/// Play until a signal or `--seconds`: reload on each change (merging those that arrive while
+/// one is applied), reconcile every second and whenever a synth exits. A dry run (no fleet)
+/// only reloads.
 async fn play(
+    live: &mut Live,
     options: &RunOptions,
     mut signals: Signals,
     events: &mut mpsc::UnboundedReceiver<(String, Event)>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
     started: Instant,
     record_offset: Option<Duration>,
 ) -> Result<()> {
     let until = options
         .seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reconcile.reset();
     loop {
         let timer = async {
             match until {
@@ -435,10 +494,85 @@ async fn play(
             _ = signals.interrupt.recv() => { eprintln!("stopping (Ctrl-C)"); break; }
             _ = signals.terminate.recv() => { eprintln!("stopping (SIGTERM)"); break; }
             _ = timer => { break; }
-            Some((host, event)) = events.recv() => report_event(&host, &event, started, record_offset),
+            Some(change) = changes.recv() => {
+                let mut paths = change.paths;
+                while let Ok(more) = changes.try_recv() {
+                    paths.extend(more.paths);
+                }
+                paths.sort();
+                paths.dedup();
+                live.reload(&paths).await;
+            }
+            Some((host, event)) = events.recv() => {
+                let exited = matches!(event, Event::Exited { .. });
+                report_event(&host, &event, started, record_offset);
+                if exited {
+                    live.reconcile().await;
+                }
+            }
+            _ = reconcile.tick() => live.reconcile().await,
         }
     }
     Ok(())
+}
+
+/// `run --dry-run`: the plan from what runs (per the state) to the script, then one plan per
+/// change, each from the previous plan's result; nothing is started or contacted.
+async fn dry_run(
+    options: &RunOptions,
+    loaded: Loaded,
+    previous: Option<AppliedState>,
+    dir: &Path,
+    signals: Signals,
+    watcher: Option<crate::watch::Watcher>,
+    changes: mpsc::UnboundedReceiver<Change>,
+) -> Result<()> {
+    let previous = previous.unwrap_or_default();
+    let desired = desire(
+        &loaded,
+        Some(&previous.placement),
+        &previous.deployment,
+        &options.source.placement,
+    )?;
+    warn_overflow(&loaded, &desired);
+    let plan = diff(&previous.deployment, &desired.deployment);
+    eprintln!("dry run: nothing is started or changed; the plan from what runs now:");
+    for line in crate::live::describe(&plan, &previous.deployment, &desired.deployment) {
+        eprintln!("  {line}");
+    }
+    if plan.is_empty() {
+        eprintln!("  nothing to change");
+    }
+    let applied = AppliedState {
+        deployment: desired.deployment,
+        placement: desired.placement,
+    };
+    let (events, _) = mpsc::unbounded_channel();
+    let mut live = Live::new(
+        options.source.clone(),
+        options.connect.clone(),
+        dir.to_path_buf(),
+        None,
+        loaded,
+        applied,
+        events,
+    );
+    live.overflow = desired.cost.overflow;
+    if let Some(watcher) = watcher {
+        live.watch_with(watcher);
+        eprintln!("watching for changes (Ctrl-C stops)");
+    }
+    let (_, mut no_events) = mpsc::unbounded_channel();
+    play(
+        &mut live,
+        options,
+        signals,
+        &mut no_events,
+        changes,
+        Instant::now(),
+        None,
+    )
+    .await
 }
 
 /// Apply the diff to an empty deployment, then let each agent stop the jackd it started.

@@ -6,7 +6,7 @@ mod common;
 #[path = "lab/mod.rs"]
 mod lab;
 
-use common::Running;
+use common::{save, Running};
 use lab::Lab;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -305,4 +305,104 @@ fn bench_agent_command_over_ssh() {
             session.close().await;
         });
     });
+}
+
+/// Pids of the csound processes on a host.
+fn csounds(show: &Show, host: &str) -> Vec<u32> {
+    show.lab
+        .processes(host)
+        .into_iter()
+        .filter(|p| p.comm == "csound")
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn re_pinning_a_block_moves_it_and_only_it() {
+    let show = Show::new("repin", CHAIN);
+    let wav = show.dir.path().join("out.wav");
+    let mut cmd = show.orchestra("run");
+    cmd.arg("--record").arg(&wav);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(90));
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    let osc = csounds(&show, "h1");
+    assert_eq!(osc.len(), 1, "the sine on h1");
+    assert_eq!(csounds(&show, "h2").len(), 1, "the lowpass on h2");
+    let old_links = show.jacktrips("h1");
+
+    save(
+        &show.script,
+        &CHAIN.replace("host = \"h2\"", "host = \"h3\""),
+    );
+    run.wait_for("~ move filt (lp) from h2 to h3", Duration::from_secs(20));
+    run.wait_for("applied in", Duration::from_secs(30));
+
+    assert_eq!(csounds(&show, "h1"), osc, "the sine kept its process");
+    assert!(csounds(&show, "h2").is_empty(), "nothing left on h2");
+    assert!(show.jacktrips("h2").is_empty(), "h2's links are gone");
+    assert_eq!(csounds(&show, "h3").len(), 1, "the lowpass now on h3");
+    let (h1, h3) = (show.jacktrips("h1"), show.jacktrips("h3"));
+    assert_eq!(h1.len(), 1, "one link h1 → h3: {h1:?}");
+    assert_ne!(h1, old_links, "a new link replaced the old one");
+    assert!(h1[0].contains(" -c "), "{h1:?}");
+    assert_eq!(h3.len(), 1, "{h3:?}");
+    assert!(h3[0].contains(" -s "), "{h3:?}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    // The tone at the DAC after the move.
+    use cloud_orchestra::analysis::{analyze, read_channel, SILENCE};
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let end = left.iter().rposition(|s| s.abs() > SILENCE).expect("sound");
+    let tail = analyze(&left[end - rate as usize..=end], rate);
+    assert!((tail.frequency_hz - 440.0).abs() < 4.4, "{tail:?}");
+    assert!(tail.longest_gap_ms < 5.0, "{tail:?}");
+    show.only_sshd_everywhere();
+}
+
+/// Two sines and a lowpass on h1, the DAC on h3: switching the lowpass's source is a
+/// connection-only edit on h1, over SSH.
+const SWITCHABLE: &str = r#"
+local osc  = block "osc"  { module = "sine", freq = 440, host = "h1" }
+local osc2 = block "osc2" { module = "sine", freq = 660, host = "h1" }
+local filt = block "filt" { module = "lp", cutoff = 2000, host = "h1" }
+local out  = block "out"  { module = "dac", host = "h3" }
+osc >> filt >> out
+"#;
+
+/// Benchmark (`cargo test --release --test lab_play bench_save -- --ignored --nocapture`):
+/// time from saving the script to the edit applied on the lab, for a connection-only edit.
+#[test]
+#[ignore = "benchmark: prints figures, asserts no timing"]
+fn bench_save_to_applied_on_the_lab() {
+    let show = Show::new("bench-save", SWITCHABLE);
+    let mut run = Running::spawn(show.orchestra("run"));
+    run.wait_for("playing:", Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let text = if i % 2 == 0 {
+            SWITCHABLE.replace("osc >> filt", "osc2 >> filt")
+        } else {
+            SWITCHABLE.to_string()
+        };
+        let saved = std::time::Instant::now();
+        save(&show.script, &text);
+        let line = run.wait_for("applied in", Duration::from_secs(10));
+        let took = saved.elapsed();
+        assert!(line.contains("1 connected, 1 disconnected"), "{line}");
+        times.push(took.as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    common::print_summary(
+        "connection-only edit, save → applied (lab, h1 over SSH)",
+        &times,
+    );
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    show.only_sshd_everywhere();
 }

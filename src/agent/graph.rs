@@ -138,10 +138,30 @@ impl JackGraph {
         now.duration_since(*seen.entry(client.to_string()).or_insert(now)) >= SETTLE
     }
 
+    /// Start each new client's settle time when its ports first show up, not when an edge
+    /// first asks for them (a synth started long ago and wired now needs no wait), and forget
+    /// clients that left (one that comes back under its name settles again).
+    fn note_clients(&self) {
+        let now = Instant::now();
+        let present: BTreeSet<String> = self
+            .client
+            .as_client()
+            .ports(None, None, jack::PortFlags::empty())
+            .into_iter()
+            .filter_map(|p| p.split_once(':').map(|(c, _)| c.to_string()))
+            .collect();
+        let mut seen = self.first_seen.borrow_mut();
+        seen.retain(|c, _| present.contains(c));
+        for c in present {
+            seen.entry(c).or_insert(now);
+        }
+    }
+
     /// Bring the graph in line: connect intended edges whose ports exist, disconnect edges of
     /// `our_clients` nobody intended (e.g. a synth that connected itself), mirror the DAC.
     pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a str>) {
         let client = self.client.as_client();
+        self.note_clients();
         for edge in &self.intended {
             if self.ready(&edge.from) && self.ready(&edge.to) && !self.connected(edge) {
                 if let Err(e) = client.connect_ports_by_name(&edge.from, &edge.to) {

@@ -133,7 +133,19 @@ impl Agent {
                 self.wait_for_previous_start().await;
                 let pid = self.supervisor()?.start(&process)?;
                 let workdir = self.workdir.clone().context("no hello yet")?;
-                self.starting = Some(startup::Starting::new(&process, pid, &workdir));
+                let starting = startup::Starting::new(&process, pid, &workdir);
+                if process.ready_line.is_none() {
+                    self.starting = Some(starting);
+                    return Ok(json!({ "pid": pid }));
+                }
+                // An engine that says when it is ready is waited for, so the controller knows
+                // the new instance plays before it takes the old one's place
+                // (make-before-break), and a start that fails is an error, not an event.
+                self.starting = Some(starting);
+                self.wait_for_previous_start().await;
+                if !supervisor::process_alive(pid) {
+                    return Err(self.failed_start(&process));
+                }
                 Ok(json!({ "pid": pid }))
             }
             Request::Stop { client } => {
@@ -178,12 +190,15 @@ impl Agent {
                     missing,
                 })?)
             }
-            Request::WaitEdges { timeout_ms } => {
+            Request::WaitEdges { timeout_ms, only } => {
                 let deadline = Instant::now() + Duration::from_millis(timeout_ms);
                 loop {
                     self.sweep();
                     self.reconcile();
-                    let (connected, missing) = self.graph()?.split_intended();
+                    let (connected, mut missing) = self.graph()?.split_intended();
+                    if !only.is_empty() {
+                        missing.retain(|e| only.contains(e));
+                    }
                     let client_of = |port: &str| port.split(':').next().unwrap_or("").to_string();
                     let awaited = missing.iter().any(|e| {
                         !self.dead_clients.contains(&client_of(&e.from))
@@ -209,6 +224,49 @@ impl Agent {
                 Ok(json!({ "stopped_jack": stopped_jack }))
             }
         }
+    }
+
+    /// Why a synth ended while it started: how it exited and the end of its log. It is
+    /// forgotten (no `Exited` event follows: the error says it all).
+    fn failed_start(&mut self, process: &crate::deploy::ProcessSpec) -> anyhow::Error {
+        let Some(sup) = self.supervisor.as_mut() else {
+            return anyhow!("say hello first");
+        };
+        let mut how = "exited".to_string();
+        let mut log = String::new();
+        for event in sup.sweep() {
+            match event {
+                Event::Exited {
+                    client,
+                    code,
+                    signal,
+                    log_tail,
+                    ..
+                } if client == process.client => {
+                    how = match (code, signal) {
+                        (Some(c), _) => format!("exited with code {c}"),
+                        (_, Some(s)) => format!("was killed by signal {s}"),
+                        _ => how,
+                    };
+                    log = log_tail;
+                }
+                other => {
+                    if let Event::Exited { client, .. } = &other {
+                        self.dead_clients.insert(client.clone());
+                    }
+                    self.pending_events.push(other);
+                }
+            }
+        }
+        anyhow!(
+            "block `{}` ({}) {how} while starting; its log ends:\n{}",
+            process.block,
+            process.client,
+            log.lines()
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     }
 
     /// One synth registers with JACK at a time (see `startup`).

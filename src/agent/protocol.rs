@@ -43,9 +43,12 @@ pub enum Request {
         channels: u32,
     },
     Status,
-    /// Answer once every intended edge exists, or after `timeout_ms` with those missing.
+    /// Answer once every intended edge exists (or those of `only`, when given), or after
+    /// `timeout_ms` with those missing.
     WaitEdges {
         timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        only: Vec<Edge>,
     },
     /// Close the JACK client; stop jackd if this agent (or an earlier one) started it.
     Shutdown {

@@ -7,7 +7,7 @@
 use super::ssh::{self, SshError, SshHost};
 use super::AgentSession;
 use crate::agent::protocol::{Event, HelloReply, JackSettings, Request};
-use crate::deploy::Deployment;
+use crate::deploy::{Deployment, Edge};
 use crate::model::{AudioSettings, Host};
 use crate::plan::{Action, Plan};
 use anyhow::{anyhow, bail, Context, Result};
@@ -144,6 +144,69 @@ pub fn remote_workdir(orchestra: &str) -> String {
     format!("{}/{orchestra}", ssh::REMOTE_DIR)
 }
 
+/// The edges last applied on a host, handed to its agent so adopted synths keep them.
+fn intended_on(running: &Deployment, host: &str) -> Vec<Edge> {
+    running
+        .hosts
+        .get(host)
+        .map(|h| h.edges.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Start one host's agent (uploading the binary to a remote host where it is missing) and
+/// greet it; it starts the host's JACK server if none runs and adopts what an earlier agent
+/// left playing.
+#[allow(clippy::too_many_arguments)]
+async fn start_agent(
+    host: &Host,
+    ssh: Option<&SshHost>,
+    local_workdir: &Path,
+    orchestra: &str,
+    audio: AudioSettings,
+    intended: Vec<Edge>,
+    events: &mpsc::UnboundedSender<(String, Event)>,
+    mut timings: Option<&mut Timings>,
+) -> Result<(AgentSession, HelloReply)> {
+    let (session, workdir) = match ssh {
+        None => (
+            AgentSession::spawn_local(&host.name, events.clone()).await?,
+            local_workdir.display().to_string(),
+        ),
+        Some(ssh) => {
+            let t = Instant::now();
+            let binary = ssh
+                .ensure_binary(&super::agent_executable()?, env!("CARGO_PKG_VERSION"))
+                .await?;
+            if let Some(timings) = timings.as_deref_mut() {
+                timings.add("binary", t.elapsed());
+            }
+            let (output, input) = ssh.open_agent(&binary).await?;
+            (
+                AgentSession::over(&host.name, output, input, events.clone()),
+                remote_workdir(orchestra),
+            )
+        }
+    };
+    let t = Instant::now();
+    let hello = session
+        .call(Request::Hello {
+            workdir,
+            jack: JackSettings {
+                rate: audio.rate,
+                period: audio.period,
+                start_if_missing: true,
+                driver: host.jack.driver.clone(),
+                device: host.jack.device.clone(),
+            },
+            intended,
+        })
+        .await?;
+    if let Some(timings) = timings {
+        timings.add("jackd", t.elapsed());
+    }
+    Ok((session, serde_json::from_value(hello)?))
+}
+
 impl Fleet {
     /// Start an agent on each host (uploading the binary where it is missing) and greet it;
     /// `running` is what was last applied: its edges are handed over so adopted synths keep
@@ -172,52 +235,24 @@ impl Fleet {
             .collect();
         let tasks = hosts.iter().zip(bars).map(|(host, bar)| {
             let ssh = connected.ssh.get(&host.name).cloned();
-            let events = events.clone();
-            let intended = running
-                .hosts
-                .get(&host.name)
-                .map(|h| h.edges.iter().cloned().collect())
-                .unwrap_or_default();
+            let intended = intended_on(running, &host.name);
             let local_workdir = crate::state::local_workdir(state_dir, &host.name);
             async move {
                 let mut timings = Timings::on(bar);
                 if let Some(took) = connected.connect_time.get(&host.name) {
                     timings.add("connect", *took);
                 }
-                let (session, workdir) = match &ssh {
-                    None => (
-                        AgentSession::spawn_local(&host.name, events).await?,
-                        local_workdir.display().to_string(),
-                    ),
-                    Some(ssh) => {
-                        let t = Instant::now();
-                        let binary = ssh
-                            .ensure_binary(&super::agent_executable()?, env!("CARGO_PKG_VERSION"))
-                            .await?;
-                        timings.add("binary", t.elapsed());
-                        let (output, input) = ssh.open_agent(&binary).await?;
-                        (
-                            AgentSession::over(&host.name, output, input, events),
-                            remote_workdir(orchestra),
-                        )
-                    }
-                };
-                let t = Instant::now();
-                let hello = session
-                    .call(Request::Hello {
-                        workdir,
-                        jack: JackSettings {
-                            rate: audio.rate,
-                            period: audio.period,
-                            start_if_missing: true,
-                            driver: host.jack.driver.clone(),
-                            device: host.jack.device.clone(),
-                        },
-                        intended,
-                    })
-                    .await?;
-                timings.add("jackd", t.elapsed());
-                let hello: HelloReply = serde_json::from_value(hello)?;
+                let (session, hello) = start_agent(
+                    host,
+                    ssh.as_deref(),
+                    &local_workdir,
+                    orchestra,
+                    audio,
+                    intended,
+                    events,
+                    Some(&mut timings),
+                )
+                .await?;
                 Ok::<_, anyhow::Error>((host.name.clone(), session, hello, timings))
             }
         });
@@ -267,43 +302,179 @@ impl Fleet {
     /// A failed action is reported and the rest go on.
     pub async fn apply(&self, plan: &Plan) -> Vec<(Action, anyhow::Error)> {
         let mut failures = Vec::new();
-        let mut phase_start = 0;
-        while phase_start < plan.actions.len() {
-            let kind = phase_of(&plan.actions[phase_start]);
-            let phase_end = plan.actions[phase_start..]
+        for kind in PHASES {
+            let actions: Vec<&Action> = plan
+                .actions
                 .iter()
-                .position(|a| phase_of(a) != kind)
-                .map_or(plan.actions.len(), |n| phase_start + n);
-            let mut by_host: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
-            for action in &plan.actions[phase_start..phase_end] {
-                by_host.entry(action.host()).or_default().push(action);
-            }
-            let work = by_host.into_iter().map(|(host, actions)| async move {
-                let started = Instant::now();
-                let mut failed = Vec::new();
-                for action in actions {
-                    let result = match self.get(host) {
-                        Ok(session) => session.call(request_of(action)).await.map(|_| ()),
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = result {
-                        failed.push((action.clone(), e));
-                    }
-                }
-                (host, started.elapsed(), failed)
-            });
-            for (host, took, failed) in join_all(work).await {
-                self.timings
-                    .lock()
-                    .expect("lock")
-                    .entry(host.to_string())
-                    .or_default()
-                    .add(kind, took);
-                failures.extend(failed);
-            }
-            phase_start = phase_end;
+                .filter(|a| phase_of(a) == kind)
+                .collect();
+            failures.extend(self.run_phase(kind, &actions).await);
         }
         failures
+    }
+
+    /// Apply a live change make-before-break: new instances start (each waits until it plays)
+    /// and are wired, the new edges are waited for, and only then do old edges and instances
+    /// go. When an instance fails to start, the ones that did start are stopped again and
+    /// nothing else is touched: `Err` with the failures, and what played before plays on.
+    /// Failures after the starts are returned in `Ok` (the next reconcile repairs them).
+    pub async fn apply_or_roll_back(
+        &self,
+        plan: &Plan,
+    ) -> Result<Vec<(Action, anyhow::Error)>, Vec<(Action, anyhow::Error)>> {
+        let of_kind = |kind: &str| -> Vec<&Action> {
+            plan.actions
+                .iter()
+                .filter(|a| phase_of(a) == kind)
+                .collect()
+        };
+        let starts = of_kind("start");
+        let failed = self.run_phase("start", &starts).await;
+        if !failed.is_empty() {
+            let rollback: Vec<Action> = starts
+                .iter()
+                .filter(|a| !failed.iter().any(|(f, _)| f == **a))
+                .filter_map(|a| match a {
+                    Action::Start { host, process, .. } => Some(Action::Stop {
+                        host: host.clone(),
+                        block: process.block.clone(),
+                        client: process.client.clone(),
+                        replaced: true,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let mut all = failed;
+            all.extend(
+                self.run_phase("stop", &rollback.iter().collect::<Vec<_>>())
+                    .await,
+            );
+            return Err(all);
+        }
+        let connects = of_kind("wire");
+        let mut failures = self.run_phase("wire", &connects).await;
+        let breaks: Vec<&Action> = of_kind("unwire");
+        let stops: Vec<&Action> = of_kind("stop");
+        if !breaks.is_empty() || !stops.is_empty() {
+            failures.extend(self.wait_for(&connects).await);
+        }
+        failures.extend(self.run_phase("unwire", &breaks).await);
+        failures.extend(self.run_phase("stop", &stops).await);
+        Ok(failures)
+    }
+
+    /// Wait (up to 5 s) until the edges these actions asked for exist: the new path carries
+    /// audio before the old one is cut. An edge still missing is returned as a failure.
+    async fn wait_for(&self, connects: &[&Action]) -> Vec<(Action, anyhow::Error)> {
+        let mut by_host: BTreeMap<&str, Vec<Edge>> = BTreeMap::new();
+        for action in connects {
+            if let Action::Connect { host, edge } = action {
+                by_host.entry(host).or_default().push(edge.clone());
+            }
+        }
+        let work = by_host.into_iter().map(|(host, edges)| async move {
+            let started = Instant::now();
+            let reply = match self.get(host) {
+                Ok(session) => {
+                    session
+                        .call(Request::WaitEdges {
+                            timeout_ms: 5_000,
+                            only: edges,
+                        })
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            self.time(host, "settle", started.elapsed());
+            let missing: Vec<Edge> = reply
+                .map(|v| serde_json::from_value(v["missing"].clone()).unwrap_or_default())
+                .unwrap_or_default();
+            missing
+                .into_iter()
+                .map(|edge| {
+                    (
+                        Action::Connect {
+                            host: host.to_string(),
+                            edge,
+                        },
+                        anyhow!("not connected after 5 s (a port is missing)"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        join_all(work).await.into_iter().flatten().collect()
+    }
+
+    /// One phase: each host works through its actions in order, the hosts in parallel.
+    async fn run_phase(
+        &self,
+        kind: &'static str,
+        actions: &[&Action],
+    ) -> Vec<(Action, anyhow::Error)> {
+        let mut by_host: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
+        for action in actions {
+            by_host.entry(action.host()).or_default().push(action);
+        }
+        let work = by_host.into_iter().map(|(host, actions)| async move {
+            let started = Instant::now();
+            let mut failed = Vec::new();
+            for action in actions {
+                let result = match self.get(host) {
+                    Ok(session) => session.call(request_of(action)).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    failed.push((action.clone(), e));
+                }
+            }
+            (host, started.elapsed(), failed)
+        });
+        let mut failures = Vec::new();
+        for (host, took, failed) in join_all(work).await {
+            self.time(host, kind, took);
+            failures.extend(failed);
+        }
+        failures
+    }
+
+    /// Replace a host's agent that went away (crashed, killed, its channel closed): the new
+    /// one adopts the synths still running there and the edges last applied.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn respawn(
+        &mut self,
+        host: &Host,
+        running: &Deployment,
+        state_dir: &Path,
+        orchestra: &str,
+        audio: AudioSettings,
+        events: &mpsc::UnboundedSender<(String, Event)>,
+    ) -> Result<HelloReply> {
+        let ssh = self.ssh.get(&host.name).cloned();
+        let (session, hello) = start_agent(
+            host,
+            ssh.as_deref(),
+            &crate::state::local_workdir(state_dir, &host.name),
+            orchestra,
+            audio,
+            intended_on(running, &host.name),
+            events,
+            None,
+        )
+        .await?;
+        if let Some(old) = self.sessions.insert(host.name.clone(), session) {
+            old.close().await;
+        }
+        self.hellos.insert(host.name.clone(), hello.clone());
+        Ok(hello)
+    }
+
+    /// Take in the agents of hosts brought up later (a host added to the hosts file).
+    pub fn merge(&mut self, other: Fleet) {
+        self.sessions.extend(other.sessions);
+        self.hellos.extend(other.hellos);
+        self.ssh.extend(other.ssh);
+        let timings = other.timings.into_inner().expect("lock");
+        self.timings.lock().expect("lock").extend(timings);
     }
 
     /// Note time a host spent on `step` (e.g. waiting for its edges).
@@ -358,6 +529,9 @@ async fn agent_log_tail(ssh: &SshHost) -> String {
         _ => String::new(),
     }
 }
+
+/// The phases of a plan, in the order they run.
+const PHASES: [&str; 4] = ["start", "wire", "unwire", "stop"];
 
 fn phase_of(action: &Action) -> &'static str {
     match action {

@@ -285,3 +285,25 @@ pub fn stop_cleanly(run: Running, signal: i32, server: &str, dir: &Path) {
     assert_eq!(code, Some(0), "{stderr}");
     assert_no_leftovers(server, dir);
 }
+
+/// Print min / median / p90 / max of timings in milliseconds (benchmarks only).
+pub fn print_summary(what: &str, millis: &[f64]) {
+    let mut sorted = millis.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "{what}: n={} min {:.1} ms, median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        sorted.len(),
+        sorted[0],
+        at(0.5),
+        at(0.9),
+        sorted[sorted.len() - 1]
+    );
+}
+
+/// Save as editors do: write a temporary file beside it, then rename it over the script.
+pub fn save(path: &Path, text: &str) {
+    let tmp = path.with_extension("lua.swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

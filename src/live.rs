@@ -1,0 +1,492 @@
+//! The live loop: once the orchestra plays, keep it equal to its script.
+//!
+//! A change to any file the orchestra is made of is reloaded, re-placed from the current
+//! placement, diffed against what runs and applied make-before-break; a reload that fails
+//! (script error, a new instance that does not start) changes nothing that plays. Changes that
+//! arrive while one is applied are merged into the next reload. Every second, and whenever a
+//! synth exits, what the agents report is compared with what was applied (level-triggered):
+//! dead synths are restarted, edges put back, leftovers stopped, and a host whose agent went
+//! away gets a new one, which adopts what still runs there.
+
+use crate::agent::protocol::{Event, Request, StatusReply};
+use crate::deploy::Deployment;
+use crate::hosts::fleet::{self, ConnectOptions, Fleet};
+use crate::plan::{diff, Action, Plan};
+use crate::runtime::{desire, load, warn_overflow, Loaded, Source};
+use crate::state::{self, AppliedState};
+use crate::watch::{Change, Watcher};
+use futures::future::join_all;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A synth that exits this often within `RESTART_WINDOW` is left stopped until the next reload.
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(30);
+
+/// A lost agent is replaced at most this often.
+const RESPAWN_EVERY: Duration = Duration::from_secs(5);
+
+/// Most lines of one plan shown on the terminal.
+const MAX_LINES: usize = 40;
+
+pub struct Live {
+    pub source: Source,
+    pub connect: ConnectOptions,
+    /// Where the applied state is kept (and local hosts' work dirs).
+    pub dir: PathBuf,
+    /// The agents; `None` in a dry run, where plans are shown and nothing is applied.
+    pub fleet: Option<Fleet>,
+    /// The last orchestra that loaded without error.
+    pub loaded: Loaded,
+    /// What runs, as far as we applied it (persisted after each change).
+    pub applied: AppliedState,
+    /// Agent events, for agents started later (new hosts, replaced agents).
+    pub events: mpsc::UnboundedSender<(String, Event)>,
+    watcher: Option<Watcher>,
+    /// Recent restarts of each client, to stop restarting one that keeps crashing.
+    restarts: BTreeMap<String, Vec<Instant>>,
+    given_up: BTreeSet<String>,
+    /// When a lost agent was last replaced, per host.
+    respawned: BTreeMap<String, Instant>,
+    /// Cores of overflow last warned about (the warning is repeated only when it changes).
+    pub overflow: u64,
+}
+
+/// Outcome of one reload, for tests and benchmarks reading the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    Unchanged,
+    Applied,
+    Rejected,
+}
+
+impl Live {
+    pub fn new(
+        source: Source,
+        connect: ConnectOptions,
+        dir: PathBuf,
+        fleet: Option<Fleet>,
+        loaded: Loaded,
+        applied: AppliedState,
+        events: mpsc::UnboundedSender<(String, Event)>,
+    ) -> Live {
+        Live {
+            source,
+            connect,
+            dir,
+            fleet,
+            loaded,
+            applied,
+            events,
+            watcher: None,
+            restarts: BTreeMap::new(),
+            given_up: BTreeSet::new(),
+            respawned: BTreeMap::new(),
+            overflow: 0,
+        }
+    }
+
+    /// Watch the files of `loaded`; changes go to `changes`. Started before anything plays,
+    /// so an edit saved during start-up is applied right after it.
+    pub fn watcher(
+        loaded: &Loaded,
+        source: &Source,
+        changes: mpsc::UnboundedSender<Change>,
+    ) -> anyhow::Result<Watcher> {
+        let mut watcher = Watcher::new(crate::watch::DEBOUNCE, changes)?;
+        watcher.set(&loaded.orchestra.files, &source.modules)?;
+        Ok(watcher)
+    }
+
+    /// Reload through `watcher` from now on (it follows the files each reload names).
+    pub fn watch_with(&mut self, watcher: Watcher) {
+        self.watcher = Some(watcher);
+    }
+
+    /// Re-read the orchestra and make what runs match it. Nothing changes on any error.
+    pub async fn reload(&mut self, why: &[PathBuf]) -> Reloaded {
+        let started = Instant::now();
+        let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
+        eprintln!("reload: {} changed", changed.join(", "));
+        let mut loaded = match load(&self.source) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("{e:#}");
+                eprintln!("  nothing changed: still playing the last good orchestra");
+                return Reloaded::Rejected;
+            }
+        };
+        if let Some(watcher) = self.watcher.as_mut() {
+            if let Err(e) = watcher.set(&loaded.orchestra.files, &self.source.modules) {
+                eprintln!("warning: {e}");
+            }
+        }
+        if let Err(e) = self.reach_new_hosts(&mut loaded).await {
+            eprintln!("error: {e:#}");
+            eprintln!("  nothing changed: still playing the last good orchestra");
+            return Reloaded::Rejected;
+        }
+        let desired = match desire(
+            &loaded,
+            Some(&self.applied.placement),
+            &self.applied.deployment,
+            &self.source.placement,
+        ) {
+            Ok(desired) => desired,
+            Err(e) => {
+                eprintln!("{e:#}");
+                eprintln!("  nothing changed: still playing the last good orchestra");
+                return Reloaded::Rejected;
+            }
+        };
+        if desired.cost.overflow != self.overflow {
+            warn_overflow(&loaded, &desired);
+            self.overflow = desired.cost.overflow;
+        }
+        let planned = started.elapsed();
+        self.given_up.clear();
+        let plan = diff(&self.applied.deployment, &desired.deployment);
+        if plan.is_empty() {
+            eprintln!("  nothing to change ({} ms)", started.elapsed().as_millis());
+            self.loaded = loaded;
+            self.applied.placement = desired.placement;
+            return Reloaded::Unchanged;
+        }
+        for line in describe(&plan, &self.applied.deployment, &desired.deployment) {
+            eprintln!("  {line}");
+        }
+        let next = AppliedState {
+            deployment: desired.deployment,
+            placement: desired.placement,
+        };
+        let Some(fleet) = self.fleet.as_ref() else {
+            eprintln!(
+                "  dry run: not applied (planned in {} ms)",
+                started.elapsed().as_millis()
+            );
+            self.loaded = loaded;
+            self.applied = next;
+            return Reloaded::Applied;
+        };
+        match fleet.apply_or_roll_back(&plan).await {
+            Err(failures) => {
+                for (action, error) in &failures {
+                    eprintln!("error: {}: {error:#}", action.line());
+                }
+                eprintln!(
+                    "  nothing changed: still playing the last good orchestra ({} ms)",
+                    started.elapsed().as_millis()
+                );
+                return Reloaded::Rejected;
+            }
+            Ok(failures) => {
+                for (action, error) in &failures {
+                    eprintln!(
+                        "error: {}: {error:#} (the next reconcile retries it)",
+                        action.line()
+                    );
+                }
+            }
+        }
+        self.loaded = loaded;
+        self.applied = next;
+        if let Err(e) = state::save(&self.dir, &self.applied) {
+            eprintln!("error: cannot save the state: {e:#}");
+        }
+        eprintln!(
+            "applied in {} ms: {} (load and plan {} ms)",
+            started.elapsed().as_millis(),
+            counts(&plan),
+            planned.as_millis()
+        );
+        Reloaded::Applied
+    }
+
+    /// Hosts named in the reloaded orchestra that have no agent yet are dialled (key checked)
+    /// and brought up; with `--skip-unreachable` the ones that do not answer are left out.
+    async fn reach_new_hosts(&mut self, loaded: &mut Loaded) -> anyhow::Result<()> {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return Ok(());
+        };
+        let new: Vec<crate::model::Host> = loaded
+            .resolved
+            .hosts
+            .iter()
+            .filter(|h| !fleet.sessions.contains_key(&h.name))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let connected = fleet::connect(&new, &self.connect).await?;
+        for (host, why) in &connected.skipped {
+            eprintln!("warning: leaving out {host}: {why}");
+            loaded.resolved.hosts.retain(|h| h.name != *host);
+        }
+        let reached: Vec<crate::model::Host> = new
+            .into_iter()
+            .filter(|h| !connected.skipped.iter().any(|(s, _)| *s == h.name))
+            .collect();
+        let added = Fleet::bring_up(
+            &reached,
+            &connected,
+            &self.applied.deployment,
+            &self.dir,
+            &loaded.resolved.name,
+            self.applied.deployment.audio,
+            &self.events,
+        )
+        .await?;
+        added.finish_progress();
+        for host in added.sessions.keys() {
+            eprintln!("  new host {host} is up");
+        }
+        fleet.merge(added);
+        Ok(())
+    }
+
+    /// Compare what each agent reports with what was applied, and repair the difference.
+    pub async fn reconcile(&mut self) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let hosts: Vec<String> = fleet.sessions.keys().cloned().collect();
+        let replies = join_all(hosts.iter().map(|host| async move {
+            let session = fleet.get(host)?;
+            let reply = session.call(Request::Status).await?;
+            Ok::<StatusReply, anyhow::Error>(serde_json::from_value(reply)?)
+        }))
+        .await;
+        let mut repair = Plan::default();
+        let mut lost = Vec::new();
+        let mut dead = Vec::new();
+        let no_edges = BTreeSet::new();
+        for (host, reply) in hosts.iter().zip(replies) {
+            let status = match reply {
+                Ok(status) => status,
+                Err(e) => {
+                    lost.push((host.clone(), e));
+                    continue;
+                }
+            };
+            let want = self.applied.deployment.hosts.get(host);
+            let alive: BTreeSet<&str> =
+                status.processes.iter().map(|p| p.client.as_str()).collect();
+            for process in want.iter().flat_map(|h| h.processes.values()) {
+                if !alive.contains(process.client.as_str()) {
+                    dead.push((host.clone(), process.clone()));
+                }
+            }
+            let wanted_edges = want.map(|h| &h.edges).unwrap_or(&no_edges);
+            let intended: BTreeSet<_> = status.connected.iter().chain(&status.missing).collect();
+            for edge in wanted_edges {
+                if !intended.contains(edge) {
+                    repair.actions.push(Action::Connect {
+                        host: host.clone(),
+                        edge: edge.clone(),
+                    });
+                }
+            }
+            for edge in intended {
+                if !wanted_edges.contains(edge) {
+                    repair.actions.push(Action::Disconnect {
+                        host: host.clone(),
+                        edge: edge.clone(),
+                    });
+                }
+            }
+            for process in &status.processes {
+                let wanted =
+                    want.is_some_and(|h| h.processes.values().any(|p| p.client == process.client));
+                if !wanted {
+                    repair.actions.push(Action::Stop {
+                        host: host.clone(),
+                        block: process.block.clone(),
+                        client: process.client.clone(),
+                        replaced: false,
+                    });
+                }
+            }
+        }
+        // Restarts go first: edges to a restarted synth wait for its ports.
+        let restarts: Vec<Action> = dead
+            .into_iter()
+            .filter(|(_, process)| self.may_restart(&process.client))
+            .map(|(host, process)| Action::Start {
+                host,
+                process: Box::new(process),
+                replaces: None,
+            })
+            .collect();
+        repair.actions.splice(0..0, restarts);
+        for (host, error) in lost {
+            self.replace_agent(&host, error).await;
+        }
+        if repair.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        eprintln!("reconcile: what runs differs from what was applied");
+        for action in &repair.actions {
+            eprintln!("  {}", action.line());
+        }
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let failures = fleet.apply(&repair).await;
+        for (action, error) in &failures {
+            if let Action::Start { process, .. } = action {
+                // Not retried at once: counted like an exit.
+                self.restarts
+                    .entry(process.client.clone())
+                    .or_default()
+                    .push(Instant::now());
+            }
+            eprintln!("error: {}: {error:#}", action.line());
+        }
+        eprintln!("  repaired in {} ms", started.elapsed().as_millis());
+    }
+
+    /// Restart a dead client, unless it keeps dying.
+    fn may_restart(&mut self, client: &str) -> bool {
+        if self.given_up.contains(client) {
+            return false;
+        }
+        let times = self.restarts.entry(client.to_string()).or_default();
+        times.retain(|t| t.elapsed() < RESTART_WINDOW);
+        if times.len() >= MAX_RESTARTS {
+            eprintln!(
+                "error: `{client}` exited {MAX_RESTARTS} times within {} s; not restarting it until the orchestra is reloaded",
+                RESTART_WINDOW.as_secs()
+            );
+            self.given_up.insert(client.to_string());
+            return false;
+        }
+        times.push(Instant::now());
+        true
+    }
+
+    async fn replace_agent(&mut self, host: &str, error: anyhow::Error) {
+        if self
+            .respawned
+            .get(host)
+            .is_some_and(|t| t.elapsed() < RESPAWN_EVERY)
+        {
+            return;
+        }
+        self.respawned.insert(host.to_string(), Instant::now());
+        let Some(spec) = self
+            .applied
+            .deployment
+            .hosts
+            .get(host)
+            .map(|h| h.host.clone())
+            .or_else(|| {
+                self.loaded
+                    .resolved
+                    .hosts
+                    .iter()
+                    .find(|h| h.name == host)
+                    .cloned()
+            })
+        else {
+            return;
+        };
+        eprintln!("error: lost the agent on {host} ({error:#}); starting a new one");
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        match fleet
+            .respawn(
+                &spec,
+                &self.applied.deployment,
+                &self.dir,
+                &self.applied.deployment.orchestra,
+                self.applied.deployment.audio,
+                &self.events,
+            )
+            .await
+        {
+            Ok(hello) => eprintln!(
+                "  a new agent on {host} adopted {} running instance(s)",
+                hello.adopted.len()
+            ),
+            Err(e) => eprintln!("error: cannot start a new agent on {host}: {e:#}"),
+        }
+    }
+}
+
+/// A path as the user wrote it would be long; its file name is enough on the terminal.
+fn short(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// `1 started, 2 replaced, …`, leaving out what did not happen.
+pub fn counts(plan: &Plan) -> String {
+    let [started, replaced, stopped, connected, disconnected] = plan.counts();
+    let parts: Vec<String> = [
+        (started, "started"),
+        (replaced, "replaced or moved"),
+        (stopped, "stopped"),
+        (connected, "connected"),
+        (disconnected, "disconnected"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    parts.join(", ")
+}
+
+/// The plan as a musician reads it: blocks started (+), replaced or moved (~, from → to),
+/// stopped (−), connections made and cut; network links as one line each rather than their
+/// jacktrip processes and edges.
+pub fn describe(plan: &Plan, before: &Deployment, after: &Deployment) -> Vec<String> {
+    let link_ids: BTreeSet<&str> = before
+        .links
+        .iter()
+        .chain(&after.links)
+        .map(|l| l.id.as_str())
+        .collect();
+    let is_link_port = |port: &str| link_ids.contains(port.split(':').next().unwrap_or(""));
+    let is_link_block = |block: &str| link_ids.contains(block.split('.').next().unwrap_or(""));
+    let mut lines: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|a| match a {
+            Action::Start { process, .. } => !is_link_block(&process.block),
+            Action::Stop {
+                block, replaced, ..
+            } => !replaced && !is_link_block(block),
+            Action::Connect { edge, .. } | Action::Disconnect { edge, .. } => {
+                !is_link_port(&edge.from) && !is_link_port(&edge.to)
+            }
+        })
+        .map(Action::line)
+        .collect();
+    let ids =
+        |d: &Deployment| -> BTreeSet<String> { d.links.iter().map(|l| l.id.clone()).collect() };
+    let (old, new) = (ids(before), ids(after));
+    for link in after.links.iter().filter(|l| !old.contains(&l.id)) {
+        lines.push(format!(
+            "+ link {} → {} ({}, udp {})",
+            link.from_host, link.to_host, link.id, link.server_port
+        ));
+    }
+    for link in before.links.iter().filter(|l| !new.contains(&l.id)) {
+        lines.push(format!(
+            "- link {} → {} ({})",
+            link.from_host, link.to_host, link.id
+        ));
+    }
+    if lines.len() > MAX_LINES {
+        let more = lines.len() - MAX_LINES;
+        lines.truncate(MAX_LINES);
+        lines.push(format!("… and {more} more"));
+    }
+    lines
+}
