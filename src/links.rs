@@ -75,19 +75,16 @@ pub fn allocate(
         .filter(|l| wanted.contains(l.id.as_str()))
         .map(|l| (l.id.as_str(), l))
         .collect();
-    // Ports held on each host by links that stay.
+    // Ports held on each host by every link running now: those that stay, and those that go
+    // only once their replacements carry audio (make-before-break runs both at once).
     let mut used: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
-    for (id, old) in &kept {
-        if let Some(draft) = drafts.iter().find(|d| d.id == *id) {
-            if draft.to_host == old.to_host && draft.from_host == old.from_host {
-                used.entry(old.to_host.as_str())
-                    .or_default()
-                    .insert(old.server_port);
-                used.entry(old.from_host.as_str())
-                    .or_default()
-                    .insert(old.client_port);
-            }
-        }
+    for old in previous {
+        used.entry(old.to_host.as_str())
+            .or_default()
+            .insert(old.server_port);
+        used.entry(old.from_host.as_str())
+            .or_default()
+            .insert(old.client_port);
     }
     let mut sorted: Vec<&LinkDraft> = drafts.iter().collect();
     sorted.sort();
@@ -263,7 +260,8 @@ mod tests {
         // h1 already gave 4464 to link-a's sending end.
         assert_eq!((first[1].server_port, first[1].client_port), (4464, 4465));
 
-        // link-a goes; a new link sorting before link-b must not take link-b's ports.
+        // link-a goes; a new link sorting before link-b must not take link-b's ports, nor
+        // link-a's: link-a still plays until link-0 carries audio.
         let second = allocate(
             &[draft("link-0", "h1", "h3"), draft("link-b", "h1", "h3")],
             &first,
@@ -273,7 +271,21 @@ mod tests {
         let b = second.iter().find(|l| l.id == "link-b").unwrap();
         assert_eq!((b.server_port, b.client_port), (4464, 4465));
         let zero = second.iter().find(|l| l.id == "link-0").unwrap();
-        assert_eq!((zero.server_port, zero.client_port), (4465, 4464));
+        assert_eq!((zero.server_port, zero.client_port), (4465, 4466));
+
+        // Once link-a is gone, its ports are free again.
+        let third = allocate(
+            &[
+                draft("link-0", "h1", "h3"),
+                draft("link-b", "h1", "h3"),
+                draft("link-c", "h1", "h2"),
+            ],
+            &second,
+            &net,
+        )
+        .unwrap();
+        let c = third.iter().find(|l| l.id == "link-c").unwrap();
+        assert_eq!((c.server_port, c.client_port), (4464, 4464));
     }
 
     #[test]

@@ -28,6 +28,9 @@ const RESTART_WINDOW: Duration = Duration::from_secs(30);
 /// A lost agent is replaced at most this often.
 const RESPAWN_EVERY: Duration = Duration::from_secs(5);
 
+/// A host left out as unreachable is tried again after this long (by a reload that needs it).
+const RETRY_UNREACHABLE: Duration = Duration::from_secs(30);
+
 /// Most lines of one plan shown on the terminal.
 const MAX_LINES: usize = 40;
 
@@ -50,6 +53,8 @@ pub struct Live {
     given_up: BTreeSet<String>,
     /// When a lost agent was last replaced, per host.
     respawned: BTreeMap<String, Instant>,
+    /// Hosts left out with `--skip-unreachable`, and since when.
+    pub unreachable: BTreeMap<String, Instant>,
     /// Cores of overflow last warned about (the warning is repeated only when it changes).
     pub overflow: u64,
 }
@@ -85,6 +90,7 @@ impl Live {
             given_up: BTreeSet::new(),
             respawned: BTreeMap::new(),
             overflow: 0,
+            unreachable: BTreeMap::new(),
         }
     }
 
@@ -123,17 +129,7 @@ impl Live {
                 eprintln!("warning: {e}");
             }
         }
-        if let Err(e) = self.reach_new_hosts(&mut loaded).await {
-            eprintln!("error: {e:#}");
-            eprintln!("  nothing changed: still playing the last good orchestra");
-            return Reloaded::Rejected;
-        }
-        let desired = match desire(
-            &loaded,
-            Some(&self.applied.placement),
-            &self.applied.deployment,
-            &self.source.placement,
-        ) {
+        let desired = match self.place_on_reachable_hosts(&mut loaded).await {
             Ok(desired) => desired,
             Err(e) => {
                 eprintln!("{e:#}");
@@ -204,26 +200,61 @@ impl Live {
         Reloaded::Applied
     }
 
-    /// Hosts named in the reloaded orchestra that have no agent yet are dialled (key checked)
-    /// and brought up; with `--skip-unreachable` the ones that do not answer are left out.
-    async fn reach_new_hosts(&mut self, loaded: &mut Loaded) -> anyhow::Result<()> {
-        let Some(fleet) = self.fleet.as_mut() else {
-            return Ok(());
-        };
-        let new: Vec<crate::model::Host> = loaded
+    /// Place and deploy; hosts the result uses that have no agent yet (added to the hosts
+    /// file, or idle until now) are dialled, key checked, and brought up. With
+    /// `--skip-unreachable` one that does not answer is left out and the orchestra placed
+    /// again without it.
+    async fn place_on_reachable_hosts(
+        &mut self,
+        loaded: &mut Loaded,
+    ) -> anyhow::Result<crate::runtime::Desired> {
+        // A host that did not answer lately is not waited for again on every save.
+        self.unreachable
+            .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
+        loaded
             .resolved
             .hosts
-            .iter()
-            .filter(|h| !fleet.sessions.contains_key(&h.name))
-            .cloned()
-            .collect();
-        if new.is_empty() {
-            return Ok(());
+            .retain(|h| !self.unreachable.contains_key(&h.name));
+        loop {
+            let desired = desire(
+                loaded,
+                Some(&self.applied.placement),
+                &self.applied.deployment,
+                &self.source.placement,
+            )?;
+            let Some(fleet) = self.fleet.as_ref() else {
+                return Ok(desired);
+            };
+            let new: Vec<crate::model::Host> = loaded
+                .resolved
+                .hosts
+                .iter()
+                .filter(|h| {
+                    desired.deployment.hosts.contains_key(&h.name)
+                        && !fleet.sessions.contains_key(&h.name)
+                })
+                .cloned()
+                .collect();
+            if new.is_empty() || self.reach(new, loaded).await? {
+                return Ok(desired);
+            }
         }
+    }
+
+    /// Bring up agents on `new` hosts; false when some were left out (place again).
+    async fn reach(
+        &mut self,
+        new: Vec<crate::model::Host>,
+        loaded: &mut Loaded,
+    ) -> anyhow::Result<bool> {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return Ok(true);
+        };
         let connected = fleet::connect(&new, &self.connect).await?;
         for (host, why) in &connected.skipped {
             eprintln!("warning: leaving out {host}: {why}");
             loaded.resolved.hosts.retain(|h| h.name != *host);
+            self.unreachable.insert(host.clone(), Instant::now());
         }
         let reached: Vec<crate::model::Host> = new
             .into_iter()
@@ -244,7 +275,7 @@ impl Live {
             eprintln!("  new host {host} is up");
         }
         fleet.merge(added);
-        Ok(())
+        Ok(connected.skipped.is_empty())
     }
 
     /// Compare what each agent reports with what was applied, and repair the difference.

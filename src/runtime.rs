@@ -310,6 +310,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         event_tx,
     );
     live.overflow = desired.cost.overflow;
+    for (host, _) in &connected.skipped {
+        live.unreachable.insert(host.clone(), Instant::now());
+    }
     if let Some(watcher) = watcher {
         live.watch_with(watcher);
     }

@@ -334,6 +334,7 @@ pub async fn serve() -> Result<()> {
     loop {
         let mut out: Vec<AgentLine> = Vec::new();
         let mut shutdown = false;
+        let mut upkeep = false;
         tokio::select! {
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
@@ -350,9 +351,11 @@ pub async fn serve() -> Result<()> {
                     Err(e) => out.push(AgentLine::Reply { id: 0, ok: None, error: Some(format!("bad request: {e}")) }),
                 }
             }
-            _ = sweep.tick() => {}
+            _ = sweep.tick() => upkeep = true,
         }
-        if !shutdown {
+        // Upkeep (JACK queries for every client) runs on its own tick, not before each reply:
+        // a live edit is a few requests in a row, each answered at once.
+        if upkeep {
             out.extend(
                 agent
                     .upkeep()

@@ -315,9 +315,10 @@ impl Fleet {
 
     /// Apply a live change make-before-break: new instances start (each waits until it plays)
     /// and are wired, the new edges are waited for, and only then do old edges and instances
-    /// go. When an instance fails to start, the ones that did start are stopped again and
-    /// nothing else is touched: `Err` with the failures, and what played before plays on.
-    /// Failures after the starts are returned in `Ok` (the next reconcile repairs them).
+    /// go. When an instance fails to start, or the new path does not come up, the new edges
+    /// and instances are undone and nothing else is touched: `Err` with the failures, and
+    /// what played before plays on. Failures of the breaking half are returned in `Ok` (the
+    /// next reconcile repairs them).
     pub async fn apply_or_roll_back(
         &self,
         plan: &Plan,
@@ -331,36 +332,68 @@ impl Fleet {
         let starts = of_kind("start");
         let failed = self.run_phase("start", &starts).await;
         if !failed.is_empty() {
-            let rollback: Vec<Action> = starts
-                .iter()
-                .filter(|a| !failed.iter().any(|(f, _)| f == **a))
-                .filter_map(|a| match a {
-                    Action::Start { host, process, .. } => Some(Action::Stop {
-                        host: host.clone(),
-                        block: process.block.clone(),
-                        client: process.client.clone(),
-                        replaced: true,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            let mut all = failed;
-            all.extend(
-                self.run_phase("stop", &rollback.iter().collect::<Vec<_>>())
-                    .await,
-            );
-            return Err(all);
+            return Err(self.roll_back(&starts, &[], failed).await);
         }
         let connects = of_kind("wire");
-        let mut failures = self.run_phase("wire", &connects).await;
+        let failed = self.run_phase("wire", &connects).await;
         let breaks: Vec<&Action> = of_kind("unwire");
         let stops: Vec<&Action> = of_kind("stop");
         if !breaks.is_empty() || !stops.is_empty() {
-            failures.extend(self.wait_for(&connects).await);
+            // The old path is cut only once the new one carries audio.
+            let missing = self.wait_for(&connects).await;
+            if !failed.is_empty() || !missing.is_empty() {
+                let mut all = failed;
+                all.extend(missing);
+                return Err(self.roll_back(&starts, &connects, all).await);
+            }
         }
+        let mut failures = failed;
         failures.extend(self.run_phase("unwire", &breaks).await);
         failures.extend(self.run_phase("stop", &stops).await);
         Ok(failures)
+    }
+
+    /// Undo the first half of a make-before-break change: forget the new edges and stop the
+    /// new instances (those that started); what played before was not touched. Returns the
+    /// failures that caused it, and any of the undoing.
+    async fn roll_back(
+        &self,
+        starts: &[&Action],
+        connects: &[&Action],
+        mut failures: Vec<(Action, anyhow::Error)>,
+    ) -> Vec<(Action, anyhow::Error)> {
+        let unwire: Vec<Action> = connects
+            .iter()
+            .filter_map(|a| match a {
+                Action::Connect { host, edge } => Some(Action::Disconnect {
+                    host: host.clone(),
+                    edge: edge.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let stop: Vec<Action> = starts
+            .iter()
+            .filter(|a| !failures.iter().any(|(f, _)| f == **a))
+            .filter_map(|a| match a {
+                Action::Start { host, process, .. } => Some(Action::Stop {
+                    host: host.clone(),
+                    block: process.block.clone(),
+                    client: process.client.clone(),
+                    replaced: true,
+                }),
+                _ => None,
+            })
+            .collect();
+        let undo_unwire = self
+            .run_phase("unwire", &unwire.iter().collect::<Vec<_>>())
+            .await;
+        let undo_stop = self
+            .run_phase("stop", &stop.iter().collect::<Vec<_>>())
+            .await;
+        failures.extend(undo_unwire);
+        failures.extend(undo_stop);
+        failures
     }
 
     /// Wait (up to 5 s) until the edges these actions asked for exist: the new path carries

@@ -299,6 +299,8 @@ pub fn print_summary(what: &str, millis: &[f64]) {
         at(0.9),
         sorted[sorted.len() - 1]
     );
+    let each: Vec<String> = millis.iter().map(|m| format!("{m:.0}")).collect();
+    eprintln!("  each, in order: {}", each.join(" "));
 }
 
 /// Save as editors do: write a temporary file beside it, then rename it over the script.
