@@ -149,7 +149,11 @@ pub fn jack_connections(server: &str) -> Vec<(String, String)> {
         .env("JACK_DEFAULT_SERVER", server)
         .output()
         .expect("jack_lsp (jack-tools) is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_jack_lsp(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `jack_lsp -c` output → (port, port it is connected to), each edge seen from both ends.
+pub fn parse_jack_lsp(text: &str) -> Vec<(String, String)> {
     let mut edges = Vec::new();
     let mut current = String::new();
     for line in text.lines() {
