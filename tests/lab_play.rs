@@ -417,6 +417,22 @@ fn bench_save_to_applied_on_the_lab() {
         "connection-only edit, save → applied (lab, h1 over SSH)",
         &times,
     );
+    let mut param = Vec::new();
+    for i in 0..10 {
+        let saved = std::time::Instant::now();
+        save(
+            &show.script,
+            &SWITCHABLE.replace("freq = 440", &format!("freq = {}", 450 + 10 * i)),
+        );
+        let line = run.wait_for("applied in", Duration::from_secs(10));
+        param.push(saved.elapsed().as_secs_f64() * 1000.0);
+        assert!(line.contains("1 replaced"), "{line}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    common::print_summary(
+        "param edit restarting one csound on h1, save → applied",
+        &param,
+    );
     run.signal(libc::SIGINT);
     let (code, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
