@@ -1,6 +1,7 @@
 //! The command line (clap): `run`, `plan`, `check`, `down`, `agent`, `analyze`.
 
 use crate::hosts::fleet::ConnectOptions;
+use crate::osc::server::OscOptions;
 use crate::placement::{Options as PlacementOptions, Placement, Weights};
 use crate::runtime::{self, RunOptions, Source};
 use anyhow::{Context, Result};
@@ -100,6 +101,15 @@ enum Command {
         /// changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Where the OSC control server and router listen (default 127.0.0.1:7770).
+        #[arg(long, value_name = "ADDR")]
+        osc: Option<std::net::SocketAddr>,
+        /// Networks besides loopback that may send OSC (needed to listen beyond loopback).
+        #[arg(long = "osc-allow", value_name = "CIDR", num_args = 1..)]
+        osc_allow: Vec<ipnet::IpNet>,
+        /// No OSC control server or router.
+        #[arg(long, conflicts_with_all = ["osc", "osc_allow"])]
+        no_osc: bool,
     },
     /// Show what `run` would do: placement, cost and the ordered actions.
     Plan {
@@ -160,6 +170,9 @@ pub async fn main(cli: Cli) -> Result<()> {
             skip_unreachable,
             no_watch,
             dry_run,
+            osc,
+            osc_allow,
+            no_osc,
         } => {
             runtime::run(RunOptions {
                 source: source.source(),
@@ -169,6 +182,11 @@ pub async fn main(cli: Cli) -> Result<()> {
                 connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
                 watch: !no_watch,
                 dry_run,
+                osc: (!no_osc).then(|| OscOptions {
+                    bind: osc.unwrap_or(([127, 0, 0, 1], 7770).into()),
+                    allow: osc_allow,
+                }),
+                osc_explicit: osc.is_some(),
             })
             .await
         }
@@ -226,8 +244,10 @@ fn plan(
     explain: bool,
     state_dir: Option<PathBuf>,
 ) -> Result<()> {
-    let loaded = runtime::load(&source)?;
     let dir = crate::state::state_dir(&source.script, state_dir.as_deref());
+    let layer =
+        crate::osc::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
+    let loaded = runtime::load_with(&source, &layer, None)?;
     let applied = crate::state::load(&dir, &loaded.resolved.name)?;
     let previous_placement = match &previous {
         Some(path) => {
@@ -267,6 +287,8 @@ fn plan(
                 "optimal": desired.optimal,
                 "actions": actions.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
                 "links": desired.deployment.links,
+                "osc": desired.deployment.osc,
+                "live_layer": layer.ops,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -304,6 +326,18 @@ fn plan(
                         ""
                     }
                 );
+            }
+            if !layer.is_empty() {
+                println!("live layer (changes made over OSC, until /orchestra/reset):");
+                for op in &layer.ops {
+                    println!("  {op}");
+                }
+            }
+            if !desired.deployment.osc.is_empty() {
+                println!("OSC blocks:");
+            }
+            for (block, e) in &desired.deployment.osc {
+                println!("  {block} on {} at {}:{}", e.host, e.address, e.port);
             }
             if !desired.deployment.links.is_empty() {
                 println!("network links (jacktrip):");

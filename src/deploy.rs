@@ -58,6 +58,9 @@ pub struct Deployment {
     /// its hosts (keyed by the link id), joined to the blocks by edges there.
     #[serde(default)]
     pub links: Vec<Link>,
+    /// OSC-capable blocks by name: where each listens now.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub osc: BTreeMap<String, OscEndpoint>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,25 @@ pub enum DeployError {
     Unplaced(String),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("no free OSC port left on {host} (osc_first_port {first} … osc_last_port {last}); widen the range in `network {{ }}`")]
+    OscPorts { host: String, first: u16, last: u16 },
+}
+
+/// What one render of a block gives.
+struct Built {
+    files: BTreeMap<String, String>,
+    hash: String,
+    /// False for system blocks (`dac`, `adc`): ports, no process.
+    has_process: bool,
+    ports: (Vec<String>, Vec<String>),
+}
+
+/// Where an OSC-capable block listens: what the router forwards to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OscEndpoint {
+    pub host: String,
+    pub address: String,
+    pub port: u16,
 }
 
 /// The longest JACK client name every engine accepts: csound silently falls back to
@@ -122,17 +144,6 @@ pub fn redeploy(
             .and_then(|h| hosts_by_name.get(h).copied())
             .ok_or_else(|| DeployError::Unplaced(block.to_string()))
     };
-    let blocks_context: BTreeMap<&str, serde_json::Value> = resolved
-        .blocks
-        .values()
-        .map(|b| {
-            let host = host_of(&b.name)?;
-            Ok((
-                b.name.as_str(),
-                json!({"host": host.name, "address": host.address, "module": b.module.name()}),
-            ))
-        })
-        .collect::<Result<_, DeployError>>()?;
     let hosts_context: BTreeMap<&str, serde_json::Value> = resolved
         .hosts
         .iter()
@@ -143,48 +154,139 @@ pub fn redeploy(
             )
         })
         .collect();
+    // Every block's host, address and OSC port, as templates see them (`blocks.NAME.…`).
+    let blocks_context = |osc: &BTreeMap<String, OscEndpoint>| {
+        resolved
+            .blocks
+            .values()
+            .map(|b| {
+                let host = host_of(&b.name)?;
+                Ok((
+                    b.name.clone(),
+                    json!({"host": host.name, "address": host.address, "module": b.module.name(),
+                           "osc_port": osc.get(&b.name).map(|e| e.port)}),
+                ))
+            })
+            .collect::<Result<BTreeMap<String, serde_json::Value>, DeployError>>()
+    };
+    // A block's rendered files, its launch draft and its spec hash.
+    let build = |block: &crate::model::ResolvedBlock,
+                 blocks: &BTreeMap<String, serde_json::Value>,
+                 engines: &mut Engines|
+     -> Result<Built, DeployError> {
+        let host = host_of(&block.name)?;
+        let fail = |error| DeployError::Module {
+            block: block.name.clone(),
+            error,
+        };
+        let osc_port = blocks[&block.name]["osc_port"].clone();
+        let context = json!({
+            "block": {"name": block.name, "module": block.module.name(), "host": host.name,
+                      "inputs": block.inputs, "outputs": block.outputs, "params": block.params,
+                      "osc_port": osc_port},
+            "params": block.params,
+            "audio": {"rate": resolved.audio.rate, "period": resolved.audio.period},
+            "blocks": blocks,
+            "hosts": hosts_context,
+        });
+        let files = block.module.render(&context).map_err(fail)?;
+        // Hash what defines the process, with the block name standing in for the client
+        // name (which itself carries the hash).
+        let draft = engines
+            .launch(
+                library,
+                &block.module,
+                &block.name,
+                (block.inputs, block.outputs),
+                &resolved.audio,
+                &block.params,
+            )
+            .map_err(fail)?;
+        let hash = short_hash(&json!({
+            "block": block.name, "module": block.module.name(), "engine": block.module.manifest.synth,
+            "files": files, "command": draft.command, "audio": resolved.audio,
+        }));
+        Ok(Built {
+            files,
+            hash,
+            has_process: draft.command.is_some(),
+            ports: (draft.inputs, draft.outputs),
+        })
+    };
+
+    // OSC ports. An instance keeps its port while its spec stays the same; a new instance
+    // (replaced or moved) gets a port no running instance holds, because the old one still
+    // listens until the new one plays (make-before-break).
+    let mut taken: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    for endpoint in previous.osc.values() {
+        taken
+            .entry(endpoint.host.clone())
+            .or_default()
+            .insert(endpoint.port);
+    }
+    let kept: BTreeMap<String, OscEndpoint> = previous
+        .osc
+        .iter()
+        .filter(|(name, e)| {
+            resolved
+                .blocks
+                .get(*name)
+                .is_some_and(|b| b.module.manifest.osc && placement.host_of(name) == Some(&e.host))
+        })
+        .map(|(name, e)| (name.clone(), e.clone()))
+        .collect();
+    let with_old_ports = blocks_context(&kept)?;
+    let mut osc = BTreeMap::new();
+    for block in resolved.blocks.values().filter(|b| b.module.manifest.osc) {
+        let host = host_of(&block.name)?;
+        let unchanged = match kept.get(&block.name) {
+            Some(old) => {
+                let built = build(block, &with_old_ports, engines)?;
+                previous
+                    .hosts
+                    .get(&old.host)
+                    .and_then(|h| h.processes.get(&block.name))
+                    .is_some_and(|p| p.spec_hash == built.hash)
+            }
+            None => false,
+        };
+        let port = match (unchanged, kept.get(&block.name)) {
+            (true, Some(old)) => old.port,
+            _ => {
+                let used = taken.entry(host.name.clone()).or_default();
+                let port = (resolved.network.osc_first_port..=resolved.network.osc_last_port)
+                    .find(|p| !used.contains(p))
+                    .ok_or_else(|| DeployError::OscPorts {
+                        host: host.name.clone(),
+                        first: resolved.network.osc_first_port,
+                        last: resolved.network.osc_last_port,
+                    })?;
+                used.insert(port);
+                port
+            }
+        };
+        osc.insert(
+            block.name.clone(),
+            OscEndpoint {
+                host: host.name.clone(),
+                address: host.address.clone(),
+                port,
+            },
+        );
+    }
+    let blocks = blocks_context(&osc)?;
 
     let mut deployment = Deployment {
         orchestra: resolved.name.clone(),
         audio: resolved.audio,
+        osc,
         ..Default::default()
     };
     // Port names per block (system blocks have ports but no process).
     let mut ports: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for block in resolved.blocks.values() {
         let host = host_of(&block.name)?;
-        let fail = |error| DeployError::Module {
-            block: block.name.clone(),
-            error,
-        };
-        let context = json!({
-            "block": {"name": block.name, "module": block.module.name(), "host": host.name,
-                      "inputs": block.inputs, "outputs": block.outputs, "params": block.params},
-            "params": block.params,
-            "audio": {"rate": resolved.audio.rate, "period": resolved.audio.period},
-            "blocks": blocks_context,
-            "hosts": hosts_context,
-        });
-        let files = block.module.render(&context).map_err(fail)?;
-        let launch = |client: &str, engines: &mut Engines| {
-            engines
-                .launch(
-                    library,
-                    &block.module,
-                    client,
-                    (block.inputs, block.outputs),
-                    &resolved.audio,
-                    &block.params,
-                )
-                .map_err(fail)
-        };
-        // Hash what defines the process, with the block name standing in for the client
-        // name (which itself carries the hash).
-        let draft = launch(&block.name, engines)?;
-        let hash = short_hash(&json!({
-            "block": block.name, "module": block.module.name(), "engine": block.module.manifest.synth,
-            "files": files, "command": draft.command, "audio": resolved.audio,
-        }));
+        let built = build(block, &blocks, engines)?;
         let host_deployment = deployment
             .hosts
             .entry(host.name.clone())
@@ -193,23 +295,40 @@ pub fn redeploy(
                 processes: BTreeMap::new(),
                 edges: BTreeSet::new(),
             });
-        if draft.command.is_none() {
-            ports.insert(&block.name, (draft.inputs, draft.outputs));
+        if !built.has_process {
+            ports.insert(&block.name, built.ports);
             continue;
         }
-        let client = client_name(&block.name, &hash);
-        let real = launch(&client, engines)?;
+        let client = client_name(&block.name, &built.hash);
+        let real = engines
+            .launch(
+                library,
+                &block.module,
+                &client,
+                (block.inputs, block.outputs),
+                &resolved.audio,
+                &block.params,
+            )
+            .map_err(|error| DeployError::Module {
+                block: block.name.clone(),
+                error,
+            })?;
         ports.insert(&block.name, (real.inputs.clone(), real.outputs.clone()));
         host_deployment.processes.insert(
             block.name.clone(),
             ProcessSpec {
                 block: block.name.clone(),
                 module: block.module.name().to_string(),
-                dir: format!("blocks/{}-{}/{hash}", block.name, block.module.name()),
+                dir: format!(
+                    "blocks/{}-{}/{}",
+                    block.name,
+                    block.module.name(),
+                    built.hash
+                ),
                 client,
                 command: real.command.unwrap_or_default(),
-                files,
-                spec_hash: hash,
+                files: built.files,
+                spec_hash: built.hash,
                 inputs: real.inputs,
                 outputs: real.outputs,
                 ready_line: real.ready_line,

@@ -20,6 +20,7 @@
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
 //! - [`names`]: name validation and "did you mean".
+//! - [`osc`]: the OSC control server, the live layer it edits, and the router to blocks.
 //! - [`cli`]: the command line.
 
 pub mod agent;
@@ -32,6 +33,7 @@ pub mod live;
 pub mod model;
 pub mod modules;
 pub mod names;
+pub mod osc;
 pub mod placement;
 pub mod plan;
 pub mod runtime;

@@ -11,8 +11,11 @@
 use crate::agent::protocol::{Event, Request, StatusReply};
 use crate::deploy::Deployment;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
+use crate::osc::dispatch::Command;
+use crate::osc::layer::{LiveLayer, LiveOp};
+use crate::osc::server::SharedRoutes;
 use crate::plan::{diff, Action, Plan};
-use crate::runtime::{desire, load, warn_overflow, Loaded, Source};
+use crate::runtime::{desire, load_with, warn_overflow, Loaded, Source};
 use crate::state::{self, AppliedState};
 use crate::watch::{Change, Watcher};
 use futures::future::join_all;
@@ -55,16 +58,32 @@ pub struct Live {
     respawned: BTreeMap<String, Instant>,
     /// Hosts left out with `--skip-unreachable`, and since when.
     pub unreachable: BTreeMap<String, Instant>,
+    /// Changes made over OSC, laid over the script until reset.
+    pub layer: LiveLayer,
+    /// The router's table, rewritten after each applied change (none without OSC).
+    pub routes: Option<SharedRoutes>,
     /// Cores of overflow last warned about (the warning is repeated only when it changes).
     pub overflow: u64,
 }
 
-/// Outcome of one reload, for tests and benchmarks reading the terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Outcome of one reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reloaded {
     Unchanged,
     Applied,
-    Rejected,
+    /// Nothing changed, and why.
+    Rejected(String),
+}
+
+impl Reloaded {
+    /// The answer to an OSC command.
+    fn answer(self, what: &str) -> Result<String, String> {
+        match self {
+            Reloaded::Unchanged => Ok(format!("{what} (nothing to change)")),
+            Reloaded::Applied => Ok(what.to_string()),
+            Reloaded::Rejected(why) => Err(why),
+        }
+    }
 }
 
 impl Live {
@@ -91,6 +110,8 @@ impl Live {
             respawned: BTreeMap::new(),
             overflow: 0,
             unreachable: BTreeMap::new(),
+            layer: LiveLayer::default(),
+            routes: None,
         }
     }
 
@@ -116,12 +137,80 @@ impl Live {
         let started = Instant::now();
         let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
         eprintln!("reload: {} changed", changed.join(", "));
-        let mut loaded = match load(&self.source) {
+        self.reload_with(None, started).await
+    }
+
+    /// Carry out an OSC command through the same path as a save; the answer for the sender.
+    pub async fn control(&mut self, command: Command) -> Result<String, String> {
+        let started = Instant::now();
+        match command {
+            Command::Reload => {
+                eprintln!("reload: asked over OSC");
+                self.reload_with(None, started).await.answer("reloaded")
+            }
+            Command::Reset => {
+                eprintln!("reload: live layer reset over OSC");
+                let kept = std::mem::take(&mut self.layer);
+                let outcome = self.reload_with(None, started).await;
+                if let Reloaded::Rejected(_) = outcome {
+                    self.layer = kept;
+                } else {
+                    self.save_layer();
+                }
+                outcome.answer("live layer reset")
+            }
+            Command::Change(op) => {
+                eprintln!("reload: OSC {op}");
+                let what = op.to_string();
+                let outcome = self.reload_with(Some(&op), started).await;
+                if !matches!(outcome, Reloaded::Rejected(_)) {
+                    self.layer.ops.push(op);
+                    self.save_layer();
+                }
+                outcome.answer(&what)
+            }
+        }
+    }
+
+    fn save_layer(&self) {
+        if let Err(e) = self
+            .layer
+            .save(&self.dir, &self.applied.deployment.orchestra)
+        {
+            eprintln!("error: cannot save the live layer: {e}");
+        }
+    }
+
+    /// Publish where OSC blocks listen to the router.
+    pub fn publish_routes(&self) {
+        let Some(routes) = &self.routes else {
+            return;
+        };
+        let mut table = crate::osc::dispatch::Routes::new();
+        for (block, endpoint) in &self.applied.deployment.osc {
+            use std::net::ToSocketAddrs;
+            match (endpoint.address.as_str(), endpoint.port).to_socket_addrs() {
+                Ok(mut addrs) => {
+                    if let Some(addr) = addrs.next() {
+                        table.insert(block.clone(), addr);
+                    }
+                }
+                Err(e) => eprintln!(
+                    "warning: cannot route OSC to `{block}`: {}: {e}",
+                    endpoint.address
+                ),
+            }
+        }
+        routes.set(table);
+    }
+
+    async fn reload_with(&mut self, new: Option<&LiveOp>, started: Instant) -> Reloaded {
+        let mut loaded = match load_with(&self.source, &self.layer, new) {
             Ok(loaded) => loaded,
             Err(e) => {
                 eprintln!("{e:#}");
                 eprintln!("  nothing changed: still playing the last good orchestra");
-                return Reloaded::Rejected;
+                return Reloaded::Rejected(format!("{e:#}"));
             }
         };
         if let Some(watcher) = self.watcher.as_mut() {
@@ -134,7 +223,7 @@ impl Live {
             Err(e) => {
                 eprintln!("{e:#}");
                 eprintln!("  nothing changed: still playing the last good orchestra");
-                return Reloaded::Rejected;
+                return Reloaded::Rejected(format!("{e:#}"));
             }
         };
         if desired.cost.overflow != self.overflow {
@@ -175,7 +264,11 @@ impl Live {
                     "  nothing changed: still playing the last good orchestra ({} ms)",
                     started.elapsed().as_millis()
                 );
-                return Reloaded::Rejected;
+                let why = failures
+                    .first()
+                    .map(|(action, error)| format!("{}: {error:#}", action.line()))
+                    .unwrap_or_default();
+                return Reloaded::Rejected(why);
             }
             Ok(failures) => {
                 for (action, error) in &failures {
@@ -188,6 +281,7 @@ impl Live {
         }
         self.loaded = loaded;
         self.applied = next;
+        self.publish_routes();
         if let Err(e) = state::save(&self.dir, &self.applied) {
             eprintln!("error: cannot save the state: {e:#}");
         }

@@ -8,6 +8,8 @@ use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::live::Live;
 use crate::model::{resolve, Host, Orchestra, Resolved};
 use crate::modules::{Engines, ModuleLibrary};
+use crate::osc::layer::{LiveLayer, LiveOp};
+use crate::osc::server::{ControlRequest, OscOptions, OscServer, SharedRoutes};
 use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
 use crate::plan::{diff, Action};
 use crate::state::{self, AppliedState};
@@ -38,7 +40,23 @@ pub struct Loaded {
 
 /// Read and check everything; nothing runs yet. Errors are one `file:line: message` line.
 pub fn load(source: &Source) -> Result<Loaded> {
-    let orchestra = crate::script::load_orchestra(&source.script, source.hosts.as_deref())?;
+    load_with(source, &LiveLayer::default(), None)
+}
+
+/// [`load`], with the live layer laid over the script and, when given, one more change that
+/// must apply (an error names it; the layer's older changes only warn when they no longer
+/// apply).
+pub fn load_with(source: &Source, layer: &LiveLayer, new: Option<&LiveOp>) -> Result<Loaded> {
+    let mut orchestra = crate::script::load_orchestra(&source.script, source.hosts.as_deref())?;
+    let base = source
+        .script
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    layer.apply(&mut orchestra, &base);
+    if let Some(op) = new {
+        crate::osc::layer::apply_op(op, &mut orchestra, &base).map_err(|e| anyhow!("{op}: {e}"))?;
+    }
     for warning in &orchestra.warnings {
         eprintln!("warning: {warning}");
     }
@@ -120,6 +138,10 @@ pub struct RunOptions {
     pub watch: bool,
     /// Show the plans (the first, then one per change) without starting or changing anything.
     pub dry_run: bool,
+    /// The OSC control server and router; `None` turns it off.
+    pub osc: Option<OscOptions>,
+    /// The OSC address was given: failing to bind it is an error (the default only warns).
+    pub osc_explicit: bool,
 }
 
 fn report_event(host: &str, event: &Event, started: Instant, record_offset: Option<Duration>) {
@@ -169,6 +191,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .as_ref()
         .map(|p| p.deployment.clone())
         .unwrap_or_default();
+    // Changes made over OSC in an earlier run are laid over the script again.
+    let mut layer = LiveLayer::load(&dir, &loaded.resolved.name);
+    if !layer.is_empty() {
+        eprintln!(
+            "live layer from the last run ({} change(s); /orchestra/reset drops it)",
+            layer.ops.len()
+        );
+        loaded = load_with(&options.source, &layer, None)?;
+    }
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let watcher = if options.watch {
         Some(Live::watcher(&loaded, &options.source, changes_tx)?)
@@ -313,19 +344,30 @@ pub async fn run(options: RunOptions) -> Result<()> {
     for (host, _) in &connected.skipped {
         live.unreachable.insert(host.clone(), Instant::now());
     }
+    live.layer = std::mem::take(&mut layer);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let osc = start_osc(&options, &mut live, control_tx).await?;
     if let Some(watcher) = watcher {
         live.watch_with(watcher);
     }
-    let outcome = play(
-        &mut live,
-        &options,
+    let inputs = Inputs {
         signals,
-        &mut event_rx,
-        changes_rx,
-        started,
-        record_offset,
-    )
-    .await;
+        events: &mut event_rx,
+        changes: changes_rx,
+        control: control_rx,
+    };
+    let outcome = play(&mut live, &options, inputs, started, record_offset).await;
+    if let Some((server, task)) = osc {
+        task.abort();
+        if server
+            .counters
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            eprintln!("{}", server.counters.line());
+        }
+    }
     let fleet = live.fleet.take().expect("a live run has a fleet");
     let stopped = teardown(&fleet, &live.applied.deployment, &dir).await;
     if let Some((host, remote, local)) = &recording {
@@ -468,18 +510,63 @@ impl Signals {
     }
 }
 
+/// Listen for OSC (commands go to `control`, block messages are routed at once). Failing to
+/// listen on the default address is a warning (another orchestra may hold it); on an address
+/// given with `--osc` it is an error.
+async fn start_osc(
+    options: &RunOptions,
+    live: &mut Live,
+    control: mpsc::UnboundedSender<ControlRequest>,
+) -> Result<Option<(OscServer, tokio::task::JoinHandle<()>)>> {
+    let Some(osc) = &options.osc else {
+        return Ok(None);
+    };
+    let server = match OscServer::bind(osc).await {
+        Ok(server) => server,
+        Err(e) if !options.osc_explicit => {
+            eprintln!("warning: {e:#}; OSC control is off (choose another address with --osc)");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let routes = SharedRoutes::default();
+    live.routes = Some(routes.clone());
+    live.publish_routes();
+    let task = server.spawn(routes, control);
+    eprintln!(
+        "OSC control and router on {} (/orchestra/… commands; /BLOCK/… goes to the block)",
+        server.local_addr()?
+    );
+    Ok(Some((server, task)))
+}
+
+/// What the control loop listens to.
+struct Inputs<'a> {
+    signals: Signals,
+    /// Agents' events (synth exits, first sound, JACK gone).
+    events: &'a mut mpsc::UnboundedReceiver<(String, Event)>,
+    /// Saved files.
+    changes: mpsc::UnboundedReceiver<Change>,
+    /// OSC commands.
+    control: mpsc::UnboundedReceiver<ControlRequest>,
+}
+
 /// Play until a signal or `--seconds`: reload on each change (merging those that arrive while
 /// one is applied), reconcile every second and whenever a synth exits. A dry run (no fleet)
 /// only reloads.
 async fn play(
     live: &mut Live,
     options: &RunOptions,
-    mut signals: Signals,
-    events: &mut mpsc::UnboundedReceiver<(String, Event)>,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    inputs: Inputs<'_>,
     started: Instant,
     record_offset: Option<Duration>,
 ) -> Result<()> {
+    let Inputs {
+        mut signals,
+        events,
+        mut changes,
+        mut control,
+    } = inputs;
     let until = options
         .seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -505,6 +592,13 @@ async fn play(
                 paths.sort();
                 paths.dedup();
                 live.reload(&paths).await;
+            }
+            Some(request) = control.recv() => {
+                let answer = live.control(request.command).await;
+                if let Err(why) = &answer {
+                    eprintln!("  OSC command refused: {why}");
+                }
+                let _ = request.reply.send(answer);
             }
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. });
@@ -566,16 +660,14 @@ async fn dry_run(
         eprintln!("watching for changes (Ctrl-C stops)");
     }
     let (_, mut no_events) = mpsc::unbounded_channel();
-    play(
-        &mut live,
-        options,
+    let (_, no_control) = mpsc::unbounded_channel();
+    let inputs = Inputs {
         signals,
-        &mut no_events,
+        events: &mut no_events,
         changes,
-        Instant::now(),
-        None,
-    )
-    .await
+        control: no_control,
+    };
+    play(&mut live, options, inputs, Instant::now(), None).await
 }
 
 /// Apply the diff to an empty deployment, then let each agent stop the jackd it started.

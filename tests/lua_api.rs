@@ -43,7 +43,7 @@ fn built_in_modules_render_and_launch() {
     let names: Vec<&str> = library.names().collect();
     assert_eq!(
         names,
-        ["adc", "dac", "fm", "gain", "lp", "mixer", "noise", "sine"]
+        ["adc", "dac", "fm", "gain", "lp", "mixer", "noise", "osc_ctl", "sine", "sine_osc"]
     );
     let mut engines = Engines::new();
     for module in library.modules() {
@@ -54,8 +54,12 @@ fn built_in_modules_render_and_launch() {
         let inputs = m.inputs.resolve(&params).unwrap();
         let outputs = m.outputs.resolve(&params).unwrap();
         let context = serde_json::json!({
-            "block": {"name": "b", "module": m.module, "host": "localhost", "inputs": inputs, "outputs": outputs, "params": params},
-            "params": params, "audio": {"rate": 48000, "period": 256}, "blocks": {}, "hosts": {},
+            "block": {"name": "b", "module": m.module, "host": "localhost", "inputs": inputs, "outputs": outputs, "params": params,
+                      "osc_port": if m.osc { Some(7800) } else { None }},
+            "params": params, "audio": {"rate": 48000, "period": 256},
+            // osc_ctl's default target.
+            "blocks": {"osc": {"host": "localhost", "address": "127.0.0.1", "osc_port": 7801}},
+            "hosts": {},
         });
         let files = module.render(&context).unwrap();
         let audio = Default::default();

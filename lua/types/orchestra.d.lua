@@ -74,6 +74,8 @@ function audio(spec) end
 ---@field queue? integer jacktrip's receive queue in packets, `-q` (default: 4)
 ---@field first_port? integer first UDP port links may use on a host (default: 4464)
 ---@field last_port? integer last UDP port links may use on a host (default: 4963)
+---@field osc_first_port? integer first UDP port OSC-capable blocks listen on, per host (default: 7800)
+---@field osc_last_port? integer last UDP port OSC-capable blocks listen on, per host (default: 7999)
 
 ---How network links (jacktrip, one per wire between hosts) carry audio.
 ---@param spec NetworkSpec

@@ -166,15 +166,31 @@ pub struct NetworkSettings {
     /// ports for as long as it exists.
     pub first_port: u16,
     pub last_port: u16,
+    /// UDP ports OSC-capable blocks listen on, first and last included, per host.
+    #[serde(default = "default_osc_first_port")]
+    pub osc_first_port: u16,
+    #[serde(default = "default_osc_last_port")]
+    pub osc_last_port: u16,
+}
+
+fn default_osc_first_port() -> u16 {
+    NetworkSettings::default().osc_first_port
+}
+
+fn default_osc_last_port() -> u16 {
+    NetworkSettings::default().osc_last_port
 }
 
 impl Default for NetworkSettings {
     fn default() -> Self {
-        // 4464 is jacktrip's own default port.
+        // 4464 is jacktrip's own default port; 7770 is the runtime's OSC control port, the
+        // blocks' come after it.
         NetworkSettings {
             queue: 4,
             first_port: 4464,
             last_port: 4963,
+            osc_first_port: 7800,
+            osc_last_port: 7999,
         }
     }
 }

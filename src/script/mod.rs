@@ -195,17 +195,47 @@ fn eval_file(path: &Path) -> Result<Builder, ModelError> {
     };
     let source = std::fs::read_to_string(path)
         .map_err(|e| ModelError::at(Some(&file_location), format!("cannot read: {e}")))?;
+    eval_source(
+        &source,
+        path,
+        path.parent().map(Path::to_path_buf).unwrap_or_default(),
+    )
+}
+
+/// Lua code sent live (`/orchestra/eval`): the blocks and connections it declares, to lay
+/// over the script's. `name` stands in for a file name in errors (`name:line: message`);
+/// `require` resolves beside the script in `base_dir`.
+pub fn eval_snippet(
+    code: &str,
+    name: &str,
+    base_dir: &Path,
+) -> Result<(Vec<Block>, Vec<Connection>), ModelError> {
+    let built = eval_source(code, Path::new(name), base_dir.to_path_buf())?;
+    if !built.hosts.is_empty() || built.audio.is_some() || built.network.is_some() {
+        return Err(ModelError::at(
+            None,
+            format!("{name}: live code declares blocks and connections; hosts, audio and network come from the files"),
+        ));
+    }
+    Ok((built.blocks, built.connections))
+}
+
+fn eval_source(source: &str, path: &Path, base_dir: PathBuf) -> Result<Builder, ModelError> {
+    let file_location = Location {
+        file: path.display().to_string(),
+        line: 0,
+    };
     let lua = sandbox::new_lua().map_err(|e| ModelError::at(None, e.to_string()))?;
     let builder = Builder {
         files: vec![path.to_path_buf()],
-        base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        base_dir,
         ..Default::default()
     };
     lua.set_app_data(builder);
     install_api(&lua).map_err(|e| ModelError::at(None, e.to_string()))?;
     let seen = sandbox::limit(&lua).map_err(|e| ModelError::at(None, e.to_string()))?;
     let result = lua
-        .load(desugar_chains(&source))
+        .load(desugar_chains(source))
         .set_name(format!("@{}", path.display()))
         .exec();
     lua.remove_hook();
@@ -623,25 +653,38 @@ fn define_network(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
             "queue" => network.queue = whole(1024)? as u32,
             "first_port" => network.first_port = whole(65535)? as u16,
             "last_port" => network.last_port = whole(65535)? as u16,
+            "osc_first_port" => network.osc_first_port = whole(65535)? as u16,
+            "osc_last_port" => network.osc_last_port = whole(65535)? as u16,
             _ => {
                 return Err(script_error(
                     lua,
                     format!(
                         "network: unknown field `{key}`{}",
-                        did_you_mean(&key, ["queue", "first_port", "last_port"])
+                        did_you_mean(
+                            &key,
+                            [
+                                "queue",
+                                "first_port",
+                                "last_port",
+                                "osc_first_port",
+                                "osc_last_port"
+                            ]
+                        )
                     ),
                 ))
             }
         }
     }
-    if network.first_port > network.last_port {
-        return Err(script_error(
-            lua,
-            format!(
-                "network: first_port {} is above last_port {}",
-                network.first_port, network.last_port
-            ),
-        ));
+    for (first, last, what) in [
+        (network.first_port, network.last_port, ""),
+        (network.osc_first_port, network.osc_last_port, "osc_"),
+    ] {
+        if first > last {
+            return Err(script_error(
+                lua,
+                format!("network: {what}first_port {first} is above {what}last_port {last}"),
+            ));
+        }
     }
     lua.app_data_mut::<Builder>().expect("builder").network = Some(network);
     Ok(())
