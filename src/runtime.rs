@@ -191,6 +191,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .as_ref()
         .map(|p| p.deployment.clone())
         .unwrap_or_default();
+    // The OSC address is claimed before anything starts: a bad one changes nothing.
+    let osc_server = bind_osc(&options).await?;
     // Changes made over OSC in an earlier run are laid over the script again.
     let mut layer = LiveLayer::load(&dir, &loaded.resolved.name);
     if !layer.is_empty() {
@@ -346,7 +348,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     }
     live.layer = std::mem::take(&mut layer);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let osc = start_osc(&options, &mut live, control_tx).await?;
+    let osc = osc_server.map(|server| serve_osc(server, &mut live, control_tx));
     if let Some(watcher) = watcher {
         live.watch_with(watcher);
     }
@@ -510,34 +512,41 @@ impl Signals {
     }
 }
 
-/// Listen for OSC (commands go to `control`, block messages are routed at once). Failing to
-/// listen on the default address is a warning (another orchestra may hold it); on an address
-/// given with `--osc` it is an error.
-async fn start_osc(
-    options: &RunOptions,
-    live: &mut Live,
-    control: mpsc::UnboundedSender<ControlRequest>,
-) -> Result<Option<(OscServer, tokio::task::JoinHandle<()>)>> {
+/// Claim the OSC address. Failing on the default address is a warning (another orchestra
+/// may hold it); on an address given with `--osc` it is an error.
+async fn bind_osc(options: &RunOptions) -> Result<Option<OscServer>> {
     let Some(osc) = &options.osc else {
         return Ok(None);
     };
-    let server = match OscServer::bind(osc).await {
-        Ok(server) => server,
+    if options.dry_run {
+        return Ok(None);
+    }
+    match OscServer::bind(osc).await {
+        Ok(server) => Ok(Some(server)),
         Err(e) if !options.osc_explicit => {
             eprintln!("warning: {e:#}; OSC control is off (choose another address with --osc)");
-            return Ok(None);
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
+        Err(e) => Err(e),
+    }
+}
+
+/// Serve OSC: commands go to `control`, block messages are routed at once.
+fn serve_osc(
+    server: OscServer,
+    live: &mut Live,
+    control: mpsc::UnboundedSender<ControlRequest>,
+) -> (OscServer, tokio::task::JoinHandle<()>) {
     let routes = SharedRoutes::default();
     live.routes = Some(routes.clone());
     live.publish_routes();
     let task = server.spawn(routes, control);
-    eprintln!(
-        "OSC control and router on {} (/orchestra/… commands; /BLOCK/… goes to the block)",
-        server.local_addr()?
-    );
-    Ok(Some((server, task)))
+    if let Ok(addr) = server.local_addr() {
+        eprintln!(
+            "OSC control and router on {addr} (/orchestra/… commands; /BLOCK/… goes to the block)"
+        );
+    }
+    (server, task)
 }
 
 /// What the control loop listens to.

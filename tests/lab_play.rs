@@ -320,10 +320,9 @@ fn finish_at(run: Running, show: &Show, wav: &Path, hz: f64) {
     run.signal(libc::SIGINT);
     let (code, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
-    use cloud_orchestra::analysis::{analyze, read_channel, SILENCE};
-    let (left, rate) = read_channel(wav, 0).unwrap();
-    let end = left.iter().rposition(|s| s.abs() > SILENCE).expect("sound");
-    let tail = analyze(&left[end - rate as usize..=end], rate);
+    // Shown when the test fails.
+    eprintln!("{stderr}");
+    let tail = common::tail_tone(wav, 1.0);
     assert!(
         (tail.frequency_hz - hz).abs() < hz / 100.0,
         "{hz} Hz: {tail:?}"
@@ -534,4 +533,52 @@ fn a_connection_edit_on_the_lab_restarts_nothing() {
     assert_eq!(connections_on(&show, "h3"), h3_graph, "h3 untouched");
 
     finish_at(run, &show, &wav, 660.0);
+}
+
+/// Send one OSC message from the controller's namespace (where the runtime listens on
+/// loopback).
+fn send_osc(show: &Show, to: std::net::SocketAddr, addr: &str, value: f32) {
+    let bytes = rosc::encoder::encode(&rosc::OscPacket::Message(rosc::OscMessage {
+        addr: addr.into(),
+        args: vec![rosc::OscType::Float(value)],
+    }))
+    .unwrap();
+    show.lab.in_controller_thread(|| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.send_to(&bytes, to).unwrap();
+    });
+}
+
+#[test]
+fn an_osc_message_follows_its_block_to_another_host() {
+    let script = r#"
+local osc = block "osc" { module = "sine_osc", freq = 440, host = "h1" }
+local out = block "out" { module = "dac", host = "h3" }
+osc >> out
+"#;
+    let show = Show::new("osc-follow", script);
+    let wav = show.dir.path().join("out.wav");
+    let mut cmd = show.orchestra("run");
+    cmd.arg("--record").arg(&wav).args(["--osc", "127.0.0.1:0"]);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("OSC control and router on ", Duration::from_secs(90));
+    let router = common::osc_address(&line);
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    send_osc(&show, router, "/osc/freq", 660.0);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    save(
+        &show.script,
+        &script.replace("host = \"h1\"", "host = \"h2\""),
+    );
+    run.wait_for(
+        "~ move osc (sine_osc) from h1 to h2",
+        Duration::from_secs(20),
+    );
+    run.wait_for("applied in", Duration::from_secs(30));
+    assert!(csounds(&show, "h1").is_empty(), "osc left h1");
+    assert_eq!(csounds(&show, "h2").len(), 1, "osc now on h2");
+    // The sender does not change anything: the same message reaches it at its new place.
+    send_osc(&show, router, "/osc/freq", 550.0);
+    finish_at(run, &show, &wav, 550.0);
 }

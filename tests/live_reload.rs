@@ -3,7 +3,7 @@
 
 mod common;
 
-use cloud_orchestra::analysis::{analyze, read_channel, ToneReport, SILENCE};
+use cloud_orchestra::analysis::{analyze, read_channel};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -138,14 +138,6 @@ fn playing_recorded(stage: &Stage, extra: &[&str]) -> (Running, PathBuf) {
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(30));
     (run, wav)
-}
-
-/// The last `seconds` of sound in the recording.
-fn tail_tone(wav: &Path, seconds: f64) -> ToneReport {
-    let (left, rate) = read_channel(wav, 0).unwrap();
-    let end = left.iter().rposition(|s| s.abs() > SILENCE).expect("sound");
-    let start = end.saturating_sub((seconds * rate as f64) as usize);
-    analyze(&left[start..=end], rate)
 }
 
 fn stop(run: Running, stage: &Stage) {

@@ -42,8 +42,8 @@ const VERBS: [&str; 8] = [
     "reset",
 ];
 
-/// Decode `bytes` and decide; `blocks` are the blocks that listen for OSC now.
-pub fn dispatch(bytes: &[u8], blocks: &BTreeSet<String>) -> Dispatch {
+/// Decode `bytes` and decide; `blocks` are the blocks that listen for OSC now (their keys).
+pub fn dispatch<V>(bytes: &[u8], blocks: &BTreeMap<String, V>) -> Dispatch {
     let packet = match rosc::decoder::decode_udp(bytes) {
         Ok((_, packet)) => packet,
         Err(e) => return Dispatch::Malformed(format!("{e:?}")),
@@ -86,9 +86,9 @@ fn split(addr: &str) -> Option<(&str, &str)> {
     Some((block, &addr[block.len() + 1..]))
 }
 
-fn collect_targets(
+fn collect_targets<V>(
     packet: &OscPacket,
-    blocks: &BTreeSet<String>,
+    blocks: &BTreeMap<String, V>,
     targets: &mut BTreeSet<String>,
 ) -> Result<(), Dispatch> {
     match packet {
@@ -104,10 +104,10 @@ fn collect_targets(
                     m.addr
                 )));
             };
-            if !blocks.contains(block) {
+            if !blocks.contains_key(block) {
                 return Err(Dispatch::Refused(format!(
                     "no OSC block `{block}`{}",
-                    crate::names::did_you_mean(block, blocks.iter().map(String::as_str))
+                    crate::names::did_you_mean(block, blocks.keys().map(String::as_str))
                 )));
             }
             targets.insert(block.to_string());
@@ -268,8 +268,8 @@ mod tests {
     use proptest::prelude::*;
     use rosc::OscTime;
 
-    fn blocks() -> BTreeSet<String> {
-        ["osc".to_string(), "pad".to_string()].into()
+    fn blocks() -> BTreeMap<String, ()> {
+        [("osc".to_string(), ()), ("pad".to_string(), ())].into()
     }
 
     fn encode(packet: OscPacket) -> Vec<u8> {

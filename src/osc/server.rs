@@ -6,7 +6,6 @@ use super::dispatch::{dispatch, Command, Dispatch, Routes};
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
-use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -77,6 +76,9 @@ impl SharedRoutes {
 
 pub struct OscServer {
     socket: Arc<UdpSocket>,
+    /// Forwarding leaves from a socket of its own: the control socket is usually bound to
+    /// loopback, which cannot send to another host.
+    forward: Arc<UdpSocket>,
     pub counters: Arc<Counters>,
     allow: Vec<IpNet>,
 }
@@ -94,8 +96,17 @@ impl OscServer {
         let socket = UdpSocket::bind(options.bind)
             .await
             .with_context(|| format!("cannot listen for OSC on {}", options.bind))?;
+        let any: SocketAddr = if options.bind.is_ipv6() {
+            "[::]:0".parse().expect("an address")
+        } else {
+            "0.0.0.0:0".parse().expect("an address")
+        };
+        let forward = UdpSocket::bind(any)
+            .await
+            .context("cannot open a socket to forward OSC")?;
         Ok(OscServer {
             socket: Arc::new(socket),
+            forward: Arc::new(forward),
             counters: Arc::default(),
             allow: options.allow.clone(),
         })
@@ -112,6 +123,7 @@ impl OscServer {
         control: mpsc::UnboundedSender<ControlRequest>,
     ) -> tokio::task::JoinHandle<()> {
         let socket = self.socket.clone();
+        let forward = self.forward.clone();
         let counters = self.counters.clone();
         let allow = self.allow.clone();
         tokio::spawn(async move {
@@ -125,15 +137,27 @@ impl OscServer {
                     counters.foreign.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let table = routes.0.read().expect("lock").clone();
-                let blocks: BTreeSet<String> = table.keys().cloned().collect();
-                match dispatch(&buffer[..len], &blocks) {
+                // The lock is held only to decide, not across a send.
+                let (decision, destinations) = {
+                    let table = routes.0.read().expect("lock");
+                    let decision = dispatch(&buffer[..len], &table);
+                    let destinations: Vec<Option<SocketAddr>> = match &decision {
+                        Dispatch::Forward(packets) => {
+                            packets.iter().map(|(b, _)| table.get(b).copied()).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    (decision, destinations)
+                };
+                match decision {
                     Dispatch::Forward(packets) => {
-                        for (block, bytes) in packets {
-                            if let Some(to) = table.get(&block) {
-                                if socket.send_to(&bytes, to).await.is_ok() {
+                        for ((block, bytes), to) in packets.into_iter().zip(destinations) {
+                            let Some(to) = to else { continue };
+                            match forward.send_to(&bytes, to).await {
+                                Ok(_) => {
                                     counters.forwarded.fetch_add(1, Ordering::Relaxed);
                                 }
+                                Err(e) => tracing::warn!("OSC to `{block}` at {to}: {e}"),
                             }
                         }
                     }

@@ -409,12 +409,25 @@ fn endpoint(lua: &Lua, value: &Value, side: Direction) -> mlua::Result<Endpoint>
         }
     }
     if let Value::String(s) = value {
-        // `connect("osc", "filt")` by name also works.
-        let name = s.to_str()?.to_string();
-        return Ok(Endpoint {
-            block: name,
-            port: None,
-        });
+        // `connect("osc", "filt")` by name also works, and `"out:2"` names a port (live code
+        // sent over OSC has no handles to the script's blocks).
+        let text = s.to_str()?.to_string();
+        return match text.split_once(':') {
+            Some((block, port)) => match port.parse::<i64>() {
+                Ok(n) => Ok(Endpoint {
+                    block: block.to_string(),
+                    port: Some(port_number(lua, n)?),
+                }),
+                Err(_) => Err(script_error(
+                    lua,
+                    format!("`{text}`: after `:` comes a port number, e.g. \"out:2\""),
+                )),
+            },
+            None => Ok(Endpoint {
+                block: text,
+                port: None,
+            }),
+        };
     }
     Err(script_error(
         lua,

@@ -313,3 +313,21 @@ pub fn save(path: &Path, text: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// The last `seconds` of sound in the left channel of a recording (trailing silence left out).
+pub fn tail_tone(wav: &Path, seconds: f64) -> cloud_orchestra::analysis::ToneReport {
+    use cloud_orchestra::analysis::{analyze, read_channel, SILENCE};
+    let (left, rate) = read_channel(wav, 0).unwrap();
+    let end = left.iter().rposition(|s| s.abs() > SILENCE).expect("sound");
+    let start = end.saturating_sub((seconds * rate as f64) as usize);
+    analyze(&left[start..=end], rate)
+}
+
+/// The address in the runtime's `OSC control and router on ADDR (…)` line.
+pub fn osc_address(line: &str) -> std::net::SocketAddr {
+    line.split(" on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+}
