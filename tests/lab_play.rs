@@ -582,3 +582,37 @@ osc >> out
     send_osc(&show, router, "/osc/freq", 550.0);
     finish_at(run, &show, &wav, 550.0);
 }
+
+#[test]
+fn osc_from_outside_the_allowed_networks_is_dropped_and_counted() {
+    let show = Show::new("osc-foreign", CHAIN);
+    let mut cmd = show.orchestra("run");
+    // Listening on every address of the controller, but only a network the lab is not on
+    // may send.
+    cmd.args(["--osc", "0.0.0.0:0", "--osc-allow", "10.250.0.0/16"]);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("OSC control and router on ", Duration::from_secs(90));
+    // (It is printed once the orchestra plays.)
+    let port = common::osc_address(&line).port();
+    let to = format!("{}:{port}", show.lab.controller_address());
+    // From h1: a command that would remove a block, and a block message.
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.sendto(b'/orchestra/remove\\0\\0\\0,s\\0\\0osc\\0', ('{}', {port})); \
+         s.sendto(b'/osc/freq\\0\\0\\0,f\\0\\0C\\xdc\\0\\0', ('{}', {port}))",
+        show.lab.controller_address(),
+        show.lab.controller_address()
+    );
+    show.lab.exec_ok("h1", &format!("python3 -c \"{script}\""));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(csounds(&show, "h1").len(), 1, "the sine still plays on h1 ({to})");
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("reload:"), "nothing was reloaded: {stderr}");
+    assert!(
+        stderr.contains("0 command(s)") && stderr.contains("2 dropped from outside"),
+        "{stderr}"
+    );
+    show.only_sshd_everywhere();
+}
