@@ -605,11 +605,18 @@ fn osc_from_outside_the_allowed_networks_is_dropped_and_counted() {
     );
     show.lab.exec_ok("h1", &format!("python3 -c \"{script}\""));
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(csounds(&show, "h1").len(), 1, "the sine still plays on h1 ({to})");
+    assert_eq!(
+        csounds(&show, "h1").len(),
+        1,
+        "the sine still plays on h1 ({to})"
+    );
     run.signal(libc::SIGINT);
     let (code, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains("reload:"), "nothing was reloaded: {stderr}");
+    assert!(
+        !stderr.contains("reload:"),
+        "nothing was reloaded: {stderr}"
+    );
     assert!(
         stderr.contains("0 command(s)") && stderr.contains("2 dropped from outside"),
         "{stderr}"
