@@ -58,8 +58,8 @@ function block(name, spec) end
 function host(name, spec) end
 
 ---Connect two blocks or ports: the same as `from >> to`.
----@param from Block|Port|string A block, an output port (`a:out(1)`), or a block name.
----@param to Block|Port|string A block, an input port (`b:input(1)`), or a block name.
+---@param from Block|Port|string A block, an output port (`a:out(1)`), or a name: `"a"` or `"a:1"`.
+---@param to Block|Port|string A block, an input port (`b:input(1)`), or a name: `"b"` or `"b:2"`.
 function connect(from, to) end
 
 ---@class AudioSpec
