@@ -426,6 +426,19 @@ fn a_controller_is_re_rendered_and_replaced_when_its_target_moves_and_nothing_el
         spec(&second.deployment, "pad"),
         "a block that does not look at osc is untouched"
     );
+    // Reloading the same script: every instance, OSC ports included, stays as it is.
+    let again = desire(
+        &load(&source).unwrap(),
+        Some(&second.placement),
+        &second.deployment,
+        &source.placement,
+    )
+    .unwrap();
+    assert_eq!(again.deployment.osc, second.deployment.osc);
+    assert_eq!(
+        again.deployment, second.deployment,
+        "a reload changes nothing"
+    );
     let plan = cloud_orchestra::plan::diff(&first.deployment, &second.deployment);
     let started: Vec<String> = plan
         .actions
