@@ -9,7 +9,7 @@ use crate::live::Live;
 use crate::model::{resolve, Host, Orchestra, Resolved};
 use crate::modules::{Engines, ModuleLibrary};
 use crate::osc::layer::{LiveLayer, LiveOp};
-use crate::osc::server::{ControlRequest, OscOptions, OscServer, SharedRoutes};
+use crate::osc::server::{ControlRequest, OscOptions, OscServer, Serving, SharedRoutes};
 use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
 use crate::plan::{diff, Action};
 use crate::state::{self, AppliedState};
@@ -359,8 +359,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         control: control_rx,
     };
     let outcome = play(&mut live, &options, inputs, started, record_offset).await;
-    if let Some((server, task)) = osc {
-        task.abort();
+    if let Some((server, serving)) = osc {
+        serving.stop();
         if server
             .counters
             .received
@@ -521,7 +521,7 @@ async fn bind_osc(options: &RunOptions) -> Result<Option<OscServer>> {
     if options.dry_run {
         return Ok(None);
     }
-    match OscServer::bind(osc).await {
+    match OscServer::bind(osc) {
         Ok(server) => Ok(Some(server)),
         Err(e) if !options.osc_explicit => {
             eprintln!("warning: {e:#}; OSC control is off (choose another address with --osc)");
@@ -536,7 +536,7 @@ fn serve_osc(
     server: OscServer,
     live: &mut Live,
     control: mpsc::UnboundedSender<ControlRequest>,
-) -> (OscServer, tokio::task::JoinHandle<()>) {
+) -> (OscServer, Serving) {
     let routes = SharedRoutes::default();
     live.routes = Some(routes.clone());
     live.publish_routes();

@@ -274,12 +274,11 @@ fn bench_router() {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let synth_addr = synth.local_addr().unwrap();
-    let server = rt
-        .block_on(OscServer::bind(&OscOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            allow: vec![],
-        }))
-        .unwrap();
+    let server = OscServer::bind(&OscOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        allow: vec![],
+    })
+    .unwrap();
     let router = server.local_addr().unwrap();
     let routes = SharedRoutes::default();
     routes.set([("osc".to_string(), synth_addr)].into());

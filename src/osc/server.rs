@@ -6,10 +6,11 @@ use super::dispatch::{dispatch, Command, Dispatch, Routes};
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
+use std::net::UdpSocket;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::net::UdpSocket;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Where to listen and whom to hear.
@@ -83,10 +84,38 @@ pub struct OscServer {
     allow: Vec<IpNet>,
 }
 
+/// The serving thread; stopped (and joined) by `stop` or when dropped.
+pub struct Serving {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Serving {
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// How often the serving thread looks up from its socket to see whether it should stop.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 impl OscServer {
     /// Bind. Anything but loopback needs `--osc-allow`: a control port open to a network
     /// lets whoever is on it change the orchestra.
-    pub async fn bind(options: &OscOptions) -> Result<OscServer> {
+    pub fn bind(options: &OscOptions) -> Result<OscServer> {
         if !options.bind.ip().is_loopback() && options.allow.is_empty() {
             bail!(
                 "--osc {}: listening beyond loopback needs --osc-allow CIDR… (the networks that may control the orchestra)",
@@ -94,16 +123,14 @@ impl OscServer {
             );
         }
         let socket = UdpSocket::bind(options.bind)
-            .await
             .with_context(|| format!("cannot listen for OSC on {}", options.bind))?;
+        socket.set_read_timeout(Some(STOP_CHECK))?;
         let any: SocketAddr = if options.bind.is_ipv6() {
             "[::]:0".parse().expect("an address")
         } else {
             "0.0.0.0:0".parse().expect("an address")
         };
-        let forward = UdpSocket::bind(any)
-            .await
-            .context("cannot open a socket to forward OSC")?;
+        let forward = UdpSocket::bind(any).context("cannot open a socket to forward OSC")?;
         Ok(OscServer {
             socket: Arc::new(socket),
             forward: Arc::new(forward),
@@ -116,79 +143,94 @@ impl OscServer {
         Ok(self.socket.local_addr()?)
     }
 
-    /// Serve until the task is dropped (aborted at teardown).
+    /// Serve on a thread of its own: a message to a block is forwarded as soon as it arrives,
+    /// without waiting for an async scheduler (measured: its wake-ups put the p99 added
+    /// latency at 0.3–0.5 ms on a 2-core machine). Commands go to `control`; their answers
+    /// are sent from the tokio runtime this is called in, once applied.
     pub fn spawn(
         &self,
         routes: SharedRoutes,
         control: mpsc::UnboundedSender<ControlRequest>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Serving {
         let socket = self.socket.clone();
         let forward = self.forward.clone();
         let counters = self.counters.clone();
         let allow = self.allow.clone();
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 65536];
-            loop {
-                let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
-                    continue;
-                };
-                counters.received.fetch_add(1, Ordering::Relaxed);
-                if !allowed(from.ip(), &allow) {
-                    counters.foreign.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                // The lock is held only to decide, not across a send.
-                let (decision, destinations) = {
-                    let table = routes.0.read().expect("lock");
-                    let decision = dispatch(&buffer[..len], &table);
-                    let destinations: Vec<Option<SocketAddr>> = match &decision {
-                        Dispatch::Forward(packets) => {
-                            packets.iter().map(|(b, _)| table.get(b).copied()).collect()
-                        }
-                        _ => Vec::new(),
+        let runtime = tokio::runtime::Handle::current();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("osc".into())
+            .spawn(move || {
+                let mut buffer = vec![0u8; 65536];
+                while !stopped.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = socket.recv_from(&mut buffer) else {
+                        continue;
                     };
-                    (decision, destinations)
-                };
-                match decision {
-                    Dispatch::Forward(packets) => {
-                        for ((block, bytes), to) in packets.into_iter().zip(destinations) {
-                            let Some(to) = to else { continue };
-                            match forward.send_to(&bytes, to).await {
-                                Ok(_) => {
-                                    counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    counters.received.fetch_add(1, Ordering::Relaxed);
+                    if !allowed(from.ip(), &allow) {
+                        counters.foreign.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let decision = {
+                        let table = routes.0.read().expect("lock");
+                        match dispatch(&buffer[..len], &table) {
+                            Dispatch::Forward(packets) => {
+                                for (block, bytes) in packets {
+                                    let Some(to) = table.get(&block) else {
+                                        continue;
+                                    };
+                                    match forward.send_to(&bytes, to) {
+                                        Ok(_) => {
+                                            counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!("OSC to `{block}` at {to}: {e}")
+                                        }
+                                    }
                                 }
-                                Err(e) => tracing::warn!("OSC to `{block}` at {to}: {e}"),
+                                continue;
                             }
+                            other => other,
                         }
-                    }
-                    Dispatch::Control(command) => {
-                        counters.commands.fetch_add(1, Ordering::Relaxed);
-                        let (tx, rx) = oneshot::channel();
-                        let socket = socket.clone();
-                        if control.send(ControlRequest { command, reply: tx }).is_err() {
-                            continue;
+                    };
+                    match decision {
+                        Dispatch::Control(command) => {
+                            counters.commands.fetch_add(1, Ordering::Relaxed);
+                            let (tx, rx) = oneshot::channel();
+                            if control.send(ControlRequest { command, reply: tx }).is_err() {
+                                continue;
+                            }
+                            // Answered once applied; forwarding goes on meanwhile.
+                            let socket = socket.clone();
+                            runtime.spawn(async move {
+                                let answer =
+                                    rx.await.unwrap_or(Err("the runtime is stopping".into()));
+                                reply(&socket, from, answer);
+                            });
                         }
-                        // Answered once applied; forwarding goes on meanwhile.
-                        tokio::spawn(async move {
-                            let answer = rx.await.unwrap_or(Err("the runtime is stopping".into()));
-                            reply(&socket, from, answer).await;
-                        });
-                    }
-                    Dispatch::Refused(why) => {
-                        counters.refused.fetch_add(1, Ordering::Relaxed);
-                        reply(&socket, from, Err(why)).await;
-                    }
-                    Dispatch::Malformed(why) => {
-                        tracing::debug!("malformed OSC packet from {from}: {why}");
-                        counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        Dispatch::Refused(why) => {
+                            counters.refused.fetch_add(1, Ordering::Relaxed);
+                            reply(&socket, from, Err(why));
+                        }
+                        Dispatch::Malformed(why) => {
+                            tracing::debug!("malformed OSC packet from {from}: {why}");
+                            counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Dispatch::Forward(_) => {}
                     }
                 }
-            }
-        })
+            })
+            .expect("a thread for OSC");
+        Serving {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
-async fn reply(socket: &UdpSocket, to: SocketAddr, answer: Result<String, String>) {
+/// `/orchestra/ok ,s what` or `/orchestra/error ,s why` to the sender.
+fn reply(socket: &UdpSocket, to: SocketAddr, answer: Result<String, String>) {
     let (addr, text) = match answer {
         Ok(what) => ("/orchestra/ok", what),
         Err(why) => ("/orchestra/error", why),
@@ -198,7 +240,7 @@ async fn reply(socket: &UdpSocket, to: SocketAddr, answer: Result<String, String
         args: vec![OscType::String(text)],
     });
     if let Ok(bytes) = rosc::encoder::encode(&packet) {
-        let _ = socket.send_to(&bytes, to).await;
+        let _ = socket.send_to(&bytes, to);
     }
 }
 
