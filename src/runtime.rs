@@ -184,8 +184,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let started = Instant::now();
     // Installed first, so a Ctrl-C during start-up waits for it and then tears down cleanly.
     let signals = Signals::install()?;
-    let mut loaded = load(&options.source)?;
     let dir = state::state_dir(&options.source.script, options.state_dir.as_deref());
+    // Changes made over OSC in an earlier run are laid over the script again.
+    let mut layer = LiveLayer::load(&dir, &crate::script::orchestra_name(&options.source.script));
+    if !layer.is_empty() {
+        eprintln!(
+            "live layer from the last run ({} change(s); /orchestra/reset drops it)",
+            layer.ops.len()
+        );
+    }
+    let mut loaded = load_with(&options.source, &layer, None)?;
     let previous = state::load(&dir, &loaded.resolved.name)?;
     let current = previous
         .as_ref()
@@ -193,15 +201,6 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .unwrap_or_default();
     // The OSC address is claimed before anything starts: a bad one changes nothing.
     let osc_server = bind_osc(&options).await?;
-    // Changes made over OSC in an earlier run are laid over the script again.
-    let mut layer = LiveLayer::load(&dir, &loaded.resolved.name);
-    if !layer.is_empty() {
-        eprintln!(
-            "live layer from the last run ({} change(s); /orchestra/reset drops it)",
-            layer.ops.len()
-        );
-        loaded = load_with(&options.source, &layer, None)?;
-    }
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let watcher = if options.watch {
         Some(Live::watcher(&loaded, &options.source, changes_tx)?)

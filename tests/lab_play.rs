@@ -72,6 +72,14 @@ impl Show {
         cmd
     }
 
+    /// `orchestra run … --record DIR/out.wav EXTRA…` (not started yet), and the recording.
+    fn run_recorded(&self, extra: &[&str]) -> (Command, PathBuf) {
+        let wav = self.dir.path().join("out.wav");
+        let mut cmd = self.orchestra("run");
+        cmd.arg("--record").arg(&wav).args(extra);
+        (cmd, wav)
+    }
+
     fn only_sshd_everywhere(&self) {
         for host in ["h1", "h2", "h3"] {
             self.lab.wait_until_only_sshd(host, Duration::from_secs(10));
@@ -91,9 +99,7 @@ impl Show {
 #[test]
 fn a_chain_over_three_hosts_plays_440_hz_at_the_dac_host() {
     let show = Show::new("chain", CHAIN);
-    let wav = show.dir.path().join("out.wav");
-    let mut cmd = show.orchestra("run");
-    cmd.arg("--record").arg(&wav);
+    let (cmd, wav) = show.run_recorded(&[]);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(90));
 
@@ -186,12 +192,7 @@ fn an_unreachable_host_is_an_error_unless_skipped() {
     );
     show.only_sshd_everywhere();
 
-    let wav = show.dir.path().join("out.wav");
-    let mut cmd = show.orchestra("run");
-    cmd.arg("--skip-unreachable")
-        .arg("--record")
-        .arg(&wav)
-        .args(["--seconds", "4"]);
+    let (cmd, wav) = show.run_recorded(&["--skip-unreachable", "--seconds", "4"]);
     let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(120));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("leaving out h3"), "{stderr}");
@@ -344,9 +345,7 @@ fn csounds(show: &Show, host: &str) -> Vec<u32> {
 #[test]
 fn re_pinning_a_block_moves_it_and_only_it() {
     let show = Show::new("repin", CHAIN);
-    let wav = show.dir.path().join("out.wav");
-    let mut cmd = show.orchestra("run");
-    cmd.arg("--record").arg(&wav);
+    let (cmd, wav) = show.run_recorded(&[]);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(90));
     run.wait_for("first sound at the DAC", Duration::from_secs(30));
@@ -449,9 +448,7 @@ fn a_host_added_to_the_hosts_file_is_brought_up_when_a_block_moves_there() {
         .map(|l| format!("{l}\n"))
         .collect();
     save(&show.hosts, &without_h2);
-    let wav = show.dir.path().join("out.wav");
-    let mut cmd = show.orchestra("run");
-    cmd.arg("--record").arg(&wav);
+    let (cmd, wav) = show.run_recorded(&[]);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(90));
     assert!(show.lab.processes_besides_sshd("h2").is_empty());
@@ -474,27 +471,17 @@ fn a_host_added_to_the_hosts_file_is_brought_up_when_a_block_moves_there() {
 /// A host's JACK connections, as `block:port` pairs (the `-hash8` of clients dropped), each once.
 fn connections_on(show: &Show, host: &str) -> std::collections::BTreeSet<(String, String)> {
     let text = show.lab.exec_ok(host, "jack_lsp -c");
-    let block_port = |port: &str| -> String {
-        let (client, name) = port.split_once(':').unwrap_or((port, ""));
-        let client = match client.rsplit_once('-') {
-            Some((block, hash)) if hash.len() == 8 && !block.starts_with("link") => block,
-            _ => client,
-        };
-        format!("{client}:{name}")
-    };
     common::parse_jack_lsp(&text)
         .into_iter()
         .filter(|(a, b)| a < b)
-        .map(|(a, b)| (block_port(&a), block_port(&b)))
+        .map(|(a, b)| (common::block_port(&a), common::block_port(&b)))
         .collect()
 }
 
 #[test]
 fn a_connection_edit_on_the_lab_restarts_nothing() {
     let show = Show::new("connection-edit", SWITCHABLE);
-    let wav = show.dir.path().join("out.wav");
-    let mut cmd = show.orchestra("run");
-    cmd.arg("--record").arg(&wav);
+    let (cmd, wav) = show.run_recorded(&[]);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(90));
     let pids = |host: &str| -> Vec<u32> {
@@ -557,9 +544,7 @@ local out = block "out" { module = "dac", host = "h3" }
 osc >> out
 "#;
     let show = Show::new("osc-follow", script);
-    let wav = show.dir.path().join("out.wav");
-    let mut cmd = show.orchestra("run");
-    cmd.arg("--record").arg(&wav).args(["--osc", "127.0.0.1:0"]);
+    let (cmd, wav) = show.run_recorded(&["--osc", "127.0.0.1:0"]);
     let mut run = Running::spawn(cmd);
     let line = run.wait_for("OSC control and router on ", Duration::from_secs(90));
     let router = common::osc_address(&line);

@@ -69,18 +69,6 @@ fn pids(dir: &Path) -> BTreeMap<String, u32> {
         .collect()
 }
 
-/// `client-hash8:port` → `client:port`: edges in block terms.
-fn block_port(port: &str) -> String {
-    let (client, name) = port.split_once(':').unwrap_or((port, ""));
-    let block = match client.rsplit_once('-') {
-        Some((block, hash)) if hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
-            block
-        }
-        _ => client,
-    };
-    format!("{block}:{name}")
-}
-
 /// The server's connections in block terms (the recorder's left out), each once.
 fn graph(server: &str) -> BTreeSet<(String, String)> {
     jack_connections(server)
@@ -128,13 +116,7 @@ fn wait_for_graph(server: &str, expected: &BTreeSet<(String, String)>) {
 
 /// `orchestra run SCRIPT --record out.wav [extra]`, returned once playing.
 fn playing_recorded(stage: &Stage, extra: &[&str]) -> (Running, PathBuf) {
-    let wav = stage.dir.path().join("out.wav");
-    let mut cmd = orchestra(&stage.server);
-    cmd.arg("run")
-        .arg(&stage.script)
-        .arg("--record")
-        .arg(&wav)
-        .args(extra);
+    let (cmd, wav) = run_recorded(&stage.server, &stage.script, stage.dir.path(), extra);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(30));
     (run, wav)

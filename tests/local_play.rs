@@ -11,13 +11,7 @@ use std::time::Duration;
 fn sine_lp_plays_440_hz_at_the_dac_and_leaves_nothing_running() {
     let stage = Stage::new("sine-lp");
     let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
-    let wav = dir.path().join("out.wav");
-    let mut cmd = orchestra(server);
-    cmd.arg("run")
-        .arg(script)
-        .arg("--record")
-        .arg(&wav)
-        .args(["--seconds", "4"]);
+    let (cmd, wav) = run_recorded(server, script, dir.path(), &["--seconds", "4"]);
     let run = Running::spawn(cmd);
     let (code, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
@@ -58,15 +52,13 @@ fn a_failing_synth_is_reported_and_the_rest_keeps_playing() {
         "<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\nksmps = 32\nnchnls = 1\n0dbfs = 1\ninstr 1\n  asig no_such_opcode 1\n  out asig\nendin\n</CsInstruments>\n<CsScore>\ni 1 0 z\n</CsScore>\n</CsoundSynthesizer>\n",
     )
     .unwrap();
-    let wav = dir.path().join("out.wav");
-    let mut cmd = orchestra(server);
-    cmd.arg("run")
-        .arg(script)
-        .arg("--modules")
-        .arg(&modules)
-        .arg("--record")
-        .arg(&wav)
-        .args(["--seconds", "4"]);
+    let modules_arg = modules.display().to_string();
+    let (cmd, wav) = run_recorded(
+        server,
+        script,
+        dir.path(),
+        &["--modules", &modules_arg, "--seconds", "4"],
+    );
     let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
@@ -215,13 +207,7 @@ fn a_new_run_adopts_what_a_killed_controller_left_playing() {
         .collect();
     assert_eq!(synths_before.len(), 2, "{synths_before:?}");
 
-    let wav = dir.path().join("out.wav");
-    let mut cmd = orchestra(server);
-    cmd.arg("run")
-        .arg(script)
-        .arg("--record")
-        .arg(&wav)
-        .args(["--seconds", "3"]);
+    let (cmd, wav) = run_recorded(server, script, dir.path(), &["--seconds", "3"]);
     let mut run = Running::spawn(cmd);
     run.wait_for("adopted 2 running instance(s)", Duration::from_secs(30));
     run.wait_for("playing:", Duration::from_secs(30));
@@ -345,13 +331,7 @@ mix >> block "out" { module = "dac" }
 "#,
     );
     let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
-    let wav = dir.path().join("out.wav");
-    let mut cmd = orchestra(server);
-    cmd.arg("run")
-        .arg(script)
-        .arg("--record")
-        .arg(&wav)
-        .args(["--seconds", "3"]);
+    let (cmd, wav) = run_recorded(server, script, dir.path(), &["--seconds", "3"]);
     let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(90));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("playing: 9 synth(s)"), "{stderr}");

@@ -76,13 +76,12 @@ fn s(text: &str) -> OscType {
 /// `orchestra run` with `--osc 127.0.0.1:0`, recording; returns once playing, with the
 /// address the runtime listens on.
 fn playing_with_osc(stage: &Stage) -> (Running, PathBuf, SocketAddr) {
-    let wav = stage.dir.path().join("out.wav");
-    let mut cmd = orchestra(&stage.server);
-    cmd.arg("run")
-        .arg(&stage.script)
-        .arg("--record")
-        .arg(&wav)
-        .args(["--osc", "127.0.0.1:0"]);
+    let (cmd, wav) = run_recorded(
+        &stage.server,
+        &stage.script,
+        stage.dir.path(),
+        &["--osc", "127.0.0.1:0"],
+    );
     let mut run = Running::spawn(cmd);
     let line = run.wait_for("OSC control and router on ", Duration::from_secs(30));
     let addr = osc_address(&line);

@@ -217,6 +217,7 @@ impl OscServer {
                             tracing::debug!("malformed OSC packet from {from}: {why}");
                             counters.malformed.fetch_add(1, Ordering::Relaxed);
                         }
+                        // Sent above, while the routes were at hand.
                         Dispatch::Forward(_) => {}
                     }
                 }

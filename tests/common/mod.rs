@@ -188,6 +188,19 @@ pub fn audio_turn() -> std::sync::MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// `orchestra run SCRIPT --record DIR/out.wav EXTRA…` on this test's server (not started yet),
+/// and the recording's path.
+pub fn run_recorded(server: &str, script: &Path, dir: &Path, extra: &[&str]) -> (Command, PathBuf) {
+    let wav = dir.join("out.wav");
+    let mut cmd = orchestra(server);
+    cmd.arg("run")
+        .arg(script)
+        .arg("--record")
+        .arg(&wav)
+        .args(extra);
+    (cmd, wav)
+}
+
 /// `orchestra run SCRIPT` with no end set, returned once it says it is playing.
 pub fn playing(server: &str, script: &Path) -> Running {
     let mut cmd = orchestra(server);
@@ -330,4 +343,21 @@ pub fn osc_address(line: &str) -> std::net::SocketAddr {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|addr| addr.parse().ok())
         .unwrap_or_else(|| panic!("no address in `{line}`"))
+}
+
+/// `osc-0a5c05ef:output1` → `osc:output1`: a port in block terms (the instance hash of a
+/// client dropped; `system` and network links kept as they are).
+pub fn block_port(port: &str) -> String {
+    let (client, name) = port.split_once(':').unwrap_or((port, ""));
+    let block = match client.rsplit_once('-') {
+        Some((block, hash))
+            if hash.len() == 8
+                && hash.chars().all(|c| c.is_ascii_hexdigit())
+                && block != "link" =>
+        {
+            block
+        }
+        _ => client,
+    };
+    format!("{block}:{name}")
 }
