@@ -8,11 +8,16 @@ use std::path::Path;
 /// Below this a sample is silence (−60 dBFS).
 pub const SILENCE: f32 = 0.001;
 
+/// Silence at least this long splits the sound into stretches (a dropout, a pause): a sine's
+/// own zero crossings stay below [`SILENCE`] for a sample or two, far less than this.
+pub const STRETCH_GAP_MS: f64 = 2.0;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ToneReport {
     /// Seconds from the start of the recording to the first sound, if any.
     pub first_sound_s: Option<f64>,
-    /// Estimated fundamental (from rising zero crossings) of the sounding part, in Hz.
+    /// Estimated fundamental (from rising zero crossings) over the sounding stretches only, in
+    /// Hz: whatever crosses zero in a dropout (noise below [`SILENCE`]) is not counted.
     pub frequency_hz: f64,
     /// RMS and peak level of the sounding part.
     pub rms: f64,
@@ -20,6 +25,16 @@ pub struct ToneReport {
     /// Longest run of silence between the first and the last sound, in milliseconds (a dropout).
     pub longest_gap_ms: f64,
     pub seconds: f64,
+    /// Silence before the first sound (the whole recording when nothing sounds), in seconds.
+    pub leading_silence_s: f64,
+    /// Silence after the last sound, in seconds: a recording that ends with it was stopped
+    /// after its sound (e.g. a recorder that outlived the synths).
+    pub trailing_silence_s: f64,
+    /// Time that sounds: the stretches between dropouts of at least [`STRETCH_GAP_MS`], in
+    /// seconds.
+    pub sounding_s: f64,
+    /// How many such stretches (1 for an unbroken tone).
+    pub stretches: usize,
 }
 
 /// Read one channel (0-based) of a WAV file as f32 samples.
@@ -52,11 +67,11 @@ pub fn read_channel(path: &Path, channel: usize) -> Result<(Vec<f32>, u32)> {
     ))
 }
 
+/// Frequency, level, silences and dropouts of one channel.
 pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
     let rate_f = rate as f64;
-    let start = samples.iter().position(|s| s.abs() > SILENCE);
     let seconds = samples.len() as f64 / rate_f;
-    let Some(start) = start else {
+    let Some(start) = samples.iter().position(|s| s.abs() > SILENCE) else {
         return ToneReport {
             first_sound_s: None,
             frequency_hz: 0.0,
@@ -64,6 +79,10 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
             peak: 0.0,
             longest_gap_ms: 0.0,
             seconds,
+            leading_silence_s: seconds,
+            trailing_silence_s: 0.0,
+            sounding_s: 0.0,
+            stretches: 0,
         };
     };
     // Silence after the last sound is the end of the recording, not a dropout.
@@ -72,19 +91,9 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
         .rposition(|s| s.abs() > SILENCE)
         .unwrap_or(start);
     let sounding = &samples[start..=end];
-    // Rising zero crossings, interpolated between samples.
-    let mut crossings = Vec::new();
-    for i in 1..sounding.len() {
-        let (a, b) = (sounding[i - 1], sounding[i]);
-        if a < 0.0 && b >= 0.0 {
-            crossings.push((i - 1) as f64 + (-a / (b - a)) as f64);
-        }
-    }
-    let frequency_hz = if crossings.len() >= 2 {
-        (crossings.len() - 1) as f64 * rate_f / (crossings[crossings.len() - 1] - crossings[0])
-    } else {
-        0.0
-    };
+    let min_gap = ((STRETCH_GAP_MS * rate_f / 1000.0) as usize).max(1);
+    let stretches = stretches(sounding, min_gap);
+    let frequency_hz = frequency(sounding, &stretches, rate_f);
     let rms =
         (sounding.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / sounding.len() as f64).sqrt();
     let peak = sounding.iter().fold(0.0f64, |m, s| m.max(s.abs() as f64));
@@ -98,6 +107,7 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
             run = 0;
         }
     }
+    let sounding_samples: usize = stretches.iter().map(|(a, b)| b - a).sum();
     ToneReport {
         first_sound_s: Some(start as f64 / rate_f),
         frequency_hz,
@@ -105,6 +115,63 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
         peak,
         longest_gap_ms: longest as f64 * 1000.0 / rate_f,
         seconds,
+        leading_silence_s: start as f64 / rate_f,
+        trailing_silence_s: (samples.len() - 1 - end) as f64 / rate_f,
+        sounding_s: sounding_samples as f64 / rate_f,
+        stretches: stretches.len(),
+    }
+}
+
+/// The sounding stretches of `sounding` (which starts and ends with sound), as half-open
+/// index ranges: split wherever silence lasts at least `min_gap` samples.
+fn stretches(sounding: &[f32], min_gap: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut begin = 0;
+    let mut silent_since: Option<usize> = None;
+    for (i, s) in sounding.iter().enumerate() {
+        if s.abs() > SILENCE {
+            if let Some(since) = silent_since.take() {
+                if i - since >= min_gap {
+                    out.push((begin, since));
+                    begin = i;
+                }
+            }
+        } else if silent_since.is_none() {
+            silent_since = Some(i);
+        }
+    }
+    out.push((begin, sounding.len()));
+    out
+}
+
+/// Rising zero crossings (interpolated between samples) counted within each stretch: the
+/// periods of all stretches over the time they span, so a gap adds neither crossings nor time.
+fn frequency(sounding: &[f32], stretches: &[(usize, usize)], rate: f64) -> f64 {
+    let mut periods = 0usize;
+    let mut span = 0.0f64;
+    for &(a, b) in stretches {
+        let part = &sounding[a..b];
+        let mut first = None;
+        let mut last = 0.0;
+        let mut count = 0usize;
+        for i in 1..part.len() {
+            let (x, y) = (part[i - 1], part[i]);
+            if x < 0.0 && y >= 0.0 {
+                let at = (i - 1) as f64 + (-x / (y - x)) as f64;
+                first.get_or_insert(at);
+                last = at;
+                count += 1;
+            }
+        }
+        if let (Some(first), true) = (first, count >= 2) {
+            periods += count - 1;
+            span += last - first;
+        }
+    }
+    if periods == 0 || span <= 0.0 {
+        0.0
+    } else {
+        periods as f64 * rate / span
     }
 }
 
@@ -142,6 +209,84 @@ mod tests {
 
     #[test]
     fn silence_has_no_sound() {
-        assert!(analyze(&[0.0; 1000], 48000).first_sound_s.is_none());
+        let r = analyze(&[0.0; 1000], 48000);
+        assert!(r.first_sound_s.is_none());
+        assert!(
+            (r.leading_silence_s - 1000.0 / 48000.0).abs() < 1e-9,
+            "{r:?}"
+        );
+    }
+
+    /// Low noise that never reaches [`SILENCE`] but crosses zero at every other sample, as a
+    /// dropout in a real recording does.
+    fn quiet_noise(seconds: f64, rate: u32) -> Vec<f32> {
+        (0..(seconds * rate as f64) as usize)
+            .map(|i| if i % 2 == 0 { -0.0004 } else { 0.0004 })
+            .collect()
+    }
+
+    /// Writes `samples` as a 32-bit float WAV and reads it back, as `orchestra analyze` does.
+    fn through_a_wav(samples: &[f32], rate: u32) -> Vec<f32> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for s in samples {
+            w.write_sample(*s).unwrap();
+        }
+        w.finalize().unwrap();
+        let (read, read_rate) = read_channel(&path, 0).unwrap();
+        assert_eq!(read_rate, rate);
+        read
+    }
+
+    #[test]
+    fn a_gap_with_quiet_noise_does_not_count_its_crossings() {
+        let mut s = sine(440.0, 1.0, 48000);
+        s.extend(quiet_noise(1.0, 48000));
+        s.extend(sine(440.0, 1.0, 48000));
+        let r = analyze(&through_a_wav(&s, 48000), 48000);
+        assert!((r.frequency_hz - 440.0).abs() < 1.0, "{r:?}");
+        assert_eq!(r.stretches, 2, "{r:?}");
+        assert!((r.sounding_s - 2.0).abs() < 0.01, "{r:?}");
+        assert!((r.longest_gap_ms - 1000.0).abs() < 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn a_silent_gap_does_not_stretch_the_periods() {
+        let mut s = sine(440.0, 1.0, 48000);
+        s.extend(vec![0.0; 48000]);
+        s.extend(sine(440.0, 1.0, 48000));
+        let r = analyze(&s, 48000);
+        assert!((r.frequency_hz - 440.0).abs() < 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn reports_leading_and_trailing_silence() {
+        let mut s = vec![0.0; 24000];
+        s.extend(sine(440.0, 1.0, 48000));
+        s.extend(quiet_noise(0.25, 48000));
+        s.extend(vec![0.0; 36000]);
+        let r = analyze(&through_a_wav(&s, 48000), 48000);
+        assert!((r.leading_silence_s - 0.5).abs() < 0.001, "{r:?}");
+        assert!((r.trailing_silence_s - 1.0).abs() < 0.001, "{r:?}");
+        assert_eq!(r.stretches, 1, "{r:?}");
+        assert!((r.frequency_hz - 440.0).abs() < 0.5, "{r:?}");
+    }
+
+    #[test]
+    fn an_unbroken_tone_is_one_stretch_ending_in_sound() {
+        let r = analyze(&sine(55.0, 1.0, 48000), 48000);
+        assert_eq!(
+            r.stretches, 1,
+            "a low sine's own zero crossings are no gap: {r:?}"
+        );
+        assert!(r.trailing_silence_s < 0.001, "{r:?}");
+        assert!((r.frequency_hz - 55.0).abs() < 0.5, "{r:?}");
     }
 }

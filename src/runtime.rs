@@ -2,7 +2,7 @@
 //! until a signal (Ctrl-C, SIGTERM, `--seconds`), and tear down by applying the diff to an
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
-use crate::agent::protocol::{Event, Request};
+use crate::agent::protocol::{DownReply, Event, Request};
 use crate::deploy::{redeploy, Deployment};
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::live::Live;
@@ -173,9 +173,17 @@ fn report_event(host: &str, event: &Event, started: Instant, record_offset: Opti
             }
             let _ = started;
         }
-        Event::JackGone { reason } => {
-            eprintln!("error: the JACK server on {host} went away: {reason}")
-        }
+        Event::JackRestarted {
+            reason,
+            synths,
+            edges,
+            after_ms,
+        } => eprintln!(
+            "jackd on {host} died ({reason}); restarted, {synths} synth(s) and {edges} edge(s) back in {after_ms} ms"
+        ),
+        Event::JackFailed { reason, error } => eprintln!(
+            "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"
+        ),
     }
 }
 
@@ -609,7 +617,7 @@ async fn play(
                 let _ = request.reply.send(answer);
             }
             Some((host, event)) = events.recv() => {
-                let exited = matches!(event, Event::Exited { .. });
+                let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });
                 report_event(&host, &event, started, record_offset);
                 if exited {
                     live.reconcile().await;
@@ -679,11 +687,18 @@ async fn dry_run(
 }
 
 /// Apply the diff to an empty deployment, then let each agent stop the jackd it started.
+/// The recording stops first, so it ends with the music and not with the synths stopping.
 /// The state file goes only when everything stopped: otherwise `orchestra down` still knows
 /// what to stop (its fresh agents adopt what is left).
 async fn teardown(fleet: &Fleet, running: &Deployment, dir: &Path) -> Result<()> {
-    let plan = diff(running, &Deployment::default());
     let mut failures = 0;
+    for session in fleet.sessions.values() {
+        if let Err(e) = session.call(Request::StopRecording).await {
+            eprintln!("error: cannot finish the recording: {e:#}");
+            failures += 1;
+        }
+    }
+    let plan = diff(running, &Deployment::default());
     for (action, error) in fleet.apply(&plan).await {
         eprintln!("error: {}: {error:#}", action.line());
         failures += 1;
@@ -704,51 +719,99 @@ async fn teardown(fleet: &Fleet, running: &Deployment, dir: &Path) -> Result<()>
     Ok(())
 }
 
-/// `orchestra down`: stop what a previous run left playing on every host it used (fresh
-/// agents adopt the processes, then the diff to nothing stops them).
+/// `orchestra down`: stop what a previous run left playing on every host it may have used.
+/// What plays is what the hosts' run directories say (instance and pid files), so the state
+/// file is only needed to find remote hosts; without it (deleted, unreadable) the host records
+/// beside it, the local work dirs and the script's own hosts say where to look.
 pub async fn down(script: &Path, state_dir: Option<&Path>, connect: &ConnectOptions) -> Result<()> {
     let dir = state::state_dir(script, state_dir);
     let name = crate::script::orchestra_name(script);
-    let Some(applied) = state::load(&dir, &name)? else {
+    let hosts = hosts_to_stop(script, &dir, &name);
+    if hosts.is_empty() {
         eprintln!(
-            "nothing to stop: no state for `{name}` in {}",
+            "nothing to stop: no state for `{name}` in {} and no host's run directory there",
             dir.display()
         );
         return Ok(());
-    };
-    let hosts: Vec<Host> = applied
-        .deployment
-        .hosts
-        .values()
-        .map(|h| h.host.clone())
-        .collect();
+    }
     let connected = fleet::connect(&hosts, connect).await?;
     let (tx, _rx) = mpsc::unbounded_channel();
-    let fleet = Fleet::bring_up(
-        &hosts,
-        &connected,
-        &applied.deployment,
-        &dir,
-        &name,
-        applied.deployment.audio,
-        &tx,
-    )
-    .await?;
-    let stopped = teardown(&fleet, &applied.deployment, &dir).await;
-    fleet.close().await;
-    stopped?;
-    let count: usize = applied
-        .deployment
-        .hosts
-        .values()
-        .flat_map(|h| h.processes.values())
-        .filter(|p| p.module != "jacktrip")
-        .count();
+    let stops = hosts.iter().map(|host| {
+        let ssh = connected.ssh.get(&host.name).cloned();
+        let workdir = state::local_workdir(&dir, &host.name);
+        let (tx, name) = (tx.clone(), name.clone());
+        async move {
+            let (session, workdir) =
+                fleet::open_agent(host, ssh.as_deref(), &workdir, &name, &tx).await?;
+            let reply = session.call(Request::Down { workdir }).await;
+            session.close().await;
+            Ok::<DownReply, anyhow::Error>(serde_json::from_value(reply?)?)
+        }
+    });
+    let replies = futures::future::join_all(stops).await;
+    for ssh in connected.ssh.values() {
+        ssh.disconnect().await;
+    }
+    let (mut synths, mut link_ends, mut failed) = (0, 0, Vec::new());
+    for (host, reply) in hosts.iter().zip(replies) {
+        match reply {
+            Ok(r) => {
+                eprintln!(
+                    "  {}: stopped {} synth(s), {} link end(s), jackd {}",
+                    host.name,
+                    r.synths,
+                    r.links,
+                    if r.jackd { "yes" } else { "no" }
+                );
+                synths += r.synths;
+                link_ends += r.links;
+            }
+            Err(e) => failed.push(format!("{}: {e:#}", host.name)),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "cannot stop everything (the state is kept in {}): {}",
+            dir.display(),
+            failed.join("; ")
+        );
+    }
     eprintln!(
-        "stopped {count} synth(s) and {} network link(s)",
-        applied.deployment.links.len()
+        "stopped {synths} synth(s) and {} network link(s)",
+        link_ends.div_ceil(2)
     );
-    Ok(())
+    state::clear(&dir, &name)
+}
+
+/// Where `down` looks: the hosts of the state file (when it can be read), the hosts recorded
+/// or worked on under the state dir, and the remote hosts the script names.
+fn hosts_to_stop(script: &Path, dir: &Path, name: &str) -> Vec<Host> {
+    let mut hosts: Vec<Host> = Vec::new();
+    let mut add = |host: Host| {
+        if !hosts.iter().any(|h| h.name == host.name) {
+            hosts.push(host);
+        }
+    };
+    match state::load(dir, name) {
+        Ok(Some(applied)) => applied
+            .deployment
+            .hosts
+            .into_values()
+            .for_each(|h| add(h.host)),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "warning: {e:#}; looking for what plays in the hosts' run directories instead"
+        ),
+    }
+    state::recorded_hosts(dir).into_iter().for_each(&mut add);
+    if let Ok(orchestra) = crate::script::load_orchestra(script, None) {
+        orchestra
+            .hosts
+            .into_iter()
+            .filter(|h| !h.local)
+            .for_each(&mut add);
+    }
+    hosts
 }
 
 /// `orchestra trust`: show each remote host's key fingerprint and record it in known_hosts.

@@ -1,7 +1,10 @@
 //! The last applied state, persisted atomically (temp file + rename) in `.orchestra/` beside
-//! the script, so a restarted runtime (or `orchestra down`) knows what plays.
+//! the script, so a restarted runtime (or `orchestra down`) knows what plays; and per host a
+//! record of where it is (`hosts/<host>/host.json`), so `down` can reach the hosts even when
+//! the state file is lost.
 
 use crate::deploy::Deployment;
+use crate::model::Host;
 use crate::placement::Placement;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -50,19 +53,72 @@ pub fn load(dir: &Path, orchestra: &str) -> Result<Option<AppliedState>> {
 }
 
 pub fn save(dir: &Path, state: &AppliedState) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for host in state.deployment.hosts.values() {
+        write_atomically(
+            &host_record(dir, &host.host.name),
+            &serde_json::to_vec_pretty(&host.host)?,
+        )?;
+    }
     let path = state_file(dir, &state.deployment.orchestra);
+    write_atomically(&path, &serde_json::to_vec_pretty(state)?)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Forget the applied state (everything it named has stopped), host records included.
+pub fn clear(dir: &Path, orchestra: &str) -> Result<()> {
+    let path = state_file(dir, orchestra);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+        }
+        _ => {}
+    }
+    for host in recorded_hosts(dir) {
+        let _ = std::fs::remove_file(host_record(dir, &host.name));
+    }
     Ok(())
 }
 
-pub fn clear(dir: &Path, orchestra: &str) -> Result<()> {
-    match std::fs::remove_file(state_file(dir, orchestra)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
+fn host_record(dir: &Path, host: &str) -> PathBuf {
+    local_workdir(dir, host).join("host.json")
+}
+
+/// The hosts this state dir knows of without the state file: recorded hosts
+/// (`hosts/<host>/host.json`), and local agents' work dirs (`hosts/<host>/` holding instances
+/// or a jackd pid file), which only local hosts have.
+pub fn recorded_hosts(dir: &Path) -> Vec<Host> {
+    let Ok(entries) = std::fs::read_dir(dir.join("hosts")) else {
+        return Vec::new();
+    };
+    let mut hosts = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        let worked = path.join("blocks").is_dir() || path.join("jackd.pid").exists();
+        let recorded = std::fs::read(path.join("host.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Host>(&bytes).ok());
+        match recorded {
+            Some(host) if host.name == name => hosts.push(host),
+            _ if worked => hosts.push(Host {
+                name,
+                ..Host::localhost()
+            }),
+            _ => {}
+        }
     }
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    hosts
 }
 
 /// Where a host's agent keeps its instances when it runs on this machine.

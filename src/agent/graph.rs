@@ -12,7 +12,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 #[derive(Debug)]
 pub enum GraphEvent {
     Changed,
-    ServerGone(String),
+    /// Why, and when (the restart reports the time from here to sound).
+    ServerGone(String, Instant),
 }
 
 struct Notifier {
@@ -21,7 +22,9 @@ struct Notifier {
 
 impl jack::NotificationHandler for Notifier {
     unsafe fn shutdown(&mut self, _status: jack::ClientStatus, reason: &str) {
-        let _ = self.tx.send(GraphEvent::ServerGone(reason.to_string()));
+        let _ = self
+            .tx
+            .send(GraphEvent::ServerGone(reason.to_string(), Instant::now()));
     }
     fn client_registration(&mut self, _: &jack::Client, _name: &str, _registered: bool) {
         let _ = self.tx.send(GraphEvent::Changed);
@@ -90,6 +93,11 @@ impl JackGraph {
 
     pub fn intend_only(&mut self, edges: BTreeSet<Edge>) {
         self.intended = edges;
+    }
+
+    /// The edges this client keeps made (handed to the next client when the server restarts).
+    pub fn intended(&self) -> &BTreeSet<Edge> {
+        &self.intended
     }
 
     pub fn set_recorder_inputs(&mut self, inputs: Vec<String>) {

@@ -1,10 +1,13 @@
 //! The host's JACK server: find the one that answers, or start `jackd -d dummy` detached (pid
-//! file in the work dir, so a later agent knows it is ours to stop).
+//! file in the work dir, so a later agent knows it is ours to stop); notice when ours ends,
+//! reaping it, and clear what a killed server leaves behind so the next one starts.
 
 use crate::agent::protocol::JackSettings;
+use crate::agent::supervisor::{command_name, process_alive, process_state};
 use anyhow::{bail, Context, Result};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The server libjack talks to: `$JACK_DEFAULT_SERVER`, else `default`.
@@ -45,10 +48,75 @@ pub fn jackd_args(server: &str, jack: &JackSettings) -> Vec<String> {
     args
 }
 
+/// A jackd this agent answers for: one it started (its child, reaped here so a killed jackd
+/// does not linger as a zombie, which JACK's registry would take for a live server) or one an
+/// earlier agent started, adopted from the pid file (reaped by whoever is its parent now).
+pub struct Server {
+    pub pid: u32,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// The jackd an earlier agent started in this work dir, if it still runs.
+    pub fn adopt(workdir: &Path) -> Option<Server> {
+        let pid: u32 = std::fs::read_to_string(pid_file(workdir))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (process_alive(pid) && command_name(pid).as_deref() == Some("jackd")).then(|| Server {
+            pid,
+            child: None,
+            log: workdir.join("jackd.log"),
+        })
+    }
+
+    /// How it ended, once it has (a child is reaped by asking): `None` while it runs.
+    pub fn ended(&mut self) -> Option<String> {
+        match self.child.as_mut() {
+            Some(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("jackd exited with code {code}"),
+                    (_, Some(signal)) => format!("jackd was killed by signal {signal}"),
+                    _ => "jackd exited".to_string(),
+                }),
+                Ok(None) => None,
+                Err(e) => Some(format!("jackd is gone ({e})")),
+            },
+            None => (!process_alive(self.pid)).then(|| "jackd exited".to_string()),
+        }
+    }
+
+    /// The last line jackd wrote, to say why it stopped.
+    pub fn last_log_line(&self) -> String {
+        last_line(&self.log)
+    }
+
+    /// Stop it (SIGTERM, then SIGKILL) and forget the pid file.
+    pub fn stop(mut self, workdir: &Path) {
+        if process_alive(self.pid) && command_name(self.pid).as_deref() == Some("jackd") {
+            crate::agent::supervisor::terminate_group(self.pid, Duration::from_secs(3));
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(pid_file(workdir));
+    }
+}
+
+fn last_line(log: &Path) -> String {
+    crate::agent::supervisor::log_tail(log, 1)
+}
+
 /// Start jackd (the dummy driver unless the host says otherwise) with the orchestra's rate
-/// and period, and wait until it answers.
-pub fn start(workdir: &Path, jack: &JackSettings) -> Result<u32> {
-    let log = std::fs::File::create(workdir.join("jackd.log")).context("jackd.log")?;
+/// and period, and wait until it answers. What a killed server of the same name left behind
+/// is cleared first.
+pub fn start(workdir: &Path, jack: &JackSettings) -> Result<Server> {
+    clear_stale_registration(&server_name());
+    let log_path = workdir.join("jackd.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot write {}", log_path.display()))?;
     let mut command = Command::new("jackd");
     command.args(jackd_args(&server_name(), jack));
     command
@@ -60,43 +128,119 @@ pub fn start(workdir: &Path, jack: &JackSettings) -> Result<u32> {
         .spawn()
         .context("cannot start jackd (is jackd2 installed? scripts/setup.sh installs it)")?;
     let pid = child.id();
-    std::fs::write(pid_file(workdir), pid.to_string())?;
+    std::fs::write(pid_file(workdir), pid.to_string())
+        .with_context(|| format!("cannot write {}", pid_file(workdir).display()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
             let _ = std::fs::remove_file(pid_file(workdir));
-            let tail = std::fs::read_to_string(workdir.join("jackd.log")).unwrap_or_default();
             bail!(
-                "jackd exited ({status}): {}",
-                tail.lines().last().unwrap_or("")
+                "jackd exited ({status}); {} ends: {}",
+                log_path.display(),
+                last_line(&log_path)
             );
         }
         if is_running() {
-            // The child handle is dropped, not waited: jackd outlives this agent by design.
-            return Ok(pid);
+            // Kept, not waited: jackd outlives this agent by design, and while this agent
+            // lives it reaps jackd when it ends (`Server::ended`).
+            return Ok(Server {
+                pid,
+                child: Some(child),
+                log: log_path,
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!(
         "jackd did not answer within 10 s (see {})",
-        workdir.join("jackd.log").display()
+        log_path.display()
     )
 }
 
-/// Stop the jackd we started, if the pid file says there is one.
+/// Stop the jackd we started, if the pid file names one that still runs; whether it did.
 pub fn stop_ours(workdir: &Path) -> Result<bool> {
     let path = pid_file(workdir);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(false);
     };
-    let pid: i32 = text.trim().parse().context("jackd.pid")?;
-    if crate::agent::supervisor::process_alive(pid as u32)
-        && crate::agent::supervisor::command_name(pid as u32).as_deref() == Some("jackd")
-    {
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: not a pid", path.display()))?;
+    let running = process_alive(pid as u32) && command_name(pid as u32).as_deref() == Some("jackd");
+    if running {
         crate::agent::supervisor::terminate_group(pid as u32, Duration::from_secs(3));
     }
     let _ = std::fs::remove_file(path);
-    Ok(true)
+    Ok(running)
+}
+
+/// JACK's registry of servers (jack2 with POSIX shared memory), and the layout of its header:
+/// `magic: u32, protocol: u16, type: i32, size: i32, hdr_len: i32, entry_len: i32`, then
+/// `MAX_SERVERS` entries of `{ pid: i32, name: [u8; 257] }` (264 bytes each).
+const REGISTRY: &str = "/dev/shm/jack-shm-registry";
+const SERVERS_AT: usize = 24;
+const SERVER_ENTRY: usize = 264;
+const MAX_SERVERS: usize = 8;
+
+/// How long a dead jackd's parent gets to reap it before its registration is cleared.
+const REAP_GRACE: Duration = Duration::from_secs(2);
+
+/// A server registers as `jack-<uid>:<name>:` with its pid, and a new one with that name
+/// refuses to start ("server already active") while `kill(pid, 0)` succeeds — which it does
+/// for a zombie. A killed jackd whose parent has not reaped it yet (an adopted one: its parent
+/// is init, which may be slow) would keep every new server out. Give the parent a moment,
+/// then remove the stale entry. Live servers and other names are never touched.
+pub fn clear_stale_registration(server: &str) {
+    let Some((index, pid)) = registered(server) else {
+        return;
+    };
+    let deadline = Instant::now() + REAP_GRACE;
+    while process_state(pid) == Some('Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if process_state(pid) != Some('Z') {
+        // Gone (jackd reclaims the entry itself) or alive (a real server: not ours to clear).
+        return;
+    }
+    tracing::warn!(
+        "JACK server `{server}`: its jackd (pid {pid}) was killed and is not reaped; clearing its registration in {REGISTRY}"
+    );
+    use std::io::{Seek, SeekFrom, Write};
+    let cleared = std::fs::OpenOptions::new()
+        .write(true)
+        .open(REGISTRY)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start((SERVERS_AT + index * SERVER_ENTRY) as u64))?;
+            f.write_all(&[0u8; SERVER_ENTRY])
+        });
+    if let Err(e) = cleared {
+        tracing::warn!("cannot clear the stale JACK registration in {REGISTRY}: {e}");
+    }
+}
+
+/// The slot and pid under which `server` is registered, if it is.
+fn registered(server: &str) -> Option<(usize, u32)> {
+    use std::io::Read;
+    let mut header = vec![0u8; SERVERS_AT + MAX_SERVERS * SERVER_ENTRY];
+    std::fs::File::open(REGISTRY)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .ok()?;
+    let hdr_len = i32::from_ne_bytes(header[16..20].try_into().ok()?);
+    if hdr_len as usize != header.len() {
+        // Another layout than the one this reads: leave it alone.
+        return None;
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let wanted = format!("jack-{uid}:{server}:");
+    (0..MAX_SERVERS).find_map(|i| {
+        let entry = &header[SERVERS_AT + i * SERVER_ENTRY..SERVERS_AT + (i + 1) * SERVER_ENTRY];
+        let pid = i32::from_ne_bytes(entry[..4].try_into().ok()?);
+        let name = &entry[4..];
+        let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+        (pid > 0 && name == wanted.as_bytes()).then_some((i, pid as u32))
+    })
 }
 
 /// Whether this work dir records a jackd that we started.
@@ -116,6 +260,54 @@ mod tests {
             driver: driver.map(String::from),
             device: device.map(String::from),
         }
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One test, not two: libjack finds its server through the process's environment.
+    #[test]
+    fn a_killed_jackd_never_keeps_the_next_one_from_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = format!("co-unit-jackd-{}", std::process::id());
+        std::env::set_var("JACK_DEFAULT_SERVER", &server);
+
+        // Ours: started by this agent, killed, noticed and reaped.
+        let mut first = start(dir.path(), &settings(None, None)).expect("jackd starts");
+        unsafe { libc::kill(first.pid as i32, libc::SIGKILL) };
+        let mut how = None;
+        wait_until("the kill is noticed", || {
+            how = first.ended();
+            how.is_some()
+        });
+        assert!(how.unwrap().contains("signal 9"));
+        assert_eq!(process_state(first.pid), None, "reaped, not a zombie");
+        let second = start(dir.path(), &settings(None, None)).expect("a new jackd starts");
+        second.stop(dir.path());
+        assert!(!dir.path().join("jackd.pid").exists());
+
+        // Adopted: its parent (this test, standing in for a slow init) does not reap it.
+        let mut orphan = Command::new("jackd")
+            .args(jackd_args(&server, &settings(None, None)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the orphan answers", is_running);
+        unsafe { libc::kill(orphan.id() as i32, libc::SIGKILL) };
+        wait_until("the orphan is a zombie", || {
+            process_state(orphan.id()) == Some('Z')
+        });
+        assert!(registered(&server).is_some(), "still registered");
+        let third = start(dir.path(), &settings(None, None))
+            .expect("a new jackd starts beside the unreaped one");
+        third.stop(dir.path());
+        let _ = orphan.wait();
     }
 
     #[test]

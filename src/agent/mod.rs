@@ -5,12 +5,15 @@ pub mod graph;
 pub mod jackd;
 pub mod protocol;
 pub mod recorder;
+mod restore;
 pub mod startup;
 pub mod supervisor;
 
 use anyhow::{anyhow, bail, Context, Result};
 use graph::{GraphEvent, JackGraph};
-use protocol::{AgentLine, Event, HelloReply, Request, RequestLine, StatusReply};
+use protocol::{
+    AgentLine, DownReply, Event, HelloReply, JackSettings, Request, RequestLine, StatusReply,
+};
 use recorder::Recorder;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -36,6 +39,13 @@ struct Agent {
     dead_clients: std::collections::BTreeSet<String>,
     /// The synth started last, until it has finished registering with JACK.
     starting: Option<startup::Starting>,
+    /// How the controller wants this host's JACK server (from the hello): a server that dies
+    /// is started again with these.
+    jack_settings: Option<JackSettings>,
+    /// The jackd this agent (or an earlier one) started, `None` when the server is not ours.
+    jackd: Option<jackd::Server>,
+    /// The JACK server went away: why and when, until it is back.
+    jack_lost: Option<restore::Lost>,
 }
 
 impl Agent {
@@ -51,8 +61,12 @@ impl Agent {
             .ok_or_else(|| anyhow!("no JACK client (say hello first)"))
     }
 
-    /// Notice exited synths now (their events go out with the next upkeep).
+    /// Notice exited synths now (their events go out with the next upkeep). Not while the
+    /// JACK server is gone: the synths it took down are restarted, not reported.
     fn sweep(&mut self) {
+        if self.notice_jack_lost() {
+            return;
+        }
         let exited = self
             .supervisor
             .as_mut()
@@ -88,11 +102,16 @@ impl Agent {
                     .with_context(|| format!("cannot create {}", workdir.display()))?;
                 let workdir = std::fs::canonicalize(&workdir)?;
                 let mut jack_started = false;
+                self.jackd = jackd::Server::adopt(&workdir);
                 if !jackd::is_running() {
                     if !jack.start_if_missing {
                         bail!("no JACK server `{}` answers", jackd::server_name());
                     }
-                    jackd::start(&workdir, &jack)?;
+                    // An adopted jackd that no longer answers (hung) is replaced.
+                    if let Some(old) = self.jackd.take() {
+                        old.stop(&workdir);
+                    }
+                    self.jackd = Some(jackd::start(&workdir, &jack)?);
                     jack_started = true;
                 }
                 let mut sup = Supervisor::new(&workdir);
@@ -108,6 +127,7 @@ impl Agent {
                     );
                 }
                 self.workdir = Some(workdir);
+                self.jack_settings = Some(jack);
                 self.supervisor = Some(sup);
                 self.graph = Some(graph);
                 self.graph_events = Some(events);
@@ -150,6 +170,24 @@ impl Agent {
             }
             Request::Stop { client } => {
                 self.supervisor()?.stop(&client)?;
+                Ok(json!({}))
+            }
+            // While the JACK server is down the intention is kept for when it is back (and
+            // an edge to disconnect does not exist).
+            Request::Connect { edge } if self.graph.is_none() && self.jack_lost.is_some() => {
+                self.jack_lost
+                    .as_mut()
+                    .expect("checked")
+                    .intended
+                    .insert(edge);
+                Ok(json!({}))
+            }
+            Request::Disconnect { edge } if self.graph.is_none() && self.jack_lost.is_some() => {
+                self.jack_lost
+                    .as_mut()
+                    .expect("checked")
+                    .intended
+                    .remove(&edge);
                 Ok(json!({}))
             }
             Request::Connect { edge } => {
@@ -210,6 +248,12 @@ impl Agent {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
+            Request::StopRecording => {
+                if let Some(recorder) = self.recorder.take() {
+                    recorder.finish()?;
+                }
+                Ok(json!({}))
+            }
             Request::Shutdown { stop_jack } => {
                 if let Some(recorder) = self.recorder.take() {
                     recorder.finish()?;
@@ -218,11 +262,18 @@ impl Agent {
                 let mut stopped_jack = false;
                 if stop_jack {
                     if let Some(dir) = &self.workdir {
-                        stopped_jack = jackd::stop_ours(dir)?;
+                        stopped_jack = match self.jackd.take() {
+                            Some(server) => {
+                                server.stop(dir);
+                                true
+                            }
+                            None => jackd::stop_ours(dir)?,
+                        };
                     }
                 }
                 Ok(json!({ "stopped_jack": stopped_jack }))
             }
+            Request::Down { workdir } => Ok(serde_json::to_value(down(&workdir)?)?),
         }
     }
 
@@ -288,14 +339,6 @@ impl Agent {
     fn upkeep(&mut self) -> Vec<Event> {
         self.sweep();
         let mut events = std::mem::take(&mut self.pending_events);
-        if let Some(rx) = self.graph_events.as_mut() {
-            while let Ok(event) = rx.try_recv() {
-                if let GraphEvent::ServerGone(reason) = event {
-                    events.push(Event::JackGone { reason });
-                    self.graph = None;
-                }
-            }
-        }
         self.reconcile();
         if let Some(rec) = &self.recorder {
             if !self.first_sound_sent {
@@ -309,6 +352,28 @@ impl Agent {
         }
         events
     }
+}
+
+/// `Down`: stop what runs from `workdir` — the instances its `instance.json` files name that
+/// still run, then the jackd its pid file names — and say what that was.
+fn down(workdir: &str) -> Result<DownReply> {
+    let workdir = PathBuf::from(workdir);
+    if !workdir.is_dir() {
+        return Ok(DownReply::default());
+    }
+    let mut sup = Supervisor::new(&workdir);
+    let adopted = sup.adopt();
+    let links = adopted.iter().filter(|c| sup.is_link(c)).count();
+    let reply = DownReply {
+        synths: adopted.len() - links,
+        links,
+        jackd: false,
+    };
+    sup.stop_all();
+    Ok(DownReply {
+        jackd: jackd::stop_ours(&workdir)?,
+        ..reply
+    })
 }
 
 /// Serve requests from stdin until it closes. Processes keep running after the agent exits:
@@ -329,6 +394,9 @@ pub async fn serve() -> Result<()> {
         starting: None,
         pending_events: Vec::new(),
         dead_clients: Default::default(),
+        jack_settings: None,
+        jackd: None,
+        jack_lost: None,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
@@ -341,7 +409,12 @@ pub async fn serve() -> Result<()> {
                 if line.trim().is_empty() { continue; }
                 match serde_json::from_str::<RequestLine>(&line) {
                     Ok(RequestLine { id, request }) => {
-                        shutdown = matches!(request, Request::Shutdown { .. });
+                        shutdown = matches!(request, Request::Shutdown { .. } | Request::Down { .. });
+                        // A server that died is brought back before the request is served,
+                        // unless the request ends everything anyway.
+                        if !matches!(request, Request::Shutdown { .. } | Request::Hello { .. } | Request::Down { .. }) {
+                            out.extend(agent.restore_jack().await.into_iter().map(|event| AgentLine::Event { event }));
+                        }
                         let reply = match agent.handle(request).await {
                             Ok(ok) => AgentLine::Reply { id, ok: Some(ok), error: None },
                             Err(e) => AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) },
@@ -356,12 +429,9 @@ pub async fn serve() -> Result<()> {
         // Upkeep (JACK queries for every client) runs on its own tick, not before each reply:
         // a live edit is a few requests in a row, each answered at once.
         if upkeep {
-            out.extend(
-                agent
-                    .upkeep()
-                    .into_iter()
-                    .map(|event| AgentLine::Event { event }),
-            );
+            let mut events = agent.restore_jack().await;
+            events.extend(agent.upkeep());
+            out.extend(events.into_iter().map(|event| AgentLine::Event { event }));
         }
         for line in out {
             let mut text = serde_json::to_string(&line)?;

@@ -50,9 +50,18 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         only: Vec<Edge>,
     },
+    /// Finish the recording now (at teardown, before any synth stops: the file ends with the
+    /// music, not with the silence of the teardown).
+    StopRecording,
     /// Close the JACK client; stop jackd if this agent (or an earlier one) started it.
     Shutdown {
         stop_jack: bool,
+    },
+    /// Without a hello, and without JACK: stop whatever instances of ours run from `workdir`
+    /// (their `instance.json` files say which) and the jackd its pid file names. For
+    /// `orchestra down`, which may have lost the state that says what plays.
+    Down {
+        workdir: String,
     },
 }
 
@@ -78,6 +87,17 @@ pub struct HelloReply {
     pub sample_rate: u32,
     /// Clients of a previous agent found still running and adopted.
     pub adopted: Vec<String>,
+}
+
+/// What `Down` found running and stopped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DownReply {
+    /// Synth instances (jacktrip ends not counted).
+    pub synths: usize,
+    /// jacktrip ends of network links.
+    pub links: usize,
+    /// A jackd we had started was running, and is stopped.
+    pub jackd: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,8 +130,16 @@ pub enum Event {
     },
     /// The recorder heard its first non-silent sample, `after_ms` after recording started.
     FirstSound { after_ms: u64 },
-    /// The JACK server went away.
-    JackGone { reason: String },
+    /// The JACK server died and was started again with the same settings; the synths it took
+    /// down were restarted and the intended edges made again, `after_ms` after it died.
+    JackRestarted {
+        reason: String,
+        synths: usize,
+        edges: usize,
+        after_ms: u64,
+    },
+    /// The JACK server died and could not be brought back; the agent tries again later.
+    JackFailed { reason: String, error: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,10 +1,12 @@
 //! Recording what reaches the DAC: a JACK client whose inputs mirror `system:playback_N`,
-//! written to a WAV file by a thread fed through a lock-free ring buffer.
+//! written to a WAV file by a thread fed through a lock-free ring buffer. The file outlives
+//! the JACK client: when the server dies, a new client on the restarted server goes on writing
+//! it, the outage recorded as the silence it was.
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Above this a sample counts as sound (about −60 dBFS).
@@ -34,102 +36,132 @@ impl jack::ProcessHandler for Capture {
     }
 }
 
+/// What the writer thread reads next: a new client's ring, after `silence` frames for the
+/// time no server ran.
+struct Feed {
+    ring: jack::RingBufferReader,
+    silence: usize,
+}
+
 pub struct Recorder {
-    _client: jack::AsyncClient<(), Capture>,
+    client: Option<jack::AsyncClient<(), Capture>>,
     pub inputs: Vec<String>,
+    channels: u32,
+    rate: u32,
+    feeds: mpsc::Sender<Feed>,
+    /// When the JACK server went away (until a new client records again).
+    lost_at: Option<Instant>,
     stop: Arc<AtomicBool>,
     writer: Option<std::thread::JoinHandle<Result<()>>>,
     /// When the first non-silent sample was written, relative to the start.
     pub first_sound: Arc<Mutex<Option<Duration>>>,
 }
 
+/// A JACK client `orchestra-rec` with `channels` inputs, writing into a fresh ring buffer.
+fn open_capture(
+    channels: u32,
+) -> Result<(
+    jack::AsyncClient<(), Capture>,
+    Vec<String>,
+    u32,
+    jack::RingBufferReader,
+)> {
+    let (client, _) = jack::Client::new("orchestra-rec", jack::ClientOptions::NO_START_SERVER)
+        .map_err(|e| anyhow::anyhow!("recorder: cannot open a JACK client: {e:?}"))?;
+    let rate = client.sample_rate();
+    let mut ports = Vec::new();
+    let mut inputs = Vec::new();
+    for c in 1..=channels {
+        let port = client
+            .register_port(&format!("in_{c}"), jack::AudioIn::default())
+            .map_err(|e| anyhow::anyhow!("recorder port: {e:?}"))?;
+        inputs.push(port.name().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        ports.push(port);
+    }
+    let (reader, writer) = jack::RingBuffer::new(rate as usize * channels as usize * 4 * 4)
+        .map_err(|e| anyhow::anyhow!("ring buffer: {e:?}"))?
+        .into_reader_writer();
+    let client = client
+        .activate_async(
+            (),
+            Capture {
+                ports,
+                ring: writer,
+                frame: vec![0; channels as usize * 4],
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("recorder: cannot activate: {e:?}"))?;
+    Ok((client, inputs, rate, reader))
+}
+
 impl Recorder {
     pub fn start(path: PathBuf, channels: u32) -> Result<Recorder> {
-        let (client, _) = jack::Client::new("orchestra-rec", jack::ClientOptions::NO_START_SERVER)
-            .map_err(|e| anyhow::anyhow!("recorder: cannot open a JACK client: {e:?}"))?;
-        let rate = client.sample_rate();
-        let mut ports = Vec::new();
-        let mut inputs = Vec::new();
-        for c in 1..=channels {
-            let port = client
-                .register_port(&format!("in_{c}"), jack::AudioIn::default())
-                .map_err(|e| anyhow::anyhow!("recorder port: {e:?}"))?;
-            inputs.push(port.name().map_err(|e| anyhow::anyhow!("{e:?}"))?);
-            ports.push(port);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).ok();
         }
-        let (mut reader, writer) = jack::RingBuffer::new(rate as usize * channels as usize * 4 * 4)
-            .map_err(|e| anyhow::anyhow!("ring buffer: {e:?}"))?
-            .into_reader_writer();
+        let (client, inputs, rate, reader) = open_capture(channels)?;
         let spec = hound::WavSpec {
             channels: channels as u16,
             sample_rate: rate,
             bits_per_sample: 32,
             sample_format: hound::SampleFormat::Float,
         };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).ok();
-        }
-        let mut wav = hound::WavWriter::create(&path, spec)
+        let wav = hound::WavWriter::create(&path, spec)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let first_sound = Arc::new(Mutex::new(None));
-        let started = Instant::now();
-        let thread_stop = stop.clone();
-        let thread_first = first_sound.clone();
-        let writer_thread = std::thread::spawn(move || -> Result<()> {
-            let mut buf = vec![0u8; channels as usize * 4 * 1024];
-            let mut last_flush = Instant::now();
-            loop {
-                let stopping = thread_stop.load(Ordering::Acquire);
-                let n = reader.read_buffer(&mut buf);
-                let whole = n - n % 4;
-                for chunk in buf[..whole].chunks_exact(4) {
-                    let s = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-                    if s.abs() > SOUND_THRESHOLD {
-                        let mut first = thread_first.lock().expect("lock");
-                        if first.is_none() {
-                            *first = Some(started.elapsed());
-                        }
-                    }
-                    wav.write_sample(s)?;
-                }
-                if n == 0 {
-                    if stopping {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if last_flush.elapsed() > Duration::from_secs(1) {
-                    // Keep the file valid even if the agent is killed.
-                    wav.flush()?;
-                    last_flush = Instant::now();
-                }
-            }
-            wav.finalize()?;
-            Ok(())
-        });
-        let client = client
-            .activate_async(
-                (),
-                Capture {
-                    ports,
-                    ring: writer,
-                    frame: vec![0; channels as usize * 4],
-                },
-            )
-            .map_err(|e| anyhow::anyhow!("recorder: cannot activate: {e:?}"))?;
+        let (feeds, fed) = mpsc::channel();
+        let writer = {
+            let stop = stop.clone();
+            let first_sound = first_sound.clone();
+            std::thread::spawn(move || write(wav, reader, fed, channels, stop, first_sound))
+        };
         Ok(Recorder {
-            _client: client,
+            client: Some(client),
             inputs,
+            channels,
+            rate,
+            feeds,
+            lost_at: None,
             stop,
-            writer: Some(writer_thread),
+            writer: Some(writer),
             first_sound,
         })
     }
 
+    /// The JACK server died: drop the client (its ring is drained by the writer).
+    pub fn server_lost(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Closing a client of a dead server only tells libjack to let go of it.
+            drop(client);
+            self.lost_at = Some(Instant::now());
+        }
+    }
+
+    /// Record again on the (restarted) server, into the same file, after the silence of the
+    /// outage.
+    pub fn reopen(&mut self) -> Result<()> {
+        let (client, inputs, rate, ring) = open_capture(self.channels)?;
+        if rate != self.rate {
+            tracing::warn!(
+                "the restarted JACK server runs at {rate} Hz, the recording at {} Hz",
+                self.rate
+            );
+        }
+        let silence = self
+            .lost_at
+            .take()
+            .map(|t| (t.elapsed().as_secs_f64() * self.rate as f64) as usize)
+            .unwrap_or(0);
+        let _ = self.feeds.send(Feed { ring, silence });
+        self.client = Some(client);
+        self.inputs = inputs;
+        Ok(())
+    }
+
     /// Stop the JACK client and finish the WAV file.
     pub fn finish(mut self) -> Result<()> {
-        drop(self._client);
+        drop(self.client.take());
         self.stop.store(true, Ordering::Release);
         if let Some(w) = self.writer.take() {
             w.join()
@@ -137,4 +169,54 @@ impl Recorder {
         }
         Ok(())
     }
+}
+
+/// The writer thread: ring → WAV until stopped, switching to each new client's ring once the
+/// old one is drained.
+fn write(
+    mut wav: hound::WavWriter<std::io::BufWriter<std::fs::File>>,
+    mut reader: jack::RingBufferReader,
+    fed: mpsc::Receiver<Feed>,
+    channels: u32,
+    stop: Arc<AtomicBool>,
+    first_sound: Arc<Mutex<Option<Duration>>>,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut buf = vec![0u8; channels as usize * 4 * 1024];
+    let mut last_flush = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let n = reader.read_buffer(&mut buf);
+        let whole = n - n % 4;
+        for chunk in buf[..whole].chunks_exact(4) {
+            let s = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+            if s.abs() > SOUND_THRESHOLD {
+                let mut first = first_sound.lock().expect("lock");
+                if first.is_none() {
+                    *first = Some(started.elapsed());
+                }
+            }
+            wav.write_sample(s)?;
+        }
+        if n == 0 {
+            if let Ok(feed) = fed.try_recv() {
+                for _ in 0..feed.silence * channels as usize {
+                    wav.write_sample(0.0f32)?;
+                }
+                reader = feed.ring;
+                continue;
+            }
+            if stopping {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if last_flush.elapsed() > Duration::from_secs(1) {
+            // Keep the file valid even if the agent is killed.
+            wav.flush()?;
+            last_flush = Instant::now();
+        }
+    }
+    wav.finalize()?;
+    Ok(())
 }

@@ -20,6 +20,10 @@ struct InstanceRecord {
     /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22): guards against a
     /// recycled pid being mistaken for ours.
     start_ticks: u64,
+    /// How to start it again, should its JACK server die under it (absent in records of
+    /// older agents: such an instance is reported as exited and the controller restarts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spec: Option<ProcessSpec>,
 }
 
 struct Managed {
@@ -58,13 +62,14 @@ pub fn detach(command: &mut Command) {
 
 /// `kill(pid, 0)` succeeds and the process is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
+    process_state(pid).is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// The process's state letter (`R`, `S`, `Z` for a zombie…) from `/proc/<pid>/stat`; `None`
+/// when no such process exists (not even as a zombie).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 fn start_ticks(pid: u32) -> Option<u64> {
@@ -225,6 +230,7 @@ impl Supervisor {
             client: spec.client.clone(),
             pid,
             start_ticks: start_ticks(pid).unwrap_or(0),
+            spec: Some(spec.clone()),
         };
         let tmp = dir.join("instance.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(&record)?)?;
@@ -293,6 +299,55 @@ impl Supervisor {
             .collect()
     }
 
+    /// Whether the instance runs (and, given `port_exists`, has all its JACK ports): after its
+    /// JACK server died, one that does not must start again.
+    pub fn plays(&self, client: &str, port_exists: impl Fn(&str) -> bool) -> bool {
+        let Some(managed) = self.running.get(client) else {
+            return false;
+        };
+        if !process_alive(managed.record.pid) {
+            return false;
+        }
+        match &managed.record.spec {
+            Some(spec) => spec
+                .inputs
+                .iter()
+                .chain(&spec.outputs)
+                .all(|p| port_exists(p)),
+            None => true,
+        }
+    }
+
+    /// Stop an instance (it is reaped) and start it again from its spec, under the same JACK
+    /// client name. `Ok(Err(event))`: there is no spec to start it from; it is forgotten and
+    /// the `Exited` event tells the controller to start it.
+    pub fn restart(&mut self, client: &str) -> Result<Result<u32, Event>> {
+        let Some(mut managed) = self.running.remove(client) else {
+            bail!("`{client}` is not running here");
+        };
+        if process_alive(managed.record.pid) {
+            terminate_group(managed.record.pid, Duration::from_secs(2));
+        }
+        if let Some(child) = managed.child.as_mut() {
+            let _ = child.wait();
+        }
+        match managed.record.spec.take() {
+            Some(spec) => Ok(Ok(self.start(&spec)?)),
+            None => Ok(Err(Event::Exited {
+                block: managed.record.block.clone(),
+                client: client.to_string(),
+                code: None,
+                signal: None,
+                log_tail: log_tail(&managed.dir.join("log"), 8),
+            })),
+        }
+    }
+
+    /// The spec an instance was started from, when known.
+    pub fn spec(&self, client: &str) -> Option<&ProcessSpec> {
+        self.running.get(client)?.record.spec.as_ref()
+    }
+
     pub fn clients(&self) -> impl Iterator<Item = &str> {
         self.running.keys().map(String::as_str)
     }
@@ -307,6 +362,18 @@ impl Supervisor {
                 alive: process_alive(m.record.pid),
             })
             .collect()
+    }
+
+    /// Whether the instance is a jacktrip end of a network link, not a synth.
+    pub fn is_link(&self, client: &str) -> bool {
+        match self
+            .running
+            .get(client)
+            .and_then(|m| m.record.spec.as_ref())
+        {
+            Some(spec) => spec.module == "jacktrip",
+            None => client.starts_with("link-"),
+        }
     }
 
     pub fn stop_all(&mut self) {

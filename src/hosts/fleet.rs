@@ -552,6 +552,33 @@ impl Fleet {
     }
 }
 
+/// An agent on `host` that is not greeted (`orchestra down` stops what runs there without a
+/// JACK server of its own): its session and the orchestra's work dir on that host.
+pub async fn open_agent(
+    host: &Host,
+    ssh: Option<&SshHost>,
+    local_workdir: &Path,
+    orchestra: &str,
+    events: &mpsc::UnboundedSender<(String, Event)>,
+) -> Result<(AgentSession, String)> {
+    Ok(match ssh {
+        None => (
+            AgentSession::spawn_local(&host.name, events.clone()).await?,
+            local_workdir.display().to_string(),
+        ),
+        Some(ssh) => {
+            let binary = ssh
+                .ensure_binary(&super::agent_executable()?, env!("CARGO_PKG_VERSION"))
+                .await?;
+            let (output, input) = ssh.open_agent(&binary).await?;
+            (
+                AgentSession::over(&host.name, output, input, events.clone()),
+                remote_workdir(orchestra),
+            )
+        }
+    })
+}
+
 /// The end of a remote agent's log, to show why it stopped.
 async fn agent_log_tail(ssh: &SshHost) -> String {
     let log = format!("{}/agent.log", ssh::REMOTE_DIR);

@@ -1,0 +1,212 @@
+//! Bringing a host back when its JACK server dies: the dead jackd is reaped, a new one starts
+//! with the same settings, and the synths the old one took down, the agent's own clients (the
+//! graph, the recorder) and the intended edges are made again. The time from the death to the
+//! edges being back is reported to the controller.
+
+use super::graph::{GraphEvent, JackGraph};
+use super::protocol::{Event, JackSettings};
+use super::{jackd, startup, Agent};
+use crate::deploy::Edge;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// After a failed restart the next try waits this long, doubling up to [`RETRY_AT_MOST`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_AT_MOST: Duration = Duration::from_secs(30);
+
+/// How long the restored edges get to come back before the restart is reported anyway.
+const EDGES_WITHIN: Duration = Duration::from_secs(10);
+
+/// A JACK server that went away, until it is back.
+pub struct Lost {
+    reason: String,
+    since: Instant,
+    /// The edges to make again (they change with requests served meanwhile).
+    pub intended: BTreeSet<Edge>,
+    failures: u32,
+    next_try: Instant,
+}
+
+impl Agent {
+    /// Whether the JACK server is gone — the agent's client was shut down, or our jackd ended
+    /// (reaped here) — noting when and why. The agent's clients of the dead server are let go.
+    pub(super) fn notice_jack_lost(&mut self) -> bool {
+        if self.jack_lost.is_some() {
+            return true;
+        }
+        let mut lost: Option<(String, Instant)> = None;
+        if let Some(rx) = self.graph_events.as_mut() {
+            while let Ok(event) = rx.try_recv() {
+                if let GraphEvent::ServerGone(reason, at) = event {
+                    lost = Some((reason, at));
+                }
+            }
+        }
+        if let Some(server) = self.jackd.as_mut() {
+            if let Some(how) = server.ended() {
+                let at = lost
+                    .as_ref()
+                    .map(|(_, at)| *at)
+                    .unwrap_or_else(Instant::now);
+                lost = Some((how, at));
+            }
+        }
+        let Some((reason, since)) = lost else {
+            return false;
+        };
+        tracing::warn!("JACK server `{}` is gone: {reason}", jackd::server_name());
+        let intended = self
+            .graph
+            .take()
+            .map(|g| g.intended().clone())
+            .unwrap_or_default();
+        self.graph_events = None;
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.server_lost();
+        }
+        self.jack_lost = Some(Lost {
+            reason,
+            since,
+            intended,
+            failures: 0,
+            next_try: Instant::now(),
+        });
+        true
+    }
+
+    /// Bring the server back if it is gone (and its next try is due); the events say how it
+    /// went.
+    pub(super) async fn restore_jack(&mut self) -> Vec<Event> {
+        if !self.notice_jack_lost() {
+            return Vec::new();
+        }
+        let Some(settings) = self.jack_settings.clone() else {
+            return Vec::new();
+        };
+        let lost = self.jack_lost.as_ref().expect("noticed");
+        if Instant::now() < lost.next_try {
+            return Vec::new();
+        }
+        let intended = lost.intended.clone();
+        match self.bring_back(&settings, intended).await {
+            Ok((synths, edges, mut events)) => {
+                let lost = self.jack_lost.take().expect("noticed");
+                let after_ms = lost.since.elapsed().as_millis() as u64;
+                tracing::info!(
+                    "JACK server back: {synths} synth(s), {edges} edge(s) in {after_ms} ms"
+                );
+                events.push(Event::JackRestarted {
+                    reason: lost.reason,
+                    synths,
+                    edges,
+                    after_ms,
+                });
+                events
+            }
+            Err(e) => {
+                // Undo the half that came up, so the next try starts from the same place.
+                if let Some(graph) = self.graph.take() {
+                    if let Some(lost) = self.jack_lost.as_mut() {
+                        lost.intended = graph.intended().clone();
+                    }
+                }
+                self.graph_events = None;
+                if let Some(recorder) = self.recorder.as_mut() {
+                    recorder.server_lost();
+                }
+                let lost = self.jack_lost.as_mut().expect("noticed");
+                let wait = RETRY_FIRST
+                    .saturating_mul(1 << lost.failures.min(5))
+                    .min(RETRY_AT_MOST);
+                lost.failures += 1;
+                lost.next_try = Instant::now() + wait;
+                let error = format!("{e:#}");
+                tracing::warn!("cannot bring the JACK server back: {error}; next try in {wait:?}");
+                if lost.failures == 1 {
+                    vec![Event::JackFailed {
+                        reason: lost.reason.clone(),
+                        error,
+                    }]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// Start the server (unless one answers again), reopen the agent's clients, restart the
+    /// synths that lost their ports, and wait for the intended edges: (synths restarted, edges
+    /// made, `Exited` events of synths that cannot be restarted here).
+    async fn bring_back(
+        &mut self,
+        settings: &JackSettings,
+        intended: BTreeSet<Edge>,
+    ) -> Result<(usize, usize, Vec<Event>)> {
+        let workdir = self.workdir.clone().context("no hello yet")?;
+        if !jackd::is_running() {
+            if let Some(old) = self.jackd.take() {
+                old.stop(&workdir);
+            }
+            if !settings.start_if_missing {
+                bail!(
+                    "no JACK server `{}` answers, and this agent may not start one",
+                    jackd::server_name()
+                );
+            }
+            self.jackd = Some(jackd::start(&workdir, settings)?);
+        }
+        let (mut graph, events) = JackGraph::open()?;
+        graph.intend_only(intended);
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.reopen()?;
+            graph.set_recorder_inputs(recorder.inputs.clone());
+        }
+        self.graph = Some(graph);
+        self.graph_events = Some(events);
+
+        // A restarted server has none of the old clients; a server that stayed up (only our
+        // client was dropped) keeps those whose ports are still there.
+        let down: Vec<String> = {
+            let sup = self.supervisor.as_ref().context("no hello yet")?;
+            let graph = self.graph.as_ref().expect("opened above");
+            sup.clients()
+                .filter(|c| !sup.plays(c, |port| graph.port_exists(port)))
+                .map(str::to_string)
+                .collect()
+        };
+        let mut synths = 0;
+        let mut exited = Vec::new();
+        for client in down {
+            // One synth registers with JACK at a time (see `startup`).
+            self.wait_for_previous_start().await;
+            match self.supervisor()?.restart(&client)? {
+                Ok(pid) => {
+                    synths += 1;
+                    self.dead_clients.remove(&client);
+                    let spec = self.supervisor()?.spec(&client).cloned();
+                    if let Some(spec) = spec {
+                        self.starting = Some(startup::Starting::new(&spec, pid, &workdir));
+                    }
+                }
+                Err(event) => {
+                    self.dead_clients.insert(client);
+                    exited.push(event);
+                }
+            }
+        }
+        self.wait_for_previous_start().await;
+
+        // Sound is back when the intended edges are.
+        let deadline = Instant::now() + EDGES_WITHIN;
+        let edges = loop {
+            self.reconcile();
+            let (connected, missing) = self.graph()?.split_intended();
+            if missing.is_empty() || Instant::now() >= deadline {
+                break connected.len();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        Ok((synths, edges, exited))
+    }
+}

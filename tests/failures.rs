@@ -1,0 +1,212 @@
+//! What fails while an orchestra plays, against a real jackd (dummy driver, a server per test)
+//! and real csound: jackd killed mid-run, the state file lost or unwritable for `down`, and a
+//! recording that must end with the music rather than with the teardown.
+
+mod common;
+
+use cloud_orchestra::analysis::{analyze, read_channel};
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// The pid of the first process of this test whose command line contains `what`.
+fn pid_of(server: &str, dir: &Path, what: &str) -> i32 {
+    let line = leftovers(server, dir)
+        .into_iter()
+        .find(|p| p.contains(what))
+        .unwrap_or_else(|| panic!("no `{what}` runs: {:?}", leftovers(server, dir)));
+    line.split(':').next().unwrap().parse().unwrap()
+}
+
+/// Children of `parent` that ended and were never reaped.
+fn zombies_of(parent: i32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str()) {
+            found.push(head.to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn jackd_killed_while_playing_is_restarted_and_the_tone_comes_back() {
+    let stage = Stage::new("jackd-killed");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let (cmd, wav) = run_recorded(server, script, dir.path(), &[]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let agent = pid_of(server, dir.path(), "orchestra agent");
+    let jackd = pid_of(server, dir.path(), "jackd");
+    unsafe { libc::kill(jackd, libc::SIGKILL) };
+
+    let back = run.wait_for("jackd on localhost died", Duration::from_secs(60));
+    assert!(
+        back.contains("restarted, 2 synth(s) and 2 edge(s) back in"),
+        "{back}"
+    );
+    eprintln!("measured: {back}");
+    assert!(
+        zombies_of(agent).is_empty(),
+        "the agent reaped the jackd it started: {:?}",
+        zombies_of(agent)
+    );
+    assert_ne!(
+        pid_of(server, dir.path(), "jackd"),
+        jackd,
+        "a new jackd serves"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop_cleanly(run, libc::SIGINT, server, dir.path());
+
+    // The last two seconds of the recording are the restarted orchestra: 440 Hz again.
+    let after = tail_tone(&wav, 1.5);
+    assert!(
+        (after.frequency_hz - 440.0).abs() < 4.4 && after.longest_gap_ms < 5.0,
+        "440 Hz again after the restart: {after:?}"
+    );
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let whole = analyze(&left, rate);
+    assert!(
+        whole.stretches >= 2,
+        "the outage is in the recording as the silence it was: {whole:?}"
+    );
+    assert!((whole.frequency_hz - 440.0).abs() < 4.4, "{whole:?}");
+}
+
+#[test]
+fn a_recording_ends_with_the_music_not_with_the_teardown() {
+    let stage = Stage::new("rec-end");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let (cmd, wav) = run_recorded(server, script, dir.path(), &["--seconds", "3"]);
+    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let report = analyze(&left, rate);
+    // Silence at the end would be the synths stopping while the recorder still listened; a
+    // period of the dummy driver (256 frames, 5.3 ms) is the most that may trail.
+    assert!(
+        report.trailing_silence_s < 0.006,
+        "the recording stops while the tone still plays: {report:?}"
+    );
+    assert_no_leftovers(server, dir.path());
+}
+
+/// `orchestra run`, killed without a teardown: its two synths and jackd play on.
+fn orphaned(stage: &Stage) {
+    let run = playing(&stage.server, &stage.script);
+    run.signal(libc::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    let still = leftovers(&stage.server, stage.dir.path());
+    assert_eq!(
+        still.iter().filter(|p| p.contains("csound")).count(),
+        2,
+        "{still:?}"
+    );
+}
+
+#[test]
+fn down_stops_what_plays_when_the_state_file_is_gone() {
+    let stage = Stage::new("down-nostate");
+    orphaned(&stage);
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    std::fs::remove_file(dir.path().join(".orchestra/sine-lp.state.json")).unwrap();
+
+    let out = orchestra(server).arg("down").arg(script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("localhost: stopped 2 synth(s), 0 link end(s), jackd yes"),
+        "{stderr}"
+    );
+    assert_no_leftovers(server, dir.path());
+}
+
+#[test]
+fn down_stops_what_plays_when_the_state_file_is_unreadable() {
+    let stage = Stage::new("down-garbled");
+    orphaned(&stage);
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let state = dir.path().join(".orchestra/sine-lp.state.json");
+    std::fs::write(&state, "{ not json").unwrap();
+
+    let out = orchestra(server).arg("down").arg(script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&state.display().to_string()),
+        "the warning names the file: {stderr}"
+    );
+    assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
+    assert_no_leftovers(server, dir.path());
+    assert!(
+        !state.exists(),
+        "the unreadable state is gone with what it named"
+    );
+}
+
+/// Makes a directory read-only, for root too (`chattr +i`), until dropped.
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn new(dir: &Path) -> ReadOnly {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(dir)
+                .status();
+        }
+        ReadOnly(dir.to_path_buf())
+    }
+
+    fn holds(&self) -> bool {
+        std::fs::write(self.0.join("probe"), "").is_err()
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[test]
+fn down_with_a_read_only_state_dir_stops_everything_and_names_the_path() {
+    let stage = Stage::new("down-ro");
+    orphaned(&stage);
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let state_dir = dir.path().join(".orchestra");
+    let read_only = ReadOnly::new(&state_dir);
+    if !read_only.holds() {
+        eprintln!("skipped: this file system cannot make {state_dir:?} read-only for this user");
+        drop(read_only);
+        let out = orchestra(server).arg("down").arg(script).output().unwrap();
+        assert!(out.status.success());
+        return;
+    }
+
+    let out = orchestra(server).arg("down").arg(script).output().unwrap();
+    drop(read_only);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_no_leftovers(server, dir.path());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&state_dir.join("sine-lp.state.json").display().to_string()),
+        "the error names the path: {stderr}"
+    );
+    assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
+}
