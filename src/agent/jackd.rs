@@ -105,8 +105,25 @@ impl Server {
     }
 }
 
+/// What jackd last said that explains something: its banner (written last, stdout being
+/// flushed at exit) and its buffer chatter left out; the two last lines, as jackd often says
+/// what failed and then that it failed ("`x' server already active", "Failed to open server").
 fn last_line(log: &Path) -> String {
-    crate::agent::supervisor::log_tail(log, 1)
+    const NOISE: [&str; 6] = [
+        "jackdmp ",
+        "Copyright ",
+        "This is free software",
+        "under certain conditions",
+        "no message buffer overruns",
+        "JACK server starting",
+    ];
+    let tail = crate::agent::supervisor::log_tail(log, 30);
+    let said: Vec<&str> = tail
+        .lines()
+        .map(str::trim)
+        .filter(|l| !NOISE.iter().any(|n| l.starts_with(n)))
+        .collect();
+    said[said.len().saturating_sub(2)..].join("; ")
 }
 
 /// Start jackd (the dummy driver unless the host says otherwise) with the orchestra's rate
@@ -183,22 +200,16 @@ const SERVERS_AT: usize = 24;
 const SERVER_ENTRY: usize = 264;
 const MAX_SERVERS: usize = 8;
 
-/// How long a dead jackd's parent gets to reap it before its registration is cleared.
-const REAP_GRACE: Duration = Duration::from_secs(2);
-
 /// A server registers as `jack-<uid>:<name>:` with its pid, and a new one with that name
 /// refuses to start ("server already active") while `kill(pid, 0)` succeeds — which it does
 /// for a zombie. A killed jackd whose parent has not reaped it yet (an adopted one: its parent
-/// is init, which may be slow) would keep every new server out. Give the parent a moment,
-/// then remove the stale entry. Live servers and other names are never touched.
+/// is init, which may take seconds) would keep every new server out. A zombie never runs
+/// again, so its entry is removed at once, as jackd itself does for a pid that is gone. Live
+/// servers and other names are never touched.
 pub fn clear_stale_registration(server: &str) {
     let Some((index, pid)) = registered(server) else {
         return;
     };
-    let deadline = Instant::now() + REAP_GRACE;
-    while process_state(pid) == Some('Z') && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     if process_state(pid) != Some('Z') {
         // Gone (jackd reclaims the entry itself) or alive (a real server: not ours to clear).
         return;
@@ -308,6 +319,16 @@ mod tests {
             .expect("a new jackd starts beside the unreaped one");
         third.stop(dir.path());
         let _ = orphan.wait();
+
+        // One that cannot start says why, in jackd's words.
+        let error = start(dir.path(), &settings(Some("no-such-driver"), None))
+            .err()
+            .expect("no such driver");
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("jackd.log ends: Unknown driver \"no-such-driver\""),
+            "{error}"
+        );
     }
 
     #[test]

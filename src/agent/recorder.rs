@@ -57,15 +57,17 @@ pub struct Recorder {
     pub first_sound: Arc<Mutex<Option<Duration>>>,
 }
 
+/// A recording JACK client: the client, its input port names, the server's rate, and the
+/// ring its audio goes to.
+struct Capturing {
+    client: jack::AsyncClient<(), Capture>,
+    inputs: Vec<String>,
+    rate: u32,
+    ring: jack::RingBufferReader,
+}
+
 /// A JACK client `orchestra-rec` with `channels` inputs, writing into a fresh ring buffer.
-fn open_capture(
-    channels: u32,
-) -> Result<(
-    jack::AsyncClient<(), Capture>,
-    Vec<String>,
-    u32,
-    jack::RingBufferReader,
-)> {
+fn open_capture(channels: u32) -> Result<Capturing> {
     let (client, _) = jack::Client::new("orchestra-rec", jack::ClientOptions::NO_START_SERVER)
         .map_err(|e| anyhow::anyhow!("recorder: cannot open a JACK client: {e:?}"))?;
     let rate = client.sample_rate();
@@ -91,7 +93,12 @@ fn open_capture(
             },
         )
         .map_err(|e| anyhow::anyhow!("recorder: cannot activate: {e:?}"))?;
-    Ok((client, inputs, rate, reader))
+    Ok(Capturing {
+        client,
+        inputs,
+        rate,
+        ring: reader,
+    })
 }
 
 impl Recorder {
@@ -99,7 +106,12 @@ impl Recorder {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).ok();
         }
-        let (client, inputs, rate, reader) = open_capture(channels)?;
+        let Capturing {
+            client,
+            inputs,
+            rate,
+            ring: reader,
+        } = open_capture(channels)?;
         let spec = hound::WavSpec {
             channels: channels as u16,
             sample_rate: rate,
@@ -141,7 +153,12 @@ impl Recorder {
     /// Record again on the (restarted) server, into the same file, after the silence of the
     /// outage.
     pub fn reopen(&mut self) -> Result<()> {
-        let (client, inputs, rate, ring) = open_capture(self.channels)?;
+        let Capturing {
+            client,
+            inputs,
+            rate,
+            ring,
+        } = open_capture(self.channels)?;
         if rate != self.rate {
             tracing::warn!(
                 "the restarted JACK server runs at {rate} Hz, the recording at {} Hz",

@@ -144,6 +144,7 @@ impl Agent {
         intended: BTreeSet<Edge>,
     ) -> Result<(usize, usize, Vec<Event>)> {
         let workdir = self.workdir.clone().context("no hello yet")?;
+        let began = Instant::now();
         if !jackd::is_running() {
             if let Some(old) = self.jackd.take() {
                 old.stop(&workdir);
@@ -164,6 +165,7 @@ impl Agent {
         }
         self.graph = Some(graph);
         self.graph_events = Some(events);
+        let server_up = began.elapsed();
 
         // A restarted server has none of the old clients; a server that stayed up (only our
         // client was dropped) keeps those whose ports are still there.
@@ -196,6 +198,7 @@ impl Agent {
             }
         }
         self.wait_for_previous_start().await;
+        let synths_up = began.elapsed();
 
         // Sound is back when the intended edges are.
         let deadline = Instant::now() + EDGES_WITHIN;
@@ -207,6 +210,10 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
+        tracing::info!(
+            "JACK server and clients up after {server_up:?}, synths after {synths_up:?}, edges after {:?}",
+            began.elapsed()
+        );
         Ok((synths, edges, exited))
     }
 }
