@@ -261,6 +261,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         })
         .cloned()
         .collect();
+    state::record_hosts(&dir, &involved)?;
     let fleet = Fleet::bring_up(
         &involved,
         &connected,
@@ -721,12 +722,12 @@ async fn teardown(fleet: &Fleet, running: &Deployment, dir: &Path) -> Result<()>
 
 /// `orchestra down`: stop what a previous run left playing on every host it may have used.
 /// What plays is what the hosts' run directories say (instance and pid files), so the state
-/// file is only needed to find remote hosts; without it (deleted, unreadable) the host records
-/// beside it, the local work dirs and the script's own hosts say where to look.
+/// file is only needed to find the hosts; without it (deleted, unreadable) the host records
+/// beside it and the local work dirs say where to look.
 pub async fn down(script: &Path, state_dir: Option<&Path>, connect: &ConnectOptions) -> Result<()> {
     let dir = state::state_dir(script, state_dir);
     let name = crate::script::orchestra_name(script);
-    let hosts = hosts_to_stop(script, &dir, &name);
+    let hosts = hosts_to_stop(&dir, &name);
     if hosts.is_empty() {
         eprintln!(
             "nothing to stop: no state for `{name}` in {} and no host's run directory there",
@@ -783,9 +784,10 @@ pub async fn down(script: &Path, state_dir: Option<&Path>, connect: &ConnectOpti
     state::clear(&dir, &name)
 }
 
-/// Where `down` looks: the hosts of the state file (when it can be read), the hosts recorded
-/// or worked on under the state dir, and the remote hosts the script names.
-fn hosts_to_stop(script: &Path, dir: &Path, name: &str) -> Vec<Host> {
+/// Where `down` looks: the hosts of the state file (when it can be read) and the hosts recorded
+/// or worked on under the state dir. (Not the script's: evaluating it is not needed to stop
+/// what it started, and must not stand in the way of stopping it.)
+fn hosts_to_stop(dir: &Path, name: &str) -> Vec<Host> {
     let mut hosts: Vec<Host> = Vec::new();
     let mut add = |host: Host| {
         if !hosts.iter().any(|h| h.name == host.name) {
@@ -804,13 +806,6 @@ fn hosts_to_stop(script: &Path, dir: &Path, name: &str) -> Vec<Host> {
         ),
     }
     state::recorded_hosts(dir).into_iter().for_each(&mut add);
-    if let Ok(orchestra) = crate::script::load_orchestra(script, None) {
-        orchestra
-            .hosts
-            .into_iter()
-            .filter(|h| !h.local)
-            .for_each(&mut add);
-    }
     hosts
 }
 

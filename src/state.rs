@@ -54,14 +54,27 @@ pub fn load(dir: &Path, orchestra: &str) -> Result<Option<AppliedState>> {
 
 pub fn save(dir: &Path, state: &AppliedState) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for host in state.deployment.hosts.values() {
-        write_atomically(
-            &host_record(dir, &host.host.name),
-            &serde_json::to_vec_pretty(&host.host)?,
-        )?;
-    }
+    let hosts: Vec<Host> = state
+        .deployment
+        .hosts
+        .values()
+        .map(|h| h.host.clone())
+        .collect();
+    record_hosts(dir, &hosts)?;
     let path = state_file(dir, &state.deployment.orchestra);
     write_atomically(&path, &serde_json::to_vec_pretty(state)?)
+}
+
+/// Note where these hosts are before anything starts on them, so `down` finds them even if
+/// the controller dies before it saves any state.
+pub fn record_hosts(dir: &Path, hosts: &[Host]) -> Result<()> {
+    for host in hosts {
+        write_atomically(
+            &host_record(dir, &host.name),
+            &serde_json::to_vec_pretty(host)?,
+        )?;
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -9,6 +9,7 @@ mod restore;
 pub mod startup;
 pub mod supervisor;
 
+use crate::deploy::Edge;
 use anyhow::{anyhow, bail, Context, Result};
 use graph::{GraphEvent, JackGraph};
 use protocol::{
@@ -59,6 +60,15 @@ impl Agent {
         self.graph
             .as_mut()
             .ok_or_else(|| anyhow!("no JACK client (say hello first)"))
+    }
+
+    /// Intended edges that exist and those that do not; while the JACK server is down, all
+    /// of them are missing (and stay intended: the controller has nothing to repair).
+    fn split_intended(&mut self) -> Result<(Vec<Edge>, Vec<Edge>)> {
+        if let (None, Some(lost)) = (&self.graph, &self.jack_lost) {
+            return Ok((Vec::new(), lost.intended.iter().cloned().collect()));
+        }
+        Ok(self.graph()?.split_intended())
     }
 
     /// Notice exited synths now (their events go out with the next upkeep). Not while the
@@ -221,7 +231,7 @@ impl Agent {
             }
             Request::Status => {
                 let processes = self.supervisor()?.status();
-                let (connected, missing) = self.graph()?.split_intended();
+                let (connected, missing) = self.split_intended()?;
                 Ok(serde_json::to_value(StatusReply {
                     processes,
                     connected,
@@ -233,7 +243,14 @@ impl Agent {
                 loop {
                     self.sweep();
                     self.reconcile();
-                    let (connected, mut missing) = self.graph()?.split_intended();
+                    let (connected, mut missing) = self.split_intended()?;
+                    if self.graph.is_none() {
+                        // No server (it died and does not come back yet): nothing to wait for.
+                        if !only.is_empty() {
+                            missing.retain(|e| only.contains(e));
+                        }
+                        return Ok(json!({ "connected": connected.len(), "missing": missing }));
+                    }
                     if !only.is_empty() {
                         missing.retain(|e| only.contains(e));
                     }
