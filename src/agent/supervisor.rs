@@ -143,41 +143,44 @@ impl Supervisor {
         }
     }
 
-    /// Adopt instances a previous agent started that still run; clean up dead ones.
+    /// Adopt instances a previous agent started that still run — synths under `blocks/`, the
+    /// jacktrip ends of network links under `links/` — and clean up dead ones.
     pub fn adopt(&mut self) -> Vec<String> {
         let mut adopted = Vec::new();
-        let pattern = self.workdir.join("blocks");
-        let Ok(blocks) = std::fs::read_dir(&pattern) else {
-            return adopted;
-        };
-        for block_dir in blocks.flatten() {
-            let Ok(instances) = std::fs::read_dir(block_dir.path()) else {
+        for kind in ["blocks", "links"] {
+            let Ok(groups) = std::fs::read_dir(self.workdir.join(kind)) else {
                 continue;
             };
-            for instance in instances.flatten() {
-                let dir = instance.path();
-                let Ok(text) = std::fs::read_to_string(dir.join("instance.json")) else {
+            for group in groups.flatten() {
+                let Ok(instances) = std::fs::read_dir(group.path()) else {
                     continue;
                 };
-                let Ok(record) = serde_json::from_str::<InstanceRecord>(&text) else {
-                    continue;
-                };
-                if process_alive(record.pid) && start_ticks(record.pid) == Some(record.start_ticks)
-                {
-                    adopted.push(record.client.clone());
-                    self.running.insert(
-                        record.client.clone(),
-                        Managed {
-                            record,
-                            dir,
-                            child: None,
-                        },
-                    );
-                } else {
-                    let _ = std::fs::remove_dir_all(&dir);
+                for instance in instances.flatten() {
+                    let dir = instance.path();
+                    let Ok(text) = std::fs::read_to_string(dir.join("instance.json")) else {
+                        continue;
+                    };
+                    let Ok(record) = serde_json::from_str::<InstanceRecord>(&text) else {
+                        continue;
+                    };
+                    if process_alive(record.pid)
+                        && start_ticks(record.pid) == Some(record.start_ticks)
+                    {
+                        adopted.push(record.client.clone());
+                        self.running.insert(
+                            record.client.clone(),
+                            Managed {
+                                record,
+                                dir,
+                                child: None,
+                            },
+                        );
+                    } else {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
                 }
+                let _ = std::fs::remove_dir(group.path());
             }
-            let _ = std::fs::remove_dir(block_dir.path());
         }
         adopted
     }
