@@ -16,10 +16,19 @@ struct Capture {
     ports: Vec<jack::Port<jack::AudioIn>>,
     ring: jack::RingBufferWriter,
     frame: Vec<u8>,
+    /// Set before the client is deactivated: deactivating disconnects the ports, and a cycle
+    /// running meanwhile reads them as silence (measured: a period of zeros ending the file
+    /// in one run of six). The callback answers in `closed` once a cycle saw it.
+    closing: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
 }
 
 impl jack::ProcessHandler for Capture {
     fn process(&mut self, _: &jack::Client, scope: &jack::ProcessScope) -> jack::Control {
+        if self.closing.load(Ordering::Acquire) {
+            self.closed.store(true, Ordering::Release);
+            return jack::Control::Continue;
+        }
         let n = scope.n_frames() as usize;
         let channels = self.ports.len();
         for i in 0..n {
@@ -43,8 +52,28 @@ struct Feed {
     silence: usize,
 }
 
+/// Asking the process callback to stop writing, and its answer.
+#[derive(Default)]
+struct Closing {
+    asked: Arc<AtomicBool>,
+    seen: Arc<AtomicBool>,
+}
+
+impl Closing {
+    /// Stop writing, and wait (a few periods at most: the server may be gone) until a cycle
+    /// has seen it, so no cycle runs with half-disconnected ports.
+    fn close(&self) {
+        self.asked.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while !self.seen.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 pub struct Recorder {
     client: Option<jack::AsyncClient<(), Capture>>,
+    closing: Closing,
     pub inputs: Vec<String>,
     channels: u32,
     rate: u32,
@@ -61,6 +90,7 @@ pub struct Recorder {
 /// ring its audio goes to.
 struct Capturing {
     client: jack::AsyncClient<(), Capture>,
+    closing: Closing,
     inputs: Vec<String>,
     rate: u32,
     ring: jack::RingBufferReader,
@@ -83,6 +113,7 @@ fn open_capture(channels: u32) -> Result<Capturing> {
     let (reader, writer) = jack::RingBuffer::new(rate as usize * channels as usize * 4 * 4)
         .map_err(|e| anyhow::anyhow!("ring buffer: {e:?}"))?
         .into_reader_writer();
+    let closing = Closing::default();
     let client = client
         .activate_async(
             (),
@@ -90,11 +121,14 @@ fn open_capture(channels: u32) -> Result<Capturing> {
                 ports,
                 ring: writer,
                 frame: vec![0; channels as usize * 4],
+                closing: closing.asked.clone(),
+                closed: closing.seen.clone(),
             },
         )
         .map_err(|e| anyhow::anyhow!("recorder: cannot activate: {e:?}"))?;
     Ok(Capturing {
         client,
+        closing,
         inputs,
         rate,
         ring: reader,
@@ -108,6 +142,7 @@ impl Recorder {
         }
         let Capturing {
             client,
+            closing,
             inputs,
             rate,
             ring: reader,
@@ -130,6 +165,7 @@ impl Recorder {
         };
         Ok(Recorder {
             client: Some(client),
+            closing,
             inputs,
             channels,
             rate,
@@ -155,6 +191,7 @@ impl Recorder {
     pub fn reopen(&mut self) -> Result<()> {
         let Capturing {
             client,
+            closing,
             inputs,
             rate,
             ring,
@@ -172,12 +209,16 @@ impl Recorder {
             .unwrap_or(0);
         let _ = self.feeds.send(Feed { ring, silence });
         self.client = Some(client);
+        self.closing = closing;
         self.inputs = inputs;
         Ok(())
     }
 
     /// Stop the JACK client and finish the WAV file.
     pub fn finish(mut self) -> Result<()> {
+        if self.client.is_some() {
+            self.closing.close();
+        }
         drop(self.client.take());
         self.stop.store(true, Ordering::Release);
         if let Some(w) = self.writer.take() {
