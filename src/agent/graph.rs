@@ -5,8 +5,10 @@
 use crate::deploy::Edge;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
 
 /// Something changed in the JACK graph (or the server left); the agent reconciles.
 #[derive(Debug)]
@@ -18,6 +20,7 @@ pub enum GraphEvent {
 
 struct Notifier {
     tx: UnboundedSender<GraphEvent>,
+    gone: Arc<Notify>,
 }
 
 impl jack::NotificationHandler for Notifier {
@@ -25,6 +28,7 @@ impl jack::NotificationHandler for Notifier {
         let _ = self
             .tx
             .send(GraphEvent::ServerGone(reason.to_string(), Instant::now()));
+        self.gone.notify_one();
     }
     fn client_registration(&mut self, _: &jack::Client, _name: &str, _registered: bool) {
         let _ = self.tx.send(GraphEvent::Changed);
@@ -45,6 +49,9 @@ impl jack::NotificationHandler for Notifier {
 
 pub struct JackGraph {
     client: jack::AsyncClient<Notifier, ()>,
+    /// Woken when the server shuts this client down, so the agent restores it at once rather
+    /// than at its next sweep.
+    pub gone: Arc<Notify>,
     intended: BTreeSet<Edge>,
     /// Where the recorder listens: (its input ports, index 0 = DAC channel 1).
     recorder_inputs: Vec<String>,
@@ -65,12 +72,20 @@ impl JackGraph {
             jack::Client::new("orchestra-agent", jack::ClientOptions::NO_START_SERVER)
                 .map_err(|e| anyhow::anyhow!("cannot open a JACK client: {e:?}"))?;
         let (tx, rx) = unbounded_channel();
+        let gone = Arc::new(Notify::new());
         let client = client
-            .activate_async(Notifier { tx }, ())
+            .activate_async(
+                Notifier {
+                    tx,
+                    gone: gone.clone(),
+                },
+                (),
+            )
             .map_err(|e| anyhow::anyhow!("cannot activate the JACK client: {e:?}"))?;
         Ok((
             JackGraph {
                 client,
+                gone,
                 intended: BTreeSet::new(),
                 recorder_inputs: Vec::new(),
                 first_seen: RefCell::new(HashMap::new()),

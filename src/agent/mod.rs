@@ -420,6 +420,13 @@ pub async fn serve() -> Result<()> {
         let mut out: Vec<AgentLine> = Vec::new();
         let mut shutdown = false;
         let mut upkeep = false;
+        let gone = agent.graph.as_ref().map(|g| g.gone.clone());
+        let server_gone = async {
+            match &gone {
+                Some(gone) => gone.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
@@ -442,6 +449,7 @@ pub async fn serve() -> Result<()> {
                 }
             }
             _ = sweep.tick() => upkeep = true,
+            _ = server_gone => upkeep = true,
         }
         // Upkeep (JACK queries for every client) runs on its own tick, not before each reply:
         // a live edit is a few requests in a row, each answered at once.
