@@ -138,3 +138,71 @@ pub fn recorded_hosts(dir: &Path) -> Vec<Host> {
 pub fn local_workdir(dir: &Path, host: &str) -> PathBuf {
     dir.join("hosts").join(host)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::HostDeployment;
+
+    fn applied(hosts: &[Host]) -> AppliedState {
+        let mut state = AppliedState::default();
+        state.deployment.orchestra = "song".into();
+        for host in hosts {
+            state.deployment.hosts.insert(
+                host.name.clone(),
+                HostDeployment {
+                    host: host.clone(),
+                    processes: Default::default(),
+                    edges: Default::default(),
+                },
+            );
+        }
+        state
+    }
+
+    #[test]
+    fn the_hosts_are_known_without_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Host {
+            name: "h1".into(),
+            address: "10.0.0.4".into(),
+            local: false,
+            ..Host::localhost()
+        };
+        save(dir.path(), &applied(&[remote.clone()])).unwrap();
+        // A local agent's work dir that no record names (a controller killed early).
+        std::fs::create_dir_all(local_workdir(dir.path(), "localhost").join("blocks")).unwrap();
+        std::fs::remove_file(dir.path().join("song.state.json")).unwrap();
+
+        let known = recorded_hosts(dir.path());
+        let names: Vec<(&str, &str, bool)> = known
+            .iter()
+            .map(|h| (h.name.as_str(), h.address.as_str(), h.local))
+            .collect();
+        assert_eq!(
+            names,
+            [("h1", "10.0.0.4", false), ("localhost", "127.0.0.1", true)]
+        );
+
+        clear(dir.path(), "song").unwrap();
+        assert_eq!(
+            recorded_hosts(dir.path()).len(),
+            1,
+            "only the work dir stays"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, "").unwrap();
+        let error = format!("{:#}", save(&not_a_dir, &applied(&[])).unwrap_err());
+        assert!(error.contains(&not_a_dir.display().to_string()), "{error}");
+        // A state file that cannot be removed (here: a directory in its place).
+        let state = dir.path().join("song.state.json");
+        std::fs::create_dir_all(state.join("x")).unwrap();
+        let error = format!("{:#}", clear(dir.path(), "song").unwrap_err());
+        assert!(error.contains(&state.display().to_string()), "{error}");
+    }
+}

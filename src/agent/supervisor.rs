@@ -1,6 +1,7 @@
 //! The agent's process supervisor: starts synth instances detached (own process group, log
 //! and `instance.json` in their directory), adopts those a previous agent left, stops them,
-//! and notices when one exits.
+//! notices when one exits (reaping its own children), and starts one again from its spec when
+//! its JACK server died under it.
 
 use crate::agent::protocol::{Event, ProcessStatus};
 use crate::deploy::ProcessSpec;
