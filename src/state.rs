@@ -169,7 +169,7 @@ mod tests {
             local: false,
             ..Host::localhost()
         };
-        save(dir.path(), &applied(&[remote.clone()])).unwrap();
+        save(dir.path(), &applied(std::slice::from_ref(&remote))).unwrap();
         // A local agent's work dir that no record names (a controller killed early).
         std::fs::create_dir_all(local_workdir(dir.path(), "localhost").join("blocks")).unwrap();
         std::fs::remove_file(dir.path().join("song.state.json")).unwrap();
