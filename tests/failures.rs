@@ -113,6 +113,33 @@ fn an_adopted_jackd_killed_while_playing_is_restarted_too() {
     assert_plays_again(&after);
 }
 
+/// A restart that fails says why, and is tried again: here jackd cannot get its log file (a
+/// directory is in its place) until the directory goes.
+#[test]
+fn a_jackd_that_cannot_be_restarted_says_why_and_is_tried_again() {
+    let stage = Stage::new("jackd-fails");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let mut run = playing(server, script);
+    let log = dir.path().join(".orchestra/hosts/localhost/jackd.log");
+    std::fs::remove_file(&log).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    unsafe { libc::kill(pid_of(server, dir.path(), "jackd"), libc::SIGKILL) };
+
+    let failed = run.wait_for("cannot be restarted", Duration::from_secs(30));
+    assert!(
+        failed.starts_with("error: jackd on localhost died")
+            && failed.contains(&log.display().to_string()),
+        "{failed}"
+    );
+    std::fs::remove_dir(&log).unwrap();
+    let back = run.wait_for("jackd on localhost died", Duration::from_secs(30));
+    assert!(
+        back.contains("restarted, 2 synth(s) and 2 edge(s) back in"),
+        "{back}"
+    );
+    stop_cleanly(run, libc::SIGINT, server, dir.path());
+}
+
 #[test]
 fn a_recording_ends_with_the_music_not_with_the_teardown() {
     let stage = Stage::new("rec-end");

@@ -55,7 +55,8 @@ impl Agent {
         let Some((reason, since)) = lost else {
             return false;
         };
-        tracing::warn!("JACK server `{}` is gone: {reason}", jackd::server_name());
+        // The controller says it to the musician (the events below); this is for the log.
+        tracing::info!("JACK server `{}` is gone: {reason}", jackd::server_name());
         let intended = self
             .graph
             .take()
@@ -122,7 +123,7 @@ impl Agent {
                 lost.failures += 1;
                 lost.next_try = Instant::now() + wait;
                 let error = format!("{e:#}");
-                tracing::warn!("cannot bring the JACK server back: {error}; next try in {wait:?}");
+                tracing::info!("cannot bring the JACK server back: {error}; next try in {wait:?}");
                 if lost.failures == 1 {
                     vec![Event::JackFailed {
                         reason: lost.reason.clone(),
