@@ -5,10 +5,10 @@
 use crate::deploy::Edge;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::Notify;
 
 /// Something changed in the JACK graph (or the server left); the agent reconciles.
 #[derive(Debug)]
@@ -20,15 +20,19 @@ pub enum GraphEvent {
 
 struct Notifier {
     tx: UnboundedSender<GraphEvent>,
-    gone: Arc<Notify>,
+    gone: Arc<AtomicBool>,
 }
 
 impl jack::NotificationHandler for Notifier {
+    /// No system call in here (nobody awaits the channel, so sending wakes no one): a client
+    /// opened meanwhile makes libjack cancel this thread, and a cancellation that lands in a
+    /// Rust frame aborts the agent ("FATAL: exception not rethrown": seen when this woke the
+    /// agent's runtime, which writes to an eventfd).
     unsafe fn shutdown(&mut self, _status: jack::ClientStatus, reason: &str) {
         let _ = self
             .tx
             .send(GraphEvent::ServerGone(reason.to_string(), Instant::now()));
-        self.gone.notify_one();
+        self.gone.store(true, Ordering::Release);
     }
     fn client_registration(&mut self, _: &jack::Client, _name: &str, _registered: bool) {
         let _ = self.tx.send(GraphEvent::Changed);
@@ -49,9 +53,9 @@ impl jack::NotificationHandler for Notifier {
 
 pub struct JackGraph {
     client: jack::AsyncClient<Notifier, ()>,
-    /// Woken when the server shuts this client down, so the agent restores it at once rather
-    /// than at its next sweep.
-    pub gone: Arc<Notify>,
+    /// Set when the server shut this client down: the agent looks often (it is one load), to
+    /// restore the server sooner than its next sweep.
+    gone: Arc<AtomicBool>,
     intended: BTreeSet<Edge>,
     /// Where the recorder listens: (its input ports, index 0 = DAC channel 1).
     recorder_inputs: Vec<String>,
@@ -72,7 +76,7 @@ impl JackGraph {
             jack::Client::new("orchestra-agent", jack::ClientOptions::NO_START_SERVER)
                 .map_err(|e| anyhow::anyhow!("cannot open a JACK client: {e:?}"))?;
         let (tx, rx) = unbounded_channel();
-        let gone = Arc::new(Notify::new());
+        let gone = Arc::new(AtomicBool::new(false));
         let client = client
             .activate_async(
                 Notifier {
@@ -94,6 +98,11 @@ impl JackGraph {
         ))
     }
 
+    /// Whether the server shut this client down.
+    pub fn server_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
     pub fn sample_rate(&self) -> u32 {
         self.client.as_client().sample_rate()
     }
@@ -110,9 +119,16 @@ impl JackGraph {
         self.intended = edges;
     }
 
-    /// The edges this client keeps made (handed to the next client when the server restarts).
-    pub fn intended(&self) -> &BTreeSet<Edge> {
-        &self.intended
+    /// Let go of a client whose server died, keeping the edges it was to make. It is not
+    /// closed: closing a client of a dead server makes libjack cancel the client's thread
+    /// inside a C++ `catch (...)`, which aborts the whole agent ("FATAL: exception not
+    /// rethrown", seen in one restart of four). What is leaked is small, once per death.
+    pub fn abandon(self) -> BTreeSet<Edge> {
+        let JackGraph {
+            client, intended, ..
+        } = self;
+        std::mem::forget(client);
+        intended
     }
 
     pub fn set_recorder_inputs(&mut self, inputs: Vec<String>) {

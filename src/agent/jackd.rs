@@ -130,7 +130,7 @@ fn last_line(log: &Path) -> String {
 /// and period, and wait until it answers. What a killed server of the same name left behind
 /// is cleared first.
 pub fn start(workdir: &Path, jack: &JackSettings) -> Result<Server> {
-    clear_stale_registration(&server_name());
+    clear_stale_registrations();
     let log_path = workdir.join("jackd.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot write {}", log_path.display()))?;
@@ -194,69 +194,123 @@ pub fn stop_ours(workdir: &Path) -> Result<bool> {
 
 /// JACK's registry of servers (jack2 with POSIX shared memory), and the layout of its header:
 /// `magic: u32, protocol: u16, type: i32, size: i32, hdr_len: i32, entry_len: i32`, then
-/// `MAX_SERVERS` entries of `{ pid: i32, name: [u8; 257] }` (264 bytes each).
+/// `MAX_SERVERS` entries of `{ pid: i32, name: [u8; 257] }` (264 bytes each). jack2 guards it
+/// with a SysV semaphore of a fixed key.
 const REGISTRY: &str = "/dev/shm/jack-shm-registry";
 const SERVERS_AT: usize = 24;
 const SERVER_ENTRY: usize = 264;
 const MAX_SERVERS: usize = 8;
+const REGISTRY_LOCK_KEY: libc::key_t = 0x282929;
 
-/// A server registers as `jack-<uid>:<name>:` with its pid, and a new one with that name
-/// refuses to start ("server already active") while `kill(pid, 0)` succeeds — which it does
-/// for a zombie. A killed jackd whose parent has not reaped it yet (an adopted one: its parent
-/// is init, which may take seconds) would keep every new server out. A zombie never runs
-/// again, so its entry is removed at once, as jackd itself does for a pid that is gone. Live
-/// servers and other names are never touched.
-pub fn clear_stale_registration(server: &str) {
-    let Some((index, pid)) = registered(server) else {
-        return;
-    };
-    if process_state(pid) != Some('Z') {
-        // Gone (jackd reclaims the entry itself) or alive (a real server: not ours to clear).
-        return;
-    }
-    tracing::warn!(
-        "JACK server `{server}`: its jackd (pid {pid}) was killed and is not reaped; clearing its registration in {REGISTRY}"
-    );
-    use std::io::{Seek, SeekFrom, Write};
-    let cleared = std::fs::OpenOptions::new()
+/// Clear the registrations of servers whose jackd is gone, so a new jackd can start.
+///
+/// A server registers as `jack-<uid>:<name>:` with its pid, and jackd reclaims an entry only
+/// when it is its own name and `kill(pid, 0)` fails. So a killed jackd (not shut down) keeps
+/// its entry: a new server of that name is refused ("server already active") while the
+/// killed one is an unreaped zombie (an adopted jackd: its parent is init, which may take
+/// seconds), and with eight such entries of other names every new server is refused ("Too
+/// many servers already active"; test servers have names of their own). Entries of this user
+/// whose process is gone or a zombie never serve again; they are cleared under JACK's lock.
+/// Live servers and other users' entries are never touched.
+pub fn clear_stale_registrations() {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(REGISTRY)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::Start((SERVERS_AT + index * SERVER_ENTRY) as u64))?;
-            f.write_all(&[0u8; SERVER_ENTRY])
-        });
-    if let Err(e) = cleared {
-        tracing::warn!("cannot clear the stale JACK registration in {REGISTRY}: {e}");
+    else {
+        return;
+    };
+    let Some(_lock) = RegistryLock::take() else {
+        tracing::warn!("JACK's registry lock is held for long; leaving {REGISTRY} as it is");
+        return;
+    };
+    let mut header = vec![0u8; SERVERS_AT + MAX_SERVERS * SERVER_ENTRY];
+    if file.read_exact_at(&mut header, 0).is_err() {
+        return;
+    }
+    let hdr_len = i32::from_ne_bytes(header[16..20].try_into().expect("4 bytes"));
+    if hdr_len as usize != header.len() {
+        // Another layout than the one this reads: leave it alone.
+        return;
+    }
+    // SAFETY: getuid cannot fail.
+    let ours = format!("jack-{}:", unsafe { libc::getuid() });
+    for i in 0..MAX_SERVERS {
+        let at = SERVERS_AT + i * SERVER_ENTRY;
+        let entry = &header[at..at + SERVER_ENTRY];
+        let pid = i32::from_ne_bytes(entry[..4].try_into().expect("4 bytes"));
+        let name = &entry[4..];
+        let name = String::from_utf8_lossy(
+            &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())],
+        );
+        let gone = matches!(process_state(pid as u32), None | Some('Z') | Some('X'));
+        if pid > 0 && name.starts_with(&ours) && gone {
+            tracing::info!("clearing the registration of JACK server `{name}` (pid {pid} is gone) in {REGISTRY}");
+            if let Err(e) = file.write_all_at(&[0u8; SERVER_ENTRY], at as u64) {
+                tracing::warn!("cannot clear a stale JACK registration in {REGISTRY}: {e}");
+            }
+        }
     }
 }
 
-/// The slot and pid under which `server` is registered, if it is.
-fn registered(server: &str) -> Option<(usize, u32)> {
-    use std::io::Read;
+/// JACK's registry lock (its SysV semaphore, undone by the kernel should we die holding it).
+struct RegistryLock(libc::c_int);
+
+impl RegistryLock {
+    /// Wait up to a second for it (a hung jackd could hold it for ever).
+    fn take() -> Option<RegistryLock> {
+        // SAFETY: plain SysV IPC calls on JACK's well-known semaphore.
+        let id = unsafe { libc::semget(REGISTRY_LOCK_KEY, 1, 0) };
+        if id < 0 {
+            return None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let mut op = libc::sembuf {
+                sem_num: 0,
+                sem_op: -1,
+                sem_flg: (libc::SEM_UNDO | libc::IPC_NOWAIT) as libc::c_short,
+            };
+            if unsafe { libc::semop(id, &mut op, 1) } == 0 {
+                return Some(RegistryLock(id));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for RegistryLock {
+    fn drop(&mut self) {
+        let mut op = libc::sembuf {
+            sem_num: 0,
+            sem_op: 1,
+            sem_flg: libc::SEM_UNDO as libc::c_short,
+        };
+        // SAFETY: releases the lock taken in `take`.
+        unsafe { libc::semop(self.0, &mut op, 1) };
+    }
+}
+
+/// The pid under which `server` is registered, if it is.
+#[cfg(test)]
+fn registered(server: &str) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
     let mut header = vec![0u8; SERVERS_AT + MAX_SERVERS * SERVER_ENTRY];
     std::fs::File::open(REGISTRY)
-        .and_then(|mut f| f.read_exact(&mut header))
+        .and_then(|f| f.read_exact_at(&mut header, 0))
         .ok()?;
-    let hdr_len = i32::from_ne_bytes(header[16..20].try_into().ok()?);
-    if hdr_len as usize != header.len() {
-        // Another layout than the one this reads: leave it alone.
-        return None;
-    }
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
-    let wanted = format!("jack-{uid}:{server}:");
+    let wanted = format!("jack-{}:{server}:", unsafe { libc::getuid() });
     (0..MAX_SERVERS).find_map(|i| {
         let entry = &header[SERVERS_AT + i * SERVER_ENTRY..SERVERS_AT + (i + 1) * SERVER_ENTRY];
         let pid = i32::from_ne_bytes(entry[..4].try_into().ok()?);
         let name = &entry[4..];
         let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
-        (pid > 0 && name == wanted.as_bytes()).then_some((i, pid as u32))
+        (pid > 0 && name == wanted.as_bytes()).then_some(pid as u32)
     })
-}
-
-/// Whether this work dir records a jackd that we started.
-pub fn started_by_us(workdir: &Path) -> bool {
-    pid_file(workdir).exists()
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// events missed is repaired (level-triggered).
 const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
+/// How often the agent looks whether its JACK server shut it down (an atomic load), so a dead
+/// server is restored sooner than the next sweep.
+const WATCH_SERVER_EVERY: Duration = Duration::from_millis(20);
+
 struct Agent {
     workdir: Option<PathBuf>,
     supervisor: Option<Supervisor>,
@@ -416,17 +420,11 @@ pub async fn serve() -> Result<()> {
         jack_lost: None,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut watch = tokio::time::interval(WATCH_SERVER_EVERY);
     loop {
         let mut out: Vec<AgentLine> = Vec::new();
         let mut shutdown = false;
         let mut upkeep = false;
-        let gone = agent.graph.as_ref().map(|g| g.gone.clone());
-        let server_gone = async {
-            match &gone {
-                Some(gone) => gone.notified().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
@@ -449,7 +447,7 @@ pub async fn serve() -> Result<()> {
                 }
             }
             _ = sweep.tick() => upkeep = true,
-            _ = server_gone => upkeep = true,
+            _ = watch.tick() => upkeep = agent.graph.as_ref().is_some_and(JackGraph::server_gone),
         }
         // Upkeep (JACK queries for every client) runs on its own tick, not before each reply:
         // a live edit is a few requests in a row, each answered at once.

@@ -177,11 +177,12 @@ impl Recorder {
         })
     }
 
-    /// The JACK server died: drop the client (its ring is drained by the writer).
+    /// The JACK server died: let go of the client (its ring is drained by the writer). It is
+    /// not closed, as closing a client of a dead server can abort the process (see
+    /// `JackGraph::abandon`).
     pub fn server_lost(&mut self) {
         if let Some(client) = self.client.take() {
-            // Closing a client of a dead server only tells libjack to let go of it.
-            drop(client);
+            std::mem::forget(client);
             self.lost_at = Some(Instant::now());
         }
     }

@@ -60,7 +60,7 @@ impl Agent {
         let intended = self
             .graph
             .take()
-            .map(|g| g.intended().clone())
+            .map(JackGraph::abandon)
             .unwrap_or_default();
         self.graph_events = None;
         if let Some(recorder) = self.recorder.as_mut() {
@@ -108,8 +108,9 @@ impl Agent {
             Err(e) => {
                 // Undo the half that came up, so the next try starts from the same place.
                 if let Some(graph) = self.graph.take() {
+                    let intended = graph.abandon();
                     if let Some(lost) = self.jack_lost.as_mut() {
-                        lost.intended = graph.intended().clone();
+                        lost.intended = intended;
                     }
                 }
                 self.graph_events = None;
