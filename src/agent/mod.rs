@@ -456,12 +456,15 @@ pub async fn serve() -> Result<()> {
             events.extend(agent.upkeep());
             out.extend(events.into_iter().map(|event| AgentLine::Event { event }));
         }
-        for line in out {
-            let mut text = serde_json::to_string(&line)?;
-            text.push('\n');
-            stdout.write_all(text.as_bytes()).await?;
+        // Most wake-ups (the server watch) have nothing to say.
+        if !out.is_empty() {
+            for line in out {
+                let mut text = serde_json::to_string(&line)?;
+                text.push('\n');
+                stdout.write_all(text.as_bytes()).await?;
+            }
+            stdout.flush().await?;
         }
-        stdout.flush().await?;
         if shutdown {
             break;
         }
