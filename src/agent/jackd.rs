@@ -131,6 +131,7 @@ fn last_line(log: &Path) -> String {
 /// is cleared first.
 pub fn start(workdir: &Path, jack: &JackSettings) -> Result<Server> {
     clear_stale_registrations();
+    remove_stale_files(&server_name());
     let log_path = workdir.join("jackd.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot write {}", log_path.display()))?;
@@ -190,6 +191,57 @@ pub fn stop_ours(workdir: &Path) -> Result<bool> {
     }
     let _ = std::fs::remove_file(path);
     Ok(running)
+}
+
+/// A killed server of this name leaves its socket and the named semaphores of its clients in
+/// /dev/shm (`jack_<name>_<uid>_*`, `jack_sem.<uid>_<name>_*`). They do not keep a new
+/// server out, but they pile up; none is in use when no server of the name answers, which is
+/// when this is called (a client still mapping one keeps its mapping).
+fn remove_stale_files(server: &str) {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let socket = format!("jack_{server}_{uid}_");
+    let semaphore = format!("jack_sem.{uid}_{server}_");
+    // Another live server whose name extends this one (`name_x`) shares the prefixes.
+    let ambiguous = live_servers()
+        .iter()
+        .any(|live| live.starts_with(&format!("{server}_")));
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let stale_socket = name
+            .strip_prefix(&socket)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if stale_socket || (!ambiguous && name.starts_with(&semaphore)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The names of this user's registered servers whose jackd runs.
+fn live_servers() -> Vec<String> {
+    use std::os::unix::fs::FileExt;
+    let mut header = vec![0u8; SERVERS_AT + MAX_SERVERS * SERVER_ENTRY];
+    if std::fs::File::open(REGISTRY)
+        .and_then(|f| f.read_exact_at(&mut header, 0))
+        .is_err()
+    {
+        return Vec::new();
+    }
+    // SAFETY: getuid cannot fail.
+    let ours = format!("jack-{}:", unsafe { libc::getuid() });
+    (0..MAX_SERVERS)
+        .filter_map(|i| {
+            let entry = &header[SERVERS_AT + i * SERVER_ENTRY..SERVERS_AT + (i + 1) * SERVER_ENTRY];
+            let pid = i32::from_ne_bytes(entry[..4].try_into().ok()?);
+            let name = &entry[4..];
+            let name = String::from_utf8_lossy(&name[..name.iter().position(|b| *b == 0)?]);
+            let server = name.strip_prefix(&ours)?.strip_suffix(':')?.to_string();
+            (pid > 0 && process_alive(pid as u32)).then_some(server)
+        })
+        .collect()
 }
 
 /// JACK's registry of servers (jack2 with POSIX shared memory), and the layout of its header:
