@@ -3,7 +3,7 @@
 //! The one data flow (see DESIGN.md), one module per stage:
 //!
 //! - [`script`]: evaluate the Lua orchestra in a sandbox (or read the prototype's JSON) →
-//!   [`model::Orchestra`].
+//!   [`model::Orchestra`], in a worker process killed at a deadline ([`script::bounded`]).
 //! - [`model`]: hosts, blocks, connections; [`model::resolve`] checks them against the
 //!   [`modules`] library and expands connections to port-level wires.
 //! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`).
@@ -21,7 +21,7 @@
 //! - [`analysis`]: frequency, level and dropouts of a recording.
 //! - [`names`]: name validation and "did you mean".
 //! - [`osc`]: the OSC control server, the live layer it edits, and the router to blocks.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
 pub mod analysis;
@@ -34,6 +34,7 @@ pub mod model;
 pub mod modules;
 pub mod names;
 pub mod osc;
+pub mod output;
 pub mod placement;
 pub mod plan;
 pub mod runtime;

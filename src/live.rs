@@ -15,7 +15,7 @@ use crate::osc::dispatch::Command;
 use crate::osc::layer::{LiveLayer, LiveOp};
 use crate::osc::server::SharedRoutes;
 use crate::plan::{diff, Action, Plan};
-use crate::runtime::{desire, load_with, warn_overflow, Loaded, Source};
+use crate::runtime::{desire, load_with_async, warn_overflow, Loaded, Source};
 use crate::state::{self, AppliedState};
 use crate::watch::{Change, Watcher};
 use futures::future::join_all;
@@ -64,6 +64,26 @@ pub struct Live {
     pub routes: Option<SharedRoutes>,
     /// Cores of overflow last warned about (the warning is repeated only when it changes).
     pub overflow: u64,
+}
+
+/// What asked for an evaluation, and so what its outcome means.
+#[derive(Debug)]
+pub enum Asked {
+    /// Files of the orchestra changed.
+    Files,
+    /// `/orchestra/reload`.
+    Reload,
+    /// `/orchestra/reset`: the evaluation ran without the live layer.
+    Reset,
+    /// A live change, laid over the layer if it applies.
+    Change(LiveOp),
+}
+
+/// An evaluation in flight: the worker's outcome to come, and what asked for it.
+pub struct Evaluation {
+    pub started: Instant,
+    pub asked: Asked,
+    pub future: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Loaded>> + Send>>,
 }
 
 /// Outcome of one reload.
@@ -133,37 +153,79 @@ impl Live {
     }
 
     /// Re-read the orchestra and make what runs match it. Nothing changes on any error.
-    pub async fn reload(&mut self, why: &[PathBuf]) -> Reloaded {
-        let started = Instant::now();
-        let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
-        eprintln!("reload: {} changed", changed.join(", "));
-        self.reload_with(None, started).await
+    pub async fn reload(&mut self, why: &[PathBuf]) {
+        let evaluation = self.begin_reload(why);
+        let loaded = evaluation.future.await;
+        let _ = self
+            .finish(evaluation.asked, evaluation.started, loaded)
+            .await;
     }
 
     /// Carry out an OSC command through the same path as a save; the answer for the sender.
     pub async fn control(&mut self, command: Command) -> Result<String, String> {
-        let started = Instant::now();
+        let evaluation = self.begin_control(command);
+        let loaded = evaluation.future.await;
+        self.finish(evaluation.asked, evaluation.started, loaded)
+            .await
+    }
+
+    /// Start re-reading the orchestra because `why` changed. The evaluation runs in a worker
+    /// process while the caller goes on serving signals and reconciles; hand its outcome to
+    /// [`Live::finish`].
+    pub fn begin_reload(&self, why: &[PathBuf]) -> Evaluation {
+        let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
+        eprintln!("reload: {} changed", changed.join(", "));
+        self.evaluate(self.layer.clone(), None, Asked::Files)
+    }
+
+    /// Start carrying out an OSC command (see [`Live::begin_reload`]).
+    pub fn begin_control(&self, command: Command) -> Evaluation {
         match command {
             Command::Reload => {
                 eprintln!("reload: asked over OSC");
-                self.reload_with(None, started).await.answer("reloaded")
+                self.evaluate(self.layer.clone(), None, Asked::Reload)
             }
             Command::Reset => {
                 eprintln!("reload: live layer reset over OSC");
-                let kept = std::mem::take(&mut self.layer);
-                let outcome = self.reload_with(None, started).await;
-                if let Reloaded::Rejected(_) = outcome {
-                    self.layer = kept;
-                } else {
+                self.evaluate(LiveLayer::default(), None, Asked::Reset)
+            }
+            Command::Change(op) => {
+                eprintln!("reload: OSC {op}");
+                self.evaluate(self.layer.clone(), Some(op.clone()), Asked::Change(op))
+            }
+        }
+    }
+
+    fn evaluate(&self, layer: LiveLayer, new: Option<LiveOp>, asked: Asked) -> Evaluation {
+        Evaluation {
+            started: Instant::now(),
+            asked,
+            future: Box::pin(load_with_async(self.source.clone(), layer, new)),
+        }
+    }
+
+    /// Apply what an evaluation gave; the answer for an OSC sender.
+    pub async fn finish(
+        &mut self,
+        asked: Asked,
+        started: Instant,
+        loaded: anyhow::Result<Loaded>,
+    ) -> Result<String, String> {
+        let outcome = self.reload_with(loaded, started).await;
+        let applied = !matches!(outcome, Reloaded::Rejected(_));
+        match asked {
+            Asked::Files => outcome.answer("reloaded"),
+            Asked::Reload => outcome.answer("reloaded"),
+            Asked::Reset => {
+                if applied {
+                    self.layer = LiveLayer::default();
                     self.save_layer();
                 }
                 outcome.answer("live layer reset")
             }
-            Command::Change(op) => {
-                eprintln!("reload: OSC {op}");
+            Asked::Change(op) => {
                 let what = op.to_string();
-                let outcome = self.reload_with(Some(&op), started).await;
-                if !matches!(outcome, Reloaded::Rejected(_)) {
+                if applied {
                     self.layer.ops.push(op);
                     self.save_layer();
                 }
@@ -204,8 +266,8 @@ impl Live {
         routes.set(table);
     }
 
-    async fn reload_with(&mut self, new: Option<&LiveOp>, started: Instant) -> Reloaded {
-        let mut loaded = match load_with(&self.source, &self.layer, new) {
+    async fn reload_with(&mut self, loaded: anyhow::Result<Loaded>, started: Instant) -> Reloaded {
+        let mut loaded = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 eprintln!("{e:#}");

@@ -5,7 +5,7 @@
 use crate::agent::protocol::{Event, Request};
 use crate::deploy::{redeploy, Deployment};
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
-use crate::live::Live;
+use crate::live::{Evaluation, Live};
 use crate::model::{resolve, Host, Orchestra, Resolved};
 use crate::modules::{Engines, ModuleLibrary};
 use crate::osc::layer::{LiveLayer, LiveOp};
@@ -15,6 +15,7 @@ use crate::plan::{diff, Action};
 use crate::state::{self, AppliedState};
 use crate::watch::Change;
 use anyhow::{anyhow, bail, Context, Result};
+use futures::FutureExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -45,18 +46,34 @@ pub fn load(source: &Source) -> Result<Loaded> {
 
 /// [`load`], with the live layer laid over the script and, when given, one more change that
 /// must apply (an error names it; the layer's older changes only warn when they no longer
-/// apply).
+/// apply). The Lua is evaluated in the worker process of [`crate::script::bounded`].
 pub fn load_with(source: &Source, layer: &LiveLayer, new: Option<&LiveOp>) -> Result<Loaded> {
-    let mut orchestra = crate::script::load_orchestra(&source.script, source.hosts.as_deref())?;
-    let base = source
-        .script
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    layer.apply(&mut orchestra, &base);
-    if let Some(op) = new {
-        crate::osc::layer::apply_op(op, &mut orchestra, &base).map_err(|e| anyhow!("{op}: {e}"))?;
-    }
+    let orchestra =
+        crate::script::bounded::load_orchestra(&source.script, source.hosts.as_deref(), layer, new)
+            .map_err(|e| anyhow!("{e}"))?;
+    finish_load(source, orchestra)
+}
+
+/// [`load_with`] for the live loop: the worker runs while the controller goes on serving
+/// signals and reconciles, and dropping the future stops the worker.
+pub async fn load_with_async(
+    source: Source,
+    layer: LiveLayer,
+    new: Option<LiveOp>,
+) -> Result<Loaded> {
+    let orchestra = crate::script::bounded::load_orchestra_async(
+        source.script.clone(),
+        source.hosts.clone(),
+        layer,
+        new,
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    finish_load(&source, orchestra)
+}
+
+/// Modules and resolution of an evaluated orchestra (Rust only: bounded by construction).
+fn finish_load(source: &Source, orchestra: Orchestra) -> Result<Loaded> {
     for warning in &orchestra.warnings {
         eprintln!("warning: {warning}");
     }
@@ -357,7 +374,22 @@ pub async fn run(options: RunOptions) -> Result<()> {
         changes: changes_rx,
         control: control_rx,
     };
-    let outcome = play(&mut live, &options, inputs, started, record_offset).await;
+    // A bug that panics in the control loop still tears down: synths are never left playing
+    // with nobody to stop them.
+    let outcome =
+        std::panic::AssertUnwindSafe(play(&mut live, &options, inputs, started, record_offset))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(anyhow!(
+                    "internal error ({what}); stopped everything it started"
+                ))
+            });
     if let Some((server, serving)) = osc {
         serving.stop();
         if server
@@ -499,6 +531,8 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    /// The terminal closed: tear down like SIGTERM (the default would leave synths playing).
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -507,6 +541,7 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 }
@@ -581,6 +616,10 @@ async fn play(
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reconcile.reset();
+    // One evaluation at a time runs in its worker while this loop goes on serving signals,
+    // agent events and reconciles; saves and commands that come meanwhile wait in their
+    // channels and are merged into the next one.
+    let mut evaluating: Option<(Evaluation, Option<ControlReply>)> = None;
     loop {
         let timer = async {
             match until {
@@ -588,25 +627,39 @@ async fn play(
                 None => std::future::pending().await,
             }
         };
+        let busy = evaluating.is_some();
+        let evaluated = async {
+            match evaluating.as_mut() {
+                Some((evaluation, _)) => evaluation.future.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = signals.interrupt.recv() => { eprintln!("stopping (Ctrl-C)"); break; }
             _ = signals.terminate.recv() => { eprintln!("stopping (SIGTERM)"); break; }
+            _ = signals.hangup.recv() => { eprintln!("stopping (SIGHUP: the terminal closed)"); break; }
             _ = timer => { break; }
-            Some(change) = changes.recv() => {
+            loaded = evaluated => {
+                let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
+                let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
+                if let Some(reply) = reply {
+                    if let Err(why) = &answer {
+                        eprintln!("  OSC command refused: {why}");
+                    }
+                    let _ = reply.send(answer);
+                }
+            }
+            Some(change) = changes.recv(), if !busy => {
                 let mut paths = change.paths;
                 while let Ok(more) = changes.try_recv() {
                     paths.extend(more.paths);
                 }
                 paths.sort();
                 paths.dedup();
-                live.reload(&paths).await;
+                evaluating = Some((live.begin_reload(&paths), None));
             }
-            Some(request) = control.recv() => {
-                let answer = live.control(request.command).await;
-                if let Err(why) = &answer {
-                    eprintln!("  OSC command refused: {why}");
-                }
-                let _ = request.reply.send(answer);
+            Some(request) = control.recv(), if !busy => {
+                evaluating = Some((live.begin_control(request.command), Some(request.reply)));
             }
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. });
@@ -620,6 +673,9 @@ async fn play(
     }
     Ok(())
 }
+
+/// Where the answer to an OSC command goes once it is applied.
+type ControlReply = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 /// `run --dry-run`: the plan from what runs (per the state) to the script, then one plan per
 /// change, each from the previous plan's result; nothing is started or contacted.

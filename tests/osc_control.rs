@@ -276,6 +276,7 @@ fn bench_router() {
     let server = OscServer::bind(&OscOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
         allow: vec![],
+        control_allow: vec![],
     })
     .unwrap();
     let router = server.local_addr().unwrap();

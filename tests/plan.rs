@@ -239,7 +239,10 @@ fn a_user_module_shadows_a_built_in() {
     assert_eq!(library.add_dir(dir.path()).unwrap(), ["sine"]);
     let sine = library.get("sine").unwrap();
     assert_eq!(sine.origin, dir.path().join("sine").display().to_string());
-    assert_eq!(sine.manifest.outputs.resolve(&sine.manifest.params), Ok(2));
+    assert_eq!(
+        sine.manifest.outputs.resolve(&sine.manifest.defaults()),
+        Ok(2)
+    );
 }
 
 #[test]

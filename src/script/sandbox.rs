@@ -1,16 +1,29 @@
 //! The Lua sandbox: which standard libraries a script sees, and the limits that turn a runaway
-//! loop or a memory bomb into an error instead of a frozen show.
+//! loop or a memory bomb into an error instead of a frozen show. Once a limit trips it stays
+//! tripped: `pcall`, `xpcall` and `coroutine.resume` hand the error on instead of swallowing
+//! it, so a script cannot catch its way past the limit (the worker process of
+//! [`super::bounded`] is the boundary behind this one).
 
 use crate::model::Location;
 use mlua::{HookTriggers, Lua, LuaOptions, StdLib, VmState};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 /// Instructions a script may run before it is stopped (a normal orchestra needs far fewer).
 pub const INSTRUCTION_LIMIT: u64 = 50_000_000;
 /// Memory a script may allocate.
 pub const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 const HOOK_EVERY: u32 = 1000;
+
+/// When this process's evaluations must be over (set once by the evaluation worker).
+static DEADLINE: OnceLock<(Instant, std::time::Duration)> = OnceLock::new();
+
+/// Evaluations in this process stop `budget` from now (the worker sets it at start).
+pub fn set_deadline(budget: std::time::Duration) {
+    let _ = DEADLINE.set((Instant::now() + budget, budget));
+}
 
 /// A Lua 5.4 state with only `string`, `table`, `math`, `utf8`, `coroutine` and the harmless
 /// parts of `os`; no `io`, no `os.execute`, no loading of bytecode, no files.
@@ -59,6 +72,27 @@ pub fn new_lua() -> mlua::Result<Lua> {
     Ok(lua)
 }
 
+/// Replace `pcall`, `xpcall` and `coroutine.resume` with versions that hand a tripped limit
+/// on: once the instruction, time or memory budget is spent, no Lua code can catch the error.
+fn make_limits_uncatchable(lua: &Lua, tripped: Rc<RefCell<Option<String>>>) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let coroutine: mlua::Table = globals.get("coroutine")?;
+    let wrap = |original: mlua::Function| {
+        let tripped = tripped.clone();
+        lua.create_function(move |_, args: mlua::MultiValue| {
+            let results = original.call::<mlua::MultiValue>(args)?;
+            match tripped.borrow().as_ref() {
+                Some(message) => Err(mlua::Error::RuntimeError(message.clone())),
+                None => Ok(results),
+            }
+        })
+    };
+    globals.set("pcall", wrap(globals.get("pcall")?)?)?;
+    globals.set("xpcall", wrap(globals.get("xpcall")?)?)?;
+    coroutine.set("resume", wrap(coroutine.get("resume")?)?)?;
+    Ok(())
+}
+
 /// Where the script was when a limit hit, shared between the hook and the error mapping.
 #[derive(Clone, Default)]
 pub struct LastSeen(Rc<Cell<Option<(u32, u32)>>>, Rc<std::cell::RefCell<String>>);
@@ -72,15 +106,21 @@ impl LastSeen {
     }
 }
 
-/// Install the instruction budget and the memory limit.
+/// Install the instruction budget, the deadline and the memory limit. The hook stays until
+/// the state is dropped: finalizers (`__gc`) that run at the end are held to it too.
 pub fn limit(lua: &Lua) -> mlua::Result<LastSeen> {
     lua.set_memory_limit(MEMORY_LIMIT)?;
     let seen = LastSeen::default();
+    let tripped: Rc<RefCell<Option<String>>> = Rc::default();
+    make_limits_uncatchable(lua, tripped.clone())?;
     let hook_seen = seen.clone();
     let count = Cell::new(0u64);
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
         move |_, debug| {
+            if let Some(message) = tripped.borrow().as_ref() {
+                return Err(mlua::Error::RuntimeError(message.clone()));
+            }
             let line = debug.curr_line();
             if line > 0 {
                 hook_seen.0.set(Some((line as u32, 0)));
@@ -90,15 +130,33 @@ pub fn limit(lua: &Lua) -> mlua::Result<LastSeen> {
             }
             let n = count.get() + HOOK_EVERY as u64;
             count.set(n);
-            if n > INSTRUCTION_LIMIT {
-                return Err(mlua::Error::RuntimeError(format!(
+            let at = || {
+                hook_seen
+                    .location()
+                    .map(|l| format!("{l}: "))
+                    .unwrap_or_default()
+            };
+            let over = if n > INSTRUCTION_LIMIT {
+                Some(format!(
                     "{}script ran more than {} million instructions: an endless loop?",
-                    hook_seen
-                        .location()
-                        .map(|l| format!("{l}: "))
-                        .unwrap_or_default(),
+                    at(),
                     INSTRUCTION_LIMIT / 1_000_000
-                )));
+                ))
+            } else {
+                DEADLINE
+                    .get()
+                    .filter(|(deadline, _)| Instant::now() > *deadline)
+                    .map(|(_, budget)| {
+                        format!(
+                            "{}script ran longer than {:.1} s: an endless loop?",
+                            at(),
+                            budget.as_secs_f64()
+                        )
+                    })
+            };
+            if let Some(message) = over {
+                *tripped.borrow_mut() = Some(message.clone());
+                return Err(mlua::Error::RuntimeError(message));
             }
             Ok(VmState::Continue)
         },
