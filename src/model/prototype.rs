@@ -200,13 +200,13 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
         let mut seen = BTreeSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            map.next_value::<UniqueKeys>()?;
             if !seen.insert(key.clone()) {
                 return Err(serde::de::Error::custom(format!(
                     "key `{}` appears twice in one object",
                     crate::names::shown(&key)
                 )));
             }
+            map.next_value::<UniqueKeys>()?;
         }
         Ok(UniqueKeys)
     }

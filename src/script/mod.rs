@@ -237,13 +237,15 @@ impl Builder {
     fn hold(&mut self, lua: &Lua, bytes: usize) -> mlua::Result<()> {
         self.held = self.held.saturating_add(bytes + DECLARATION_OVERHEAD);
         if self.held > sandbox::MEMORY_LIMIT {
-            return Err(script_error(
-                lua,
+            let at = sandbox::caller_location(lua);
+            let message = ModelError::at(
+                at.as_ref(),
                 format!(
                     "the script declares more than {} MiB of blocks, connections and params",
                     sandbox::MEMORY_LIMIT / (1024 * 1024)
                 ),
-            ));
+            );
+            return Err(sandbox::trip(lua, message.to_string()));
         }
         Ok(())
     }
@@ -537,7 +539,10 @@ fn param_value(lua: &Lua, block: &str, key: &str, value: Value) -> mlua::Result<
         Value::Number(n) => {
             return Err(script_error(
                 lua,
-                format!("block `{block}`: param `{key}` must be a finite number, not {n}"),
+                format!(
+                    "block `{block}`: param `{key}` must be a finite number, not {}",
+                    crate::modules::params::lua_number(n)
+                ),
             ))
         }
         Value::Boolean(b) => serde_json::Value::from(b),

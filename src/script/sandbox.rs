@@ -74,23 +74,34 @@ pub fn new_lua() -> mlua::Result<Lua> {
 
 /// Replace `pcall`, `xpcall` and `coroutine.resume` with versions that hand a tripped limit
 /// on: once the instruction, time or memory budget is spent, no Lua code can catch the error.
+/// The wrappers are Lua functions around the originals (kept as upvalues the script cannot
+/// reach): a Rust frame between them would add C stack per nested `pcall`, which Lua's own
+/// C-stack limit does not see.
 fn make_limits_uncatchable(lua: &Lua, tripped: Rc<RefCell<Option<String>>>) -> mlua::Result<()> {
-    let globals = lua.globals();
-    let coroutine: mlua::Table = globals.get("coroutine")?;
-    let wrap = |original: mlua::Function| {
-        let tripped = tripped.clone();
-        lua.create_function(move |_, args: mlua::MultiValue| {
-            let results = original.call::<mlua::MultiValue>(args)?;
-            match tripped.borrow().as_ref() {
+    let pass_on =
+        lua.create_function(
+            move |_, results: mlua::MultiValue| match tripped.borrow().as_ref() {
                 Some(message) => Err(mlua::Error::RuntimeError(message.clone())),
                 None => Ok(results),
-            }
-        })
-    };
-    globals.set("pcall", wrap(globals.get("pcall")?)?)?;
-    globals.set("xpcall", wrap(globals.get("xpcall")?)?)?;
-    coroutine.set("resume", wrap(coroutine.get("resume")?)?)?;
-    Ok(())
+            },
+        )?;
+    lua.load(
+        r#"
+        local pass_on, pcall, xpcall, resume = ...
+        _G.pcall = function(...) return pass_on(pcall(...)) end
+        _G.xpcall = function(...) return pass_on(xpcall(...)) end
+        coroutine.resume = function(...) return pass_on(resume(...)) end
+        "#,
+    )
+    .set_name("=sandbox")
+    .call::<()>((
+        pass_on,
+        lua.globals().get::<mlua::Function>("pcall")?,
+        lua.globals().get::<mlua::Function>("xpcall")?,
+        lua.globals()
+            .get::<mlua::Table>("coroutine")?
+            .get::<mlua::Function>("resume")?,
+    ))
 }
 
 /// Where the script was when a limit hit, shared between the hook and the error mapping.
@@ -106,12 +117,25 @@ impl LastSeen {
     }
 }
 
+/// The limit that tripped, if one did; shared by the hook, the `pcall` wrappers and [`trip`].
+struct Tripped(Rc<RefCell<Option<String>>>);
+
+/// Trip a limit from Rust (an API function's own budget): from now on nothing in the script
+/// can catch it, as with the instruction and time limits.
+pub fn trip(lua: &Lua, message: String) -> mlua::Error {
+    if let Some(tripped) = lua.app_data_ref::<Tripped>() {
+        *tripped.0.borrow_mut() = Some(message.clone());
+    }
+    mlua::Error::RuntimeError(message)
+}
+
 /// Install the instruction budget, the deadline and the memory limit. The hook stays until
 /// the state is dropped: finalizers (`__gc`) that run at the end are held to it too.
 pub fn limit(lua: &Lua) -> mlua::Result<LastSeen> {
     lua.set_memory_limit(MEMORY_LIMIT)?;
     let seen = LastSeen::default();
     let tripped: Rc<RefCell<Option<String>>> = Rc::default();
+    lua.set_app_data(Tripped(tripped.clone()));
     make_limits_uncatchable(lua, tripped.clone())?;
     let hook_seen = seen.clone();
     let count = Cell::new(0u64);
