@@ -210,7 +210,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
             layer.ops.len()
         );
     }
-    let mut loaded = load_with(&options.source, &layer, None)?;
+    let mut loaded = load_with(&options.source, &layer, None).map_err(|e| {
+        if layer.is_empty() {
+            e
+        } else {
+            anyhow!(
+                "{e:#} (with the live layer of the last run laid over the script: `orchestra plan` lists it; delete {} to start from the script alone)",
+                dir.join(format!("{}.live.json", crate::script::orchestra_name(&options.source.script))).display()
+            )
+        }
+    })?;
     let previous = state::load(&dir, &loaded.resolved.name)?;
     let current = previous
         .as_ref()
