@@ -430,3 +430,24 @@ fn csound_pid(dir: &Path, block: &str) -> u32 {
     }
     panic!("no instance of `{block}`");
 }
+
+/// What the evaluation boundary costs a reload: loading the example through the worker
+/// process against loading it in this process (`cargo test --test hostile bench --
+/// --ignored --nocapture`).
+#[test]
+#[ignore = "benchmark: prints figures, asserts no timing"]
+fn bench_evaluation_boundary() {
+    let (_dir, script) = example_in_tempdir("sine-lp.lua");
+    let mut in_worker = Vec::new();
+    let mut in_process = Vec::new();
+    for _ in 0..40 {
+        let started = Instant::now();
+        cloud_orchestra::script::load_orchestra(&script, None).unwrap();
+        in_worker.push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        cloud_orchestra::script::load_orchestra_in_process(&script, None).unwrap();
+        in_process.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    print_summary("load in the worker process", &in_worker);
+    print_summary("load in this process", &in_process);
+}
