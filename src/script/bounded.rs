@@ -129,7 +129,7 @@ impl WireOrchestra {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    Orchestra(WireOrchestra),
+    Orchestra(Box<WireOrchestra>),
     Hosts {
         hosts: Vec<Host>,
         locations: Vec<Option<Location>>,
@@ -408,7 +408,7 @@ fn evaluate(request: Request) -> Reply {
                     return Reply::Failed(EvalError::Change(format!("{op}: {e}")));
                 }
             }
-            Reply::Orchestra(WireOrchestra::pack(orchestra))
+            Reply::Orchestra(Box::new(WireOrchestra::pack(orchestra)))
         }
         Request::Hosts { path, timeout_ms } => {
             sandbox::set_deadline(Duration::from_millis(timeout_ms));

@@ -275,7 +275,7 @@ fn eval_file(path: &Path) -> Result<Builder, ModelError> {
         .map_err(|e| ModelError::at(Some(&file_location), format!("cannot read: {e}")))?;
     let source = without_bom(&source);
     eval_source(
-        &source,
+        source,
         path,
         path.parent().map(Path::to_path_buf).unwrap_or_default(),
     )
@@ -951,7 +951,7 @@ fn require(lua: &Lua, name: mlua::String) -> mlua::Result<Value> {
         .files
         .push(path.clone());
     let value: Value = lua
-        .load(desugar_chains(&source))
+        .load(desugar_chains(source))
         .set_name(format!("@{}", path.display()))
         .call(name)?;
     let value = if value.is_nil() {
