@@ -14,6 +14,7 @@
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
+//! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
 //! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`.
 //! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents.
 //! - [`state`]: the last applied deployment, persisted beside the script.
@@ -35,6 +36,7 @@ pub mod modules;
 pub mod names;
 pub mod osc;
 pub mod output;
+pub mod pipeline;
 pub mod placement;
 pub mod plan;
 pub mod runtime;

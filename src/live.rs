@@ -14,8 +14,8 @@ use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::osc::dispatch::Command;
 use crate::osc::layer::{LiveLayer, LiveOp};
 use crate::osc::server::SharedRoutes;
+use crate::pipeline::{desire, load_with_async, warn_overflow, Desired, Loaded, Source};
 use crate::plan::{diff, Action, Plan};
-use crate::runtime::{desire, load_with_async, warn_overflow, Loaded, Source};
 use crate::state::{self, AppliedState};
 use crate::watch::{Change, Watcher};
 use futures::future::join_all;
@@ -360,10 +360,7 @@ impl Live {
     /// file, or idle until now) are dialled, key checked, and brought up. With
     /// `--skip-unreachable` one that does not answer is left out and the orchestra placed
     /// again without it.
-    async fn place_on_reachable_hosts(
-        &mut self,
-        loaded: &mut Loaded,
-    ) -> anyhow::Result<crate::runtime::Desired> {
+    async fn place_on_reachable_hosts(&mut self, loaded: &mut Loaded) -> anyhow::Result<Desired> {
         // A host that did not answer lately is not waited for again on every save.
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);

@@ -490,10 +490,8 @@ fn hostile_packets_and_commands_are_refused_and_the_tone_plays_on() {
     // Live code that fills Lua's heap, again and again: the runtime's own memory stays flat
     // (it reached 1.3 GB when evaluation ran inside it).
     for _ in 0..10 {
-        let (verb, what) = client.command(
-            "/orchestra/eval",
-            &["local s = string.rep('x', 25000000)"],
-        );
+        let (verb, what) =
+            client.command("/orchestra/eval", &["local s = string.rep('x', 25000000)"]);
         assert_eq!(verb, "/orchestra/ok", "{what}");
     }
     let peak_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", run.child.id()))
@@ -502,7 +500,11 @@ fn hostile_packets_and_commands_are_refused_and_the_tone_plays_on() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
-    assert!(peak_kib < 300 * 1024, "runtime peak {} MiB", peak_kib / 1024);
+    assert!(
+        peak_kib < 300 * 1024,
+        "runtime peak {} MiB",
+        peak_kib / 1024
+    );
     // Still serving and still the same synths.
     let (verb, _) = client.command("/orchestra/reload", &[]);
     assert_eq!(verb, "/orchestra/ok");
