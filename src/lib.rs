@@ -10,7 +10,8 @@
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
 //!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
-//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions.
+//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
+//!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
@@ -39,6 +40,7 @@ pub mod output;
 pub mod pipeline;
 pub mod placement;
 pub mod plan;
+pub mod policy;
 pub mod runtime;
 pub mod script;
 pub mod state;
