@@ -448,6 +448,27 @@ fn bench_evaluation_boundary() {
         cloud_orchestra::script::load_orchestra_in_process(&script, None).unwrap();
         in_process.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    // The live loop's path: a spare worker is started ahead of each evaluation.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut live = Vec::new();
+    for _ in 0..40 {
+        let started = Instant::now();
+        runtime
+            .block_on(cloud_orchestra::script::bounded::load_orchestra_async(
+                script.clone(),
+                None,
+                Default::default(),
+                None,
+            ))
+            .unwrap();
+        live.push(started.elapsed().as_secs_f64() * 1000.0);
+        // A save comes later than the spare needs to start.
+        std::thread::sleep(Duration::from_millis(30));
+    }
     print_summary("load in the worker process", &in_worker);
+    print_summary("load in a spare worker (live reloads)", &live);
     print_summary("load in this process", &in_process);
 }

@@ -282,36 +282,97 @@ fn run_worker(request: &Request, file: &Path) -> Result<Reply, EvalError> {
     interpret(request, file, status, timed_out, &stdout, &stderr)
 }
 
-async fn run_worker_async(request: &Request, file: &Path) -> Result<Reply, EvalError> {
-    use tokio::io::AsyncWriteExt;
-    let mut command = tokio::process::Command::from(worker_command()?);
-    command.kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .map_err(|e| EvalError::Stopped(format!("cannot start the evaluation worker: {e}")))?;
-    let input = serde_json::to_vec(request).expect("requests serialize");
-    let mut stdin = child.stdin.take().expect("piped");
-    let write = async move {
-        let _ = stdin.write_all(&input).await;
+/// One worker started ahead for the live loop, waiting for its request on stdin: a reload
+/// then does not pay for starting a process (most of the boundary's cost). A spare left
+/// behind reads end-of-file when the controller exits, and exits too.
+static SPARE: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+
+/// The spare worker if it is still waiting, else a new one; a new spare is started behind it.
+fn take_worker() -> Result<std::process::Child, EvalError> {
+    let spare = still_waiting(SPARE.lock().unwrap_or_else(|p| p.into_inner()).take());
+    let child = match spare {
+        Some(waiting) => waiting,
+        None => spawn_worker()?,
     };
-    let deadline = deadline_of(request);
-    let (_, waited) = tokio::join!(
-        write,
-        tokio::time::timeout(deadline, child.wait_with_output())
-    );
-    match waited {
-        Ok(Ok(output)) => interpret(
-            request,
-            file,
-            output.status,
-            false,
-            &output.stdout,
-            &output.stderr,
-        ),
-        Ok(Err(e)) => Err(EvalError::Stopped(format!("evaluation worker: {e}"))),
-        // The child went with the dropped future (kill_on_drop).
-        Err(_) => Err(out_of_time(request, file)),
+    std::thread::spawn(|| {
+        if let Ok(next) = spawn_worker() {
+            let old = SPARE
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(next);
+            if let Some(mut old) = old {
+                let _ = old.kill();
+                let _ = old.wait();
+            }
+        }
+    });
+    Ok(child)
+}
+
+/// A spare that is still waiting for its request (not one that died meanwhile).
+fn still_waiting(spare: Option<std::process::Child>) -> Option<std::process::Child> {
+    let mut child = spare?;
+    matches!(child.try_wait(), Ok(None)).then_some(child)
+}
+
+fn spawn_worker() -> Result<std::process::Child, EvalError> {
+    worker_command()?
+        .spawn()
+        .map_err(|e| EvalError::Stopped(format!("cannot start the evaluation worker: {e}")))
+}
+
+/// Kills and reaps the worker when its evaluation is dropped (Ctrl-C) or out of time.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+async fn run_worker_async(request: &Request, file: &Path) -> Result<Reply, EvalError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut child = take_worker()?;
+    let pipes = (|| {
+        Ok::<_, std::io::Error>((
+            tokio::process::ChildStdin::from_std(child.stdin.take().expect("piped"))?,
+            tokio::process::ChildStdout::from_std(child.stdout.take().expect("piped"))?,
+            tokio::process::ChildStderr::from_std(child.stderr.take().expect("piped"))?,
+        ))
+    })();
+    let mut worker = Reaped(Some(child));
+    let (mut stdin, mut stdout, stderr) =
+        pipes.map_err(|e| EvalError::Stopped(format!("evaluation worker: {e}")))?;
+    let input = serde_json::to_vec(request).expect("requests serialize");
+    let exchange = async move {
+        let write = async move {
+            let _ = stdin.write_all(&input).await;
+            // Dropping stdin ends the request.
+        };
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut stderr = stderr.take(4 * MAX_PASSED_ON as u64);
+        let (_, _, _) = tokio::join!(
+            write,
+            stdout.read_to_end(&mut out),
+            stderr.read_to_end(&mut err)
+        );
+        (out, err)
+    };
+    let Ok((out, err)) = tokio::time::timeout(deadline_of(request), exchange).await else {
+        // `worker` goes with this return: killed and reaped.
+        return Err(out_of_time(request, file));
+    };
+    // Its output has ended: the worker is exiting, so this wait is short.
+    let mut child = worker.0.take().expect("still held");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .map_err(|e| EvalError::Stopped(format!("evaluation worker: {e}")))?
+        .map_err(|e| EvalError::Stopped(format!("evaluation worker: {e}")))?;
+    interpret(request, file, status, false, &out, &err)
 }
 
 fn out_of_time(request: &Request, file: &Path) -> EvalError {

@@ -93,7 +93,7 @@ fn make_limits_uncatchable(lua: &Lua, tripped: Rc<RefCell<Option<String>>>) -> m
         coroutine.resume = function(...) return pass_on(resume(...)) end
         "#,
     )
-    .set_name("=sandbox")
+    .set_name(format!("={SANDBOX_CHUNK}"))
     .call::<()>((
         pass_on,
         lua.globals().get::<mlua::Function>("pcall")?,
@@ -116,6 +116,9 @@ impl LastSeen {
         })
     }
 }
+
+/// The name of the sandbox's own Lua (the `pcall` wrappers): never a location to report.
+const SANDBOX_CHUNK: &str = "sandbox";
 
 /// The limit that tripped, if one did; shared by the hook, the `pcall` wrappers and [`trip`].
 struct Tripped(Rc<RefCell<Option<String>>>);
@@ -146,10 +149,11 @@ pub fn limit(lua: &Lua) -> mlua::Result<LastSeen> {
                 return Err(mlua::Error::RuntimeError(message.clone()));
             }
             let line = debug.curr_line();
-            if line > 0 {
+            let source = debug.source().short_src.map(|s| s.to_string());
+            if line > 0 && source.as_deref() != Some(SANDBOX_CHUNK) {
                 hook_seen.0.set(Some((line as u32, 0)));
-                if let Some(src) = debug.source().short_src {
-                    *hook_seen.1.borrow_mut() = src.to_string();
+                if let Some(src) = source {
+                    *hook_seen.1.borrow_mut() = src;
                 }
             }
             let n = count.get() + HOOK_EVERY as u64;
@@ -212,6 +216,9 @@ pub fn caller_location(lua: &Lua) -> Option<Location> {
             return None;
         }
         let file = debug.source().short_src?.to_string();
+        if file == SANDBOX_CHUNK {
+            return None;
+        }
         Some(Location {
             file,
             line: line as u32,
