@@ -2,11 +2,12 @@
 //! sandbox, or read the prototype's JSON, into an `Orchestra`. Records every file it read.
 
 pub mod bounded;
+pub mod prototype;
 pub mod sandbox;
 
 use crate::model::{
-    prototype, AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError,
-    NetworkSettings, Orchestra,
+    AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, NetworkSettings,
+    Orchestra,
 };
 use crate::names::{did_you_mean, is_valid_name};
 use mlua::{Lua, MetaMethod, UserData, UserDataMethods, Value};
