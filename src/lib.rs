@@ -12,6 +12,8 @@
 //!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
 //!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
+//! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break
+//!   with undo, repair), through the [`executor::Hosts`] trait.
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
@@ -29,6 +31,7 @@ pub mod agent;
 pub mod analysis;
 pub mod cli;
 pub mod deploy;
+pub mod executor;
 pub mod hosts;
 pub mod links;
 pub mod live;
