@@ -9,7 +9,7 @@
 //! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`).
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
-//!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
+//!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports.
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
 //!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
 //! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break
@@ -24,7 +24,8 @@
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
 //! - [`names`]: name validation and "did you mean".
-//! - [`osc`]: the OSC control server, the live layer it edits, and the router to blocks.
+//! - [`osc`]: the OSC control server and the router to blocks; the live layer its commands
+//!   edit is an input of the script stage ([`script::layer`]).
 //! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
@@ -33,7 +34,6 @@ pub mod cli;
 pub mod deploy;
 pub mod executor;
 pub mod hosts;
-pub mod links;
 pub mod live;
 pub mod model;
 pub mod modules;

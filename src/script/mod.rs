@@ -2,6 +2,7 @@
 //! sandbox, or read the prototype's JSON, into an `Orchestra`. Records every file it read.
 
 pub mod bounded;
+pub mod layer;
 pub mod prototype;
 pub mod sandbox;
 
