@@ -406,7 +406,7 @@ impl Engines {
         module: &Module,
         client: &str,
         (inputs, outputs): (u32, u32),
-        audio: &crate::model::AudioSettings,
+        audio: &crate::audio::AudioSettings,
         params: &BTreeMap<String, Value>,
     ) -> Result<Launch, ModuleError> {
         let engine = module.manifest.synth.clone();
