@@ -193,26 +193,31 @@ pub async fn main(cli: Cli) -> Result<()> {
             osc_control_allow,
             no_osc,
         } => {
-            runtime::run(RunOptions {
-                source: source.source(),
-                state_dir,
-                record,
-                seconds,
-                connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
-                watch: !no_watch,
-                dry_run,
-                osc: (!no_osc).then(|| OscOptions {
-                    bind: osc.unwrap_or(([127, 0, 0, 1], 7770).into()),
-                    // Whoever may control may also play.
-                    allow: osc_allow
-                        .iter()
-                        .chain(&osc_control_allow)
-                        .copied()
-                        .collect(),
-                    control_allow: osc_control_allow,
-                }),
-                osc_explicit: osc.is_some(),
-            })
+            // Installed before anything starts: a signal during start-up is not lost.
+            let shutdown = runtime::shutdown_on_signals()?;
+            runtime::run(
+                RunOptions {
+                    source: source.source(),
+                    state_dir,
+                    record,
+                    seconds,
+                    connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
+                    watch: !no_watch,
+                    dry_run,
+                    osc: (!no_osc).then(|| OscOptions {
+                        bind: osc.unwrap_or(([127, 0, 0, 1], 7770).into()),
+                        // Whoever may control may also play.
+                        allow: osc_allow
+                            .iter()
+                            .chain(&osc_control_allow)
+                            .copied()
+                            .collect(),
+                        control_allow: osc_control_allow,
+                    }),
+                    osc_explicit: osc.is_some(),
+                },
+                shutdown,
+            )
             .await
         }
         Command::Plan {

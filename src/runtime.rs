@@ -79,11 +79,11 @@ fn report_event(host: &str, event: &Event, started: Instant, record_offset: Opti
     }
 }
 
-/// `orchestra run`: play until Ctrl-C / SIGTERM / `--seconds`, then tear down.
-pub async fn run(options: RunOptions) -> Result<()> {
+/// `orchestra run`: play until `shutdown` resolves (Ctrl-C, SIGTERM, SIGHUP: see
+/// [`shutdown_on_signals`]) or `--seconds` pass, then tear down. Shutdown is passed in, as in
+/// mini-redis's `server::run(listener, shutdown)`, so a test can stop a run by itself.
+pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     let started = Instant::now();
-    // Installed first, so a Ctrl-C during start-up waits for it and then tears down cleanly.
-    let signals = Signals::install()?;
     let dir = state::state_dir(&options.source.script, options.state_dir.as_deref());
     // Changes made over OSC in an earlier run are laid over the script again.
     let mut layer = LiveLayer::load(&dir, &crate::script::orchestra_name(&options.source.script));
@@ -118,7 +118,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     if options.dry_run {
         return dry_run(
-            &options, loaded, previous, &dir, signals, watcher, changes_rx,
+            &options, loaded, previous, &dir, shutdown, watcher, changes_rx,
         )
         .await;
     }
@@ -261,7 +261,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         live.watch_with(watcher);
     }
     let inputs = Inputs {
-        signals,
+        shutdown,
         events: &mut event_rx,
         changes: changes_rx,
         control: control_rx,
@@ -419,23 +419,24 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
     }
 }
 
-/// SIGINT and SIGTERM, caught from the start of `run`.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    /// The terminal closed: tear down like SIGTERM (the default would leave synths playing).
-    hangup: tokio::signal::unix::Signal,
-}
+/// What ends a run, resolving to why (for the "stopping (…)" line).
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
-impl Signals {
-    fn install() -> Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
+/// Ctrl-C, SIGTERM or SIGHUP (the terminal closed; the default would leave synths playing).
+/// The handlers are installed at once, so a signal during start-up waits for it to finish and
+/// then tears down cleanly.
+pub fn shutdown_on_signals() -> Result<Shutdown> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(Box::pin(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "Ctrl-C".to_string(),
+            _ = terminate.recv() => "SIGTERM".to_string(),
+            _ = hangup.recv() => "SIGHUP: the terminal closed".to_string(),
+        }
+    }))
 }
 
 /// Claim the OSC address. Failing on the default address is a warning (another orchestra
@@ -477,7 +478,7 @@ fn serve_osc(
 
 /// What the control loop listens to.
 struct Inputs<'a> {
-    signals: Signals,
+    shutdown: Shutdown,
     /// Agents' events (synth exits, first sound, JACK gone).
     events: &'a mut mpsc::UnboundedReceiver<(String, Event)>,
     /// Saved files.
@@ -497,7 +498,7 @@ async fn play(
     record_offset: Option<Duration>,
 ) -> Result<()> {
     let Inputs {
-        mut signals,
+        mut shutdown,
         events,
         mut changes,
         mut control,
@@ -527,9 +528,7 @@ async fn play(
             }
         };
         tokio::select! {
-            _ = signals.interrupt.recv() => { eprintln!("stopping (Ctrl-C)"); break; }
-            _ = signals.terminate.recv() => { eprintln!("stopping (SIGTERM)"); break; }
-            _ = signals.hangup.recv() => { eprintln!("stopping (SIGHUP: the terminal closed)"); break; }
+            why = &mut shutdown => { eprintln!("stopping ({why})"); break; }
             _ = timer => { break; }
             loaded = evaluated => {
                 let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
@@ -576,7 +575,7 @@ async fn dry_run(
     loaded: Loaded,
     previous: Option<AppliedState>,
     dir: &Path,
-    signals: Signals,
+    shutdown: Shutdown,
     watcher: Option<crate::watch::Watcher>,
     changes: mpsc::UnboundedReceiver<Change>,
 ) -> Result<()> {
@@ -618,7 +617,7 @@ async fn dry_run(
     let (_, mut no_events) = mpsc::unbounded_channel();
     let (_, no_control) = mpsc::unbounded_channel();
     let inputs = Inputs {
-        signals,
+        shutdown,
         events: &mut no_events,
         changes,
         control: no_control,
