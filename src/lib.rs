@@ -19,7 +19,8 @@
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
 //! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`.
-//! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents.
+//! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents;
+//!   [`events`]: what it tells the terminal and any subscriber, as data.
 //! - [`state`]: the last applied deployment, persisted beside the script.
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
@@ -35,6 +36,7 @@ pub mod analysis;
 pub mod audio;
 pub mod cli;
 pub mod deploy;
+pub mod events;
 pub mod executable;
 pub mod executor;
 pub mod hosts;

@@ -10,6 +10,7 @@
 
 use crate::agent::protocol::Event;
 use crate::deploy::Deployment;
+use crate::events::{Events, Happening};
 use crate::executor;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::osc::dispatch::Command;
@@ -60,6 +61,8 @@ pub struct Live {
     pub routes: Option<SharedRoutes>,
     /// Cores of overflow last warned about (the warning is repeated only when it changes).
     pub overflow: u64,
+    /// What happens, for the terminal and any subscriber.
+    pub happenings: Events,
 }
 
 /// What asked for an evaluation, and so what its outcome means.
@@ -127,6 +130,7 @@ impl Live {
             unreachable: BTreeMap::new(),
             layer: LiveLayer::default(),
             routes: None,
+            happenings: Events::printed(),
         }
     }
 
@@ -169,7 +173,9 @@ impl Live {
     /// [`Live::finish`].
     pub fn begin_reload(&self, why: &[PathBuf]) -> Evaluation {
         let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
-        eprintln!("reload: {} changed", changed.join(", "));
+        self.happenings.emit(Happening::ReloadStarted {
+            why: format!("{} changed", changed.join(", ")),
+        });
         self.evaluate(self.layer.clone(), None, Asked::Files)
     }
 
@@ -177,15 +183,15 @@ impl Live {
     pub fn begin_control(&self, command: Command) -> Evaluation {
         match command {
             Command::Reload => {
-                eprintln!("reload: asked over OSC");
+                self.reload_started("asked over OSC".into());
                 self.evaluate(self.layer.clone(), None, Asked::Reload)
             }
             Command::Reset => {
-                eprintln!("reload: live layer reset over OSC");
+                self.reload_started("live layer reset over OSC".into());
                 self.evaluate(LiveLayer::default(), None, Asked::Reset)
             }
             Command::Change(op) => {
-                eprintln!("reload: OSC {op}");
+                self.reload_started(format!("OSC {op}"));
                 self.evaluate(self.layer.clone(), Some(op.clone()), Asked::Change(op))
             }
         }
@@ -229,12 +235,27 @@ impl Live {
         }
     }
 
+    fn reload_started(&self, why: String) {
+        self.happenings.emit(Happening::ReloadStarted { why });
+    }
+
+    /// Nothing changed, and why.
+    fn rejected(&self, error: String) -> Reloaded {
+        self.happenings.emit(Happening::Rejected {
+            error: error.clone(),
+            took_ms: None,
+        });
+        Reloaded::Rejected(error)
+    }
+
     fn save_layer(&self) {
         if let Err(e) = self
             .layer
             .save(&self.dir, &self.applied.deployment.orchestra)
         {
-            eprintln!("error: cannot save the live layer: {e}");
+            self.happenings.emit(Happening::Error {
+                text: format!("cannot save the live layer: {e}"),
+            });
         }
     }
 
@@ -252,10 +273,9 @@ impl Live {
                         table.insert(block.clone(), addr);
                     }
                 }
-                Err(e) => eprintln!(
-                    "warning: cannot route OSC to `{block}`: {}: {e}",
-                    endpoint.address
-                ),
+                Err(e) => self.happenings.emit(Happening::Warning {
+                    text: format!("cannot route OSC to `{block}`: {}: {e}", endpoint.address),
+                }),
             }
         }
         routes.set(table);
@@ -265,22 +285,20 @@ impl Live {
         let mut loaded = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
-                eprintln!("{e:#}");
-                eprintln!("  nothing changed: still playing the last good orchestra");
-                return Reloaded::Rejected(format!("{e:#}"));
+                return self.rejected(format!("{e:#}"));
             }
         };
         if let Some(watcher) = self.watcher.as_mut() {
             if let Err(e) = watcher.set(&loaded.orchestra.files, &self.source.modules) {
-                eprintln!("warning: {e}");
+                self.happenings.emit(Happening::Warning {
+                    text: e.to_string(),
+                });
             }
         }
         let desired = match self.place_on_reachable_hosts(&mut loaded).await {
             Ok(desired) => desired,
             Err(e) => {
-                eprintln!("{e:#}");
-                eprintln!("  nothing changed: still playing the last good orchestra");
-                return Reloaded::Rejected(format!("{e:#}"));
+                return self.rejected(format!("{e:#}"));
             }
         };
         if desired.cost.overflow != self.overflow {
@@ -291,23 +309,24 @@ impl Live {
         self.restarts.forgive();
         let plan = diff(&self.applied.deployment, &desired.deployment);
         if plan.is_empty() {
-            eprintln!("  nothing to change ({} ms)", started.elapsed().as_millis());
+            self.happenings.emit(Happening::Unchanged {
+                took_ms: started.elapsed().as_millis(),
+            });
             self.loaded = loaded;
             self.applied.placement = desired.placement;
             return Reloaded::Unchanged;
         }
         for line in describe(&plan, &self.applied.deployment, &desired.deployment) {
-            eprintln!("  {line}");
+            self.happenings.emit(Happening::Planned { line });
         }
         let next = AppliedState {
             deployment: desired.deployment,
             placement: desired.placement,
         };
         let Some(fleet) = self.fleet.as_ref() else {
-            eprintln!(
-                "  dry run: not applied (planned in {} ms)",
-                started.elapsed().as_millis()
-            );
+            self.happenings.emit(Happening::DryRun {
+                took_ms: started.elapsed().as_millis(),
+            });
             self.loaded = loaded;
             self.applied = next;
             return Reloaded::Applied;
@@ -315,12 +334,15 @@ impl Live {
         match fleet.apply_or_roll_back(&plan).await {
             Err(failures) => {
                 for (action, error) in &failures {
-                    eprintln!("error: {}: {error:#}", action.line());
+                    self.happenings.emit(Happening::ActionFailed {
+                        action: action.line(),
+                        error: format!("{error:#}"),
+                        retried: false,
+                    });
                 }
-                eprintln!(
-                    "  nothing changed: still playing the last good orchestra ({} ms)",
-                    started.elapsed().as_millis()
-                );
+                self.happenings.emit(Happening::RolledBack {
+                    took_ms: started.elapsed().as_millis(),
+                });
                 let why = failures
                     .first()
                     .map(|(action, error)| format!("{}: {error:#}", action.line()))
@@ -329,10 +351,11 @@ impl Live {
             }
             Ok(failures) => {
                 for (action, error) in &failures {
-                    eprintln!(
-                        "error: {}: {error:#} (the next reconcile retries it)",
-                        action.line()
-                    );
+                    self.happenings.emit(Happening::ActionFailed {
+                        action: action.line(),
+                        error: format!("{error:#}"),
+                        retried: true,
+                    });
                 }
             }
         }
@@ -340,14 +363,15 @@ impl Live {
         self.applied = next;
         self.publish_routes();
         if let Err(e) = state::save(&self.dir, &self.applied) {
-            eprintln!("error: cannot save the state: {e:#}");
+            self.happenings.emit(Happening::Error {
+                text: format!("cannot save the state: {e:#}"),
+            });
         }
-        eprintln!(
-            "applied in {} ms: {} (load and plan {} ms)",
-            started.elapsed().as_millis(),
-            counts(&plan),
-            planned.as_millis()
-        );
+        self.happenings.emit(Happening::Applied {
+            took_ms: started.elapsed().as_millis(),
+            planned_ms: planned.as_millis(),
+            counts: counts(&plan),
+        });
         Reloaded::Applied
     }
 
@@ -400,7 +424,10 @@ impl Live {
         };
         let connected = fleet::connect(&new, &self.connect).await?;
         for (host, why) in &connected.skipped {
-            eprintln!("warning: leaving out {host}: {why}");
+            self.happenings.emit(Happening::HostLeftOut {
+                host: host.clone(),
+                why: why.to_string(),
+            });
             loaded.resolved.hosts.retain(|h| h.name != *host);
             self.unreachable.insert(host.clone(), Instant::now());
         }
@@ -420,7 +447,8 @@ impl Live {
         .await?;
         added.finish_progress();
         for host in added.sessions.keys() {
-            eprintln!("  new host {host} is up");
+            self.happenings
+                .emit(Happening::HostUp { host: host.clone() });
         }
         fleet.merge(added);
         Ok(connected.skipped.is_empty())
@@ -434,23 +462,24 @@ impl Live {
         let started = Instant::now();
         let repaired =
             executor::repair(fleet, &self.applied.deployment, &mut self.restarts, started).await;
-        for client in &repaired.given_up {
-            let policy = self.restarts.policy;
-            eprintln!(
-                "error: `{client}` exited {} times within {} s; not restarting it until the orchestra is reloaded",
-                policy.max_exits,
-                policy.window.as_secs()
-            );
+        let policy = self.restarts.policy;
+        for client in repaired.given_up {
+            self.happenings.emit(Happening::GaveUp {
+                client,
+                exits: policy.max_exits,
+                window_s: policy.window.as_secs(),
+            });
         }
         if !repaired.plan.is_empty() {
-            eprintln!("reconcile: what runs differs from what was applied");
-            for action in &repaired.plan.actions {
-                eprintln!("  {}", action.line());
-            }
-            for (action, error) in &repaired.failures {
-                eprintln!("error: {}: {error:#}", action.line());
-            }
-            eprintln!("  repaired in {} ms", started.elapsed().as_millis());
+            self.happenings.emit(Happening::Repaired {
+                actions: repaired.plan.actions.iter().map(Action::line).collect(),
+                failures: repaired
+                    .failures
+                    .iter()
+                    .map(|(action, error)| (action.line(), format!("{error:#}")))
+                    .collect(),
+                took_ms: started.elapsed().as_millis(),
+            });
         }
         for (host, error) in repaired.lost {
             self.replace_agent(&host, error).await;
@@ -478,7 +507,10 @@ impl Live {
         else {
             return;
         };
-        eprintln!("error: lost the agent on {host} ({error:#}); starting a new one");
+        self.happenings.emit(Happening::AgentLost {
+            host: host.to_string(),
+            error: format!("{error:#}"),
+        });
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
@@ -493,11 +525,13 @@ impl Live {
             )
             .await
         {
-            Ok(hello) => eprintln!(
-                "  a new agent on {host} adopted {} running instance(s)",
-                hello.adopted.len()
-            ),
-            Err(e) => eprintln!("error: cannot start a new agent on {host}: {e:#}"),
+            Ok(hello) => self.happenings.emit(Happening::AgentReplaced {
+                host: host.to_string(),
+                adopted: hello.adopted.len(),
+            }),
+            Err(e) => self.happenings.emit(Happening::Error {
+                text: format!("cannot start a new agent on {host}: {e:#}"),
+            }),
         }
     }
 }

@@ -27,6 +27,7 @@ fn main() {
     let result = runtime.block_on(cloud_orchestra::cli::main(cli));
     // Agents and SSH sessions still held by the runtime go before the relays are flushed.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    cloud_orchestra::script::bounded::discard_spare();
     let code = match result {
         Ok(()) => 0,
         Err(error) => {

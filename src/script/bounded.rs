@@ -309,6 +309,15 @@ fn take_worker() -> Result<std::process::Child, EvalError> {
     Ok(child)
 }
 
+/// Stop the spare worker, if one waits (the controller is exiting).
+pub fn discard_spare() {
+    let spare = SPARE.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(mut child) = spare {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A spare that is still waiting for its request (not one that died meanwhile).
 fn still_waiting(spare: Option<std::process::Child>) -> Option<std::process::Child> {
     let mut child = spare?;
