@@ -6,7 +6,8 @@
 //!   [`model::Orchestra`].
 //! - [`model`]: hosts, blocks, connections; [`model::resolve`] checks them against the
 //!   [`modules`] library and expands connections to port-level wires.
-//! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`).
+//! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`);
+//!   [`csd`] reads a Csound module's header and options so the engine can fit it.
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
 //!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
@@ -26,6 +27,7 @@
 pub mod agent;
 pub mod analysis;
 pub mod cli;
+pub mod csd;
 pub mod deploy;
 pub mod hosts;
 pub mod links;

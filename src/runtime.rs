@@ -79,6 +79,8 @@ pub struct Desired {
     /// The placement is proven optimal.
     pub optimal: bool,
     pub deployment: Deployment,
+    /// Modules the engines changed to fit the orchestra, and how (one line per module).
+    pub adapted: Vec<String>,
 }
 
 /// Place and deploy; `running` is what plays now (links that stay keep their ports).
@@ -103,7 +105,16 @@ pub fn desire(
         cost,
         optimal,
         deployment,
+        adapted: engines.adapted().map(str::to_string).collect(),
     })
+}
+
+/// Say once per module what its engine overrode to make it fit (a module written for
+/// another setup: `fm: sr 44100 → 48000, ksmps 100 → 64`).
+pub fn warn_adapted(desired: &Desired) {
+    for line in &desired.adapted {
+        eprintln!("warning: {line}");
+    }
 }
 
 /// Warn when the blocks need more cores than the hosts have: it still runs.
@@ -243,6 +254,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         &options.source.placement,
     )?;
     warn_overflow(&loaded, &desired);
+    warn_adapted(&desired);
 
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     // Hosts that play now or played before (their leftovers are stopped by the plan).
@@ -640,6 +652,7 @@ async fn dry_run(
         &options.source.placement,
     )?;
     warn_overflow(&loaded, &desired);
+    warn_adapted(&desired);
     let plan = diff(&previous.deployment, &desired.deployment);
     eprintln!("dry run: nothing is started or changed; the plan from what runs now:");
     for line in crate::live::describe(&plan, &previous.deployment, &desired.deployment) {

@@ -71,8 +71,13 @@ fn built_in_modules_render_and_launch() {
                 (inputs, outputs),
                 &audio,
                 &params,
+                &files,
             )
             .unwrap();
+        // Built-ins are written for the orchestra: nothing to override, so their launch
+        // command and files (their spec) stay as they are.
+        assert_eq!(launch.notes, Vec::<String>::new(), "{}", m.module);
+        assert_eq!(launch.main_rewritten, None, "{}", m.module);
         assert_eq!(launch.inputs.len() as u32, inputs);
         assert_eq!(launch.outputs.len() as u32, outputs);
         match m.synth.as_str() {
