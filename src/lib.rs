@@ -15,7 +15,8 @@
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
-//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`.
+//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`;
+//!   [`first_run`] judges what a first run brought up (what failed, whether it can sound).
 //! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents.
 //! - [`state`]: the last applied deployment, persisted beside the script.
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
@@ -29,6 +30,7 @@ pub mod analysis;
 pub mod cli;
 pub mod csd;
 pub mod deploy;
+pub mod first_run;
 pub mod hosts;
 pub mod links;
 pub mod live;

@@ -4,6 +4,7 @@
 
 use crate::agent::protocol::{Event, Request};
 use crate::deploy::{redeploy, Deployment};
+use crate::first_run::BroughtUp;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::live::Live;
 use crate::model::{resolve, Host, Orchestra, Resolved};
@@ -339,9 +340,24 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
     }
     state::save(&dir, &applied)?;
-    wait_for_edges(&fleet, &desired, started).await;
+    let brought_up = BroughtUp::judge(&desired.deployment, &failures);
+    wait_for_edges(&fleet, &desired, started, &brought_up).await;
     if fleet.has_remote() || fleet.sessions.len() > 1 {
         eprint!("{}", summary(&desired.deployment, &fleet));
+    }
+    if !brought_up.can_sound {
+        // Nothing would ever be heard: stop what did start rather than play silence.
+        let stopped = teardown(&fleet, &applied.deployment, &dir).await;
+        fleet.close().await;
+        stopped?;
+        bail!(
+            "nothing can sound: {}; stopped what had started. Fix the failures above and run again",
+            if brought_up.failed_synths() == brought_up.synths {
+                format!("none of the {} synth(s) started", brought_up.synths)
+            } else {
+                "no sound source that started reaches a DAC".to_string()
+            }
+        );
     }
 
     let mut live = Live::new(
@@ -461,14 +477,31 @@ fn record_host(loaded: &Loaded, desired: &Desired) -> Result<String> {
         .ok_or_else(|| anyhow!("nothing to record: the orchestra is empty"))
 }
 
-async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
+/// Wait until each host's edges are made (those to synths that failed to start are never
+/// waited for), then say what plays: all of it, or how many synths of how many started and
+/// which failed and why.
+async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: &BroughtUp) {
     let mut missing_all = Vec::new();
     for (host, session) in &fleet.sessions {
+        let edges = desired
+            .deployment
+            .hosts
+            .get(host)
+            .map(|h| up.awaitable(host, &h.edges))
+            .unwrap_or_default();
+        // `only` empty means every edge: with nothing left to await, do not ask.
+        if edges.is_empty() && !up.failed.is_empty() {
+            continue;
+        }
         let waiting = Instant::now();
         let reply = session
             .call(Request::WaitEdges {
                 timeout_ms: 10_000,
-                only: Vec::new(),
+                only: if up.failed.is_empty() {
+                    Vec::new()
+                } else {
+                    edges
+                },
             })
             .await;
         fleet.time(host, "wiring", waiting.elapsed());
@@ -494,11 +527,28 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
         0 => String::new(),
         n => format!(", {n} network link(s)"),
     };
-    eprintln!(
-        "playing: {synths} synth(s), {edges} connection(s){links} on {} host(s), ready after {} ms (Ctrl-C stops)",
-        d.hosts.len(),
-        started.elapsed().as_millis()
-    );
+    if up.failed.is_empty() {
+        eprintln!(
+            "playing: {synths} synth(s), {edges} connection(s){links} on {} host(s), ready after {} ms (Ctrl-C stops)",
+            d.hosts.len(),
+            started.elapsed().as_millis()
+        );
+    } else {
+        let failed = up.failed_synths();
+        eprintln!(
+            "{} of {synths} synth(s) started on {} host(s); {}:",
+            synths - failed,
+            d.hosts.len(),
+            if up.can_sound {
+                "playing what can sound (Ctrl-C stops). Failed"
+            } else {
+                "nothing can sound. Failed"
+            }
+        );
+        for f in &up.failed {
+            eprintln!("  {} on {}: {}", f.block, f.host, f.why);
+        }
+    }
     for (host, edge) in missing_all {
         eprintln!(
             "warning: not connected on {host}: {} → {} (a port is missing)",
