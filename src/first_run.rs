@@ -11,6 +11,8 @@ pub struct Failed {
     pub host: String,
     pub block: String,
     pub client: String,
+    /// A network link end (jacktrip), not a synth.
+    pub link: bool,
     /// The telling line of its log (or the error when it never ran).
     pub why: String,
 }
@@ -37,6 +39,7 @@ impl BroughtUp {
                     host: host.clone(),
                     block: process.block.clone(),
                     client: process.client.clone(),
+                    link: process.module == "jacktrip",
                     why: telling_line(&format!("{error:#}")),
                 }),
                 _ => None,
@@ -54,17 +57,16 @@ impl BroughtUp {
             .collect();
         BroughtUp {
             synths,
-            can_sound: can_sound(deployment, &dead),
+            // Only failures can silence an orchestra here: one written without a path to a
+            // DAC plays as written.
+            can_sound: failed.is_empty() || can_sound(deployment, &dead),
             failed,
         }
     }
 
     /// Synths that failed (network link ends left out).
     pub fn failed_synths(&self) -> usize {
-        self.failed
-            .iter()
-            .filter(|f| !f.client.starts_with("link-"))
-            .count()
+        self.failed.iter().filter(|f| !f.link).count()
     }
 
     /// `(host, client)` of everything that failed to start: edges to them will never come.
@@ -143,7 +145,8 @@ fn can_sound(deployment: &Deployment, dead: &BTreeSet<(String, String)>) -> bool
     for (host, h) in &deployment.hosts {
         for p in h.processes.values() {
             let unit = if p.module == "jacktrip" {
-                Unit::Link(p.block.clone())
+                // Both ends of a link carry its id as their client name.
+                Unit::Link(p.client.clone())
             } else {
                 Unit::Process(host.clone(), p.client.clone())
             };
@@ -252,7 +255,7 @@ mod tests {
             vec![
                 process("fm", "fm", "fm-1"),
                 process("lp", "lp", "lp-1"),
-                process("link-a", "jacktrip", "link-a"),
+                process("link-a.send", "jacktrip", "link-a"),
             ],
             vec![
                 edge("fm-1:output1", "lp-1:input1"),
@@ -262,7 +265,7 @@ mod tests {
         host(
             "h2",
             vec![
-                process("link-a", "jacktrip", "link-a"),
+                process("link-a.receive", "jacktrip", "link-a"),
                 process("lp2", "lp", "lp2-1"),
                 process("lp4", "lp", "lp4-1"),
             ],
@@ -349,6 +352,7 @@ mod tests {
                 host: "h2".into(),
                 block: "lp4".into(),
                 client: "lp4-1".into(),
+                link: false,
                 why: String::new(),
             }],
             can_sound: true,
