@@ -421,3 +421,40 @@ fn built_ins_are_not_adapted_and_plans_are_stable() {
         .clone();
     assert!(fm.to_string().contains("--sample-rate=48000"), "{fm}");
 }
+
+/// A module with no inputs whose CsOptions say `-iadc`: the engine passes no input flag, so
+/// the CsOptions' own would open an input connected to system:capture_1. It is taken out:
+/// the block has no input port and nothing is connected but the plan's edge.
+#[test]
+fn an_iadc_in_csoptions_of_a_source_connects_nothing() {
+    let source = r#"{ "blocks": { "src": {"module": "fmsrc"} }, "connections": [ {"source": "src", "sink": "DAC"} ] }"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("source.json");
+    std::fs::write(&path, source).unwrap();
+    let fm = std::fs::read_to_string(fixture("prototype-modules/fm/fm.csd")).unwrap();
+    assert!(fm.contains("-iadc"));
+    let manifest =
+        r#"{"synth":"csound", "main":"fmsrc.csd", "module":"fmsrc", "inputs": 0, "outputs": 1}"#;
+    let (stage, modules) = prototype_stage("proto-iadc", &path, &[("fmsrc", manifest, &fm)]);
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let mut cmd = orchestra(server);
+    cmd.arg("run").arg(script).args(["--modules", &modules]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for(
+        "playing: 1 synth(s), 1 connection(s)",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        graph(server),
+        pairs(&[("src:output1", "system:playback_1")])
+    );
+    let ports = std::process::Command::new("jack_lsp")
+        .env("JACK_DEFAULT_SERVER", server)
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    let src_ports: Vec<&str> = ports.lines().filter(|p| p.starts_with("src-")).collect();
+    assert_eq!(src_ports.len(), 1, "one output, no input: {src_ports:?}");
+    assert!(src_ports[0].ends_with(":output1"), "{src_ports:?}");
+    stop_cleanly(run, libc::SIGINT, server, dir.path());
+}
