@@ -343,7 +343,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let brought_up = BroughtUp::judge(&desired.deployment, &failures);
     wait_for_edges(&fleet, &desired, started, &brought_up).await;
     if fleet.has_remote() || fleet.sessions.len() > 1 {
-        eprint!("{}", summary(&desired.deployment, &fleet));
+        // What started: a synth that failed is not listed as playing on its host.
+        eprint!("{}", summary(&applied.deployment, &fleet));
     }
     if !brought_up.can_sound {
         // Nothing would ever be heard: stop what did start rather than play silence.
