@@ -3,7 +3,7 @@
 //! The one data flow (see DESIGN.md), one module per stage:
 //!
 //! - [`script`]: evaluate the Lua orchestra in a sandbox (or read the prototype's JSON) →
-//!   [`model::Orchestra`].
+//!   [`model::Orchestra`], in a worker process killed at a deadline ([`script::bounded`]).
 //! - [`model`]: hosts, blocks, connections; [`model::resolve`] checks them against the
 //!   [`modules`] library and expands connections to port-level wires.
 //! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`);
@@ -11,10 +11,12 @@
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
 //!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
-//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions.
+//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
+//!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
+//! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
 //! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`;
 //!   [`first_run`] judges what a first run brought up (what failed, whether it can sound).
 //! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents.
@@ -23,7 +25,7 @@
 //! - [`analysis`]: frequency, level and dropouts of a recording.
 //! - [`names`]: name validation and "did you mean".
 //! - [`osc`]: the OSC control server, the live layer it edits, and the router to blocks.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
 pub mod analysis;
@@ -38,8 +40,11 @@ pub mod model;
 pub mod modules;
 pub mod names;
 pub mod osc;
+pub mod output;
+pub mod pipeline;
 pub mod placement;
 pub mod plan;
+pub mod policy;
 pub mod runtime;
 pub mod script;
 pub mod state;

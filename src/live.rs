@@ -14,8 +14,9 @@ use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::osc::dispatch::Command;
 use crate::osc::layer::{LiveLayer, LiveOp};
 use crate::osc::server::SharedRoutes;
-use crate::plan::{diff, Action, Plan};
-use crate::runtime::{desire, load_with, warn_overflow, Loaded, Source};
+use crate::pipeline::{desire, load_with_async, warn_overflow, Desired, Loaded, Source};
+use crate::plan::{self, diff, Action, Observed, Plan, Repair};
+use crate::policy::{Restart, RestartPolicy, Restarts, Throttle};
 use crate::state::{self, AppliedState};
 use crate::watch::{Change, Watcher};
 use futures::future::join_all;
@@ -24,12 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A synth that exits this often within `RESTART_WINDOW` is left stopped until the next reload.
-const MAX_RESTARTS: usize = 3;
-const RESTART_WINDOW: Duration = Duration::from_secs(30);
-
 /// A lost agent is replaced at most this often.
-const RESPAWN_EVERY: Duration = Duration::from_secs(5);
+pub const RESPAWN_EVERY: Duration = Duration::from_secs(5);
 
 /// A host left out as unreachable is tried again after this long (by a reload that needs it).
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(30);
@@ -52,10 +49,9 @@ pub struct Live {
     pub events: mpsc::UnboundedSender<(String, Event)>,
     watcher: Option<Watcher>,
     /// Recent restarts of each client, to stop restarting one that keeps crashing.
-    restarts: BTreeMap<String, Vec<Instant>>,
-    given_up: BTreeSet<String>,
+    restarts: Restarts,
     /// When a lost agent was last replaced, per host.
-    respawned: BTreeMap<String, Instant>,
+    respawned: Throttle,
     /// Hosts left out with `--skip-unreachable`, and since when.
     pub unreachable: BTreeMap<String, Instant>,
     /// Changes made over OSC, laid over the script until reset.
@@ -64,6 +60,26 @@ pub struct Live {
     pub routes: Option<SharedRoutes>,
     /// Cores of overflow last warned about (the warning is repeated only when it changes).
     pub overflow: u64,
+}
+
+/// What asked for an evaluation, and so what its outcome means.
+#[derive(Debug)]
+pub enum Asked {
+    /// Files of the orchestra changed.
+    Files,
+    /// `/orchestra/reload`.
+    Reload,
+    /// `/orchestra/reset`: the evaluation ran without the live layer.
+    Reset,
+    /// A live change, laid over the layer if it applies.
+    Change(LiveOp),
+}
+
+/// An evaluation in flight: the worker's outcome to come, and what asked for it.
+pub struct Evaluation {
+    pub started: Instant,
+    pub asked: Asked,
+    pub future: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Loaded>> + Send>>,
 }
 
 /// Outcome of one reload.
@@ -105,9 +121,8 @@ impl Live {
             applied,
             events,
             watcher: None,
-            restarts: BTreeMap::new(),
-            given_up: BTreeSet::new(),
-            respawned: BTreeMap::new(),
+            restarts: Restarts::new(RestartPolicy::default()),
+            respawned: Throttle::new(RESPAWN_EVERY),
             overflow: 0,
             unreachable: BTreeMap::new(),
             layer: LiveLayer::default(),
@@ -133,37 +148,79 @@ impl Live {
     }
 
     /// Re-read the orchestra and make what runs match it. Nothing changes on any error.
-    pub async fn reload(&mut self, why: &[PathBuf]) -> Reloaded {
-        let started = Instant::now();
-        let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
-        eprintln!("reload: {} changed", changed.join(", "));
-        self.reload_with(None, started).await
+    pub async fn reload(&mut self, why: &[PathBuf]) {
+        let evaluation = self.begin_reload(why);
+        let loaded = evaluation.future.await;
+        let _ = self
+            .finish(evaluation.asked, evaluation.started, loaded)
+            .await;
     }
 
     /// Carry out an OSC command through the same path as a save; the answer for the sender.
     pub async fn control(&mut self, command: Command) -> Result<String, String> {
-        let started = Instant::now();
+        let evaluation = self.begin_control(command);
+        let loaded = evaluation.future.await;
+        self.finish(evaluation.asked, evaluation.started, loaded)
+            .await
+    }
+
+    /// Start re-reading the orchestra because `why` changed. The evaluation runs in a worker
+    /// process while the caller goes on serving signals and reconciles; hand its outcome to
+    /// [`Live::finish`].
+    pub fn begin_reload(&self, why: &[PathBuf]) -> Evaluation {
+        let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
+        eprintln!("reload: {} changed", changed.join(", "));
+        self.evaluate(self.layer.clone(), None, Asked::Files)
+    }
+
+    /// Start carrying out an OSC command (see [`Live::begin_reload`]).
+    pub fn begin_control(&self, command: Command) -> Evaluation {
         match command {
             Command::Reload => {
                 eprintln!("reload: asked over OSC");
-                self.reload_with(None, started).await.answer("reloaded")
+                self.evaluate(self.layer.clone(), None, Asked::Reload)
             }
             Command::Reset => {
                 eprintln!("reload: live layer reset over OSC");
-                let kept = std::mem::take(&mut self.layer);
-                let outcome = self.reload_with(None, started).await;
-                if let Reloaded::Rejected(_) = outcome {
-                    self.layer = kept;
-                } else {
+                self.evaluate(LiveLayer::default(), None, Asked::Reset)
+            }
+            Command::Change(op) => {
+                eprintln!("reload: OSC {op}");
+                self.evaluate(self.layer.clone(), Some(op.clone()), Asked::Change(op))
+            }
+        }
+    }
+
+    fn evaluate(&self, layer: LiveLayer, new: Option<LiveOp>, asked: Asked) -> Evaluation {
+        Evaluation {
+            started: Instant::now(),
+            asked,
+            future: Box::pin(load_with_async(self.source.clone(), layer, new)),
+        }
+    }
+
+    /// Apply what an evaluation gave; the answer for an OSC sender.
+    pub async fn finish(
+        &mut self,
+        asked: Asked,
+        started: Instant,
+        loaded: anyhow::Result<Loaded>,
+    ) -> Result<String, String> {
+        let outcome = self.reload_with(loaded, started).await;
+        let applied = !matches!(outcome, Reloaded::Rejected(_));
+        match asked {
+            Asked::Files => outcome.answer("reloaded"),
+            Asked::Reload => outcome.answer("reloaded"),
+            Asked::Reset => {
+                if applied {
+                    self.layer = LiveLayer::default();
                     self.save_layer();
                 }
                 outcome.answer("live layer reset")
             }
-            Command::Change(op) => {
-                eprintln!("reload: OSC {op}");
+            Asked::Change(op) => {
                 let what = op.to_string();
-                let outcome = self.reload_with(Some(&op), started).await;
-                if !matches!(outcome, Reloaded::Rejected(_)) {
+                if applied {
                     self.layer.ops.push(op);
                     self.save_layer();
                 }
@@ -204,8 +261,8 @@ impl Live {
         routes.set(table);
     }
 
-    async fn reload_with(&mut self, new: Option<&LiveOp>, started: Instant) -> Reloaded {
-        let mut loaded = match load_with(&self.source, &self.layer, new) {
+    async fn reload_with(&mut self, loaded: anyhow::Result<Loaded>, started: Instant) -> Reloaded {
+        let mut loaded = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 eprintln!("{e:#}");
@@ -231,7 +288,7 @@ impl Live {
             self.overflow = desired.cost.overflow;
         }
         let planned = started.elapsed();
-        self.given_up.clear();
+        self.restarts.forgive();
         let plan = diff(&self.applied.deployment, &desired.deployment);
         if plan.is_empty() {
             eprintln!("  nothing to change ({} ms)", started.elapsed().as_millis());
@@ -298,10 +355,7 @@ impl Live {
     /// file, or idle until now) are dialled, key checked, and brought up. With
     /// `--skip-unreachable` one that does not answer is left out and the orchestra placed
     /// again without it.
-    async fn place_on_reachable_hosts(
-        &mut self,
-        loaded: &mut Loaded,
-    ) -> anyhow::Result<crate::runtime::Desired> {
+    async fn place_on_reachable_hosts(&mut self, loaded: &mut Loaded) -> anyhow::Result<Desired> {
         // A host that did not answer lately is not waited for again on every save.
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
@@ -384,61 +438,24 @@ impl Live {
             Ok::<StatusReply, anyhow::Error>(serde_json::from_value(reply)?)
         }))
         .await;
-        let mut repair = Plan::default();
+        let mut observed = BTreeMap::new();
         let mut lost = Vec::new();
-        let mut dead = Vec::new();
-        let no_edges = BTreeSet::new();
         for (host, reply) in hosts.iter().zip(replies) {
-            let status = match reply {
-                Ok(status) => status,
-                Err(e) => {
-                    lost.push((host.clone(), e));
-                    continue;
+            match reply {
+                Ok(status) => {
+                    observed.insert(host.clone(), observed_of(status));
                 }
-            };
-            let want = self.applied.deployment.hosts.get(host);
-            let alive: BTreeSet<&str> =
-                status.processes.iter().map(|p| p.client.as_str()).collect();
-            for process in want.iter().flat_map(|h| h.processes.values()) {
-                if !alive.contains(process.client.as_str()) {
-                    dead.push((host.clone(), process.clone()));
-                }
-            }
-            let wanted_edges = want.map(|h| &h.edges).unwrap_or(&no_edges);
-            let intended: BTreeSet<_> = status.connected.iter().chain(&status.missing).collect();
-            for edge in wanted_edges {
-                if !intended.contains(edge) {
-                    repair.actions.push(Action::Connect {
-                        host: host.clone(),
-                        edge: edge.clone(),
-                    });
-                }
-            }
-            for edge in intended {
-                if !wanted_edges.contains(edge) {
-                    repair.actions.push(Action::Disconnect {
-                        host: host.clone(),
-                        edge: edge.clone(),
-                    });
-                }
-            }
-            for process in &status.processes {
-                let wanted =
-                    want.is_some_and(|h| h.processes.values().any(|p| p.client == process.client));
-                if !wanted {
-                    repair.actions.push(Action::Stop {
-                        host: host.clone(),
-                        block: process.block.clone(),
-                        client: process.client.clone(),
-                        replaced: false,
-                    });
-                }
+                Err(e) => lost.push((host.clone(), e)),
             }
         }
+        let Repair {
+            plan: mut repair,
+            dead,
+        } = plan::repair(&self.applied.deployment, &observed);
         // Restarts go first: edges to a restarted synth wait for its ports.
         let restarts: Vec<Action> = dead
             .into_iter()
-            .filter(|(_, process)| self.may_restart(&process.client))
+            .filter(|(_, process)| self.may_restart(&process.client, Instant::now()))
             .map(|(host, process)| Action::Start {
                 host,
                 process: Box::new(process),
@@ -464,44 +481,34 @@ impl Live {
         for (action, error) in &failures {
             if let Action::Start { process, .. } = action {
                 // Not retried at once: counted like an exit.
-                self.restarts
-                    .entry(process.client.clone())
-                    .or_default()
-                    .push(Instant::now());
+                self.restarts.failed(&process.client, Instant::now());
             }
             eprintln!("error: {}: {error:#}", action.line());
         }
         eprintln!("  repaired in {} ms", started.elapsed().as_millis());
     }
 
-    /// Restart a dead client, unless it keeps dying.
-    fn may_restart(&mut self, client: &str) -> bool {
-        if self.given_up.contains(client) {
-            return false;
+    /// Restart a dead client, unless it keeps dying (see [`RestartPolicy`]).
+    fn may_restart(&mut self, client: &str, now: Instant) -> bool {
+        match self.restarts.decide(client, now) {
+            Restart::Now => true,
+            Restart::Stopped => false,
+            Restart::GiveUp => {
+                let policy = self.restarts.policy;
+                eprintln!(
+                    "error: `{client}` exited {} times within {} s; not restarting it until the orchestra is reloaded",
+                    policy.max_exits,
+                    policy.window.as_secs()
+                );
+                false
+            }
         }
-        let times = self.restarts.entry(client.to_string()).or_default();
-        times.retain(|t| t.elapsed() < RESTART_WINDOW);
-        if times.len() >= MAX_RESTARTS {
-            eprintln!(
-                "error: `{client}` exited {MAX_RESTARTS} times within {} s; not restarting it until the orchestra is reloaded",
-                RESTART_WINDOW.as_secs()
-            );
-            self.given_up.insert(client.to_string());
-            return false;
-        }
-        times.push(Instant::now());
-        true
     }
 
     async fn replace_agent(&mut self, host: &str, error: anyhow::Error) {
-        if self
-            .respawned
-            .get(host)
-            .is_some_and(|t| t.elapsed() < RESPAWN_EVERY)
-        {
+        if !self.respawned.allow(host, Instant::now()) {
             return;
         }
-        self.respawned.insert(host.to_string(), Instant::now());
         let Some(spec) = self
             .applied
             .deployment
@@ -540,6 +547,18 @@ impl Live {
             ),
             Err(e) => eprintln!("error: cannot start a new agent on {host}: {e:#}"),
         }
+    }
+}
+
+/// What repair needs of an agent's status.
+fn observed_of(status: StatusReply) -> Observed {
+    Observed {
+        processes: status
+            .processes
+            .into_iter()
+            .map(|p| (p.block, p.client))
+            .collect(),
+        intended: status.connected.into_iter().chain(status.missing).collect(),
     }
 }
 

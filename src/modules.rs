@@ -1,6 +1,10 @@
 //! Synth modules: manifests, the built-in library, user module folders, per-block template
 //! rendering (minijinja) and engines (`lua/engines/<synth>.lua`: launch command and port names).
 
+pub mod params;
+
+pub use params::{ParamKind, ParamSpec};
+
 use crate::script::sandbox;
 use include_dir::{include_dir, Dir};
 use serde::Deserialize;
@@ -82,8 +86,9 @@ pub struct Manifest {
     /// Cores it needs; what the placement packs.
     #[serde(default = "one_core")]
     pub cpu: u32,
+    /// Each param's default and kind (range, choices, pattern): see [`params`].
     #[serde(default)]
-    pub params: BTreeMap<String, Value>,
+    pub params: BTreeMap<String, ParamSpec>,
     /// Listens for OSC (the runtime allocates a port for it).
     #[serde(default)]
     pub osc: bool,
@@ -100,6 +105,16 @@ pub struct Module {
     pub files: BTreeMap<String, Vec<u8>>,
     /// `built-in` or the folder it was read from, for messages.
     pub origin: String,
+}
+
+impl Manifest {
+    /// Every param's default value.
+    pub fn defaults(&self) -> BTreeMap<String, Value> {
+        self.params
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.default.clone()))
+            .collect()
+    }
 }
 
 impl Module {
@@ -147,10 +162,24 @@ impl Module {
     }
 
     /// Render `.j2` files with `context`; copy the others. Returns relative path → text.
+    /// Text values are escaped for the language of the file they land in (a Csound string, a
+    /// Pd atom, …; see [`params::escape`]); `{{ x|safe }}` asks for the raw text explicitly.
     pub fn render(&self, context: &Value) -> Result<BTreeMap<String, String>, ModuleError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
+        env.set_formatter(|out, state, value| match state.auto_escape() {
+            minijinja::AutoEscape::Custom(language) if !value.is_safe() => {
+                let written = match value.as_str() {
+                    Some(text) => out.write_str(&params::escape(language, text)),
+                    None => write!(out, "{value}"),
+                };
+                written.map_err(|_| {
+                    minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write")
+                })
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         let mut out = BTreeMap::new();
         for (path, bytes) in &self.files {
             let text = std::str::from_utf8(bytes).map_err(|_| ModuleError::Manifest {
@@ -159,6 +188,11 @@ impl Module {
             })?;
             match path.strip_suffix(".j2") {
                 Some(rendered) => {
+                    let language = params::escape_language(rendered);
+                    env.set_auto_escape_callback(move |_| match language {
+                        Some(language) => minijinja::AutoEscape::Custom(language),
+                        None => minijinja::AutoEscape::None,
+                    });
                     let fail = |e: minijinja::Error| ModuleError::Template {
                         module: self.name().to_string(),
                         file: path.clone(),

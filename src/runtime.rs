@@ -3,19 +3,18 @@
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
 use crate::agent::protocol::{Event, Request};
-use crate::deploy::{redeploy, Deployment};
+use crate::deploy::Deployment;
 use crate::first_run::BroughtUp;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
-use crate::live::Live;
-use crate::model::{resolve, Host, Orchestra, Resolved};
-use crate::modules::{Engines, ModuleLibrary};
-use crate::osc::layer::{LiveLayer, LiveOp};
+use crate::live::{Evaluation, Live};
+use crate::model::Host;
+use crate::osc::layer::LiveLayer;
 use crate::osc::server::{ControlRequest, OscOptions, OscServer, Serving, SharedRoutes};
-use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
 use crate::plan::{diff, Action};
 use crate::state::{self, AppliedState};
 use crate::watch::Change;
 use anyhow::{anyhow, bail, Context, Result};
+use futures::FutureExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -23,119 +22,9 @@ use tokio::sync::mpsc;
 /// How often what runs is compared with what was applied (exits repair at once).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
-/// Where the orchestra comes from and how to place it.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub script: PathBuf,
-    pub hosts: Option<PathBuf>,
-    pub modules: Vec<PathBuf>,
-    pub placement: PlacementOptions,
-}
-
-/// An orchestra read, checked and resolved against its modules.
-pub struct Loaded {
-    pub orchestra: Orchestra,
-    pub library: ModuleLibrary,
-    pub resolved: Resolved,
-}
-
-/// Read and check everything; nothing runs yet. Errors are one `file:line: message` line.
-pub fn load(source: &Source) -> Result<Loaded> {
-    load_with(source, &LiveLayer::default(), None)
-}
-
-/// [`load`], with the live layer laid over the script and, when given, one more change that
-/// must apply (an error names it; the layer's older changes only warn when they no longer
-/// apply).
-pub fn load_with(source: &Source, layer: &LiveLayer, new: Option<&LiveOp>) -> Result<Loaded> {
-    let mut orchestra = crate::script::load_orchestra(&source.script, source.hosts.as_deref())?;
-    let base = source
-        .script
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    layer.apply(&mut orchestra, &base);
-    if let Some(op) = new {
-        crate::osc::layer::apply_op(op, &mut orchestra, &base).map_err(|e| anyhow!("{op}: {e}"))?;
-    }
-    for warning in &orchestra.warnings {
-        eprintln!("warning: {warning}");
-    }
-    let mut library = ModuleLibrary::builtin();
-    for dir in &source.modules {
-        library.add_dir(dir)?;
-    }
-    let resolved = resolve(&orchestra, &library)?;
-    Ok(Loaded {
-        orchestra,
-        library,
-        resolved,
-    })
-}
-
-/// Placement and deployment of a loaded orchestra.
-pub struct Desired {
-    pub placement: Placement,
-    pub cost: Cost,
-    /// The placement is proven optimal.
-    pub optimal: bool,
-    pub deployment: Deployment,
-    /// Modules the engines changed to fit the orchestra, and how (one line per module).
-    pub adapted: Vec<String>,
-}
-
-/// Place and deploy; `running` is what plays now (links that stay keep their ports).
-pub fn desire(
-    loaded: &Loaded,
-    previous: Option<&Placement>,
-    running: &Deployment,
-    options: &PlacementOptions,
-) -> Result<Desired> {
-    let solution = place(&loaded.resolved, previous, options)?;
-    let (placement, cost, optimal) = (solution.placement, solution.cost, solution.optimal);
-    let mut engines = Engines::new();
-    let deployment = redeploy(
-        &loaded.resolved,
-        &placement,
-        &loaded.library,
-        &mut engines,
-        running,
-    )?;
-    Ok(Desired {
-        placement,
-        cost,
-        optimal,
-        deployment,
-        adapted: engines.adapted().map(str::to_string).collect(),
-    })
-}
-
-/// Say once per module what its engine overrode to make it fit (a module written for
-/// another setup: `fm: sr 44100 → 48000, ksmps 100 → 64`).
-pub fn warn_adapted(desired: &Desired) {
-    for line in &desired.adapted {
-        eprintln!("warning: {line}");
-    }
-}
-
-/// Warn when the blocks need more cores than the hosts have: it still runs.
-pub fn warn_overflow(loaded: &Loaded, desired: &Desired) {
-    if desired.cost.overflow > 0 {
-        let loads = crate::placement::host_loads(&loaded.resolved, &desired.placement);
-        let detail: Vec<String> = loaded
-            .resolved
-            .hosts
-            .iter()
-            .filter(|h| loads.get(&h.name).copied().unwrap_or(0) > h.cores as u64)
-            .map(|h| format!("{} needs {} of {} cores", h.name, loads[&h.name], h.cores))
-            .collect();
-        eprintln!(
-            "warning: the orchestra needs {} more core(s) than the hosts have ({}); running anyway",
-            desired.cost.overflow,
-            detail.join(", ")
-        );
-    }
-}
+pub use crate::pipeline::{
+    desire, load, load_with, load_with_async, warn_adapted, warn_overflow, Desired, Loaded, Source,
+};
 
 /// Options of `orchestra run`.
 #[derive(Debug, Clone)]
@@ -205,7 +94,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
             layer.ops.len()
         );
     }
-    let mut loaded = load_with(&options.source, &layer, None)?;
+    let mut loaded = load_with(&options.source, &layer, None).map_err(|e| {
+        if layer.is_empty() {
+            e
+        } else {
+            anyhow!(
+                "{e:#} (with the live layer of the last run laid over the script: `orchestra plan` lists it; delete {} to start from the script alone)",
+                dir.join(format!("{}.live.json", crate::script::orchestra_name(&options.source.script))).display()
+            )
+        }
+    })?;
     let previous = state::load(&dir, &loaded.resolved.name)?;
     let current = previous
         .as_ref()
@@ -386,7 +284,22 @@ pub async fn run(options: RunOptions) -> Result<()> {
         changes: changes_rx,
         control: control_rx,
     };
-    let outcome = play(&mut live, &options, inputs, started, record_offset).await;
+    // A bug that panics in the control loop still tears down: synths are never left playing
+    // with nobody to stop them.
+    let outcome =
+        std::panic::AssertUnwindSafe(play(&mut live, &options, inputs, started, record_offset))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(anyhow!(
+                    "internal error ({what}); stopped everything it started"
+                ))
+            });
     if let Some((server, serving)) = osc {
         serving.stop();
         if server
@@ -562,6 +475,8 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: 
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    /// The terminal closed: tear down like SIGTERM (the default would leave synths playing).
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -570,6 +485,7 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 }
@@ -644,6 +560,10 @@ async fn play(
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reconcile.reset();
+    // One evaluation at a time runs in its worker while this loop goes on serving signals,
+    // agent events and reconciles; saves and commands that come meanwhile wait in their
+    // channels and are merged into the next one.
+    let mut evaluating: Option<(Evaluation, Option<ControlReply>)> = None;
     loop {
         let timer = async {
             match until {
@@ -651,25 +571,39 @@ async fn play(
                 None => std::future::pending().await,
             }
         };
+        let busy = evaluating.is_some();
+        let evaluated = async {
+            match evaluating.as_mut() {
+                Some((evaluation, _)) => evaluation.future.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = signals.interrupt.recv() => { eprintln!("stopping (Ctrl-C)"); break; }
             _ = signals.terminate.recv() => { eprintln!("stopping (SIGTERM)"); break; }
+            _ = signals.hangup.recv() => { eprintln!("stopping (SIGHUP: the terminal closed)"); break; }
             _ = timer => { break; }
-            Some(change) = changes.recv() => {
+            loaded = evaluated => {
+                let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
+                let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
+                if let Some(reply) = reply {
+                    if let Err(why) = &answer {
+                        eprintln!("  OSC command refused: {why}");
+                    }
+                    let _ = reply.send(answer);
+                }
+            }
+            Some(change) = changes.recv(), if !busy => {
                 let mut paths = change.paths;
                 while let Ok(more) = changes.try_recv() {
                     paths.extend(more.paths);
                 }
                 paths.sort();
                 paths.dedup();
-                live.reload(&paths).await;
+                evaluating = Some((live.begin_reload(&paths), None));
             }
-            Some(request) = control.recv() => {
-                let answer = live.control(request.command).await;
-                if let Err(why) = &answer {
-                    eprintln!("  OSC command refused: {why}");
-                }
-                let _ = request.reply.send(answer);
+            Some(request) = control.recv(), if !busy => {
+                evaluating = Some((live.begin_control(request.command), Some(request.reply)));
             }
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. });
@@ -683,6 +617,9 @@ async fn play(
     }
     Ok(())
 }
+
+/// Where the answer to an OSC command goes once it is applied.
+type ControlReply = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 /// `run --dry-run`: the plan from what runs (per the state) to the script, then one plan per
 /// change, each from the previous plan's result; nothing is started or contacted.

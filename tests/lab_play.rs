@@ -653,3 +653,40 @@ fn the_prototype_multi_host_example_plays_across_hosts() {
     common::assert_tone_440(&wav, 2.0);
     show.only_sshd_everywhere();
 }
+
+#[test]
+fn a_sender_allowed_to_play_blocks_may_not_control_the_orchestra() {
+    let show = Show::new("osc-rights", CHAIN);
+    let mut cmd = show.orchestra("run");
+    // The lab's network may route to blocks (`--osc-allow`) but has no control rights.
+    let lab_net = format!("10.77.{}.0/24", show.lab.subnet());
+    cmd.args(["--osc", "0.0.0.0:0", "--osc-allow", &lab_net]);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("OSC control and router on ", Duration::from_secs(90));
+    let port = common::osc_address(&line).port();
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); \
+         s.sendto(b'/orchestra/remove\\0\\0\\0,s\\0\\0osc\\0', ('{}', {port})); \
+         print(s.recvfrom(1024)[0])",
+        show.lab.controller_address(),
+    );
+    let answer = show.lab.exec_ok("h1", &format!("python3 -c \"{script}\""));
+    assert!(
+        answer.contains("/orchestra/error") && answer.contains("--osc-control-allow"),
+        "{answer}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(csounds(&show, "h1").len(), 1, "the sine still plays on h1");
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("reload:"),
+        "nothing was reloaded: {stderr}"
+    );
+    assert!(
+        stderr.contains("1 command(s) from senders without control rights"),
+        "{stderr}"
+    );
+    show.only_sshd_everywhere();
+}

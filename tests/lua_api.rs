@@ -50,7 +50,7 @@ fn built_in_modules_render_and_launch() {
         let m = &module.manifest;
         let expected_cpu = if m.synth == "system" { 0 } else { 1 };
         assert_eq!(m.cpu, expected_cpu, "{}", m.module);
-        let params = m.params.clone();
+        let params = m.defaults();
         let inputs = m.inputs.resolve(&params).unwrap();
         let outputs = m.outputs.resolve(&params).unwrap();
         let context = serde_json::json!({

@@ -239,7 +239,10 @@ fn a_user_module_shadows_a_built_in() {
     assert_eq!(library.add_dir(dir.path()).unwrap(), ["sine"]);
     let sine = library.get("sine").unwrap();
     assert_eq!(sine.origin, dir.path().join("sine").display().to_string());
-    assert_eq!(sine.manifest.outputs.resolve(&sine.manifest.params), Ok(2));
+    assert_eq!(
+        sine.manifest.outputs.resolve(&sine.manifest.defaults()),
+        Ok(2)
+    );
 }
 
 #[test]
@@ -285,4 +288,63 @@ fn long_block_names_get_short_distinct_clients() {
     for c in clients {
         assert!(c.len() <= cloud_orchestra::deploy::MAX_CLIENT_NAME, "{c}");
     }
+}
+
+#[test]
+fn undo_takes_back_a_change_last_first_and_never_starts_anything() {
+    let (desired, _) = deployment_of(SINE_LP, None, None);
+    let plan = diff(&Deployment::default(), &desired);
+    insta::assert_snapshot!(plan.undo().to_text());
+    // Undoing twice gives the disconnects back as connects; stops have no undo.
+    assert!(plan
+        .undo()
+        .undo()
+        .actions
+        .iter()
+        .all(|a| matches!(a, Action::Connect { .. })));
+}
+
+#[test]
+fn repair_puts_back_edges_stops_leftovers_and_finds_the_dead() {
+    use cloud_orchestra::plan::{repair, Observed};
+    use std::collections::BTreeMap;
+    let (applied, _) = deployment_of(SINE_LP, None, None);
+    let host = &applied.hosts["localhost"];
+    let osc = &host.processes["osc"];
+    let mut edges = host.edges.iter();
+    let kept = edges.next().unwrap().clone();
+    let stray = cloud_orchestra::deploy::Edge {
+        from: format!("{}:output1", osc.client),
+        to: "system:playback_2".into(),
+    };
+    // `filt` died, one intended edge went missing, a stray edge and a leftover instance appeared.
+    let observed = Observed {
+        processes: vec![
+            ("osc".into(), osc.client.clone()),
+            ("old".into(), "old-12345678".into()),
+        ],
+        intended: [kept, stray].into_iter().collect(),
+    };
+    let found = repair(
+        &applied,
+        &BTreeMap::from([("localhost".to_string(), observed.clone())]),
+    );
+    let dead: Vec<&str> = found.dead.iter().map(|(_, p)| p.block.as_str()).collect();
+    assert_eq!(dead, ["filt"]);
+    insta::assert_snapshot!(found.plan.to_text());
+    // What matches needs nothing; a host that did not answer is left alone.
+    let healthy = Observed {
+        processes: host
+            .processes
+            .values()
+            .map(|p| (p.block.clone(), p.client.clone()))
+            .collect(),
+        intended: host.edges.clone(),
+    };
+    let calm = repair(
+        &applied,
+        &BTreeMap::from([("localhost".to_string(), healthy)]),
+    );
+    assert!(calm.plan.is_empty() && calm.dead.is_empty());
+    assert_eq!(repair(&applied, &BTreeMap::new()), Default::default());
 }

@@ -362,37 +362,16 @@ impl Fleet {
         connects: &[&Action],
         mut failures: Vec<(Action, anyhow::Error)>,
     ) -> Vec<(Action, anyhow::Error)> {
-        let unwire: Vec<Action> = connects
-            .iter()
-            .filter_map(|a| match a {
-                Action::Connect { host, edge } => Some(Action::Disconnect {
-                    host: host.clone(),
-                    edge: edge.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        let stop: Vec<Action> = starts
-            .iter()
-            .filter(|a| !failures.iter().any(|(f, _)| f == **a))
-            .filter_map(|a| match a {
-                Action::Start { host, process, .. } => Some(Action::Stop {
-                    host: host.clone(),
-                    block: process.block.clone(),
-                    client: process.client.clone(),
-                    replaced: true,
-                }),
-                _ => None,
-            })
-            .collect();
-        let undo_unwire = self
-            .run_phase("unwire", &unwire.iter().collect::<Vec<_>>())
-            .await;
-        let undo_stop = self
-            .run_phase("stop", &stop.iter().collect::<Vec<_>>())
-            .await;
-        failures.extend(undo_unwire);
-        failures.extend(undo_stop);
+        // What was made: the instances that started, then the edges asked for.
+        let made = Plan {
+            actions: starts
+                .iter()
+                .filter(|a| !failures.iter().any(|(f, _)| f == **a))
+                .chain(connects)
+                .map(|a| (*a).clone())
+                .collect(),
+        };
+        failures.extend(self.apply(&made.undo()).await);
         failures
     }
 
