@@ -27,7 +27,7 @@
 --                            "string exceeds maximum allowed length" (a client name
 --                            of 32+ characters, after which csound silently uses
 --                            "csound6" instead).  Steady state prints nothing else.
--- Only `string` is used (the sandbox has string/table/math); %d also turns a
+-- Only `string`, `table` and `math` are used (what the sandbox has); %d also turns a
 -- float that arrives as 256.0 into "256".
 -- All flags live here, none in the templates' <CsOptions>, so changing them
 -- changes the block's launch spec and restarts it.
