@@ -260,7 +260,12 @@ fn a_run_where_every_synth_fails_exits_1_with_the_reason() {
     );
     assert!(!stderr.contains("not connected"), "{stderr}");
     assert_no_leftovers(server, dir.path());
-    assert!(!dir.path().join(".orchestra/synthdef.state.json").exists());
+    let states: Vec<_> = std::fs::read_dir(dir.path().join(".orchestra"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".state.json"))
+        .collect();
+    assert!(states.is_empty(), "state cleared at teardown: {states:?}");
 }
 
 /// Some synths fail: the run says how many of how many started, which failed and why, and
