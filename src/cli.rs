@@ -272,7 +272,7 @@ fn plan(
 ) -> Result<()> {
     let dir = crate::state::state_dir(&source.script, state_dir.as_deref());
     let layer =
-        crate::osc::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
+        crate::script::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
     let loaded = runtime::load_with(&source, &layer, None)?;
     let applied = crate::state::load(&dir, &loaded.resolved.name)?;
     let previous_placement = match &previous {

@@ -10,9 +10,11 @@
 //!   [`csd`] reads a Csound module's header and options so the engine can fit it.
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
-//!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
+//!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports.
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
 //!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
+//! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break
+//!   with undo, repair), through the [`executor::Hosts`] trait.
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
@@ -24,7 +26,8 @@
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
 //! - [`names`]: name validation and "did you mean".
-//! - [`osc`]: the OSC control server, the live layer it edits, and the router to blocks.
+//! - [`osc`]: the OSC control server and the router to blocks; the live layer its commands
+//!   edit is an input of the script stage ([`script::layer`]).
 //! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
@@ -32,9 +35,9 @@ pub mod analysis;
 pub mod cli;
 pub mod csd;
 pub mod deploy;
+pub mod executor;
 pub mod first_run;
 pub mod hosts;
-pub mod links;
 pub mod live;
 pub mod model;
 pub mod modules;

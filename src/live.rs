@@ -8,18 +8,18 @@
 //! dead synths are restarted, edges put back, leftovers stopped, and a host whose agent went
 //! away gets a new one, which adopts what still runs there.
 
-use crate::agent::protocol::{Event, Request, StatusReply};
+use crate::agent::protocol::Event;
 use crate::deploy::Deployment;
+use crate::executor;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::osc::dispatch::Command;
-use crate::osc::layer::{LiveLayer, LiveOp};
 use crate::osc::server::SharedRoutes;
 use crate::pipeline::{desire, load_with_async, warn_overflow, Desired, Loaded, Source};
-use crate::plan::{self, diff, Action, Observed, Plan, Repair};
-use crate::policy::{Restart, RestartPolicy, Restarts, Throttle};
+use crate::plan::{diff, Action, Plan};
+use crate::policy::{RestartPolicy, Restarts, Throttle};
+use crate::script::layer::{LiveLayer, LiveOp};
 use crate::state::{self, AppliedState};
 use crate::watch::{Change, Watcher};
-use futures::future::join_all;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -431,77 +431,29 @@ impl Live {
         let Some(fleet) = self.fleet.as_ref() else {
             return;
         };
-        let hosts: Vec<String> = fleet.sessions.keys().cloned().collect();
-        let replies = join_all(hosts.iter().map(|host| async move {
-            let session = fleet.get(host)?;
-            let reply = session.call(Request::Status).await?;
-            Ok::<StatusReply, anyhow::Error>(serde_json::from_value(reply)?)
-        }))
-        .await;
-        let mut observed = BTreeMap::new();
-        let mut lost = Vec::new();
-        for (host, reply) in hosts.iter().zip(replies) {
-            match reply {
-                Ok(status) => {
-                    observed.insert(host.clone(), observed_of(status));
-                }
-                Err(e) => lost.push((host.clone(), e)),
-            }
-        }
-        let Repair {
-            plan: mut repair,
-            dead,
-        } = plan::repair(&self.applied.deployment, &observed);
-        // Restarts go first: edges to a restarted synth wait for its ports.
-        let restarts: Vec<Action> = dead
-            .into_iter()
-            .filter(|(_, process)| self.may_restart(&process.client, Instant::now()))
-            .map(|(host, process)| Action::Start {
-                host,
-                process: Box::new(process),
-                replaces: None,
-            })
-            .collect();
-        repair.actions.splice(0..0, restarts);
-        for (host, error) in lost {
-            self.replace_agent(&host, error).await;
-        }
-        if repair.is_empty() {
-            return;
-        }
         let started = Instant::now();
-        eprintln!("reconcile: what runs differs from what was applied");
-        for action in &repair.actions {
-            eprintln!("  {}", action.line());
+        let repaired =
+            executor::repair(fleet, &self.applied.deployment, &mut self.restarts, started).await;
+        for client in &repaired.given_up {
+            let policy = self.restarts.policy;
+            eprintln!(
+                "error: `{client}` exited {} times within {} s; not restarting it until the orchestra is reloaded",
+                policy.max_exits,
+                policy.window.as_secs()
+            );
         }
-        let Some(fleet) = self.fleet.as_ref() else {
-            return;
-        };
-        let failures = fleet.apply(&repair).await;
-        for (action, error) in &failures {
-            if let Action::Start { process, .. } = action {
-                // Not retried at once: counted like an exit.
-                self.restarts.failed(&process.client, Instant::now());
+        if !repaired.plan.is_empty() {
+            eprintln!("reconcile: what runs differs from what was applied");
+            for action in &repaired.plan.actions {
+                eprintln!("  {}", action.line());
             }
-            eprintln!("error: {}: {error:#}", action.line());
+            for (action, error) in &repaired.failures {
+                eprintln!("error: {}: {error:#}", action.line());
+            }
+            eprintln!("  repaired in {} ms", started.elapsed().as_millis());
         }
-        eprintln!("  repaired in {} ms", started.elapsed().as_millis());
-    }
-
-    /// Restart a dead client, unless it keeps dying (see [`RestartPolicy`]).
-    fn may_restart(&mut self, client: &str, now: Instant) -> bool {
-        match self.restarts.decide(client, now) {
-            Restart::Now => true,
-            Restart::Stopped => false,
-            Restart::GiveUp => {
-                let policy = self.restarts.policy;
-                eprintln!(
-                    "error: `{client}` exited {} times within {} s; not restarting it until the orchestra is reloaded",
-                    policy.max_exits,
-                    policy.window.as_secs()
-                );
-                false
-            }
+        for (host, error) in repaired.lost {
+            self.replace_agent(&host, error).await;
         }
     }
 
@@ -547,18 +499,6 @@ impl Live {
             ),
             Err(e) => eprintln!("error: cannot start a new agent on {host}: {e:#}"),
         }
-    }
-}
-
-/// What repair needs of an agent's status.
-fn observed_of(status: StatusReply) -> Observed {
-    Observed {
-        processes: status
-            .processes
-            .into_iter()
-            .map(|p| (p.block, p.client))
-            .collect(),
-        intended: status.connected.into_iter().chain(status.missing).collect(),
     }
 }
 

@@ -6,8 +6,8 @@
 use crate::deploy::{redeploy, Deployment};
 use crate::model::{resolve, Orchestra, Resolved};
 use crate::modules::{Engines, ModuleLibrary};
-use crate::osc::layer::{LiveLayer, LiveOp};
 use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
+use crate::script::layer::{LiveLayer, LiveOp};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 

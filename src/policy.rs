@@ -68,9 +68,10 @@ impl Restarts {
         self.exits.entry(client.to_string()).or_default().push(now);
     }
 
-    /// A reload is a fresh start for every synth.
+    /// A reload is a fresh start for every synth: its past exits no longer count.
     pub fn forgive(&mut self) {
         self.given_up.clear();
+        self.exits.clear();
     }
 }
 

@@ -3,10 +3,10 @@
 //! mangled, and the Lua API called with values of every kind. No input may panic, hang or
 //! overflow the stack; each is either accepted or refused with a message.
 
-use cloud_orchestra::model::prototype::{load_slaves, load_synthdef};
 use cloud_orchestra::modules::ModuleLibrary;
 use cloud_orchestra::osc::dispatch::{dispatch, Dispatch};
 use cloud_orchestra::script::load_orchestra_in_process;
+use cloud_orchestra::script::prototype::{load_slaves, load_synthdef};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@ use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
 use cloud_orchestra::placement::{place, Options, Placement, Solution};
 use cloud_orchestra::plan::{diff, Action};
-use cloud_orchestra::script::load_orchestra;
+use cloud_orchestra::script::{load_orchestra, orchestra_from_text};
 use std::path::Path;
 
 fn deployment_of(
@@ -13,15 +13,7 @@ fn deployment_of(
     hosts: Option<&str>,
     previous: Option<&Placement>,
 ) -> (Deployment, Placement) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("song.lua");
-    std::fs::write(&path, script).unwrap();
-    let hosts_path = hosts.map(|h| {
-        let p = dir.path().join("hosts.lua");
-        std::fs::write(&p, h).unwrap();
-        p
-    });
-    let orchestra = load_orchestra(&path, hosts_path.as_deref()).unwrap();
+    let orchestra = orchestra_from_text("song.lua", script, hosts).unwrap();
     let library = ModuleLibrary::builtin();
     let resolved = resolve(&orchestra, &library).unwrap();
     let Solution { placement, .. } = place(&resolved, previous, &Options::default()).unwrap();

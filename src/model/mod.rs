@@ -4,7 +4,6 @@
 //! checks it against the module library and yields a `Resolved` orchestra whose blocks know
 //! their module, merged params and port counts, and whose connections are expanded to wires.
 
-pub mod prototype;
 mod resolve;
 
 pub use resolve::{resolve, Resolved, ResolvedBlock, Wire};

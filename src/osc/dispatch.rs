@@ -2,8 +2,8 @@
 //! for the orchestra (`/orchestra/…`), messages to forward to blocks (`/BLOCK/rest` becomes
 //! `/rest` at the block's address), or a reason to drop it.
 
-use super::layer::LiveOp;
 use crate::model::Endpoint;
+use crate::script::layer::LiveOp;
 use rosc::{OscBundle, OscMessage, OscPacket, OscType};
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -7,7 +7,7 @@
 
 use super::sandbox;
 use crate::model::{AudioSettings, Host, Location, ModelError, Orchestra};
-use crate::osc::layer::{LiveLayer, LiveOp};
+use crate::script::layer::{LiveLayer, LiveOp};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -465,7 +465,7 @@ fn evaluate(request: Request) -> Reply {
             let base = script.parent().map(Path::to_path_buf).unwrap_or_default();
             layer.apply(&mut orchestra, &base);
             if let Some(op) = new {
-                if let Err(e) = crate::osc::layer::apply_op(&op, &mut orchestra, &base) {
+                if let Err(e) = crate::script::layer::apply_op(&op, &mut orchestra, &base) {
                     return Reply::Failed(EvalError::Change(format!("{op}: {e}")));
                 }
             }

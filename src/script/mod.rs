@@ -2,11 +2,13 @@
 //! sandbox, or read the prototype's JSON, into an `Orchestra`. Records every file it read.
 
 pub mod bounded;
+pub mod layer;
+pub mod prototype;
 pub mod sandbox;
 
 use crate::model::{
-    prototype, AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError,
-    NetworkSettings, Orchestra,
+    AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, NetworkSettings,
+    Orchestra,
 };
 use crate::names::{did_you_mean, is_valid_name};
 use mlua::{Lua, MetaMethod, UserData, UserDataMethods, Value};
@@ -123,7 +125,31 @@ pub fn orchestra_name(path: &Path) -> String {
 /// Evaluate a Lua orchestra script.
 pub fn eval_script(path: &Path) -> Result<Orchestra, ModelError> {
     let built = eval_file(path)?;
-    Ok(Orchestra {
+    Ok(orchestra_of(path, built))
+}
+
+/// The script stage in memory, for pure tests: `script` (and the hosts file `hosts`, if any)
+/// evaluated as if read from files of those names (errors say `song.lua:3: …`), in this
+/// process. `require` looks in the current directory.
+pub fn orchestra_from_text(
+    name: &str,
+    script: &str,
+    hosts: Option<&str>,
+) -> Result<Orchestra, ModelError> {
+    let path = Path::new(name);
+    let mut orchestra = orchestra_of(path, eval_source(script, path, PathBuf::from("."))?);
+    if let Some(hosts) = hosts {
+        let built = eval_source(hosts, Path::new("hosts.lua"), PathBuf::from("."))?;
+        orchestra.add_hosts(built.hosts)?;
+        if let Some(audio) = built.audio {
+            orchestra.audio = audio;
+        }
+    }
+    Ok(orchestra)
+}
+
+fn orchestra_of(path: &Path, built: Builder) -> Orchestra {
+    Orchestra {
         name: orchestra_name(path),
         hosts: built.hosts,
         blocks: built.blocks,
@@ -133,7 +159,7 @@ pub fn eval_script(path: &Path) -> Result<Orchestra, ModelError> {
         host_aliases: Default::default(),
         files: built.files,
         warnings: Vec::new(),
-    })
+    }
 }
 
 /// Text without the UTF-8 byte order mark some Windows editors write at the start.

@@ -1,7 +1,9 @@
 //! The 2015 prototype's formats: `synthdef.json` (blocks, connections, host aliases) and
 //! `slaves.json` (hosts). Read leniently, as the prototype's own examples miss commas.
 
-use super::{AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, Orchestra};
+use crate::model::{
+    AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, Orchestra,
+};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
