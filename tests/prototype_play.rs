@@ -334,26 +334,27 @@ fn a_run_where_some_fail_reports_how_many_started() {
 /// line, why, and what to change.
 #[test]
 fn a_module_that_cannot_be_adapted_is_a_clear_error() {
-    let source = r#"{ "blocks": { "st": {"module": "stereo"} }, "connections": [ {"source": "st", "sink": "DAC"} ] }"#;
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("stereo.json");
-    std::fs::write(&path, source).unwrap();
-    let fm = std::fs::read_to_string(fixture("prototype-modules/fm/fm.csd")).unwrap();
     let server = server_name("proto-stereo");
-    let (dir, script) = {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("stereo.json");
-        std::fs::copy(&path, &script).unwrap();
-        let to = dir.path().join("modules/stereo");
-        std::fs::create_dir_all(&to).unwrap();
-        std::fs::write(
-            to.join("manifest.json"),
-            r#"{"synth":"csound", "main":"stereo.csd", "module":"stereo", "inputs": 0, "outputs": 2}"#,
-        )
-        .unwrap();
-        std::fs::write(to.join("stereo.csd"), fm).unwrap();
-        (dir, script)
-    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("stereo.json");
+    std::fs::write(
+        &script,
+        r#"{ "blocks": { "st": {"module": "stereo"} }, "connections": [ {"source": "st", "sink": "DAC"} ] }"#,
+    )
+    .unwrap();
+    // The prototype's mono fm under a manifest that promises two outputs.
+    let to = dir.path().join("modules/stereo");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::write(
+        to.join("manifest.json"),
+        r#"{"synth":"csound", "main":"stereo.csd", "module":"stereo", "inputs": 0, "outputs": 2}"#,
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("prototype-modules/fm/fm.csd"),
+        to.join("stereo.csd"),
+    )
+    .unwrap();
     let modules = dir.path().join("modules");
     for verb in ["check", "run"] {
         let out = orchestra(&server)
