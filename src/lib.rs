@@ -4,8 +4,8 @@
 //!
 //! - [`script`]: evaluate the Lua orchestra in a sandbox (or read the prototype's JSON) →
 //!   [`model::Orchestra`], in a worker process killed at a deadline ([`script::bounded`]).
-//! - [`model`]: hosts, blocks, connections; [`model::resolve`] checks them against the
-//!   [`modules`] library and expands connections to port-level wires.
+//! - [`model`]: hosts, blocks, connections, as the script declares them; [`resolve`] checks
+//!   them against the [`modules`] library and expands connections to port-level wires.
 //! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`);
 //!   [`csd`] reads a Csound module's header and options so the engine can fit it.
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
@@ -25,16 +25,20 @@
 //! - [`state`]: the last applied deployment, persisted beside the script.
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
-//! - [`names`]: name validation and "did you mean".
+//! - [`names`]: name validation, "did you mean", and user text as messages quote it.
+//! - [`audio`]: the one sample rate and period; [`executable`]: this very binary, as the
+//!   agent and the evaluation worker.
 //! - [`osc`]: the OSC control server and the router to blocks; the live layer its commands
 //!   edit is an input of the script stage ([`script::layer`]).
 //! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
 pub mod analysis;
+pub mod audio;
 pub mod cli;
 pub mod csd;
 pub mod deploy;
+pub mod executable;
 pub mod executor;
 pub mod first_run;
 pub mod hosts;
@@ -48,6 +52,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod plan;
 pub mod policy;
+pub mod resolve;
 pub mod runtime;
 pub mod script;
 pub mod state;

@@ -432,7 +432,7 @@ impl Engines {
         module: &Module,
         client: &str,
         (inputs, outputs): (u32, u32),
-        audio: &crate::model::AudioSettings,
+        audio: &crate::audio::AudioSettings,
         params: &BTreeMap<String, Value>,
         files: &BTreeMap<String, String>,
     ) -> Result<Launch, ModuleError> {

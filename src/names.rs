@@ -30,6 +30,16 @@ pub fn invalid_name_reason(kind: &str, name: &str) -> String {
     }
 }
 
+/// A number as Lua writes it (`nan`, `inf`, `-inf`): what the script's author typed.
+pub fn lua_number(n: f64) -> String {
+    match n {
+        n if n.is_nan() => "nan".into(),
+        n if n.is_infinite() && n > 0.0 => "inf".into(),
+        n if n.is_infinite() => "-inf".into(),
+        n => n.to_string(),
+    }
+}
+
 /// Most characters of a user's text quoted in a message.
 const SHOWN_CHARS: usize = 60;
 

@@ -4,9 +4,10 @@
 //! it; nothing here starts or contacts anything.
 
 use crate::deploy::{redeploy, Deployment};
-use crate::model::{resolve, Orchestra, Resolved};
+use crate::model::Orchestra;
 use crate::modules::{Engines, ModuleLibrary};
 use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
+use crate::resolve::{resolve, Resolved};
 use crate::script::layer::{LiveLayer, LiveOp};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The Lua DSL: blocks, chains, port-level connections, loops, functions and `require`.
 
-use cloud_orchestra::model::{resolve, Wire};
 use cloud_orchestra::modules::ModuleLibrary;
+use cloud_orchestra::resolve::{resolve, Wire};
 use cloud_orchestra::script::{desugar_chains, load_orchestra, orchestra_from_text};
 
 fn wire(a: &str, o: u32, b: &str, i: u32) -> Wire {

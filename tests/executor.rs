@@ -4,11 +4,11 @@
 
 use cloud_orchestra::deploy::{deploy, Deployment, Edge};
 use cloud_orchestra::executor::{apply, apply_or_roll_back, repair, Hosts};
-use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
 use cloud_orchestra::placement::{place, Options};
 use cloud_orchestra::plan::{diff, Action, Observed};
 use cloud_orchestra::policy::{RestartPolicy, Restarts};
+use cloud_orchestra::resolve::resolve;
 use cloud_orchestra::script::orchestra_from_text;
 use futures::future::BoxFuture;
 use futures::FutureExt;

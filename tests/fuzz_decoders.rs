@@ -198,7 +198,7 @@ proptest! {
         match load_orchestra_in_process(&script, None) {
             Ok(orchestra) => {
                 // Whatever was accepted still resolves or is refused with a message.
-                let _ = cloud_orchestra::model::resolve(&orchestra, &ModuleLibrary::builtin());
+                let _ = cloud_orchestra::resolve::resolve(&orchestra, &ModuleLibrary::builtin());
             }
             Err(e) => {
                 let message = e.to_string();

@@ -1,11 +1,11 @@
 //! Placement v0: pins, cores, connections kept together, determinism, stability.
 
-use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::ModuleLibrary;
 use cloud_orchestra::placement::{place, Options, Solution};
+use cloud_orchestra::resolve::resolve;
 use cloud_orchestra::script::orchestra_from_text;
 
-fn resolved(script: &str, hosts: &str) -> cloud_orchestra::model::Resolved {
+fn resolved(script: &str, hosts: &str) -> cloud_orchestra::resolve::Resolved {
     resolve(
         &orchestra_from_text("song.lua", script, Some(hosts)).unwrap(),
         &ModuleLibrary::builtin(),

@@ -1,10 +1,10 @@
 //! The pure stages end to end: script → resolve → place → deploy → diff, with plan snapshots.
 
 use cloud_orchestra::deploy::{deploy, Deployment};
-use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
 use cloud_orchestra::placement::{place, Options, Placement, Solution};
 use cloud_orchestra::plan::{diff, Action};
+use cloud_orchestra::resolve::resolve;
 use cloud_orchestra::script::{load_orchestra, orchestra_from_text};
 use std::path::Path;
 

@@ -6,9 +6,10 @@ mod ports;
 
 use ports::PortPool;
 
-use crate::model::{AudioSettings, Host, Resolved};
+use crate::model::{AudioSettings, Host};
 use crate::modules::{Engines, ModuleError, ModuleLibrary};
 use crate::placement::Placement;
+use crate::resolve::Resolved;
 use links::{allocate, ends, link_id, Link, LinkDraft, LinkError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -180,7 +181,7 @@ pub fn redeploy(
             .collect::<Result<BTreeMap<String, serde_json::Value>, DeployError>>()
     };
     // A block's rendered files, its launch draft and its spec hash.
-    let build = |block: &crate::model::ResolvedBlock,
+    let build = |block: &crate::resolve::ResolvedBlock,
                  blocks: &BTreeMap<String, serde_json::Value>,
                  engines: &mut Engines|
      -> Result<Built, DeployError> {

@@ -149,7 +149,10 @@ impl ParamSpec {
                     return Err(wrong_kind());
                 };
                 if !n.is_finite() {
-                    return Err(format!("must be a finite number, not {}", lua_number(n)));
+                    return Err(format!(
+                        "must be a finite number, not {}",
+                        crate::names::lua_number(n)
+                    ));
                 }
                 if self.kind == ParamKind::Integer && n.fract() != 0.0 {
                     return Err(wrong_kind());
@@ -229,16 +232,6 @@ impl ParamSpec {
             (None, Some(max)) => format!("at most {max}"),
             (None, None) => "a number".into(),
         }
-    }
-}
-
-/// A number as Lua writes it (`nan`, `inf`, `-inf`): what the script's author typed.
-pub fn lua_number(n: f64) -> String {
-    match n {
-        n if n.is_nan() => "nan".into(),
-        n if n.is_infinite() && n > 0.0 => "inf".into(),
-        n if n.is_infinite() => "-inf".into(),
-        n => n.to_string(),
     }
 }
 

@@ -217,7 +217,7 @@ fn unexpected(reply: Reply) -> EvalError {
 }
 
 fn worker_command() -> Result<std::process::Command, EvalError> {
-    let exe = crate::hosts::agent_executable()
+    let exe = crate::executable::path()
         .map_err(|e| EvalError::Stopped(format!("cannot start the evaluation worker: {e:#}")))?;
     let mut command = std::process::Command::new(exe);
     command

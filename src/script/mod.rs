@@ -567,7 +567,7 @@ fn param_value(lua: &Lua, block: &str, key: &str, value: Value) -> mlua::Result<
                 lua,
                 format!(
                     "block `{block}`: param `{key}` must be a finite number, not {}",
-                    crate::modules::params::lua_number(n)
+                    crate::names::lua_number(n)
                 ),
             ))
         }

@@ -1,7 +1,7 @@
 //! Resolution: check an `Orchestra` against the module library and expand it for placement.
 
-use super::{Host, Location, ModelError, Orchestra};
 use crate::model::AudioSettings;
+use crate::model::{Host, Location, ModelError, Orchestra};
 use crate::modules::{Module, ModuleLibrary};
 use crate::names::{did_you_mean, invalid_name_reason, is_valid_name};
 use serde_json::Value;
