@@ -236,6 +236,7 @@ pub async fn main(cli: Cli) -> Result<()> {
                 &source.source().placement,
             )?;
             runtime::warn_overflow(&loaded, &desired);
+            runtime::warn_adapted(&desired);
             println!(
                 "{}: ok ({} blocks, {} connections, {} host(s))",
                 source.script.display(),
@@ -309,6 +310,7 @@ fn plan(
         &source.placement,
     )?;
     let actions = crate::plan::diff(&current, &desired.deployment);
+    runtime::warn_adapted(&desired);
     match format {
         Format::Json => {
             let out = json!({

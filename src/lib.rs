@@ -6,7 +6,8 @@
 //!   [`model::Orchestra`], in a worker process killed at a deadline ([`script::bounded`]).
 //! - [`model`]: hosts, blocks, connections, as the script declares them; [`resolve`] checks
 //!   them against the [`modules`] library and expands connections to port-level wires.
-//! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`).
+//! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`);
+//!   [`csd`] reads a Csound module's header and options so the engine can fit it.
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
 //!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports.
@@ -18,7 +19,8 @@
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
-//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`.
+//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`;
+//!   [`first_run`] judges what a first run brought up (what failed, whether it can sound).
 //! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents;
 //!   [`events`]: what it tells the terminal and any subscriber, as data.
 //! - [`state`]: the last applied deployment, persisted beside the script.
@@ -35,10 +37,12 @@ pub mod agent;
 pub mod analysis;
 pub mod audio;
 pub mod cli;
+pub mod csd;
 pub mod deploy;
 pub mod events;
 pub mod executable;
 pub mod executor;
+pub mod first_run;
 pub mod hosts;
 pub mod live;
 pub mod model;

@@ -85,6 +85,8 @@ pub struct Desired {
     /// The placement is proven optimal.
     pub optimal: bool,
     pub deployment: Deployment,
+    /// Modules the engines changed to fit the orchestra, and how (one line per module).
+    pub adapted: Vec<String>,
 }
 
 /// Place and deploy; `running` is what plays now (links that stay keep their ports).
@@ -109,7 +111,16 @@ pub fn desire(
         cost,
         optimal,
         deployment,
+        adapted: engines.adapted().map(str::to_string).collect(),
     })
+}
+
+/// Say once per module what its engine overrode to make it fit (a module written for
+/// another setup: `fm: sr 44100 → 48000, ksmps 100 → 64`).
+pub fn warn_adapted(desired: &Desired) {
+    for line in &desired.adapted {
+        eprintln!("warning: {line}");
+    }
 }
 
 /// Warn when the blocks need more cores than the hosts have: it still runs.

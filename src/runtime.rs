@@ -4,6 +4,7 @@
 
 use crate::agent::protocol::{Event, Request};
 use crate::deploy::Deployment;
+use crate::first_run::BroughtUp;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::live::{Evaluation, Live};
 use crate::model::Host;
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 pub use crate::pipeline::{
-    desire, load, load_with, load_with_async, warn_overflow, Desired, Loaded, Source,
+    desire, load, load_with, load_with_async, warn_adapted, warn_overflow, Desired, Loaded, Source,
 };
 
 /// Options of `orchestra run`.
@@ -152,6 +153,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         &options.source.placement,
     )?;
     warn_overflow(&loaded, &desired);
+    warn_adapted(&desired);
 
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     // Hosts that play now or played before (their leftovers are stopped by the plan).
@@ -236,9 +238,25 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         }
     }
     state::save(&dir, &applied)?;
-    wait_for_edges(&fleet, &desired, started).await;
+    let brought_up = BroughtUp::judge(&desired.deployment, &failures);
+    wait_for_edges(&fleet, &desired, started, &brought_up).await;
     if fleet.has_remote() || fleet.sessions.len() > 1 {
-        eprint!("{}", summary(&desired.deployment, &fleet));
+        // What started: a synth that failed is not listed as playing on its host.
+        eprint!("{}", summary(&applied.deployment, &fleet));
+    }
+    if !brought_up.can_sound {
+        // Nothing would ever be heard: stop what did start rather than play silence.
+        let stopped = teardown(&fleet, &applied.deployment, &dir).await;
+        fleet.close().await;
+        stopped?;
+        bail!(
+            "nothing can sound: {}; stopped what had started. Fix the failures above and run again",
+            if brought_up.failed_synths() == brought_up.synths {
+                format!("none of the {} synth(s) started", brought_up.synths)
+            } else {
+                "no sound source that started reaches a DAC".to_string()
+            }
+        );
     }
 
     let mut live = Live::new(
@@ -373,14 +391,31 @@ fn record_host(loaded: &Loaded, desired: &Desired) -> Result<String> {
         .ok_or_else(|| anyhow!("nothing to record: the orchestra is empty"))
 }
 
-async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
+/// Wait until each host's edges are made (those to synths that failed to start are never
+/// waited for), then say what plays: all of it, or how many synths of how many started and
+/// which failed and why.
+async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: &BroughtUp) {
     let mut missing_all = Vec::new();
     for (host, session) in &fleet.sessions {
+        let edges = desired
+            .deployment
+            .hosts
+            .get(host)
+            .map(|h| up.awaitable(host, &h.edges))
+            .unwrap_or_default();
+        // `only` empty means every edge: with nothing left to await, do not ask.
+        if edges.is_empty() && !up.failed.is_empty() {
+            continue;
+        }
         let waiting = Instant::now();
         let reply = session
             .call(Request::WaitEdges {
                 timeout_ms: 10_000,
-                only: Vec::new(),
+                only: if up.failed.is_empty() {
+                    Vec::new()
+                } else {
+                    edges
+                },
             })
             .await;
         fleet.time(host, "wiring", waiting.elapsed());
@@ -406,11 +441,28 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
         0 => String::new(),
         n => format!(", {n} network link(s)"),
     };
-    eprintln!(
-        "playing: {synths} synth(s), {edges} connection(s){links} on {} host(s), ready after {} ms (Ctrl-C stops)",
-        d.hosts.len(),
-        started.elapsed().as_millis()
-    );
+    if up.failed.is_empty() {
+        eprintln!(
+            "playing: {synths} synth(s), {edges} connection(s){links} on {} host(s), ready after {} ms (Ctrl-C stops)",
+            d.hosts.len(),
+            started.elapsed().as_millis()
+        );
+    } else {
+        let failed = up.failed_synths();
+        eprintln!(
+            "{} of {synths} synth(s) started on {} host(s); {}:",
+            synths - failed,
+            d.hosts.len(),
+            if up.can_sound {
+                "playing what can sound (Ctrl-C stops). Failed"
+            } else {
+                "nothing can sound. Failed"
+            }
+        );
+        for f in &up.failed {
+            eprintln!("  {} on {}: {}", f.block, f.host, f.why);
+        }
+    }
     for (host, edge) in missing_all {
         eprintln!(
             "warning: not connected on {host}: {} → {} (a port is missing)",
@@ -587,6 +639,7 @@ async fn dry_run(
         &options.source.placement,
     )?;
     warn_overflow(&loaded, &desired);
+    warn_adapted(&desired);
     let plan = diff(&previous.deployment, &desired.deployment);
     eprintln!("dry run: nothing is started or changed; the plan from what runs now:");
     for line in crate::live::describe(&plan, &previous.deployment, &desired.deployment) {

@@ -200,7 +200,7 @@ pub fn redeploy(
             "blocks": blocks,
             "hosts": hosts_context,
         });
-        let files = block.module.render(&context).map_err(fail)?;
+        let mut files = block.module.render(&context).map_err(fail)?;
         // Hash what defines the process, with the block name standing in for the client
         // name (which itself carries the hash).
         let draft = engines
@@ -211,8 +211,14 @@ pub fn redeploy(
                 (block.inputs, block.outputs),
                 &resolved.audio,
                 &block.params,
+                &files,
             )
             .map_err(fail)?;
+        engines.note_adapted(block.module.name(), &draft.notes);
+        // The engine's own flags taken out of the module's CsOptions: the instance runs that.
+        if let Some((main, text)) = draft.main_rewritten {
+            files.insert(main, text);
+        }
         let hash = short_hash(&json!({
             "block": block.name, "module": block.module.name(), "engine": block.module.manifest.synth,
             "files": files, "command": draft.command, "audio": resolved.audio,
@@ -314,6 +320,7 @@ pub fn redeploy(
                 (block.inputs, block.outputs),
                 &resolved.audio,
                 &block.params,
+                &built.files,
             )
             .map_err(|error| DeployError::Module {
                 block: block.name.clone(),
