@@ -63,6 +63,8 @@ pub struct Live {
     pub overflow: u64,
     /// What happens, for the terminal and any subscriber.
     pub happenings: Events,
+    /// Adaptations of modules already said (the first run says its own).
+    pub adapted_said: BTreeSet<String>,
 }
 
 /// What asked for an evaluation, and so what its outcome means.
@@ -131,6 +133,7 @@ impl Live {
             layer: LiveLayer::default(),
             routes: None,
             happenings: Events::printed(),
+            adapted_said: BTreeSet::new(),
         }
     }
 
@@ -304,6 +307,12 @@ impl Live {
         if desired.cost.overflow != self.overflow {
             warn_overflow(&loaded, &desired);
             self.overflow = desired.cost.overflow;
+        }
+        // What an engine changed to fit a module: said once per module and what it says.
+        for line in &desired.adapted {
+            if self.adapted_said.insert(line.clone()) {
+                self.happenings.emit(Happening::Warning { text: line.clone() });
+            }
         }
         let planned = started.elapsed();
         self.restarts.forgive();

@@ -269,6 +269,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         event_tx,
     );
     live.overflow = desired.cost.overflow;
+    live.adapted_said = desired.adapted.iter().cloned().collect();
     for (host, _) in &connected.skipped {
         live.unreachable.insert(host.clone(), Instant::now());
     }
@@ -663,6 +664,7 @@ async fn dry_run(
         events,
     );
     live.overflow = desired.cost.overflow;
+    live.adapted_said = desired.adapted.iter().cloned().collect();
     if let Some(watcher) = watcher {
         live.watch_with(watcher);
         eprintln!("watching for changes (Ctrl-C stops)");
