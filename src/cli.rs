@@ -40,10 +40,17 @@ struct SourceArgs {
     /// Time budget of the placement search, in milliseconds.
     #[arg(long, default_value_t = 200)]
     time_limit: u64,
+    /// How long evaluating the script (and each live change) may take, in seconds; past it
+    /// the evaluation is stopped and nothing changes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    eval_timeout: f64,
 }
 
 impl SourceArgs {
     fn source(&self) -> Source {
+        crate::script::bounded::set_timeout(std::time::Duration::from_secs_f64(
+            self.eval_timeout.clamp(0.05, 600.0),
+        ));
         Source {
             script: self.script.clone(),
             hosts: self.hosts.clone(),
@@ -107,8 +114,12 @@ enum Command {
         /// Networks besides loopback that may send OSC (needed to listen beyond loopback).
         #[arg(long = "osc-allow", value_name = "CIDR", num_args = 1..)]
         osc_allow: Vec<ipnet::IpNet>,
+        /// Networks besides loopback that may also send `/orchestra/…` commands (change the
+        /// orchestra, run live code); `--osc-allow` alone lets them only play blocks.
+        #[arg(long = "osc-control-allow", value_name = "CIDR", num_args = 1..)]
+        osc_control_allow: Vec<ipnet::IpNet>,
         /// No OSC control server or router.
-        #[arg(long, conflicts_with_all = ["osc", "osc_allow"])]
+        #[arg(long, conflicts_with_all = ["osc", "osc_allow", "osc_control_allow"])]
         no_osc: bool,
     },
     /// Show what `run` would do: placement, cost and the ordered actions.
@@ -159,6 +170,13 @@ enum Command {
     },
 }
 
+impl Cli {
+    /// `orchestra agent`, whose stdout is the protocol channel.
+    pub fn is_agent(&self) -> bool {
+        matches!(self.command, Command::Agent)
+    }
+}
+
 pub async fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
@@ -172,22 +190,34 @@ pub async fn main(cli: Cli) -> Result<()> {
             dry_run,
             osc,
             osc_allow,
+            osc_control_allow,
             no_osc,
         } => {
-            runtime::run(RunOptions {
-                source: source.source(),
-                state_dir,
-                record,
-                seconds,
-                connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
-                watch: !no_watch,
-                dry_run,
-                osc: (!no_osc).then(|| OscOptions {
-                    bind: osc.unwrap_or(([127, 0, 0, 1], 7770).into()),
-                    allow: osc_allow,
-                }),
-                osc_explicit: osc.is_some(),
-            })
+            // Installed before anything starts: a signal during start-up is not lost.
+            let shutdown = runtime::shutdown_on_signals()?;
+            runtime::run(
+                RunOptions {
+                    source: source.source(),
+                    state_dir,
+                    record,
+                    seconds,
+                    connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
+                    watch: !no_watch,
+                    dry_run,
+                    osc: (!no_osc).then(|| OscOptions {
+                        bind: osc.unwrap_or(([127, 0, 0, 1], 7770).into()),
+                        // Whoever may control may also play.
+                        allow: osc_allow
+                            .iter()
+                            .chain(&osc_control_allow)
+                            .copied()
+                            .collect(),
+                        control_allow: osc_control_allow,
+                    }),
+                    osc_explicit: osc.is_some(),
+                },
+                shutdown,
+            )
             .await
         }
         Command::Plan {
@@ -206,6 +236,7 @@ pub async fn main(cli: Cli) -> Result<()> {
                 &source.source().placement,
             )?;
             runtime::warn_overflow(&loaded, &desired);
+            runtime::warn_adapted(&desired);
             println!(
                 "{}: ok ({} blocks, {} connections, {} host(s))",
                 source.script.display(),
@@ -246,7 +277,7 @@ fn plan(
 ) -> Result<()> {
     let dir = crate::state::state_dir(&source.script, state_dir.as_deref());
     let layer =
-        crate::osc::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
+        crate::script::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
     let loaded = runtime::load_with(&source, &layer, None)?;
     let applied = crate::state::load(&dir, &loaded.resolved.name)?;
     let previous_placement = match &previous {
@@ -279,6 +310,7 @@ fn plan(
         &source.placement,
     )?;
     let actions = crate::plan::diff(&current, &desired.deployment);
+    runtime::warn_adapted(&desired);
     match format {
         Format::Json => {
             let out = json!({

@@ -3,39 +3,58 @@
 //! The one data flow (see DESIGN.md), one module per stage:
 //!
 //! - [`script`]: evaluate the Lua orchestra in a sandbox (or read the prototype's JSON) →
-//!   [`model::Orchestra`].
-//! - [`model`]: hosts, blocks, connections; [`model::resolve`] checks them against the
-//!   [`modules`] library and expands connections to port-level wires.
-//! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`).
+//!   [`model::Orchestra`], in a worker process killed at a deadline ([`script::bounded`]).
+//! - [`model`]: hosts, blocks, connections, as the script declares them; [`resolve`] checks
+//!   them against the [`modules`] library and expands connections to port-level wires.
+//! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`);
+//!   [`csd`] reads a Csound module's header and options so the engine can fit it.
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
-//!   [`links`] turns wires between hosts into jacktrip pairs with their UDP ports.
-//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions.
+//!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports.
+//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
+//!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
+//! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break
+//!   with undo, repair), through the [`executor::Hosts`] trait.
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
-//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`.
-//! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents.
+//! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
+//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`;
+//!   [`first_run`] judges what a first run brought up (what failed, whether it can sound).
+//! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents;
+//!   [`events`]: what it tells the terminal and any subscriber, as data.
 //! - [`state`]: the last applied deployment, persisted beside the script.
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
-//! - [`names`]: name validation and "did you mean".
-//! - [`osc`]: the OSC control server, the live layer it edits, and the router to blocks.
-//! - [`cli`]: the command line.
+//! - [`names`]: name validation, "did you mean", and user text as messages quote it.
+//! - [`audio`]: the one sample rate and period; [`executable`]: this very binary, as the
+//!   agent and the evaluation worker.
+//! - [`osc`]: the OSC control server and the router to blocks; the live layer its commands
+//!   edit is an input of the script stage ([`script::layer`]).
+//! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
 pub mod analysis;
+pub mod audio;
 pub mod cli;
+pub mod csd;
 pub mod deploy;
+pub mod events;
+pub mod executable;
+pub mod executor;
+pub mod first_run;
 pub mod hosts;
-pub mod links;
 pub mod live;
 pub mod model;
 pub mod modules;
 pub mod names;
 pub mod osc;
+pub mod output;
+pub mod pipeline;
 pub mod placement;
 pub mod plan;
+pub mod policy;
+pub mod resolve;
 pub mod runtime;
 pub mod script;
 pub mod state;

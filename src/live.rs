@@ -8,28 +8,26 @@
 //! dead synths are restarted, edges put back, leftovers stopped, and a host whose agent went
 //! away gets a new one, which adopts what still runs there.
 
-use crate::agent::protocol::{Event, Request, StatusReply};
+use crate::agent::protocol::Event;
 use crate::deploy::Deployment;
+use crate::events::{Events, Happening};
+use crate::executor;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
 use crate::osc::dispatch::Command;
-use crate::osc::layer::{LiveLayer, LiveOp};
 use crate::osc::server::SharedRoutes;
+use crate::pipeline::{desire, load_with_async, warn_overflow, Desired, Loaded, Source};
 use crate::plan::{diff, Action, Plan};
-use crate::runtime::{desire, load_with, warn_overflow, Loaded, Source};
+use crate::policy::{RestartPolicy, Restarts, Throttle};
+use crate::script::layer::{LiveLayer, LiveOp};
 use crate::state::{self, AppliedState};
 use crate::watch::{Change, Watcher};
-use futures::future::join_all;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A synth that exits this often within `RESTART_WINDOW` is left stopped until the next reload.
-const MAX_RESTARTS: usize = 3;
-const RESTART_WINDOW: Duration = Duration::from_secs(30);
-
 /// A lost agent is replaced at most this often.
-const RESPAWN_EVERY: Duration = Duration::from_secs(5);
+pub const RESPAWN_EVERY: Duration = Duration::from_secs(5);
 
 /// A host left out as unreachable is tried again after this long (by a reload that needs it).
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(30);
@@ -52,10 +50,9 @@ pub struct Live {
     pub events: mpsc::UnboundedSender<(String, Event)>,
     watcher: Option<Watcher>,
     /// Recent restarts of each client, to stop restarting one that keeps crashing.
-    restarts: BTreeMap<String, Vec<Instant>>,
-    given_up: BTreeSet<String>,
+    restarts: Restarts,
     /// When a lost agent was last replaced, per host.
-    respawned: BTreeMap<String, Instant>,
+    respawned: Throttle,
     /// Hosts left out with `--skip-unreachable`, and since when.
     pub unreachable: BTreeMap<String, Instant>,
     /// Changes made over OSC, laid over the script until reset.
@@ -64,6 +61,30 @@ pub struct Live {
     pub routes: Option<SharedRoutes>,
     /// Cores of overflow last warned about (the warning is repeated only when it changes).
     pub overflow: u64,
+    /// What happens, for the terminal and any subscriber.
+    pub happenings: Events,
+    /// Adaptations of modules already said (the first run says its own).
+    pub adapted_said: BTreeSet<String>,
+}
+
+/// What asked for an evaluation, and so what its outcome means.
+#[derive(Debug)]
+pub enum Asked {
+    /// Files of the orchestra changed.
+    Files,
+    /// `/orchestra/reload`.
+    Reload,
+    /// `/orchestra/reset`: the evaluation ran without the live layer.
+    Reset,
+    /// A live change, laid over the layer if it applies.
+    Change(LiveOp),
+}
+
+/// An evaluation in flight: the worker's outcome to come, and what asked for it.
+pub struct Evaluation {
+    pub started: Instant,
+    pub asked: Asked,
+    pub future: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Loaded>> + Send>>,
 }
 
 /// Outcome of one reload.
@@ -105,13 +126,14 @@ impl Live {
             applied,
             events,
             watcher: None,
-            restarts: BTreeMap::new(),
-            given_up: BTreeSet::new(),
-            respawned: BTreeMap::new(),
+            restarts: Restarts::new(RestartPolicy::default()),
+            respawned: Throttle::new(RESPAWN_EVERY),
             overflow: 0,
             unreachable: BTreeMap::new(),
             layer: LiveLayer::default(),
             routes: None,
+            happenings: Events::printed(),
+            adapted_said: BTreeSet::new(),
         }
     }
 
@@ -133,37 +155,81 @@ impl Live {
     }
 
     /// Re-read the orchestra and make what runs match it. Nothing changes on any error.
-    pub async fn reload(&mut self, why: &[PathBuf]) -> Reloaded {
-        let started = Instant::now();
-        let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
-        eprintln!("reload: {} changed", changed.join(", "));
-        self.reload_with(None, started).await
+    pub async fn reload(&mut self, why: &[PathBuf]) {
+        let evaluation = self.begin_reload(why);
+        let loaded = evaluation.future.await;
+        let _ = self
+            .finish(evaluation.asked, evaluation.started, loaded)
+            .await;
     }
 
     /// Carry out an OSC command through the same path as a save; the answer for the sender.
     pub async fn control(&mut self, command: Command) -> Result<String, String> {
-        let started = Instant::now();
+        let evaluation = self.begin_control(command);
+        let loaded = evaluation.future.await;
+        self.finish(evaluation.asked, evaluation.started, loaded)
+            .await
+    }
+
+    /// Start re-reading the orchestra because `why` changed. The evaluation runs in a worker
+    /// process while the caller goes on serving signals and reconciles; hand its outcome to
+    /// [`Live::finish`].
+    pub fn begin_reload(&self, why: &[PathBuf]) -> Evaluation {
+        let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
+        self.happenings.emit(Happening::ReloadStarted {
+            why: format!("{} changed", changed.join(", ")),
+        });
+        self.evaluate(self.layer.clone(), None, Asked::Files)
+    }
+
+    /// Start carrying out an OSC command (see [`Live::begin_reload`]).
+    pub fn begin_control(&self, command: Command) -> Evaluation {
         match command {
             Command::Reload => {
-                eprintln!("reload: asked over OSC");
-                self.reload_with(None, started).await.answer("reloaded")
+                self.reload_started("asked over OSC".into());
+                self.evaluate(self.layer.clone(), None, Asked::Reload)
             }
             Command::Reset => {
-                eprintln!("reload: live layer reset over OSC");
-                let kept = std::mem::take(&mut self.layer);
-                let outcome = self.reload_with(None, started).await;
-                if let Reloaded::Rejected(_) = outcome {
-                    self.layer = kept;
-                } else {
+                self.reload_started("live layer reset over OSC".into());
+                self.evaluate(LiveLayer::default(), None, Asked::Reset)
+            }
+            Command::Change(op) => {
+                self.reload_started(format!("OSC {op}"));
+                self.evaluate(self.layer.clone(), Some(op.clone()), Asked::Change(op))
+            }
+        }
+    }
+
+    fn evaluate(&self, layer: LiveLayer, new: Option<LiveOp>, asked: Asked) -> Evaluation {
+        Evaluation {
+            started: Instant::now(),
+            asked,
+            future: Box::pin(load_with_async(self.source.clone(), layer, new)),
+        }
+    }
+
+    /// Apply what an evaluation gave; the answer for an OSC sender.
+    pub async fn finish(
+        &mut self,
+        asked: Asked,
+        started: Instant,
+        loaded: anyhow::Result<Loaded>,
+    ) -> Result<String, String> {
+        let outcome = self.reload_with(loaded, started).await;
+        let applied = !matches!(outcome, Reloaded::Rejected(_));
+        match asked {
+            Asked::Files => outcome.answer("reloaded"),
+            Asked::Reload => outcome.answer("reloaded"),
+            Asked::Reset => {
+                if applied {
+                    self.layer = LiveLayer::default();
                     self.save_layer();
                 }
                 outcome.answer("live layer reset")
             }
-            Command::Change(op) => {
-                eprintln!("reload: OSC {op}");
+            Asked::Change(op) => {
                 let what = op.to_string();
-                let outcome = self.reload_with(Some(&op), started).await;
-                if !matches!(outcome, Reloaded::Rejected(_)) {
+                if applied {
                     self.layer.ops.push(op);
                     self.save_layer();
                 }
@@ -172,12 +238,27 @@ impl Live {
         }
     }
 
+    fn reload_started(&self, why: String) {
+        self.happenings.emit(Happening::ReloadStarted { why });
+    }
+
+    /// Nothing changed, and why.
+    fn rejected(&self, error: String) -> Reloaded {
+        self.happenings.emit(Happening::Rejected {
+            error: error.clone(),
+            took_ms: None,
+        });
+        Reloaded::Rejected(error)
+    }
+
     fn save_layer(&self) {
         if let Err(e) = self
             .layer
             .save(&self.dir, &self.applied.deployment.orchestra)
         {
-            eprintln!("error: cannot save the live layer: {e}");
+            self.happenings.emit(Happening::Error {
+                text: format!("cannot save the live layer: {e}"),
+            });
         }
     }
 
@@ -195,62 +276,67 @@ impl Live {
                         table.insert(block.clone(), addr);
                     }
                 }
-                Err(e) => eprintln!(
-                    "warning: cannot route OSC to `{block}`: {}: {e}",
-                    endpoint.address
-                ),
+                Err(e) => self.happenings.emit(Happening::Warning {
+                    text: format!("cannot route OSC to `{block}`: {}: {e}", endpoint.address),
+                }),
             }
         }
         routes.set(table);
     }
 
-    async fn reload_with(&mut self, new: Option<&LiveOp>, started: Instant) -> Reloaded {
-        let mut loaded = match load_with(&self.source, &self.layer, new) {
+    async fn reload_with(&mut self, loaded: anyhow::Result<Loaded>, started: Instant) -> Reloaded {
+        let mut loaded = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
-                eprintln!("{e:#}");
-                eprintln!("  nothing changed: still playing the last good orchestra");
-                return Reloaded::Rejected(format!("{e:#}"));
+                return self.rejected(format!("{e:#}"));
             }
         };
         if let Some(watcher) = self.watcher.as_mut() {
             if let Err(e) = watcher.set(&loaded.orchestra.files, &self.source.modules) {
-                eprintln!("warning: {e}");
+                self.happenings.emit(Happening::Warning {
+                    text: e.to_string(),
+                });
             }
         }
         let desired = match self.place_on_reachable_hosts(&mut loaded).await {
             Ok(desired) => desired,
             Err(e) => {
-                eprintln!("{e:#}");
-                eprintln!("  nothing changed: still playing the last good orchestra");
-                return Reloaded::Rejected(format!("{e:#}"));
+                return self.rejected(format!("{e:#}"));
             }
         };
         if desired.cost.overflow != self.overflow {
             warn_overflow(&loaded, &desired);
             self.overflow = desired.cost.overflow;
         }
+        // What an engine changed to fit a module: said once per module and what it says.
+        for line in &desired.adapted {
+            if self.adapted_said.insert(line.clone()) {
+                self.happenings
+                    .emit(Happening::Warning { text: line.clone() });
+            }
+        }
         let planned = started.elapsed();
-        self.given_up.clear();
+        self.restarts.forgive();
         let plan = diff(&self.applied.deployment, &desired.deployment);
         if plan.is_empty() {
-            eprintln!("  nothing to change ({} ms)", started.elapsed().as_millis());
+            self.happenings.emit(Happening::Unchanged {
+                took_ms: started.elapsed().as_millis(),
+            });
             self.loaded = loaded;
             self.applied.placement = desired.placement;
             return Reloaded::Unchanged;
         }
         for line in describe(&plan, &self.applied.deployment, &desired.deployment) {
-            eprintln!("  {line}");
+            self.happenings.emit(Happening::Planned { line });
         }
         let next = AppliedState {
             deployment: desired.deployment,
             placement: desired.placement,
         };
         let Some(fleet) = self.fleet.as_ref() else {
-            eprintln!(
-                "  dry run: not applied (planned in {} ms)",
-                started.elapsed().as_millis()
-            );
+            self.happenings.emit(Happening::DryRun {
+                took_ms: started.elapsed().as_millis(),
+            });
             self.loaded = loaded;
             self.applied = next;
             return Reloaded::Applied;
@@ -258,12 +344,15 @@ impl Live {
         match fleet.apply_or_roll_back(&plan).await {
             Err(failures) => {
                 for (action, error) in &failures {
-                    eprintln!("error: {}: {error:#}", action.line());
+                    self.happenings.emit(Happening::ActionFailed {
+                        action: action.line(),
+                        error: format!("{error:#}"),
+                        retried: false,
+                    });
                 }
-                eprintln!(
-                    "  nothing changed: still playing the last good orchestra ({} ms)",
-                    started.elapsed().as_millis()
-                );
+                self.happenings.emit(Happening::RolledBack {
+                    took_ms: started.elapsed().as_millis(),
+                });
                 let why = failures
                     .first()
                     .map(|(action, error)| format!("{}: {error:#}", action.line()))
@@ -272,10 +361,11 @@ impl Live {
             }
             Ok(failures) => {
                 for (action, error) in &failures {
-                    eprintln!(
-                        "error: {}: {error:#} (the next reconcile retries it)",
-                        action.line()
-                    );
+                    self.happenings.emit(Happening::ActionFailed {
+                        action: action.line(),
+                        error: format!("{error:#}"),
+                        retried: true,
+                    });
                 }
             }
         }
@@ -283,14 +373,15 @@ impl Live {
         self.applied = next;
         self.publish_routes();
         if let Err(e) = state::save(&self.dir, &self.applied) {
-            eprintln!("error: cannot save the state: {e:#}");
+            self.happenings.emit(Happening::Error {
+                text: format!("cannot save the state: {e:#}"),
+            });
         }
-        eprintln!(
-            "applied in {} ms: {} (load and plan {} ms)",
-            started.elapsed().as_millis(),
-            counts(&plan),
-            planned.as_millis()
-        );
+        self.happenings.emit(Happening::Applied {
+            took_ms: started.elapsed().as_millis(),
+            planned_ms: planned.as_millis(),
+            counts: counts(&plan),
+        });
         Reloaded::Applied
     }
 
@@ -298,10 +389,7 @@ impl Live {
     /// file, or idle until now) are dialled, key checked, and brought up. With
     /// `--skip-unreachable` one that does not answer is left out and the orchestra placed
     /// again without it.
-    async fn place_on_reachable_hosts(
-        &mut self,
-        loaded: &mut Loaded,
-    ) -> anyhow::Result<crate::runtime::Desired> {
+    async fn place_on_reachable_hosts(&mut self, loaded: &mut Loaded) -> anyhow::Result<Desired> {
         // A host that did not answer lately is not waited for again on every save.
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
@@ -346,7 +434,10 @@ impl Live {
         };
         let connected = fleet::connect(&new, &self.connect).await?;
         for (host, why) in &connected.skipped {
-            eprintln!("warning: leaving out {host}: {why}");
+            self.happenings.emit(Happening::HostLeftOut {
+                host: host.clone(),
+                why: why.to_string(),
+            });
             loaded.resolved.hosts.retain(|h| h.name != *host);
             self.unreachable.insert(host.clone(), Instant::now());
         }
@@ -366,7 +457,8 @@ impl Live {
         .await?;
         added.finish_progress();
         for host in added.sessions.keys() {
-            eprintln!("  new host {host} is up");
+            self.happenings
+                .emit(Happening::HostUp { host: host.clone() });
         }
         fleet.merge(added);
         Ok(connected.skipped.is_empty())
@@ -377,131 +469,37 @@ impl Live {
         let Some(fleet) = self.fleet.as_ref() else {
             return;
         };
-        let hosts: Vec<String> = fleet.sessions.keys().cloned().collect();
-        let replies = join_all(hosts.iter().map(|host| async move {
-            let session = fleet.get(host)?;
-            let reply = session.call(Request::Status).await?;
-            Ok::<StatusReply, anyhow::Error>(serde_json::from_value(reply)?)
-        }))
-        .await;
-        let mut repair = Plan::default();
-        let mut lost = Vec::new();
-        let mut dead = Vec::new();
-        let no_edges = BTreeSet::new();
-        for (host, reply) in hosts.iter().zip(replies) {
-            let status = match reply {
-                Ok(status) => status,
-                Err(e) => {
-                    lost.push((host.clone(), e));
-                    continue;
-                }
-            };
-            let want = self.applied.deployment.hosts.get(host);
-            let alive: BTreeSet<&str> =
-                status.processes.iter().map(|p| p.client.as_str()).collect();
-            for process in want.iter().flat_map(|h| h.processes.values()) {
-                if !alive.contains(process.client.as_str()) {
-                    dead.push((host.clone(), process.clone()));
-                }
-            }
-            let wanted_edges = want.map(|h| &h.edges).unwrap_or(&no_edges);
-            let intended: BTreeSet<_> = status.connected.iter().chain(&status.missing).collect();
-            for edge in wanted_edges {
-                if !intended.contains(edge) {
-                    repair.actions.push(Action::Connect {
-                        host: host.clone(),
-                        edge: edge.clone(),
-                    });
-                }
-            }
-            for edge in intended {
-                if !wanted_edges.contains(edge) {
-                    repair.actions.push(Action::Disconnect {
-                        host: host.clone(),
-                        edge: edge.clone(),
-                    });
-                }
-            }
-            for process in &status.processes {
-                let wanted =
-                    want.is_some_and(|h| h.processes.values().any(|p| p.client == process.client));
-                if !wanted {
-                    repair.actions.push(Action::Stop {
-                        host: host.clone(),
-                        block: process.block.clone(),
-                        client: process.client.clone(),
-                        replaced: false,
-                    });
-                }
-            }
+        let started = Instant::now();
+        let repaired =
+            executor::repair(fleet, &self.applied.deployment, &mut self.restarts, started).await;
+        let policy = self.restarts.policy;
+        for client in repaired.given_up {
+            self.happenings.emit(Happening::GaveUp {
+                client,
+                exits: policy.max_exits,
+                window_s: policy.window.as_secs(),
+            });
         }
-        // Restarts go first: edges to a restarted synth wait for its ports.
-        let restarts: Vec<Action> = dead
-            .into_iter()
-            .filter(|(_, process)| self.may_restart(&process.client))
-            .map(|(host, process)| Action::Start {
-                host,
-                process: Box::new(process),
-                replaces: None,
-            })
-            .collect();
-        repair.actions.splice(0..0, restarts);
-        for (host, error) in lost {
+        if !repaired.plan.is_empty() {
+            self.happenings.emit(Happening::Repaired {
+                actions: repaired.plan.actions.iter().map(Action::line).collect(),
+                failures: repaired
+                    .failures
+                    .iter()
+                    .map(|(action, error)| (action.line(), format!("{error:#}")))
+                    .collect(),
+                took_ms: started.elapsed().as_millis(),
+            });
+        }
+        for (host, error) in repaired.lost {
             self.replace_agent(&host, error).await;
         }
-        if repair.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        eprintln!("reconcile: what runs differs from what was applied");
-        for action in &repair.actions {
-            eprintln!("  {}", action.line());
-        }
-        let Some(fleet) = self.fleet.as_ref() else {
-            return;
-        };
-        let failures = fleet.apply(&repair).await;
-        for (action, error) in &failures {
-            if let Action::Start { process, .. } = action {
-                // Not retried at once: counted like an exit.
-                self.restarts
-                    .entry(process.client.clone())
-                    .or_default()
-                    .push(Instant::now());
-            }
-            eprintln!("error: {}: {error:#}", action.line());
-        }
-        eprintln!("  repaired in {} ms", started.elapsed().as_millis());
-    }
-
-    /// Restart a dead client, unless it keeps dying.
-    fn may_restart(&mut self, client: &str) -> bool {
-        if self.given_up.contains(client) {
-            return false;
-        }
-        let times = self.restarts.entry(client.to_string()).or_default();
-        times.retain(|t| t.elapsed() < RESTART_WINDOW);
-        if times.len() >= MAX_RESTARTS {
-            eprintln!(
-                "error: `{client}` exited {MAX_RESTARTS} times within {} s; not restarting it until the orchestra is reloaded",
-                RESTART_WINDOW.as_secs()
-            );
-            self.given_up.insert(client.to_string());
-            return false;
-        }
-        times.push(Instant::now());
-        true
     }
 
     async fn replace_agent(&mut self, host: &str, error: anyhow::Error) {
-        if self
-            .respawned
-            .get(host)
-            .is_some_and(|t| t.elapsed() < RESPAWN_EVERY)
-        {
+        if !self.respawned.allow(host, Instant::now()) {
             return;
         }
-        self.respawned.insert(host.to_string(), Instant::now());
         let Some(spec) = self
             .applied
             .deployment
@@ -519,7 +517,10 @@ impl Live {
         else {
             return;
         };
-        eprintln!("error: lost the agent on {host} ({error:#}); starting a new one");
+        self.happenings.emit(Happening::AgentLost {
+            host: host.to_string(),
+            error: format!("{error:#}"),
+        });
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
@@ -534,11 +535,13 @@ impl Live {
             )
             .await
         {
-            Ok(hello) => eprintln!(
-                "  a new agent on {host} adopted {} running instance(s)",
-                hello.adopted.len()
-            ),
-            Err(e) => eprintln!("error: cannot start a new agent on {host}: {e:#}"),
+            Ok(hello) => self.happenings.emit(Happening::AgentReplaced {
+                host: host.to_string(),
+                adopted: hello.adopted.len(),
+            }),
+            Err(e) => self.happenings.emit(Happening::Error {
+                text: format!("cannot start a new agent on {host}: {e:#}"),
+            }),
         }
     }
 }

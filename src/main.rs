@@ -3,7 +3,14 @@
 use clap::Parser;
 
 fn main() {
+    // The evaluation worker answers one request and exits: no async runtime, no relays.
+    if std::env::args().nth(1).as_deref() == Some("eval-worker") {
+        cloud_orchestra::script::bounded::worker_main();
+    }
     let cli = cloud_orchestra::cli::Cli::parse();
+    // The agent's stdout is its protocol channel; everything else writes through relays that
+    // survive a reader going away.
+    let relay = (!cli.is_agent()).then(cloud_orchestra::output::install);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORCHESTRA_LOG")
@@ -17,9 +24,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    if let Err(error) = runtime.block_on(cloud_orchestra::cli::main(cli)) {
-        // Errors from the user's files already read `file:line: message`.
-        eprintln!("{error:#}");
-        std::process::exit(1);
+    let result = runtime.block_on(cloud_orchestra::cli::main(cli));
+    // Agents and SSH sessions still held by the runtime go before the relays are flushed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    cloud_orchestra::script::bounded::discard_spare();
+    let code = match result {
+        Ok(()) => 0,
+        Err(error) => {
+            // Errors from the user's files already read `file:line: message`.
+            eprintln!("{error:#}");
+            1
+        }
+    };
+    if let Some(relay) = relay {
+        relay.finish();
     }
+    std::process::exit(code);
 }

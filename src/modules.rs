@@ -1,6 +1,10 @@
 //! Synth modules: manifests, the built-in library, user module folders, per-block template
 //! rendering (minijinja) and engines (`lua/engines/<synth>.lua`: launch command and port names).
 
+pub mod params;
+
+pub use params::{ParamKind, ParamSpec};
+
 use crate::script::sandbox;
 use include_dir::{include_dir, Dir};
 use serde::Deserialize;
@@ -82,8 +86,9 @@ pub struct Manifest {
     /// Cores it needs; what the placement packs.
     #[serde(default = "one_core")]
     pub cpu: u32,
+    /// Each param's default and kind (range, choices, pattern): see [`params`].
     #[serde(default)]
-    pub params: BTreeMap<String, Value>,
+    pub params: BTreeMap<String, ParamSpec>,
     /// Listens for OSC (the runtime allocates a port for it).
     #[serde(default)]
     pub osc: bool,
@@ -100,6 +105,16 @@ pub struct Module {
     pub files: BTreeMap<String, Vec<u8>>,
     /// `built-in` or the folder it was read from, for messages.
     pub origin: String,
+}
+
+impl Manifest {
+    /// Every param's default value.
+    pub fn defaults(&self) -> BTreeMap<String, Value> {
+        self.params
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.default.clone()))
+            .collect()
+    }
 }
 
 impl Module {
@@ -147,10 +162,24 @@ impl Module {
     }
 
     /// Render `.j2` files with `context`; copy the others. Returns relative path → text.
+    /// Text values are escaped for the language of the file they land in (a Csound string, a
+    /// Pd atom, …; see [`params::escape`]); `{{ x|safe }}` asks for the raw text explicitly.
     pub fn render(&self, context: &Value) -> Result<BTreeMap<String, String>, ModuleError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
+        env.set_formatter(|out, state, value| match state.auto_escape() {
+            minijinja::AutoEscape::Custom(language) if !value.is_safe() => {
+                let written = match value.as_str() {
+                    Some(text) => out.write_str(&params::escape(language, text)),
+                    None => write!(out, "{value}"),
+                };
+                written.map_err(|_| {
+                    minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write")
+                })
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         let mut out = BTreeMap::new();
         for (path, bytes) in &self.files {
             let text = std::str::from_utf8(bytes).map_err(|_| ModuleError::Manifest {
@@ -159,6 +188,11 @@ impl Module {
             })?;
             match path.strip_suffix(".j2") {
                 Some(rendered) => {
+                    let language = params::escape_language(rendered);
+                    env.set_auto_escape_callback(move |_| match language {
+                        Some(language) => minijinja::AutoEscape::Custom(language),
+                        None => minijinja::AutoEscape::None,
+                    });
                     let fail = |e: minijinja::Error| ModuleError::Template {
                         module: self.name().to_string(),
                         file: path.clone(),
@@ -325,12 +359,20 @@ pub struct Launch {
     /// the graph; until then the agent starts nothing else on that server (see `ready_line`
     /// in lua/engines/csound.lua for why).
     pub ready_line: Option<String>,
+    /// The main file with the engine's own flags taken out of its `<CsOptions>` (path, text),
+    /// when there were any: what the instance must run instead of the module's file.
+    pub main_rewritten: Option<(String, String)>,
+    /// What the engine changed to make the module fit the orchestra (`sr 44100 → 48000`).
+    pub notes: Vec<String>,
 }
 
 /// Engines loaded into one sandboxed Lua state, evaluated per block at deployment.
 pub struct Engines {
     lua: mlua::Lua,
     loaded: BTreeMap<String, mlua::Table>,
+    /// What was changed to fit modules to the orchestra, one line per module and change
+    /// (`fm: sr 44100 → 48000, ksmps 100 → 64`): said once, however many blocks use it.
+    adapted: std::collections::BTreeSet<String>,
 }
 
 impl Engines {
@@ -338,6 +380,20 @@ impl Engines {
         Engines {
             lua: sandbox::new_lua().expect("a fresh Lua state"),
             loaded: BTreeMap::new(),
+            adapted: Default::default(),
+        }
+    }
+
+    /// Every module the engines changed to fit the orchestra, and how (see [`Launch::notes`]).
+    pub fn adapted(&self) -> impl Iterator<Item = &str> {
+        self.adapted.iter().map(String::as_str)
+    }
+
+    /// Remember what `launch` said it changed in `module` (a no-op when nothing).
+    pub fn note_adapted(&mut self, module: &str, notes: &[String]) {
+        if !notes.is_empty() {
+            self.adapted
+                .insert(format!("{module}: {}", notes.join(", ")));
         }
     }
 
@@ -366,14 +422,19 @@ impl Engines {
     }
 
     /// Ask the module's engine how to launch `client` and what its ports are called.
+    /// `files` are the block's rendered files: an engine with `owned_csoptions` sees the
+    /// header of a `.csd` main file as `ctx.csd` (see src/csd.rs) and gets those flags taken
+    /// out of its `<CsOptions>`.
+    #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &mut self,
         library: &ModuleLibrary,
         module: &Module,
         client: &str,
         (inputs, outputs): (u32, u32),
-        audio: &crate::model::AudioSettings,
+        audio: &crate::audio::AudioSettings,
         params: &BTreeMap<String, Value>,
+        files: &BTreeMap<String, String>,
     ) -> Result<Launch, ModuleError> {
         let engine = module.manifest.synth.clone();
         let table = self.table(library, &engine)?;
@@ -393,15 +454,45 @@ impl Engines {
         ctx.set("audio", audio_t).map_err(lua_err)?;
         let params_v = mlua::LuaSerdeExt::to_value(&self.lua, params).map_err(lua_err)?;
         ctx.set("params", params_v).map_err(lua_err)?;
-        let command = match table
+        let owned = table
+            .get::<Option<Vec<String>>>("owned_csoptions")
+            .map_err(lua_err)?;
+        let mut main_rewritten = None;
+        if let (Some(owned), Some(main)) = (owned, module.rendered_main()) {
+            if let Some(text) = files.get(&main).filter(|_| main.ends_with(".csd")) {
+                // The module's own file (`fm.csd.j2` before rendering), where the user looks.
+                let source = module.manifest.main.as_deref().unwrap_or(&main);
+                let file = format!("{}/{source}", module.origin);
+                let header = crate::csd::read_header(text).map_err(|e| ModuleError::Manifest {
+                    path: file.clone(),
+                    message: e,
+                })?;
+                let (rewritten, ignored) = crate::csd::strip_options(text, &owned);
+                let csd = self.lua.create_table().map_err(lua_err)?;
+                csd.set("file", file).map_err(lua_err)?;
+                for (name, setting) in &header {
+                    let t = self.lua.create_table().map_err(lua_err)?;
+                    t.set("line", setting.line).map_err(lua_err)?;
+                    t.set("value", setting.value).map_err(lua_err)?;
+                    csd.set(*name, t).map_err(lua_err)?;
+                }
+                csd.set("ignored", ignored.clone()).map_err(lua_err)?;
+                ctx.set("csd", csd).map_err(lua_err)?;
+                if !ignored.is_empty() {
+                    main_rewritten = Some((main, rewritten));
+                }
+            }
+        }
+        let (command, notes) = match table
             .get::<Option<mlua::Function>>("command")
             .map_err(lua_err)?
         {
             Some(f) => f
-                .call::<Option<Vec<String>>>(ctx.clone())
+                .call::<(Option<Vec<String>>, Option<Vec<String>>)>(ctx.clone())
                 .map_err(lua_err)?,
-            None => None,
+            None => (None, None),
         };
+        let notes = notes.unwrap_or_default();
         if command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(fail("command returned an empty list".into()));
         }
@@ -419,6 +510,8 @@ impl Engines {
         let ready_line = table.get::<Option<String>>("ready_line").map_err(lua_err)?;
         Ok(Launch {
             ready_line,
+            main_rewritten,
+            notes,
             inputs: port("input_port", inputs)?,
             outputs: port("output_port", outputs)?,
             command,

@@ -18,10 +18,49 @@ pub fn invalid_name_reason(kind: &str, name: &str) -> String {
     if name.is_empty() {
         format!("{kind} name is empty")
     } else if name.len() > MAX_NAME_LEN {
-        format!("{kind} name `{name}` is longer than {MAX_NAME_LEN} characters")
+        format!(
+            "{kind} name `{}` is longer than {MAX_NAME_LEN} characters",
+            shown(name)
+        )
     } else {
-        format!("{kind} name `{name}` may only contain letters, digits, `_` and `-`")
+        format!(
+            "{kind} name `{}` may only contain letters, digits, `_` and `-`",
+            shown(name)
+        )
     }
+}
+
+/// A number as Lua writes it (`nan`, `inf`, `-inf`): what the script's author typed.
+pub fn lua_number(n: f64) -> String {
+    match n {
+        n if n.is_nan() => "nan".into(),
+        n if n.is_infinite() && n > 0.0 => "inf".into(),
+        n if n.is_infinite() => "-inf".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Most characters of a user's text quoted in a message.
+const SHOWN_CHARS: usize = 60;
+
+/// User text as a message quotes it: at most [`SHOWN_CHARS`] characters, control characters
+/// escaped, so a megabyte or a newline in a name cannot flood or forge the terminal.
+pub fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(SHOWN_CHARS)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if text.chars().nth(SHOWN_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The closest candidate to `name`, if one is close enough to be a likely typo.

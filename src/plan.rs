@@ -1,9 +1,11 @@
 //! Plan: the ordered actions that turn what runs into what is desired, make-before-break:
-//! start new processes → connect new edges → disconnect old edges → stop old processes.
+//! start new processes → connect new edges → disconnect old edges → stop old processes; the
+//! undo of a change's making half; and the repair plan from what the agents observe to what
+//! was applied.
 
 use crate::deploy::{Deployment, Edge, ProcessSpec};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +34,29 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action that takes this one back, where one exists: a started instance is stopped,
+    /// a connected edge disconnected and the other way round. A stop has none (the instance
+    /// is gone), which is why a make-before-break change stops nothing before it commits.
+    pub fn undo(&self) -> Option<Action> {
+        match self {
+            Action::Start { host, process, .. } => Some(Action::Stop {
+                host: host.clone(),
+                block: process.block.clone(),
+                client: process.client.clone(),
+                replaced: true,
+            }),
+            Action::Connect { host, edge } => Some(Action::Disconnect {
+                host: host.clone(),
+                edge: edge.clone(),
+            }),
+            Action::Disconnect { host, edge } => Some(Action::Connect {
+                host: host.clone(),
+                edge: edge.clone(),
+            }),
+            Action::Stop { .. } => None,
+        }
+    }
+
     pub fn host(&self) -> &str {
         match self {
             Action::Start { host, .. }
@@ -136,6 +161,14 @@ impl Plan {
         self.actions.is_empty()
     }
 
+    /// The plan that takes this one back: each action's undo, last first (edges go before
+    /// the instances they joined). Stops have no undo and are left out.
+    pub fn undo(&self) -> Plan {
+        Plan {
+            actions: self.actions.iter().rev().filter_map(Action::undo).collect(),
+        }
+    }
+
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for action in &self.actions {
@@ -231,4 +264,64 @@ pub fn diff(current: &Deployment, desired: &Deployment) -> Plan {
         });
     }
     plan
+}
+
+/// What a host's agent reports, as far as repair needs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Running instances: (block, client).
+    pub processes: Vec<(String, String)>,
+    /// Edges the agent holds as intended (made or waiting for their ports).
+    pub intended: BTreeSet<Edge>,
+}
+
+/// The difference between what was applied and what the agents observe.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Repair {
+    /// Edges to put back or take away, instances nobody asked for to stop.
+    pub plan: Plan,
+    /// Applied instances that no longer run: (host, spec), to restart as the policy allows.
+    pub dead: Vec<(String, ProcessSpec)>,
+}
+
+/// Level-triggered: compare what each observed host runs with what was applied there, never
+/// the event that woke us. Hosts missing from `observed` (their agent did not answer) are
+/// left alone here: replacing an agent is its own step.
+pub fn repair(applied: &Deployment, observed: &BTreeMap<String, Observed>) -> Repair {
+    let mut out = Repair::default();
+    let no_edges = BTreeSet::new();
+    for (host, seen) in observed {
+        let want = applied.hosts.get(host);
+        let alive: BTreeSet<&str> = seen.processes.iter().map(|(_, c)| c.as_str()).collect();
+        for process in want.iter().flat_map(|h| h.processes.values()) {
+            if !alive.contains(process.client.as_str()) {
+                out.dead.push((host.clone(), process.clone()));
+            }
+        }
+        let wanted_edges = want.map(|h| &h.edges).unwrap_or(&no_edges);
+        for edge in wanted_edges.difference(&seen.intended) {
+            out.plan.actions.push(Action::Connect {
+                host: host.clone(),
+                edge: edge.clone(),
+            });
+        }
+        for edge in seen.intended.difference(wanted_edges) {
+            out.plan.actions.push(Action::Disconnect {
+                host: host.clone(),
+                edge: edge.clone(),
+            });
+        }
+        for (block, client) in &seen.processes {
+            let wanted = want.is_some_and(|h| h.processes.values().any(|p| p.client == *client));
+            if !wanted {
+                out.plan.actions.push(Action::Stop {
+                    host: host.clone(),
+                    block: block.clone(),
+                    client: client.clone(),
+                    replaced: false,
+                });
+            }
+        }
+    }
+    out
 }

@@ -3,18 +3,18 @@
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
 use crate::agent::protocol::{DownReply, Event, Request};
-use crate::deploy::{redeploy, Deployment};
+use crate::deploy::Deployment;
+use crate::first_run::BroughtUp;
 use crate::hosts::fleet::{self, ConnectOptions, Fleet};
-use crate::live::Live;
-use crate::model::{resolve, Host, Orchestra, Resolved};
-use crate::modules::{Engines, ModuleLibrary};
-use crate::osc::layer::{LiveLayer, LiveOp};
+use crate::live::{Evaluation, Live};
+use crate::model::Host;
 use crate::osc::server::{ControlRequest, OscOptions, OscServer, Serving, SharedRoutes};
-use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
 use crate::plan::{diff, Action};
+use crate::script::layer::LiveLayer;
 use crate::state::{self, AppliedState};
 use crate::watch::Change;
 use anyhow::{anyhow, bail, Context, Result};
+use futures::FutureExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -22,108 +22,9 @@ use tokio::sync::mpsc;
 /// How often what runs is compared with what was applied (exits repair at once).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
-/// Where the orchestra comes from and how to place it.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub script: PathBuf,
-    pub hosts: Option<PathBuf>,
-    pub modules: Vec<PathBuf>,
-    pub placement: PlacementOptions,
-}
-
-/// An orchestra read, checked and resolved against its modules.
-pub struct Loaded {
-    pub orchestra: Orchestra,
-    pub library: ModuleLibrary,
-    pub resolved: Resolved,
-}
-
-/// Read and check everything; nothing runs yet. Errors are one `file:line: message` line.
-pub fn load(source: &Source) -> Result<Loaded> {
-    load_with(source, &LiveLayer::default(), None)
-}
-
-/// [`load`], with the live layer laid over the script and, when given, one more change that
-/// must apply (an error names it; the layer's older changes only warn when they no longer
-/// apply).
-pub fn load_with(source: &Source, layer: &LiveLayer, new: Option<&LiveOp>) -> Result<Loaded> {
-    let mut orchestra = crate::script::load_orchestra(&source.script, source.hosts.as_deref())?;
-    let base = source
-        .script
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    layer.apply(&mut orchestra, &base);
-    if let Some(op) = new {
-        crate::osc::layer::apply_op(op, &mut orchestra, &base).map_err(|e| anyhow!("{op}: {e}"))?;
-    }
-    for warning in &orchestra.warnings {
-        eprintln!("warning: {warning}");
-    }
-    let mut library = ModuleLibrary::builtin();
-    for dir in &source.modules {
-        library.add_dir(dir)?;
-    }
-    let resolved = resolve(&orchestra, &library)?;
-    Ok(Loaded {
-        orchestra,
-        library,
-        resolved,
-    })
-}
-
-/// Placement and deployment of a loaded orchestra.
-pub struct Desired {
-    pub placement: Placement,
-    pub cost: Cost,
-    /// The placement is proven optimal.
-    pub optimal: bool,
-    pub deployment: Deployment,
-}
-
-/// Place and deploy; `running` is what plays now (links that stay keep their ports).
-pub fn desire(
-    loaded: &Loaded,
-    previous: Option<&Placement>,
-    running: &Deployment,
-    options: &PlacementOptions,
-) -> Result<Desired> {
-    let solution = place(&loaded.resolved, previous, options)?;
-    let (placement, cost, optimal) = (solution.placement, solution.cost, solution.optimal);
-    let mut engines = Engines::new();
-    let deployment = redeploy(
-        &loaded.resolved,
-        &placement,
-        &loaded.library,
-        &mut engines,
-        running,
-    )?;
-    Ok(Desired {
-        placement,
-        cost,
-        optimal,
-        deployment,
-    })
-}
-
-/// Warn when the blocks need more cores than the hosts have: it still runs.
-pub fn warn_overflow(loaded: &Loaded, desired: &Desired) {
-    if desired.cost.overflow > 0 {
-        let loads = crate::placement::host_loads(&loaded.resolved, &desired.placement);
-        let detail: Vec<String> = loaded
-            .resolved
-            .hosts
-            .iter()
-            .filter(|h| loads.get(&h.name).copied().unwrap_or(0) > h.cores as u64)
-            .map(|h| format!("{} needs {} of {} cores", h.name, loads[&h.name], h.cores))
-            .collect();
-        eprintln!(
-            "warning: the orchestra needs {} more core(s) than the hosts have ({}); running anyway",
-            desired.cost.overflow,
-            detail.join(", ")
-        );
-    }
-}
+pub use crate::pipeline::{
+    desire, load, load_with, load_with_async, warn_adapted, warn_overflow, Desired, Loaded, Source,
+};
 
 /// Options of `orchestra run`.
 #[derive(Debug, Clone)]
@@ -187,11 +88,11 @@ fn report_event(host: &str, event: &Event, started: Instant, record_offset: Opti
     }
 }
 
-/// `orchestra run`: play until Ctrl-C / SIGTERM / `--seconds`, then tear down.
-pub async fn run(options: RunOptions) -> Result<()> {
+/// `orchestra run`: play until `shutdown` resolves (Ctrl-C, SIGTERM, SIGHUP: see
+/// [`shutdown_on_signals`]) or `--seconds` pass, then tear down. Shutdown is passed in, as in
+/// mini-redis's `server::run(listener, shutdown)`, so a test can stop a run by itself.
+pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     let started = Instant::now();
-    // Installed first, so a Ctrl-C during start-up waits for it and then tears down cleanly.
-    let signals = Signals::install()?;
     let dir = state::state_dir(&options.source.script, options.state_dir.as_deref());
     // Changes made over OSC in an earlier run are laid over the script again.
     let mut layer = LiveLayer::load(&dir, &crate::script::orchestra_name(&options.source.script));
@@ -201,7 +102,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
             layer.ops.len()
         );
     }
-    let mut loaded = load_with(&options.source, &layer, None)?;
+    let mut loaded = load_with(&options.source, &layer, None).map_err(|e| {
+        if layer.is_empty() {
+            e
+        } else {
+            anyhow!(
+                "{e:#} (with the live layer of the last run laid over the script: `orchestra plan` lists it; delete {} to start from the script alone)",
+                dir.join(format!("{}.live.json", crate::script::orchestra_name(&options.source.script))).display()
+            )
+        }
+    })?;
     let previous = state::load(&dir, &loaded.resolved.name)?;
     let current = previous
         .as_ref()
@@ -217,7 +127,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     if options.dry_run {
         return dry_run(
-            &options, loaded, previous, &dir, signals, watcher, changes_rx,
+            &options, loaded, previous, &dir, shutdown, watcher, changes_rx,
         )
         .await;
     }
@@ -251,6 +161,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         &options.source.placement,
     )?;
     warn_overflow(&loaded, &desired);
+    warn_adapted(&desired);
 
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     // Hosts that play now or played before (their leftovers are stopped by the plan).
@@ -336,9 +247,25 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
     }
     state::save(&dir, &applied)?;
-    wait_for_edges(&fleet, &desired, started).await;
+    let brought_up = BroughtUp::judge(&desired.deployment, &failures);
+    wait_for_edges(&fleet, &desired, started, &brought_up).await;
     if fleet.has_remote() || fleet.sessions.len() > 1 {
-        eprint!("{}", summary(&desired.deployment, &fleet));
+        // What started: a synth that failed is not listed as playing on its host.
+        eprint!("{}", summary(&applied.deployment, &fleet));
+    }
+    if !brought_up.can_sound {
+        // Nothing would ever be heard: stop what did start rather than play silence.
+        let stopped = teardown(&fleet, &applied.deployment, &dir).await;
+        fleet.close().await;
+        stopped?;
+        bail!(
+            "nothing can sound: {}; stopped what had started. Fix the failures above and run again",
+            if brought_up.failed_synths() == brought_up.synths {
+                format!("none of the {} synth(s) started", brought_up.synths)
+            } else {
+                "no sound source that started reaches a DAC".to_string()
+            }
+        );
     }
 
     let mut live = Live::new(
@@ -351,6 +278,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         event_tx,
     );
     live.overflow = desired.cost.overflow;
+    live.adapted_said = desired.adapted.iter().cloned().collect();
     for (host, _) in &connected.skipped {
         live.unreachable.insert(host.clone(), Instant::now());
     }
@@ -361,12 +289,27 @@ pub async fn run(options: RunOptions) -> Result<()> {
         live.watch_with(watcher);
     }
     let inputs = Inputs {
-        signals,
+        shutdown,
         events: &mut event_rx,
         changes: changes_rx,
         control: control_rx,
     };
-    let outcome = play(&mut live, &options, inputs, started, record_offset).await;
+    // A bug that panics in the control loop still tears down: synths are never left playing
+    // with nobody to stop them.
+    let outcome =
+        std::panic::AssertUnwindSafe(play(&mut live, &options, inputs, started, record_offset))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(anyhow!(
+                    "internal error ({what}); stopped everything it started"
+                ))
+            });
     if let Some((server, serving)) = osc {
         serving.stop();
         if server
@@ -458,14 +401,31 @@ fn record_host(loaded: &Loaded, desired: &Desired) -> Result<String> {
         .ok_or_else(|| anyhow!("nothing to record: the orchestra is empty"))
 }
 
-async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
+/// Wait until each host's edges are made (those to synths that failed to start are never
+/// waited for), then say what plays: all of it, or how many synths of how many started and
+/// which failed and why.
+async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: &BroughtUp) {
     let mut missing_all = Vec::new();
     for (host, session) in &fleet.sessions {
+        let edges = desired
+            .deployment
+            .hosts
+            .get(host)
+            .map(|h| up.awaitable(host, &h.edges))
+            .unwrap_or_default();
+        // `only` empty means every edge: with nothing left to await, do not ask.
+        if edges.is_empty() && !up.failed.is_empty() {
+            continue;
+        }
         let waiting = Instant::now();
         let reply = session
             .call(Request::WaitEdges {
                 timeout_ms: 10_000,
-                only: Vec::new(),
+                only: if up.failed.is_empty() {
+                    Vec::new()
+                } else {
+                    edges
+                },
             })
             .await;
         fleet.time(host, "wiring", waiting.elapsed());
@@ -491,11 +451,28 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
         0 => String::new(),
         n => format!(", {n} network link(s)"),
     };
-    eprintln!(
-        "playing: {synths} synth(s), {edges} connection(s){links} on {} host(s), ready after {} ms (Ctrl-C stops)",
-        d.hosts.len(),
-        started.elapsed().as_millis()
-    );
+    if up.failed.is_empty() {
+        eprintln!(
+            "playing: {synths} synth(s), {edges} connection(s){links} on {} host(s), ready after {} ms (Ctrl-C stops)",
+            d.hosts.len(),
+            started.elapsed().as_millis()
+        );
+    } else {
+        let failed = up.failed_synths();
+        eprintln!(
+            "{} of {synths} synth(s) started on {} host(s); {}:",
+            synths - failed,
+            d.hosts.len(),
+            if up.can_sound {
+                "playing what can sound (Ctrl-C stops). Failed"
+            } else {
+                "nothing can sound. Failed"
+            }
+        );
+        for f in &up.failed {
+            eprintln!("  {} on {}: {}", f.block, f.host, f.why);
+        }
+    }
     for (host, edge) in missing_all {
         eprintln!(
             "warning: not connected on {host}: {} → {} (a port is missing)",
@@ -504,20 +481,24 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant) {
     }
 }
 
-/// SIGINT and SIGTERM, caught from the start of `run`.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
+/// What ends a run, resolving to why (for the "stopping (…)" line).
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
-impl Signals {
-    fn install() -> Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
+/// Ctrl-C, SIGTERM or SIGHUP (the terminal closed; the default would leave synths playing).
+/// The handlers are installed at once, so a signal during start-up waits for it to finish and
+/// then tears down cleanly.
+pub fn shutdown_on_signals() -> Result<Shutdown> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(Box::pin(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "Ctrl-C".to_string(),
+            _ = terminate.recv() => "SIGTERM".to_string(),
+            _ = hangup.recv() => "SIGHUP: the terminal closed".to_string(),
+        }
+    }))
 }
 
 /// Claim the OSC address. Failing on the default address is a warning (another orchestra
@@ -559,7 +540,7 @@ fn serve_osc(
 
 /// What the control loop listens to.
 struct Inputs<'a> {
-    signals: Signals,
+    shutdown: Shutdown,
     /// Agents' events (synth exits, first sound, JACK gone).
     events: &'a mut mpsc::UnboundedReceiver<(String, Event)>,
     /// Saved files.
@@ -579,7 +560,7 @@ async fn play(
     record_offset: Option<Duration>,
 ) -> Result<()> {
     let Inputs {
-        mut signals,
+        mut shutdown,
         events,
         mut changes,
         mut control,
@@ -590,6 +571,10 @@ async fn play(
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reconcile.reset();
+    // One evaluation at a time runs in its worker while this loop goes on serving signals,
+    // agent events and reconciles; saves and commands that come meanwhile wait in their
+    // channels and are merged into the next one.
+    let mut evaluating: Option<(Evaluation, Option<ControlReply>)> = None;
     loop {
         let timer = async {
             match until {
@@ -597,25 +582,37 @@ async fn play(
                 None => std::future::pending().await,
             }
         };
+        let busy = evaluating.is_some();
+        let evaluated = async {
+            match evaluating.as_mut() {
+                Some((evaluation, _)) => evaluation.future.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = signals.interrupt.recv() => { eprintln!("stopping (Ctrl-C)"); break; }
-            _ = signals.terminate.recv() => { eprintln!("stopping (SIGTERM)"); break; }
+            why = &mut shutdown => { eprintln!("stopping ({why})"); break; }
             _ = timer => { break; }
-            Some(change) = changes.recv() => {
+            loaded = evaluated => {
+                let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
+                let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
+                if let Some(reply) = reply {
+                    if let Err(why) = &answer {
+                        eprintln!("  OSC command refused: {why}");
+                    }
+                    let _ = reply.send(answer);
+                }
+            }
+            Some(change) = changes.recv(), if !busy => {
                 let mut paths = change.paths;
                 while let Ok(more) = changes.try_recv() {
                     paths.extend(more.paths);
                 }
                 paths.sort();
                 paths.dedup();
-                live.reload(&paths).await;
+                evaluating = Some((live.begin_reload(&paths), None));
             }
-            Some(request) = control.recv() => {
-                let answer = live.control(request.command).await;
-                if let Err(why) = &answer {
-                    eprintln!("  OSC command refused: {why}");
-                }
-                let _ = request.reply.send(answer);
+            Some(request) = control.recv(), if !busy => {
+                evaluating = Some((live.begin_control(request.command), Some(request.reply)));
             }
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });
@@ -630,6 +627,9 @@ async fn play(
     Ok(())
 }
 
+/// Where the answer to an OSC command goes once it is applied.
+type ControlReply = tokio::sync::oneshot::Sender<Result<String, String>>;
+
 /// `run --dry-run`: the plan from what runs (per the state) to the script, then one plan per
 /// change, each from the previous plan's result; nothing is started or contacted.
 async fn dry_run(
@@ -637,7 +637,7 @@ async fn dry_run(
     loaded: Loaded,
     previous: Option<AppliedState>,
     dir: &Path,
-    signals: Signals,
+    shutdown: Shutdown,
     watcher: Option<crate::watch::Watcher>,
     changes: mpsc::UnboundedReceiver<Change>,
 ) -> Result<()> {
@@ -649,6 +649,7 @@ async fn dry_run(
         &options.source.placement,
     )?;
     warn_overflow(&loaded, &desired);
+    warn_adapted(&desired);
     let plan = diff(&previous.deployment, &desired.deployment);
     eprintln!("dry run: nothing is started or changed; the plan from what runs now:");
     for line in crate::live::describe(&plan, &previous.deployment, &desired.deployment) {
@@ -672,6 +673,7 @@ async fn dry_run(
         events,
     );
     live.overflow = desired.cost.overflow;
+    live.adapted_said = desired.adapted.iter().cloned().collect();
     if let Some(watcher) = watcher {
         live.watch_with(watcher);
         eprintln!("watching for changes (Ctrl-C stops)");
@@ -679,7 +681,7 @@ async fn dry_run(
     let (_, mut no_events) = mpsc::unbounded_channel();
     let (_, no_control) = mpsc::unbounded_channel();
     let inputs = Inputs {
-        signals,
+        shutdown,
         events: &mut no_events,
         changes,
         control: no_control,

@@ -1,8 +1,8 @@
 //! The Lua DSL: blocks, chains, port-level connections, loops, functions and `require`.
 
-use cloud_orchestra::model::{resolve, Wire};
 use cloud_orchestra::modules::ModuleLibrary;
-use cloud_orchestra::script::{desugar_chains, load_orchestra};
+use cloud_orchestra::resolve::{resolve, Wire};
+use cloud_orchestra::script::{desugar_chains, load_orchestra, orchestra_from_text};
 
 fn wire(a: &str, o: u32, b: &str, i: u32) -> Wire {
     Wire {
@@ -13,10 +13,8 @@ fn wire(a: &str, o: u32, b: &str, i: u32) -> Wire {
 
 #[test]
 fn chain_connects_output_i_to_input_i() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("song.lua");
-    std::fs::write(
-        &path,
+    let orchestra = orchestra_from_text(
+        "song.lua",
         r#"
 local osc  = block "osc"  { module = "sine", freq = 440 }
 local filt = block "filt" { module = "lp", cutoff = 2000 }
@@ -24,9 +22,9 @@ local out  = block "out"  { module = "dac" }   -- a comment with >> in it
 osc >> filt >> out
 connect(osc, filt)
 "#,
+        None,
     )
     .unwrap();
-    let orchestra = load_orchestra(&path, None).unwrap();
     assert_eq!(orchestra.name, "song");
     assert_eq!(orchestra.blocks.len(), 3);
     assert_eq!(orchestra.blocks[0].params["freq"], serde_json::json!(440));
@@ -82,12 +80,12 @@ audio { rate = 44100, period = 512 }
 
 #[test]
 fn hosts_and_pins() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = dir.path().join("hosts.lua");
-    std::fs::write(&hosts, "host \"h1\" { address = \"10.1.0.1\", user = \"ubuntu\", cores = 2, port = 2222, identity = \"~/.ssh/id_ed25519\" }\nhost \"h3\" { address = \"10.1.0.3\" }\n").unwrap();
-    let path = dir.path().join("song.lua");
-    std::fs::write(&path, "block \"out\" { module = \"dac\", host = \"h3\" }\n").unwrap();
-    let orchestra = load_orchestra(&path, Some(&hosts)).unwrap();
+    let orchestra = orchestra_from_text(
+        "song.lua",
+        "block \"out\" { module = \"dac\", host = \"h3\" }\n",
+        Some("host \"h1\" { address = \"10.1.0.1\", user = \"ubuntu\", cores = 2, port = 2222, identity = \"~/.ssh/id_ed25519\" }\nhost \"h3\" { address = \"10.1.0.3\" }\n"),
+    )
+    .unwrap();
     let h1 = &orchestra.hosts[0];
     assert_eq!(
         (h1.name.as_str(), h1.port, h1.cores, h1.user.as_deref()),

@@ -41,13 +41,18 @@ struct Show {
 
 impl Show {
     fn new(tag: &str, script: &str) -> Show {
+        Show::with_file(tag, "song.lua", script, 2)
+    }
+
+    /// A show whose script is `text` in a file called `name`, on hosts of `cores` cores.
+    fn with_file(tag: &str, name: &str, text: &str, cores: u32) -> Show {
         let turn = common::audio_turn();
         let lab = Lab::build(tag, &["h1", "h2", "h3"]);
         let dir = tempfile::tempdir_in(lab.dir()).unwrap();
-        let script_path = dir.path().join("song.lua");
-        std::fs::write(&script_path, script).unwrap();
+        let script_path = dir.path().join(name);
+        std::fs::write(&script_path, text).unwrap();
         let hosts = dir.path().join("hosts.lua");
-        lab.write_hosts_file(&hosts, 2);
+        lab.write_hosts_file(&hosts, cores);
         Show {
             _turn: turn,
             lab,
@@ -595,6 +600,16 @@ fn osc_from_outside_the_allowed_networks_is_dropped_and_counted() {
         1,
         "the sine still plays on h1 ({to})"
     );
+    let stderr = stop_unchanged(run, &show);
+    assert!(
+        stderr.contains("0 command(s)") && stderr.contains("2 dropped from outside"),
+        "{stderr}"
+    );
+}
+
+/// Stop a run that no OSC sender was allowed to change: it exits 0 having reloaded nothing,
+/// and leaves only sshd on the hosts. Returns its stderr.
+fn stop_unchanged(run: Running, show: &Show) -> String {
     run.signal(libc::SIGINT);
     let (code, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
@@ -602,9 +617,76 @@ fn osc_from_outside_the_allowed_networks_is_dropped_and_counted() {
         !stderr.contains("reload:"),
         "nothing was reloaded: {stderr}"
     );
+    show.only_sshd_everywhere();
+    stderr
+}
+
+/// The prototype's multi-host example as it was (`xenakis` / `bach` host aliases, its
+/// missing commas) with modules written as the prototype wrote them (`sr = 44100`,
+/// `ksmps = 100`, CsOptions with their own rt-audio flags and a fixed client name): each alias
+/// group plays on a host of its own, the wires between them go over jacktrip, and the tone
+/// reaches the DAC on bach's host.
+#[test]
+fn the_prototype_multi_host_example_plays_across_hosts() {
+    let synthdef =
+        std::fs::read_to_string(common::repo().join("examples/prototype/synthdef.json")).unwrap();
+    let show = Show::with_file("proto", "synthdef.json", &synthdef, 3);
+    let modules = common::repo().join("tests/fixtures/prototype-modules");
+    let (cmd, wav) = show.run_recorded(&["--modules", &modules.display().to_string()]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing: 5 synth(s)", Duration::from_secs(90));
+    // Three csounds (fm, lp, lp4) on xenakis's host, two (lp2, lp3) on bach's.
+    let mut split: Vec<usize> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| csounds(&show, h).len())
+        .filter(|n| *n > 0)
+        .collect();
+    split.sort();
+    assert_eq!(split, [2, 3], "the alias groups on two hosts");
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    eprintln!("{stderr}");
     assert!(
-        stderr.contains("0 command(s)") && stderr.contains("2 dropped from outside"),
+        stderr.contains("network link(s)") && !stderr.contains("exited"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("warning: lp: sr 44100 → 48000, ksmps 100 → 64"),
+        "{stderr}"
+    );
+    common::assert_tone_440(&wav, 2.0);
     show.only_sshd_everywhere();
+}
+
+#[test]
+fn a_sender_allowed_to_play_blocks_may_not_control_the_orchestra() {
+    let show = Show::new("osc-rights", CHAIN);
+    let mut cmd = show.orchestra("run");
+    // The lab's network may route to blocks (`--osc-allow`) but has no control rights.
+    let lab_net = format!("10.77.{}.0/24", show.lab.subnet());
+    cmd.args(["--osc", "0.0.0.0:0", "--osc-allow", &lab_net]);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("OSC control and router on ", Duration::from_secs(90));
+    let port = common::osc_address(&line).port();
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); \
+         s.sendto(b'/orchestra/remove\\0\\0\\0,s\\0\\0osc\\0', ('{}', {port})); \
+         print(s.recvfrom(1024)[0])",
+        show.lab.controller_address(),
+    );
+    let answer = show.lab.exec_ok("h1", &format!("python3 -c \"{script}\""));
+    assert!(
+        answer.contains("/orchestra/error") && answer.contains("--osc-control-allow"),
+        "{answer}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(csounds(&show, "h1").len(), 1, "the sine still plays on h1");
+    let stderr = stop_unchanged(run, &show);
+    assert!(
+        stderr.contains("1 command(s) from senders without control rights"),
+        "{stderr}"
+    );
 }

@@ -306,9 +306,15 @@ fn a_client_name_taken_by_another_program_is_refused() {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();
     }
-    assert_eq!(code, Some(0), "{stderr}");
+    // osc feeds everything that reaches the DAC: with it refused nothing can sound, so the
+    // run stops (issue 17) after saying why.
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!("JACK client name `{osc_client}` is already taken")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 of 2 synth(s) started") && stderr.contains("nothing can sound"),
         "{stderr}"
     );
 }

@@ -50,7 +50,7 @@ fn built_in_modules_render_and_launch() {
         let m = &module.manifest;
         let expected_cpu = if m.synth == "system" { 0 } else { 1 };
         assert_eq!(m.cpu, expected_cpu, "{}", m.module);
-        let params = m.params.clone();
+        let params = m.defaults();
         let inputs = m.inputs.resolve(&params).unwrap();
         let outputs = m.outputs.resolve(&params).unwrap();
         let context = serde_json::json!({
@@ -71,8 +71,13 @@ fn built_in_modules_render_and_launch() {
                 (inputs, outputs),
                 &audio,
                 &params,
+                &files,
             )
             .unwrap();
+        // Built-ins are written for the orchestra: nothing to override, so their launch
+        // command and files (their spec) stay as they are.
+        assert_eq!(launch.notes, Vec::<String>::new(), "{}", m.module);
+        assert_eq!(launch.main_rewritten, None, "{}", m.module);
         assert_eq!(launch.inputs.len() as u32, inputs);
         assert_eq!(launch.outputs.len() as u32, outputs);
         match m.synth.as_str() {
@@ -90,4 +95,100 @@ fn built_in_modules_render_and_launch() {
             other => panic!("unexpected engine {other}"),
         }
     }
+}
+
+/// How the Csound engine fits a module written for another setup: the prototype's `lp`
+/// (`sr = 44100`, `kr = 441`, `ksmps = 100`, its own CsOptions) at several JACK periods, and
+/// a header that sets no ksmps at all.
+#[test]
+fn the_csound_engine_fits_a_prototype_module_to_the_orchestra() {
+    use cloud_orchestra::model::AudioSettings;
+    let mut library = ModuleLibrary::builtin();
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/prototype-modules"
+    );
+    library.add_dir(std::path::Path::new(fixtures)).unwrap();
+    let lp = library.get("lp").unwrap().clone();
+    assert!(
+        lp.origin.ends_with("prototype-modules/lp"),
+        "the fixture shadows the built-in"
+    );
+    let files = lp.render(&serde_json::json!({})).unwrap();
+    let mut engines = Engines::new();
+    // (period, ksmps it gets): the largest not above 100 that divides -b = period / 2.
+    for (period, ksmps) in [
+        (256, 64),
+        (128, 64),
+        (64, 32),
+        (1024, 64),
+        (400, 100),
+        (16, 8),
+    ] {
+        let audio = AudioSettings {
+            rate: 48000,
+            period,
+        };
+        let launch = engines
+            .launch(
+                &library,
+                &lp,
+                "lp-0000",
+                (1, 1),
+                &audio,
+                &Default::default(),
+                &files,
+            )
+            .unwrap();
+        let command = launch.command.unwrap();
+        assert!(
+            command.contains(&"--sample-rate=48000".to_string()),
+            "{command:?}"
+        );
+        assert!(
+            command.contains(&format!("--ksmps={ksmps}")),
+            "{period}: {command:?}"
+        );
+        assert!(command.contains(&"-+jack_client=lp-0000".to_string()));
+        let note = if ksmps == 100 {
+            "sr 44100 → 48000".to_string()
+        } else {
+            format!("sr 44100 → 48000, ksmps 100 → {ksmps}")
+        };
+        assert!(
+            launch.notes.join(", ").starts_with(&note),
+            "{:?}",
+            launch.notes
+        );
+        let (main, text) = launch.main_rewritten.unwrap();
+        assert_eq!(main, "lp.csd");
+        assert!(!text.contains("csoundlp") && !text.contains("-iadc") && !text.contains("-b 500"));
+        assert!(
+            text.contains("sr = 44100"),
+            "the header stays; the command line overrides it"
+        );
+    }
+    // No ksmps, no kr: csound would derive ksmps 11 from its default kr; always pass one.
+    let bare = files["lp.csd"]
+        .replace("\tkr = 441\n", "")
+        .replace("\tksmps = 100\n", "")
+        .replace("sr = 44100", "sr = 48000");
+    let files = std::collections::BTreeMap::from([("lp.csd".to_string(), bare)]);
+    let launch = engines
+        .launch(
+            &library,
+            &lp,
+            "lp-0000",
+            (1, 1),
+            &Default::default(),
+            &Default::default(),
+            &files,
+        )
+        .unwrap();
+    let command = launch.command.unwrap();
+    assert!(
+        !command.iter().any(|a| a.starts_with("--sample-rate")),
+        "{command:?}"
+    );
+    assert!(command.contains(&"--ksmps=8".to_string()), "{command:?}");
 }

@@ -276,6 +276,7 @@ fn bench_router() {
     let server = OscServer::bind(&OscOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
         allow: vec![],
+        control_allow: vec![],
     })
     .unwrap();
     let router = server.local_addr().unwrap();
@@ -451,4 +452,66 @@ fn a_controller_is_re_rendered_and_replaced_when_its_target_moves_and_nothing_el
         })
         .collect();
     assert_eq!(started, ["ctl", "osc"], "the mover and the controller only");
+}
+
+#[test]
+fn hostile_packets_and_commands_are_refused_and_the_tone_plays_on() {
+    let stage = Stage::with_script("osc-hostile", "song.lua", OSC_SINE);
+    let (run, wav, addr) = playing_with_osc(&stage);
+    let pids = csound_pids(&stage);
+    let client = Client::new(addr);
+    // Bundles nested 2000 deep (40 KB): this overflowed the OSC thread's stack.
+    let mut deep = rosc::encoder::encode(&OscPacket::Message(OscMessage {
+        addr: "/osc/freq".into(),
+        args: vec![OscType::Float(660.0)],
+    }))
+    .unwrap();
+    for _ in 0..2000 {
+        let mut outer = b"#bundle\0\0\0\0\0\0\0\0\x01".to_vec();
+        outer.extend((deep.len() as u32).to_be_bytes());
+        outer.extend(deep);
+        deep = outer;
+    }
+    client.send_bytes(&deep);
+    // Values a synth cannot play, and live code that never ends, are answered as errors.
+    client.send(
+        "/orchestra/set",
+        vec![s("osc"), s("amp"), OscType::Float(-1e9)],
+    );
+    let (verb, why) = client.answer();
+    assert_eq!(verb, "/orchestra/error");
+    assert!(why.contains("param `amp` must be from 0 to 1"), "{why}");
+    let (verb, why) = client.command(
+        "/orchestra/eval",
+        &["while true do pcall(function() while true do end end) end"],
+    );
+    assert_eq!(verb, "/orchestra/error");
+    assert!(why.contains("an endless loop?"), "{why}");
+    // Live code that fills Lua's heap, again and again: the runtime's own memory stays flat
+    // (it reached 1.3 GB when evaluation ran inside it).
+    for _ in 0..10 {
+        let (verb, what) =
+            client.command("/orchestra/eval", &["local s = string.rep('x', 25000000)"]);
+        assert_eq!(verb, "/orchestra/ok", "{what}");
+    }
+    let peak_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", run.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 300 * 1024,
+        "runtime peak {} MiB",
+        peak_kib / 1024
+    );
+    // Still serving and still the same synths.
+    let (verb, _) = client.command("/orchestra/reload", &[]);
+    assert_eq!(verb, "/orchestra/ok");
+    assert_eq!(csound_pids(&stage), pids);
+    std::thread::sleep(Duration::from_millis(1000));
+    let stderr = stop(run, &stage);
+    assert!(stderr.contains("1 malformed"), "{stderr}");
+    let tail = tail_tone(&wav, 0.8);
+    assert!((tail.frequency_hz - 440.0).abs() < 4.4, "{tail:?}");
 }

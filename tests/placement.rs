@@ -1,18 +1,13 @@
 //! Placement v0: pins, cores, connections kept together, determinism, stability.
 
-use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::ModuleLibrary;
 use cloud_orchestra::placement::{place, Options, Solution};
-use cloud_orchestra::script::load_orchestra;
+use cloud_orchestra::resolve::resolve;
+use cloud_orchestra::script::orchestra_from_text;
 
-fn resolved(script: &str, hosts: &str) -> cloud_orchestra::model::Resolved {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("song.lua");
-    std::fs::write(&path, script).unwrap();
-    let hosts_path = dir.path().join("hosts.lua");
-    std::fs::write(&hosts_path, hosts).unwrap();
+fn resolved(script: &str, hosts: &str) -> cloud_orchestra::resolve::Resolved {
     resolve(
-        &load_orchestra(&path, Some(&hosts_path)).unwrap(),
+        &orchestra_from_text("song.lua", script, Some(hosts)).unwrap(),
         &ModuleLibrary::builtin(),
     )
     .unwrap()

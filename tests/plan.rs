@@ -1,11 +1,11 @@
 //! The pure stages end to end: script → resolve → place → deploy → diff, with plan snapshots.
 
 use cloud_orchestra::deploy::{deploy, Deployment};
-use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
 use cloud_orchestra::placement::{place, Options, Placement, Solution};
 use cloud_orchestra::plan::{diff, Action};
-use cloud_orchestra::script::load_orchestra;
+use cloud_orchestra::resolve::resolve;
+use cloud_orchestra::script::{load_orchestra, orchestra_from_text};
 use std::path::Path;
 
 fn deployment_of(
@@ -13,15 +13,7 @@ fn deployment_of(
     hosts: Option<&str>,
     previous: Option<&Placement>,
 ) -> (Deployment, Placement) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("song.lua");
-    std::fs::write(&path, script).unwrap();
-    let hosts_path = hosts.map(|h| {
-        let p = dir.path().join("hosts.lua");
-        std::fs::write(&p, h).unwrap();
-        p
-    });
-    let orchestra = load_orchestra(&path, hosts_path.as_deref()).unwrap();
+    let orchestra = orchestra_from_text("song.lua", script, hosts).unwrap();
     let library = ModuleLibrary::builtin();
     let resolved = resolve(&orchestra, &library).unwrap();
     let Solution { placement, .. } = place(&resolved, previous, &Options::default()).unwrap();
@@ -239,7 +231,10 @@ fn a_user_module_shadows_a_built_in() {
     assert_eq!(library.add_dir(dir.path()).unwrap(), ["sine"]);
     let sine = library.get("sine").unwrap();
     assert_eq!(sine.origin, dir.path().join("sine").display().to_string());
-    assert_eq!(sine.manifest.outputs.resolve(&sine.manifest.params), Ok(2));
+    assert_eq!(
+        sine.manifest.outputs.resolve(&sine.manifest.defaults()),
+        Ok(2)
+    );
 }
 
 #[test]
@@ -285,4 +280,63 @@ fn long_block_names_get_short_distinct_clients() {
     for c in clients {
         assert!(c.len() <= cloud_orchestra::deploy::MAX_CLIENT_NAME, "{c}");
     }
+}
+
+#[test]
+fn undo_takes_back_a_change_last_first_and_never_starts_anything() {
+    let (desired, _) = deployment_of(SINE_LP, None, None);
+    let plan = diff(&Deployment::default(), &desired);
+    insta::assert_snapshot!(plan.undo().to_text());
+    // Undoing twice gives the disconnects back as connects; stops have no undo.
+    assert!(plan
+        .undo()
+        .undo()
+        .actions
+        .iter()
+        .all(|a| matches!(a, Action::Connect { .. })));
+}
+
+#[test]
+fn repair_puts_back_edges_stops_leftovers_and_finds_the_dead() {
+    use cloud_orchestra::plan::{repair, Observed};
+    use std::collections::BTreeMap;
+    let (applied, _) = deployment_of(SINE_LP, None, None);
+    let host = &applied.hosts["localhost"];
+    let osc = &host.processes["osc"];
+    let mut edges = host.edges.iter();
+    let kept = edges.next().unwrap().clone();
+    let stray = cloud_orchestra::deploy::Edge {
+        from: format!("{}:output1", osc.client),
+        to: "system:playback_2".into(),
+    };
+    // `filt` died, one intended edge went missing, a stray edge and a leftover instance appeared.
+    let observed = Observed {
+        processes: vec![
+            ("osc".into(), osc.client.clone()),
+            ("old".into(), "old-12345678".into()),
+        ],
+        intended: [kept, stray].into_iter().collect(),
+    };
+    let found = repair(
+        &applied,
+        &BTreeMap::from([("localhost".to_string(), observed.clone())]),
+    );
+    let dead: Vec<&str> = found.dead.iter().map(|(_, p)| p.block.as_str()).collect();
+    assert_eq!(dead, ["filt"]);
+    insta::assert_snapshot!(found.plan.to_text());
+    // What matches needs nothing; a host that did not answer is left alone.
+    let healthy = Observed {
+        processes: host
+            .processes
+            .values()
+            .map(|p| (p.block.clone(), p.client.clone()))
+            .collect(),
+        intended: host.edges.clone(),
+    };
+    let calm = repair(
+        &applied,
+        &BTreeMap::from([("localhost".to_string(), healthy)]),
+    );
+    assert!(calm.plan.is_empty() && calm.dead.is_empty());
+    assert_eq!(repair(&applied, &BTreeMap::new()), Default::default());
 }

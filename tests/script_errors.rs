@@ -1,7 +1,7 @@
 //! Bad input: every mistake is one `file:line: message` line, and nothing is started.
 
-use cloud_orchestra::model::resolve;
 use cloud_orchestra::modules::ModuleLibrary;
+use cloud_orchestra::resolve::resolve;
 use cloud_orchestra::script::load_orchestra;
 use std::path::PathBuf;
 

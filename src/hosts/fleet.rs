@@ -6,12 +6,14 @@
 
 use super::ssh::{self, SshError, SshHost};
 use super::AgentSession;
-use crate::agent::protocol::{Event, HelloReply, JackSettings, Request};
+use crate::agent::protocol::{Event, HelloReply, JackSettings, Request, StatusReply};
 use crate::deploy::{Deployment, Edge};
+use crate::executor;
 use crate::model::{AudioSettings, Host};
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, Observed, Plan};
 use anyhow::{anyhow, bail, Context, Result};
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
+use futures::FutureExt;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -297,177 +299,18 @@ impl Fleet {
         !self.ssh.is_empty()
     }
 
-    /// Apply a plan phase by phase (all starts, then connections, disconnections, stops):
-    /// within a phase each host works through its actions in order, the hosts in parallel.
-    /// A failed action is reported and the rest go on.
-    pub async fn apply(&self, plan: &Plan) -> Vec<(Action, anyhow::Error)> {
-        let mut failures = Vec::new();
-        for kind in PHASES {
-            let actions: Vec<&Action> = plan
-                .actions
-                .iter()
-                .filter(|a| phase_of(a) == kind)
-                .collect();
-            failures.extend(self.run_phase(kind, &actions).await);
-        }
-        failures
+    /// Apply a plan phase by phase (see [`executor::apply`]).
+    pub async fn apply(&self, plan: &Plan) -> executor::Failures {
+        executor::apply(self, plan).await
     }
 
-    /// Apply a live change make-before-break: new instances start (each waits until it plays)
-    /// and are wired, the new edges are waited for, and only then do old edges and instances
-    /// go. When an instance fails to start, or the new path does not come up, the new edges
-    /// and instances are undone and nothing else is touched: `Err` with the failures, and
-    /// what played before plays on. Failures of the breaking half are returned in `Ok` (the
-    /// next reconcile repairs them).
+    /// Apply a live change make-before-break, undone when it fails (see
+    /// [`executor::apply_or_roll_back`]).
     pub async fn apply_or_roll_back(
         &self,
         plan: &Plan,
-    ) -> Result<Vec<(Action, anyhow::Error)>, Vec<(Action, anyhow::Error)>> {
-        let of_kind = |kind: &str| -> Vec<&Action> {
-            plan.actions
-                .iter()
-                .filter(|a| phase_of(a) == kind)
-                .collect()
-        };
-        let starts = of_kind("start");
-        let failed = self.run_phase("start", &starts).await;
-        if !failed.is_empty() {
-            return Err(self.roll_back(&starts, &[], failed).await);
-        }
-        let connects = of_kind("wire");
-        let failed = self.run_phase("wire", &connects).await;
-        let breaks: Vec<&Action> = of_kind("unwire");
-        let stops: Vec<&Action> = of_kind("stop");
-        if !breaks.is_empty() || !stops.is_empty() {
-            // The old path is cut only once the new one carries audio.
-            let missing = self.wait_for(&connects).await;
-            if !failed.is_empty() || !missing.is_empty() {
-                let mut all = failed;
-                all.extend(missing);
-                return Err(self.roll_back(&starts, &connects, all).await);
-            }
-        }
-        let mut failures = failed;
-        failures.extend(self.run_phase("unwire", &breaks).await);
-        failures.extend(self.run_phase("stop", &stops).await);
-        Ok(failures)
-    }
-
-    /// Undo the first half of a make-before-break change: forget the new edges and stop the
-    /// new instances (those that started); what played before was not touched. Returns the
-    /// failures that caused it, and any of the undoing.
-    async fn roll_back(
-        &self,
-        starts: &[&Action],
-        connects: &[&Action],
-        mut failures: Vec<(Action, anyhow::Error)>,
-    ) -> Vec<(Action, anyhow::Error)> {
-        let unwire: Vec<Action> = connects
-            .iter()
-            .filter_map(|a| match a {
-                Action::Connect { host, edge } => Some(Action::Disconnect {
-                    host: host.clone(),
-                    edge: edge.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        let stop: Vec<Action> = starts
-            .iter()
-            .filter(|a| !failures.iter().any(|(f, _)| f == **a))
-            .filter_map(|a| match a {
-                Action::Start { host, process, .. } => Some(Action::Stop {
-                    host: host.clone(),
-                    block: process.block.clone(),
-                    client: process.client.clone(),
-                    replaced: true,
-                }),
-                _ => None,
-            })
-            .collect();
-        let undo_unwire = self
-            .run_phase("unwire", &unwire.iter().collect::<Vec<_>>())
-            .await;
-        let undo_stop = self
-            .run_phase("stop", &stop.iter().collect::<Vec<_>>())
-            .await;
-        failures.extend(undo_unwire);
-        failures.extend(undo_stop);
-        failures
-    }
-
-    /// Wait (up to 5 s) until the edges these actions asked for exist: the new path carries
-    /// audio before the old one is cut. An edge still missing is returned as a failure.
-    async fn wait_for(&self, connects: &[&Action]) -> Vec<(Action, anyhow::Error)> {
-        let mut by_host: BTreeMap<&str, Vec<Edge>> = BTreeMap::new();
-        for action in connects {
-            if let Action::Connect { host, edge } = action {
-                by_host.entry(host).or_default().push(edge.clone());
-            }
-        }
-        let work = by_host.into_iter().map(|(host, edges)| async move {
-            let started = Instant::now();
-            let reply = match self.get(host) {
-                Ok(session) => {
-                    session
-                        .call(Request::WaitEdges {
-                            timeout_ms: 5_000,
-                            only: edges,
-                        })
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            self.time(host, "settle", started.elapsed());
-            let missing: Vec<Edge> = reply
-                .map(|v| serde_json::from_value(v["missing"].clone()).unwrap_or_default())
-                .unwrap_or_default();
-            missing
-                .into_iter()
-                .map(|edge| {
-                    (
-                        Action::Connect {
-                            host: host.to_string(),
-                            edge,
-                        },
-                        anyhow!("not connected after 5 s (a port is missing)"),
-                    )
-                })
-                .collect::<Vec<_>>()
-        });
-        join_all(work).await.into_iter().flatten().collect()
-    }
-
-    /// One phase: each host works through its actions in order, the hosts in parallel.
-    async fn run_phase(
-        &self,
-        kind: &'static str,
-        actions: &[&Action],
-    ) -> Vec<(Action, anyhow::Error)> {
-        let mut by_host: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
-        for action in actions {
-            by_host.entry(action.host()).or_default().push(action);
-        }
-        let work = by_host.into_iter().map(|(host, actions)| async move {
-            let started = Instant::now();
-            let mut failed = Vec::new();
-            for action in actions {
-                let result = match self.get(host) {
-                    Ok(session) => session.call(request_of(action)).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
-                    failed.push((action.clone(), e));
-                }
-            }
-            (host, started.elapsed(), failed)
-        });
-        let mut failures = Vec::new();
-        for (host, took, failed) in join_all(work).await {
-            self.time(host, kind, took);
-            failures.extend(failed);
-        }
-        failures
+    ) -> Result<executor::Failures, executor::Failures> {
+        executor::apply_or_roll_back(self, plan).await
     }
 
     /// Replace a host's agent that went away (crashed, killed, its channel closed): the new
@@ -591,17 +434,6 @@ async fn agent_log_tail(ssh: &SshHost) -> String {
 }
 
 /// The phases of a plan, in the order they run.
-const PHASES: [&str; 4] = ["start", "wire", "unwire", "stop"];
-
-fn phase_of(action: &Action) -> &'static str {
-    match action {
-        Action::Start { .. } => "start",
-        Action::Connect { .. } => "wire",
-        Action::Disconnect { .. } => "unwire",
-        Action::Stop { .. } => "stop",
-    }
-}
-
 fn request_of(action: &Action) -> Request {
     match action {
         Action::Start { process, .. } => Request::Start {
@@ -612,5 +444,61 @@ fn request_of(action: &Action) -> Request {
         },
         Action::Connect { edge, .. } => Request::Connect { edge: edge.clone() },
         Action::Disconnect { edge, .. } => Request::Disconnect { edge: edge.clone() },
+    }
+}
+
+/// The real hosts, for the executor: each action is one request to the host's agent.
+impl executor::Hosts for Fleet {
+    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
+        async move {
+            self.get(action.host())?
+                .call(request_of(action))
+                .await
+                .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn missing_edges<'a>(
+        &'a self,
+        host: &'a str,
+        edges: Vec<Edge>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
+        async move {
+            let reply = self
+                .get(host)?
+                .call(Request::WaitEdges {
+                    timeout_ms: timeout.as_millis() as u64,
+                    only: edges,
+                })
+                .await?;
+            Ok(serde_json::from_value(reply["missing"].clone()).unwrap_or_default())
+        }
+        .boxed()
+    }
+
+    fn observe<'a>(&'a self, host: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>> {
+        async move {
+            let reply = self.get(host)?.call(Request::Status).await?;
+            let status: StatusReply = serde_json::from_value(reply)?;
+            Ok(Observed {
+                processes: status
+                    .processes
+                    .into_iter()
+                    .map(|p| (p.block, p.client))
+                    .collect(),
+                intended: status.connected.into_iter().chain(status.missing).collect(),
+            })
+        }
+        .boxed()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.sessions.keys().cloned().collect()
+    }
+
+    fn time(&self, host: &str, step: &'static str, took: Duration) {
+        Fleet::time(self, host, step, took)
     }
 }

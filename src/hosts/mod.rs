@@ -9,7 +9,6 @@ use crate::agent::protocol::{AgentLine, Event, Request, RequestLine};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -161,20 +160,7 @@ impl AgentSession {
     }
 }
 
-/// The binary to run as the agent: this very executable.
+/// The binary to run as the agent: this very executable (see [`crate::executable`]).
 pub(crate) fn agent_executable() -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe().context("cannot find the orchestra executable")?;
-    if exe
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("orchestra"))
-    {
-        return Ok(exe);
-    }
-    // Inside `cargo test` the current exe is the test harness: use the built binary.
-    let candidate = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/orchestra");
-    if let Ok(path) = std::env::var("CARGO_BIN_EXE_orchestra") {
-        return Ok(path.into());
-    }
-    Ok(candidate)
+    crate::executable::path()
 }

@@ -1,13 +1,11 @@
 //! The orchestra model: hosts, blocks, connections and audio settings, as a script declares them.
 //!
-//! `Orchestra` is what the script stage produces (Lua or the prototype's JSON); `resolve`
-//! checks it against the module library and yields a `Resolved` orchestra whose blocks know
-//! their module, merged params and port counts, and whose connections are expanded to wires.
+//! `Orchestra` is what the script stage produces (Lua or the prototype's JSON);
+//! [`crate::resolve`] checks it against the module library and yields a `Resolved` orchestra
+//! whose blocks know their module, merged params and port counts, and whose connections are
+//! expanded to wires.
 
-pub mod prototype;
-mod resolve;
-
-pub use resolve::{resolve, Resolved, ResolvedBlock, Wire};
+pub use crate::audio::AudioSettings;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -138,22 +136,6 @@ pub struct Connection {
     pub to: Endpoint,
     #[serde(skip)]
     pub location: Option<Location>,
-}
-
-/// One sample rate and period for the whole orchestra (every JACK server and every synth).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AudioSettings {
-    pub rate: u32,
-    pub period: u32,
-}
-
-impl Default for AudioSettings {
-    fn default() -> Self {
-        AudioSettings {
-            rate: 48000,
-            period: 256,
-        }
-    }
 }
 
 /// How network links (jacktrip) carry audio between hosts: one setting for the orchestra.

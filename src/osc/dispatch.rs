@@ -2,8 +2,8 @@
 //! for the orchestra (`/orchestra/…`), messages to forward to blocks (`/BLOCK/rest` becomes
 //! `/rest` at the block's address), or a reason to drop it.
 
-use super::layer::LiveOp;
 use crate::model::Endpoint;
+use crate::script::layer::LiveOp;
 use rosc::{OscBundle, OscMessage, OscPacket, OscType};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,8 +42,67 @@ const VERBS: [&str; 8] = [
     "reset",
 ];
 
+/// Deepest nesting of bundles in a packet, and of arrays in a message, that we decode: the
+/// decoder, the encoder and even dropping a packet recurse once per level, and a packet of
+/// 40 KB nested 2000 deep overflowed the OSC thread's stack.
+pub const MAX_NESTING: usize = 8;
+
+/// Why `bytes` nest too deep, found without recursion before anything decodes them.
+pub fn nesting_refusal(bytes: &[u8]) -> Option<String> {
+    // (start, end, depth) of each packet still to look at.
+    let mut pending = vec![(0usize, bytes.len(), 1usize)];
+    while let Some((start, end, depth)) = pending.pop() {
+        let part = &bytes[start..end];
+        if !part.starts_with(b"#bundle\0") {
+            match array_depth(part) {
+                Some(arrays) if arrays > MAX_NESTING => {
+                    return Some(format!("arrays nested more than {MAX_NESTING} deep"))
+                }
+                _ => continue,
+            }
+        }
+        if depth > MAX_NESTING {
+            return Some(format!("bundles nested more than {MAX_NESTING} deep"));
+        }
+        // `#bundle\0`, an 8-byte timetag, then elements: a 4-byte size and that many bytes.
+        let mut at = start + 16;
+        while at + 4 <= end {
+            let size = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let from = at + 4;
+            let Some(to) = from.checked_add(size).filter(|to| *to <= end) else {
+                break;
+            };
+            pending.push((from, to, depth + 1));
+            at = to;
+        }
+    }
+    None
+}
+
+/// How deep the arrays in a message's type tags nest (`,i[[f]]` is 2).
+fn array_depth(message: &[u8]) -> Option<usize> {
+    let address_end = message.iter().position(|b| *b == 0)?;
+    let tags_start = (address_end + 4) & !3;
+    let tags = message.get(tags_start..)?;
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for byte in tags.iter().take_while(|b| **b != 0) {
+        match byte {
+            b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Some(deepest)
+}
+
 /// Decode `bytes` and decide; `blocks` are the blocks that listen for OSC now (their keys).
 pub fn dispatch<V>(bytes: &[u8], blocks: &BTreeMap<String, V>) -> Dispatch {
+    if let Some(why) = nesting_refusal(bytes) {
+        return Dispatch::Malformed(why);
+    }
     let packet = match rosc::decoder::decode_udp(bytes) {
         Ok((_, packet)) => packet,
         Err(e) => return Dispatch::Malformed(format!("{e:?}")),
@@ -379,6 +438,42 @@ mod tests {
         assert!(refused(message("/orchestra/set", vec![OscType::Int(1)])).contains("usage"));
         assert!(refused(message("/oss/freq", vec![])).contains("did you mean `osc`"));
         assert!(refused(message("/freq", vec![])).contains("/BLOCK/path"));
+    }
+
+    #[test]
+    fn packets_nested_thousands_deep_are_refused_without_recursion() {
+        // Bundles in bundles, 2000 deep (40 KB), built by hand: the encoder itself recurses.
+        let mut packet = encode(message("/osc/freq", vec![OscType::Float(1.0)]));
+        for _ in 0..2000 {
+            let mut outer = b"#bundle\0\0\0\0\0\0\0\0\x01".to_vec();
+            outer.extend((packet.len() as u32).to_be_bytes());
+            outer.extend(packet);
+            packet = outer;
+        }
+        assert_eq!(
+            dispatch(&packet, &blocks()),
+            Dispatch::Malformed("bundles nested more than 8 deep".into())
+        );
+        let mut deep_arrays = b"/osc/freq\0\0\0".to_vec();
+        deep_arrays.extend(format!(",{}{}", "[".repeat(3000), "]".repeat(3000)).bytes());
+        deep_arrays.extend([0u8; 4]);
+        deep_arrays.truncate(deep_arrays.len() / 4 * 4);
+        assert_eq!(
+            dispatch(&deep_arrays, &blocks()),
+            Dispatch::Malformed("arrays nested more than 8 deep".into())
+        );
+        // Up to the limit, a bundle still reaches its block.
+        let mut shallow = encode(message("/osc/freq", vec![OscType::Float(1.0)]));
+        for _ in 0..MAX_NESTING {
+            let mut outer = b"#bundle\0\0\0\0\0\0\0\0\x01".to_vec();
+            outer.extend((shallow.len() as u32).to_be_bytes());
+            outer.extend(shallow);
+            shallow = outer;
+        }
+        assert!(matches!(
+            dispatch(&shallow, &blocks()),
+            Dispatch::Forward(_)
+        ));
     }
 
     #[test]

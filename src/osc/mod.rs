@@ -3,5 +3,4 @@
 //! now), on one UDP socket.
 
 pub mod dispatch;
-pub mod layer;
 pub mod server;

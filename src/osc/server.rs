@@ -17,8 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, Clone)]
 pub struct OscOptions {
     pub bind: SocketAddr,
-    /// Networks besides loopback whose packets are accepted.
+    /// Networks besides loopback whose packets are accepted (routed to blocks).
     pub allow: Vec<IpNet>,
+    /// Networks besides loopback that may also send `/orchestra/…` commands, which change the
+    /// orchestra and run live code: a narrower right than playing the blocks.
+    pub control_allow: Vec<IpNet>,
 }
 
 /// A command for the control loop, and where its answer goes.
@@ -34,6 +37,8 @@ pub struct Counters {
     pub forwarded: AtomicU64,
     pub commands: AtomicU64,
     pub refused: AtomicU64,
+    /// Commands from senders allowed to play blocks but not to control the orchestra.
+    pub unauthorized: AtomicU64,
     pub foreign: AtomicU64,
     pub malformed: AtomicU64,
 }
@@ -42,11 +47,12 @@ impl Counters {
     pub fn line(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "OSC: {} packet(s) received, {} forwarded, {} command(s), {} refused, {} dropped from outside the allowed networks, {} malformed",
+            "OSC: {} packet(s) received, {} forwarded, {} command(s), {} refused, {} command(s) from senders without control rights, {} dropped from outside the allowed networks, {} malformed",
             get(&self.received),
             get(&self.forwarded),
             get(&self.commands),
             get(&self.refused),
+            get(&self.unauthorized),
             get(&self.foreign),
             get(&self.malformed)
         )
@@ -82,6 +88,7 @@ pub struct OscServer {
     forward: Arc<UdpSocket>,
     pub counters: Arc<Counters>,
     allow: Vec<IpNet>,
+    control_allow: Vec<IpNet>,
 }
 
 /// The serving thread; stopped (and joined) by `stop` or when dropped.
@@ -136,6 +143,7 @@ impl OscServer {
             forward: Arc::new(forward),
             counters: Arc::default(),
             allow: options.allow.clone(),
+            control_allow: options.control_allow.clone(),
         })
     }
 
@@ -156,6 +164,7 @@ impl OscServer {
         let forward = self.forward.clone();
         let counters = self.counters.clone();
         let allow = self.allow.clone();
+        let control_allow = self.control_allow.clone();
         let runtime = tokio::runtime::Handle::current();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -195,6 +204,17 @@ impl OscServer {
                         }
                     };
                     match decision {
+                        Dispatch::Control(_) if !allowed(from.ip(), &control_allow) => {
+                            counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                            reply(
+                                &socket,
+                                from,
+                                Err(format!(
+                                    "{} may play blocks but not control the orchestra (--osc-control-allow)",
+                                    from.ip()
+                                )),
+                            );
+                        }
                         Dispatch::Control(command) => {
                             counters.commands.fetch_add(1, Ordering::Relaxed);
                             let (tx, rx) = oneshot::channel();

@@ -2,7 +2,7 @@
 //! pinned or overloaded block sits where it does.
 
 use super::{Placement, Solution};
-use crate::model::Resolved;
+use crate::resolve::Resolved;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

@@ -17,7 +17,7 @@ pub mod heuristic;
 pub mod multilevel;
 pub mod problem;
 
-use crate::model::Resolved;
+use crate::resolve::Resolved;
 pub use problem::Problem;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

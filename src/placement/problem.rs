@@ -3,7 +3,7 @@
 //! (an exact MIP) can read the very same instance.
 
 use super::{Cost, Placement, PlacementError, Weights};
-use crate::model::Resolved;
+use crate::resolve::Resolved;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -1,11 +1,14 @@
 //! Orchestra scripts: evaluate a Lua script (the `block`/`host`/`connect`/`>>` DSL) in the
 //! sandbox, or read the prototype's JSON, into an `Orchestra`. Records every file it read.
 
+pub mod bounded;
+pub mod layer;
+pub mod prototype;
 pub mod sandbox;
 
 use crate::model::{
-    prototype, AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError,
-    NetworkSettings, Orchestra,
+    AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, NetworkSettings,
+    Orchestra,
 };
 use crate::names::{did_you_mean, is_valid_name};
 use mlua::{Lua, MetaMethod, UserData, UserDataMethods, Value};
@@ -16,15 +19,42 @@ use std::path::{Path, PathBuf};
 pub const API_FUNCTIONS: &[&str] = &["block", "host", "connect", "audio", "network", "require"];
 
 /// Read an orchestra: `.json` is the prototype's synthdef, anything else a Lua script.
-/// `hosts` is an optional hosts file (Lua or the prototype's slaves.json).
+/// `hosts` is an optional hosts file (Lua or the prototype's slaves.json). Evaluated in the
+/// worker process of [`bounded`], so it ends whatever the script does.
 pub fn load_orchestra(path: &Path, hosts: Option<&Path>) -> Result<Orchestra, ModelError> {
+    bounded::load_orchestra(path, hosts, &Default::default(), None).map_err(Into::into)
+}
+
+/// Read a hosts file (Lua or the prototype's slaves.json), in the worker process.
+pub fn load_hosts(
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Host>, Option<AudioSettings>), ModelError> {
+    bounded::load_hosts(path, warnings).map_err(Into::into)
+}
+
+impl From<bounded::EvalError> for ModelError {
+    fn from(e: bounded::EvalError) -> Self {
+        match e {
+            bounded::EvalError::Script { location, message } => ModelError { location, message },
+            other => ModelError::at(None, other.to_string()),
+        }
+    }
+}
+
+/// [`load_orchestra`] in this process: for the worker itself and for pure unit tests. Only
+/// the sandbox's own limits hold here.
+pub fn load_orchestra_in_process(
+    path: &Path,
+    hosts: Option<&Path>,
+) -> Result<Orchestra, ModelError> {
     let mut orchestra = if is_json(path) {
         prototype::load_synthdef(path)?
     } else {
         eval_script(path)?
     };
     if let Some(hosts_path) = hosts {
-        let (hosts, audio) = load_hosts(hosts_path, &mut orchestra.warnings)?;
+        let (hosts, audio) = load_hosts_in_process(hosts_path, &mut orchestra.warnings)?;
         if hosts.is_empty() {
             let at = Location {
                 file: hosts_path.display().to_string(),
@@ -44,8 +74,9 @@ pub fn load_orchestra(path: &Path, hosts: Option<&Path>) -> Result<Orchestra, Mo
     Ok(orchestra)
 }
 
-/// Read a hosts file: `host "h1" { … }` entries in Lua, or the prototype's slaves.json.
-pub fn load_hosts(
+/// Read a hosts file: `host "h1" { … }` entries in Lua, or the prototype's slaves.json; in
+/// this process (see [`load_orchestra_in_process`]).
+pub fn load_hosts_in_process(
     path: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<(Vec<Host>, Option<AudioSettings>), ModelError> {
@@ -94,7 +125,31 @@ pub fn orchestra_name(path: &Path) -> String {
 /// Evaluate a Lua orchestra script.
 pub fn eval_script(path: &Path) -> Result<Orchestra, ModelError> {
     let built = eval_file(path)?;
-    Ok(Orchestra {
+    Ok(orchestra_of(path, built))
+}
+
+/// The script stage in memory, for pure tests: `script` (and the hosts file `hosts`, if any)
+/// evaluated as if read from files of those names (errors say `song.lua:3: …`), in this
+/// process. `require` looks in the current directory.
+pub fn orchestra_from_text(
+    name: &str,
+    script: &str,
+    hosts: Option<&str>,
+) -> Result<Orchestra, ModelError> {
+    let path = Path::new(name);
+    let mut orchestra = orchestra_of(path, eval_source(script, path, PathBuf::from("."))?);
+    if let Some(hosts) = hosts {
+        let built = eval_source(hosts, Path::new("hosts.lua"), PathBuf::from("."))?;
+        orchestra.add_hosts(built.hosts)?;
+        if let Some(audio) = built.audio {
+            orchestra.audio = audio;
+        }
+    }
+    Ok(orchestra)
+}
+
+fn orchestra_of(path: &Path, built: Builder) -> Orchestra {
+    Orchestra {
         name: orchestra_name(path),
         hosts: built.hosts,
         blocks: built.blocks,
@@ -104,7 +159,12 @@ pub fn eval_script(path: &Path) -> Result<Orchestra, ModelError> {
         host_aliases: Default::default(),
         files: built.files,
         warnings: Vec::new(),
-    })
+    }
+}
+
+/// Text without the UTF-8 byte order mark some Windows editors write at the start.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 const LUA_KEYWORDS: &[&str] = &[
@@ -186,6 +246,50 @@ struct Builder {
     base_dir: PathBuf,
     /// Results of required files, so each is evaluated once.
     required: BTreeMap<PathBuf, mlua::RegistryKey>,
+    /// Bytes the declarations hold on the Rust side, where Lua's memory limit does not look.
+    held: usize,
+}
+
+/// The longest text a param may carry (a score or a patch fits; a memory bomb does not).
+pub const MAX_TEXT_PARAM: usize = 64 * 1024;
+/// The longest host field (address, user, key path).
+const MAX_HOST_FIELD: usize = 1024;
+/// What one declaration costs besides its text, for the budget below.
+const DECLARATION_OVERHEAD: usize = 256;
+
+impl Builder {
+    /// Count `bytes` against the same budget as the Lua heap: declarations live in Rust memory
+    /// that Lua's limit cannot see, and `pcall(block, …)` in a loop must not grow it unbounded.
+    fn hold(&mut self, lua: &Lua, bytes: usize) -> mlua::Result<()> {
+        self.held = self.held.saturating_add(bytes + DECLARATION_OVERHEAD);
+        if self.held > sandbox::MEMORY_LIMIT {
+            let at = sandbox::caller_location(lua);
+            let message = ModelError::at(
+                at.as_ref(),
+                format!(
+                    "the script declares more than {} MiB of blocks, connections and params",
+                    sandbox::MEMORY_LIMIT / (1024 * 1024)
+                ),
+            );
+            return Err(sandbox::trip(lua, message.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// A Lua string as Rust text, refused without copying when it is longer than `max` bytes.
+fn bounded_text(lua: &Lua, s: &mlua::String, max: usize, what: &str) -> mlua::Result<String> {
+    let bytes = s.as_bytes();
+    if bytes.len() > max {
+        return Err(script_error(
+            lua,
+            format!(
+                "{what} is {} bytes long; at most {max} are allowed",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(s.to_str()?.to_string())
 }
 
 fn eval_file(path: &Path) -> Result<Builder, ModelError> {
@@ -195,8 +299,9 @@ fn eval_file(path: &Path) -> Result<Builder, ModelError> {
     };
     let source = std::fs::read_to_string(path)
         .map_err(|e| ModelError::at(Some(&file_location), format!("cannot read: {e}")))?;
+    let source = without_bom(&source);
     eval_source(
-        &source,
+        source,
         path,
         path.parent().map(Path::to_path_buf).unwrap_or_default(),
     )
@@ -238,7 +343,7 @@ fn eval_source(source: &str, path: &Path, base_dir: PathBuf) -> Result<Builder, 
         .load(desugar_chains(source))
         .set_name(format!("@{}", path.display()))
         .exec();
-    lua.remove_hook();
+    // The hook stays installed: finalizers that run when `lua` is dropped are held to it.
     if let Err(error) = result {
         return Err(lua_error(&error, &seen, &file_location));
     }
@@ -411,7 +516,12 @@ fn endpoint(lua: &Lua, value: &Value, side: Direction) -> mlua::Result<Endpoint>
     if let Value::String(s) = value {
         // `connect("osc", "filt")` by name also works, and `"out:2"` names a port (live code
         // sent over OSC has no handles to the script's blocks).
-        let text = s.to_str()?.to_string();
+        let text = bounded_text(
+            lua,
+            s,
+            crate::names::MAX_NAME_LEN + 4,
+            &format!("connection {where_}"),
+        )?;
         return match text.split_once(':') {
             Some((block, port)) => match port.parse::<i64>() {
                 Ok(n) => Ok(Endpoint {
@@ -443,6 +553,7 @@ fn connect(lua: &Lua, from: Value, to: Value) -> mlua::Result<()> {
     let to = endpoint(lua, &to, Direction::Input)?;
     let location = sandbox::caller_location(lua);
     let mut builder = lua.app_data_mut::<Builder>().expect("builder");
+    builder.hold(lua, from.block.len() + to.block.len())?;
     builder.connections.push(Connection { from, to, location });
     Ok(())
 }
@@ -450,9 +561,23 @@ fn connect(lua: &Lua, from: Value, to: Value) -> mlua::Result<()> {
 fn param_value(lua: &Lua, block: &str, key: &str, value: Value) -> mlua::Result<serde_json::Value> {
     Ok(match value {
         Value::Integer(i) => serde_json::Value::from(i),
-        Value::Number(n) => serde_json::Value::from(n),
+        Value::Number(n) if n.is_finite() => serde_json::Value::from(n),
+        Value::Number(n) => {
+            return Err(script_error(
+                lua,
+                format!(
+                    "block `{block}`: param `{key}` must be a finite number, not {}",
+                    crate::names::lua_number(n)
+                ),
+            ))
+        }
         Value::Boolean(b) => serde_json::Value::from(b),
-        Value::String(s) => serde_json::Value::from(s.to_str()?.to_string()),
+        Value::String(s) => serde_json::Value::from(bounded_text(
+            lua,
+            &s,
+            MAX_TEXT_PARAM,
+            &format!("block `{block}`: param `{key}`"),
+        )?),
         other => {
             return Err(script_error(
                 lua,
@@ -478,10 +603,17 @@ fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Bloc
                 format!("block `{name}`: fields must be named, e.g. `freq = 440`"),
             ));
         };
-        let key = key.to_str()?.to_string();
+        let key = bounded_text(lua, &key, crate::names::MAX_NAME_LEN, "a field name")?;
         match key.as_str() {
             "module" => match value {
-                Value::String(s) => module = Some(s.to_str()?.to_string()),
+                Value::String(s) => {
+                    module = Some(bounded_text(
+                        lua,
+                        &s,
+                        crate::names::MAX_NAME_LEN,
+                        "`module`",
+                    )?)
+                }
                 _ => {
                     return Err(script_error(
                         lua,
@@ -490,7 +622,9 @@ fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Bloc
                 }
             },
             "host" => match value {
-                Value::String(s) => host = Some(s.to_str()?.to_string()),
+                Value::String(s) => {
+                    host = Some(bounded_text(lua, &s, crate::names::MAX_NAME_LEN, "`host`")?)
+                }
                 _ => {
                     return Err(script_error(
                         lua,
@@ -510,7 +644,12 @@ fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Bloc
             format!("block `{name}` has no `module` (e.g. module = \"sine\")"),
         ));
     };
+    let text: usize = params
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(16, str::len))
+        .sum();
     let mut builder = lua.app_data_mut::<Builder>().expect("builder");
+    builder.hold(lua, name.len() + module.len() + text)?;
     builder.blocks.push(Block {
         name: name.clone(),
         module,
@@ -535,7 +674,10 @@ fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value
     let location = sandbox::caller_location(lua);
     for pair in spec.pairs::<Value, Value>() {
         let (key, _) = pair?;
-        let key = key.to_string()?;
+        let key = match &key {
+            Value::String(s) => bounded_text(lua, s, crate::names::MAX_NAME_LEN, "a field name")?,
+            other => other.to_string()?,
+        };
         if !HOST_FIELDS.contains(&key.as_str()) {
             return Err(script_error(
                 lua,
@@ -550,7 +692,12 @@ fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value
     let text = |field: &str| -> mlua::Result<Option<String>> {
         match spec.get::<Value>(field)? {
             Value::Nil => Ok(None),
-            Value::String(s) => Ok(Some(s.to_str()?.to_string())),
+            Value::String(s) => Ok(Some(bounded_text(
+                lua,
+                &s,
+                MAX_HOST_FIELD,
+                &format!("host `{name}`: `{field}`"),
+            )?)),
             _ => Err(script_error(
                 lua,
                 format!("host `{name}`: `{field}` must be a string"),
@@ -607,17 +754,17 @@ fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value
         jack,
         location,
     };
-    lua.app_data_mut::<Builder>()
-        .expect("builder")
-        .hosts
-        .push(host);
+    let mut builder = lua.app_data_mut::<Builder>().expect("builder");
+    builder.hold(lua, host.address.len() + name.len())?;
+    builder.hosts.push(host);
     Ok(Value::Nil)
 }
 
 fn define_audio(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
     let mut audio = AudioSettings::default();
-    for pair in spec.pairs::<String, Value>() {
+    for pair in spec.pairs::<mlua::String, Value>() {
         let (key, value) = pair?;
+        let key = bounded_text(lua, &key, crate::names::MAX_NAME_LEN, "a field name")?;
         let n = match value {
             Value::Integer(i) if i > 0 && i <= 384_000 => i as u32,
             _ => {
@@ -653,8 +800,9 @@ fn define_audio(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
 
 fn define_network(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
     let mut network = NetworkSettings::default();
-    for pair in spec.pairs::<String, Value>() {
+    for pair in spec.pairs::<mlua::String, Value>() {
         let (key, value) = pair?;
+        let key = bounded_text(lua, &key, crate::names::MAX_NAME_LEN, "a field name")?;
         let whole = |max: i64| match value {
             Value::Integer(i) if i > 0 && i <= max => Ok(i),
             _ => Err(script_error(
@@ -712,6 +860,16 @@ fn named_constructor<R: mlua::IntoLua + 'static>(
 ) -> mlua::Result<mlua::Function> {
     lua.create_function(move |lua, (name, spec): (Value, Option<mlua::Table>)| {
         let name = match name {
+            Value::String(s) if s.as_bytes().len() > crate::names::MAX_NAME_LEN => {
+                return Err(script_error(
+                    lua,
+                    format!(
+                        "{kind} name is {} characters long; at most {} are allowed",
+                        s.as_bytes().len(),
+                        crate::names::MAX_NAME_LEN
+                    ),
+                ))
+            }
             Value::String(s) => s.to_str()?.to_string(),
             other => {
                 return Err(script_error(
@@ -770,7 +928,8 @@ fn install_api(lua: &Lua) -> mlua::Result<()> {
 
 /// `require "name"` loads `name.lua` (dots are folders) or `name/init.lua` beside the script,
 /// once, and records the file so a watcher can follow it.
-fn require(lua: &Lua, name: String) -> mlua::Result<Value> {
+fn require(lua: &Lua, name: mlua::String) -> mlua::Result<Value> {
+    let name = bounded_text(lua, &name, 256, "require: the module name")?;
     if name.is_empty()
         || name.starts_with('.')
         || !name
@@ -812,12 +971,13 @@ fn require(lua: &Lua, name: String) -> mlua::Result<Value> {
     }
     let source = std::fs::read_to_string(&path)
         .map_err(|e| script_error(lua, format!("require: cannot read {}: {e}", path.display())))?;
+    let source = without_bom(&source);
     lua.app_data_mut::<Builder>()
         .expect("builder")
         .files
         .push(path.clone());
     let value: Value = lua
-        .load(desugar_chains(&source))
+        .load(desugar_chains(source))
         .set_name(format!("@{}", path.display()))
         .call(name)?;
     let value = if value.is_nil() {

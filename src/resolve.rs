@@ -1,7 +1,7 @@
 //! Resolution: check an `Orchestra` against the module library and expand it for placement.
 
-use super::{Host, Location, ModelError, Orchestra};
 use crate::model::AudioSettings;
+use crate::model::{Host, Location, ModelError, Orchestra};
 use crate::modules::{Module, ModuleLibrary};
 use crate::names::{did_you_mean, invalid_name_reason, is_valid_name};
 use serde_json::Value;
@@ -49,6 +49,7 @@ pub struct Resolved {
 pub fn resolve(orchestra: &Orchestra, library: &ModuleLibrary) -> Result<Resolved, ModelError> {
     let hosts = resolve_hosts(orchestra)?;
     let blocks = resolve_blocks(orchestra, library, &hosts)?;
+    check_references(&blocks, &hosts)?;
     let mut connections = Vec::new();
     let mut wires = Vec::new();
     for connection in &orchestra.connections {
@@ -177,9 +178,9 @@ fn resolve_blocks(
                 ),
             )
         })?;
-        let mut params = module.manifest.params.clone();
+        let mut params = module.manifest.defaults();
         for (key, value) in &block.params {
-            if !params.contains_key(key) {
+            let Some(spec) = module.manifest.params.get(key) else {
                 return Err(ModelError::at(
                     at,
                     format!(
@@ -190,21 +191,14 @@ fn resolve_blocks(
                         did_you_mean(key, module.manifest.params.keys().map(String::as_str))
                     ),
                 ));
-            }
-            // Params are pasted into synth code: a value must be of its default's kind, so a
-            // string cannot smuggle code where a number belongs.
-            let default = &module.manifest.params[key];
-            if kind(default) != kind(value) {
-                return Err(ModelError::at(
-                    at,
-                    format!(
-                        "block `{}`: param `{key}` must be a {} (like its default {default}), not {value}",
-                        block.name,
-                        kind(default)
-                    ),
-                ));
-            }
-            params.insert(key.clone(), value.clone());
+            };
+            // Params are pasted into synth code: a value must be of its param's kind and
+            // within its range, so text cannot smuggle code where a number belongs and a
+            // level cannot reach the DAC at a billion.
+            let value = spec.check(value).map_err(|why| {
+                ModelError::at(at, format!("block `{}`: param `{key}` {why}", block.name))
+            })?;
+            params.insert(key.clone(), value);
         }
         let count = |what: &str, spec: &crate::modules::PortCount| {
             spec.resolve(&params)
@@ -256,14 +250,40 @@ fn resolve_blocks(
     Ok(blocks)
 }
 
-/// What sort of value a param is, for type checks.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Bool(_) => "boolean",
-        _ => "value",
+/// Params that name another block or a host must name one the orchestra has.
+fn check_references(
+    blocks: &BTreeMap<String, ResolvedBlock>,
+    hosts: &[Host],
+) -> Result<(), ModelError> {
+    use crate::modules::ParamKind;
+    for block in blocks.values() {
+        for (key, spec) in &block.module.manifest.params {
+            let Some(name) = block.params.get(key).and_then(Value::as_str) else {
+                continue;
+            };
+            let known: Vec<&str> = match spec.kind {
+                ParamKind::Block => blocks.keys().map(String::as_str).collect(),
+                ParamKind::Host => hosts.iter().map(|h| h.name.as_str()).collect(),
+                _ => continue,
+            };
+            if !known.contains(&name) {
+                return Err(ModelError::at(
+                    block.location.as_ref(),
+                    format!(
+                        "block `{}`: param `{key}` names no {} `{name}`{}",
+                        block.name,
+                        if spec.kind == ParamKind::Block {
+                            "block"
+                        } else {
+                            "host"
+                        },
+                        did_you_mean(name, known.iter().copied())
+                    ),
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 fn endpoint_block<'a>(

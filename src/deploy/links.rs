@@ -6,10 +6,10 @@
 //! synths' JACK ports: a block restarted with new params gets new port names but keeps its
 //! links, so only the edge into the link changes.
 
-use crate::deploy::{Edge, ProcessSpec};
+use super::ports::PortPool;
+use super::{Edge, ProcessSpec};
 use crate::model::{AudioSettings, Host, NetworkSettings};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One network link carrying one channel from a port on one host to a port on another.
@@ -56,9 +56,7 @@ pub fn link_id(from: (&str, u32), to: (&str, u32), from_host: &str, to_host: &st
         "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{from_host}\u{0}{to_host}",
         from.0, from.1, to.0, to.1
     );
-    let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    format!("link-{hex}")
+    format!("link-{}", super::short_digest(key.as_bytes()))
 }
 
 /// Give every link its two UDP ports: the ones it had in `previous` when it existed there,
@@ -77,14 +75,10 @@ pub fn allocate(
         .collect();
     // Ports held on each host by every link running now: those that stay, and those that go
     // only once their replacements carry audio (make-before-break runs both at once).
-    let mut used: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
+    let mut used = PortPool::default();
     for old in previous {
-        used.entry(old.to_host.as_str())
-            .or_default()
-            .insert(old.server_port);
-        used.entry(old.from_host.as_str())
-            .or_default()
-            .insert(old.client_port);
+        used.hold(&old.to_host, old.server_port);
+        used.hold(&old.from_host, old.client_port);
     }
     let mut sorted: Vec<&LinkDraft> = drafts.iter().collect();
     sorted.sort();
@@ -114,23 +108,19 @@ pub fn allocate(
     Ok(links)
 }
 
-fn free_port<'a>(
-    used: &mut BTreeMap<&'a str, BTreeSet<u16>>,
-    host: &'a str,
+fn free_port(
+    used: &mut PortPool,
+    host: &str,
     id: &str,
     network: &NetworkSettings,
 ) -> Result<u16, LinkError> {
-    let taken = used.entry(host).or_default();
-    let port = (network.first_port..=network.last_port)
-        .find(|p| !taken.contains(p))
+    used.take_lowest(host, network.first_port..=network.last_port)
         .ok_or_else(|| LinkError::NoFreePort {
             host: host.to_string(),
             id: id.to_string(),
             first: network.first_port,
             last: network.last_port,
-        })?;
-    taken.insert(port);
-    Ok(port)
+        })
 }
 
 /// One end of a link: the jacktrip process on one host (its instance named
@@ -182,14 +172,11 @@ pub fn ends(
     let receive_port = format!("{}:receive_1", link.id);
     // Each end is its own instance (`<id>.send`, `<id>.receive`): one client name, two hosts.
     let spec = |end: &str, command: Vec<String>| {
-        let hash = {
-            let digest = Sha256::digest(
-                serde_json::json!({ "command": command, "audio": audio })
-                    .to_string()
-                    .as_bytes(),
-            );
-            digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
-        };
+        let hash = super::short_digest(
+            serde_json::json!({ "command": command, "audio": audio })
+                .to_string()
+                .as_bytes(),
+        );
         let name = format!("{}.{end}", link.id);
         ProcessSpec {
             dir: format!("links/{name}/{hash}"),

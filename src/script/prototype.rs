@@ -1,7 +1,9 @@
 //! The 2015 prototype's formats: `synthdef.json` (blocks, connections, host aliases) and
 //! `slaves.json` (hosts). Read leniently, as the prototype's own examples miss commas.
 
-use super::{AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, Orchestra};
+use crate::model::{
+    AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, Orchestra,
+};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -65,10 +67,29 @@ fn read_lenient<T: serde::de::DeserializeOwned>(
             format!("cannot read: {e}"),
         )
     })?;
-    match serde_json::from_str::<T>(&text) {
-        Ok(v) => Ok(v),
-        Err(strict) => match deser_hjson::from_str::<T>(&text) {
+    let text = crate::script::without_bom(&text);
+    check_nesting(text, &file)?;
+    match serde_json::from_str::<T>(text) {
+        Ok(v) => {
+            serde_json::from_str::<UniqueKeys>(text).map_err(|e| {
+                ModelError::at(
+                    Some(&Location {
+                        file: file.clone(),
+                        line: e.line() as u32,
+                    }),
+                    e.to_string().split(" at line").next().unwrap_or(""),
+                )
+            })?;
+            Ok(v)
+        }
+        Err(strict) => match deser_hjson::from_str::<T>(text) {
             Ok(v) if strict.is_syntax() => {
+                if let Err(e) = deser_hjson::from_str::<UniqueKeys>(text) {
+                    return Err(ModelError::at(
+                        Some(&Location { file, line: 0 }),
+                        e.to_string(),
+                    ));
+                }
                 warnings.push(format!(
                     "{file}:{}: not strict JSON ({strict}); read leniently, as the prototype did",
                     strict.line()
@@ -88,6 +109,108 @@ fn read_lenient<T: serde::de::DeserializeOwned>(
                     .to_string(),
             )),
         },
+    }
+}
+
+/// How deep objects and arrays may nest: the formats need three levels; a file nested
+/// thousands deep would overflow the parser's stack.
+pub const MAX_NESTING: usize = 32;
+
+/// Refuse nesting beyond [`MAX_NESTING`] before any recursive parser sees the text.
+fn check_nesting(text: &str, file: &str) -> Result<(), ModelError> {
+    let (mut depth, mut line, mut in_string, mut escaped) = (0usize, 1u32, false, false);
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+        }
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(ModelError::at(
+                        Some(&Location {
+                            file: file.to_string(),
+                            line,
+                        }),
+                        format!("nested more than {MAX_NESTING} levels deep"),
+                    ));
+                }
+            }
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Any JSON value whose objects name each key once: serde_json keeps the last of two equal
+/// keys silently, and a block declared twice is a mistake worth saying.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_none<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<UniqueKeys, D::Error> {
+        UniqueKeys::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "key `{}` appears twice in one object",
+                    crate::names::shown(&key)
+                )));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
     }
 }
 

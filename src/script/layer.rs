@@ -209,7 +209,7 @@ pub fn apply_op(op: &LiveOp, orchestra: &mut Orchestra, base_dir: &Path) -> Resu
                 .retain(|c| c.from.block != *name && c.to.block != *name);
         }
         LiveOp::Eval { code } => {
-            let (blocks, connections) = crate::script::eval_snippet(code, "live", base_dir)?;
+            let (blocks, connections) = super::eval_snippet(code, "live", base_dir)?;
             let mut next = orchestra.clone();
             for block in blocks {
                 next.blocks.retain(|b| b.name != block.name);

@@ -1,10 +1,16 @@
 //! Deployment: from a resolved orchestra and its placement, exactly what must exist on each
 //! host — processes (each with a spec hash), JACK edges — and the wires that cross hosts.
 
-use crate::links::{allocate, ends, link_id, Link, LinkDraft, LinkError};
-use crate::model::{AudioSettings, Host, Resolved};
+pub mod links;
+mod ports;
+
+use ports::PortPool;
+
+use crate::model::{AudioSettings, Host};
 use crate::modules::{Engines, ModuleError, ModuleLibrary};
 use crate::placement::Placement;
+use crate::resolve::Resolved;
+use links::{allocate, ends, link_id, Link, LinkDraft, LinkError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -105,7 +111,12 @@ pub fn client_name(block: &str, hash: &str) -> String {
 }
 
 fn short_hash(parts: &serde_json::Value) -> String {
-    let digest = Sha256::digest(parts.to_string().as_bytes());
+    short_digest(parts.to_string().as_bytes())
+}
+
+/// Eight hex digits of SHA-256: the spec hashes and link ids in client names.
+pub(crate) fn short_digest(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -170,7 +181,7 @@ pub fn redeploy(
             .collect::<Result<BTreeMap<String, serde_json::Value>, DeployError>>()
     };
     // A block's rendered files, its launch draft and its spec hash.
-    let build = |block: &crate::model::ResolvedBlock,
+    let build = |block: &crate::resolve::ResolvedBlock,
                  blocks: &BTreeMap<String, serde_json::Value>,
                  engines: &mut Engines|
      -> Result<Built, DeployError> {
@@ -189,7 +200,7 @@ pub fn redeploy(
             "blocks": blocks,
             "hosts": hosts_context,
         });
-        let files = block.module.render(&context).map_err(fail)?;
+        let mut files = block.module.render(&context).map_err(fail)?;
         // Hash what defines the process, with the block name standing in for the client
         // name (which itself carries the hash).
         let draft = engines
@@ -200,8 +211,14 @@ pub fn redeploy(
                 (block.inputs, block.outputs),
                 &resolved.audio,
                 &block.params,
+                &files,
             )
             .map_err(fail)?;
+        engines.note_adapted(block.module.name(), &draft.notes);
+        // The engine's own flags taken out of the module's CsOptions: the instance runs that.
+        if let Some((main, text)) = draft.main_rewritten {
+            files.insert(main, text);
+        }
         let hash = short_hash(&json!({
             "block": block.name, "module": block.module.name(), "engine": block.module.manifest.synth,
             "files": files, "command": draft.command, "audio": resolved.audio,
@@ -217,12 +234,9 @@ pub fn redeploy(
     // OSC ports. An instance keeps its port while its spec stays the same; a new instance
     // (replaced or moved) gets a port no running instance holds, because the old one still
     // listens until the new one plays (make-before-break).
-    let mut taken: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    let mut taken = PortPool::default();
     for endpoint in previous.osc.values() {
-        taken
-            .entry(endpoint.host.clone())
-            .or_default()
-            .insert(endpoint.port);
+        taken.hold(&endpoint.host, endpoint.port);
     }
     let kept: BTreeMap<String, OscEndpoint> = previous
         .osc
@@ -253,16 +267,14 @@ pub fn redeploy(
         let port = match (unchanged, kept.get(&block.name)) {
             (true, Some(old)) => old.port,
             _ => {
-                let used = taken.entry(host.name.clone()).or_default();
-                let port = (resolved.network.osc_first_port..=resolved.network.osc_last_port)
-                    .find(|p| !used.contains(p))
+                let range = resolved.network.osc_first_port..=resolved.network.osc_last_port;
+                taken
+                    .take_lowest(&host.name, range)
                     .ok_or_else(|| DeployError::OscPorts {
                         host: host.name.clone(),
                         first: resolved.network.osc_first_port,
                         last: resolved.network.osc_last_port,
-                    })?;
-                used.insert(port);
-                port
+                    })?
             }
         };
         osc.insert(
@@ -308,6 +320,7 @@ pub fn redeploy(
                 (block.inputs, block.outputs),
                 &resolved.audio,
                 &block.params,
+                &built.files,
             )
             .map_err(|error| DeployError::Module {
                 block: block.name.clone(),

@@ -1,0 +1,235 @@
+//! What the control loop tells the world, as data: each reload, applied change, repair and
+//! host event is one [`Happening`]. The terminal prints each at once, in order (its `Display`
+//! is the line a musician reads); anyone else — tests now, the web page later — subscribes to
+//! the same stream.
+
+use std::fmt;
+use tokio::sync::broadcast;
+
+/// One thing that happened while the orchestra plays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Happening {
+    /// A reload began: files changed, or an OSC command asked for it.
+    ReloadStarted {
+        why: String,
+    },
+    /// A reload changed nothing that plays, and why (`file:line: message`).
+    Rejected {
+        error: String,
+        took_ms: Option<u128>,
+    },
+    /// A change whose making half failed was undone: what played before plays on.
+    RolledBack {
+        took_ms: u128,
+    },
+    /// A reload found nothing to change.
+    Unchanged {
+        took_ms: u128,
+    },
+    /// One line of the plan about to be applied (`+ start …`, `~ replace …`).
+    Planned {
+        line: String,
+    },
+    /// A dry run stops here.
+    DryRun {
+        took_ms: u128,
+    },
+    /// A change was applied.
+    Applied {
+        took_ms: u128,
+        planned_ms: u128,
+        /// `1 replaced or moved, 2 connected, …`
+        counts: String,
+    },
+    /// One action failed; `retried` when the next reconcile will try it again.
+    ActionFailed {
+        action: String,
+        error: String,
+        retried: bool,
+    },
+    /// What runs differed from what was applied, and was repaired.
+    Repaired {
+        actions: Vec<String>,
+        failures: Vec<(String, String)>,
+        took_ms: u128,
+    },
+    /// A synth that kept dying is left stopped until the next reload.
+    GaveUp {
+        client: String,
+        exits: usize,
+        window_s: u64,
+    },
+    /// A host's agent went away and is being replaced.
+    AgentLost {
+        host: String,
+        error: String,
+    },
+    /// A new agent on a host adopted what still ran there.
+    AgentReplaced {
+        host: String,
+        adopted: usize,
+    },
+    /// A host not used before is up.
+    HostUp {
+        host: String,
+    },
+    /// A host is left out of the placement.
+    HostLeftOut {
+        host: String,
+        why: String,
+    },
+    /// Anything else worth a line: a warning or an error with its cause.
+    Warning {
+        text: String,
+    },
+    Error {
+        text: String,
+    },
+}
+
+impl fmt::Display for Happening {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Happening::ReloadStarted { why } => write!(f, "reload: {why}"),
+            Happening::Rejected { error, took_ms } => {
+                write!(f, "{error}\n  nothing changed: still playing the last good orchestra")?;
+                match took_ms {
+                    Some(ms) => write!(f, " ({ms} ms)"),
+                    None => Ok(()),
+                }
+            }
+            Happening::RolledBack { took_ms } => write!(
+                f,
+                "  nothing changed: still playing the last good orchestra ({took_ms} ms)"
+            ),
+            Happening::Unchanged { took_ms } => write!(f, "  nothing to change ({took_ms} ms)"),
+            Happening::Planned { line } => write!(f, "  {line}"),
+            Happening::DryRun { took_ms } => {
+                write!(f, "  dry run: not applied (planned in {took_ms} ms)")
+            }
+            Happening::Applied {
+                took_ms,
+                planned_ms,
+                counts,
+            } => write!(
+                f,
+                "applied in {took_ms} ms: {counts} (load and plan {planned_ms} ms)"
+            ),
+            Happening::ActionFailed {
+                action,
+                error,
+                retried,
+            } => {
+                write!(f, "error: {action}: {error}")?;
+                if *retried {
+                    write!(f, " (the next reconcile retries it)")?;
+                }
+                Ok(())
+            }
+            Happening::Repaired {
+                actions,
+                failures,
+                took_ms,
+            } => {
+                write!(f, "reconcile: what runs differs from what was applied")?;
+                for action in actions {
+                    write!(f, "\n  {action}")?;
+                }
+                for (action, error) in failures {
+                    write!(f, "\nerror: {action}: {error}")?;
+                }
+                write!(f, "\n  repaired in {took_ms} ms")
+            }
+            Happening::GaveUp {
+                client,
+                exits,
+                window_s,
+            } => write!(
+                f,
+                "error: `{client}` exited {exits} times within {window_s} s; not restarting it until the orchestra is reloaded"
+            ),
+            Happening::AgentLost { host, error } => {
+                write!(f, "error: lost the agent on {host} ({error}); starting a new one")
+            }
+            Happening::AgentReplaced { host, adopted } => write!(
+                f,
+                "  a new agent on {host} adopted {adopted} running instance(s)"
+            ),
+            Happening::HostUp { host } => write!(f, "  new host {host} is up"),
+            Happening::HostLeftOut { host, why } => {
+                write!(f, "warning: leaving out {host}: {why}")
+            }
+            Happening::Warning { text } => write!(f, "warning: {text}"),
+            Happening::Error { text } => write!(f, "error: {text}"),
+        }
+    }
+}
+
+/// Where happenings go: printed on the terminal at once (so lines keep their order with the
+/// rest of the output), and sent to every subscriber.
+#[derive(Clone)]
+pub struct Events {
+    print: bool,
+    sender: broadcast::Sender<Happening>,
+}
+
+impl Events {
+    /// A stream printed on the terminal.
+    pub fn printed() -> Events {
+        Events {
+            print: true,
+            sender: broadcast::channel(1024).0,
+        }
+    }
+
+    /// A stream only subscribers see (tests).
+    pub fn quiet() -> Events {
+        Events {
+            print: false,
+            sender: broadcast::channel(1024).0,
+        }
+    }
+
+    pub fn emit(&self, happening: Happening) {
+        if self.print {
+            eprintln!("{happening}");
+        }
+        // Nobody listening is fine.
+        let _ = self.sender.send(happening);
+    }
+
+    /// Every happening from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Happening> {
+        self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_get_each_happening_and_the_terminal_its_line() {
+        let events = Events::quiet();
+        let mut seen = events.subscribe();
+        events.emit(Happening::Applied {
+            took_ms: 40,
+            planned_ms: 2,
+            counts: "2 connected".into(),
+        });
+        let got = seen.try_recv().unwrap();
+        assert_eq!(
+            got.to_string(),
+            "applied in 40 ms: 2 connected (load and plan 2 ms)"
+        );
+        let repaired = Happening::Repaired {
+            actions: vec!["+ start osc (sine) on localhost".into()],
+            failures: vec![],
+            took_ms: 165,
+        };
+        assert_eq!(
+            repaired.to_string(),
+            "reconcile: what runs differs from what was applied\n  + start osc (sine) on localhost\n  repaired in 165 ms"
+        );
+    }
+}

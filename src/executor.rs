@@ -1,0 +1,241 @@
+//! The executor: the one place that carries plans out on hosts. A plan runs phase by phase
+//! (start, wire, unwire, stop), the hosts in parallel within a phase; a live change runs
+//! make-before-break and is undone ([`Plan::undo`]) when its making half fails; a repair
+//! compares what the agents observe with what was applied ([`crate::plan::repair`]) and
+//! restarts dead synths as the [`Restarts`] policy allows. It talks to hosts only through the
+//! [`Hosts`] trait: the real fleet (SSH and local agents), or an in-memory fake in tests.
+
+use crate::deploy::{Deployment, Edge};
+use crate::plan::{self, Action, Observed, Plan};
+use crate::policy::{Restart, Restarts};
+use futures::future::{join_all, BoxFuture};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// What the executor needs of the hosts.
+pub trait Hosts: Sync {
+    /// Carry out one action on its host.
+    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Wait up to `timeout` until `edges` exist on `host`; the ones still missing.
+    fn missing_edges<'a>(
+        &'a self,
+        host: &'a str,
+        edges: Vec<Edge>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>>;
+    /// What `host`'s agent reports runs there.
+    fn observe<'a>(&'a self, host: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>>;
+    /// The hosts that have an agent now.
+    fn names(&self) -> Vec<String>;
+    /// How long a step took on a host (for the per-host summary); nothing by default.
+    fn time(&self, _host: &str, _step: &'static str, _took: Duration) {}
+}
+
+/// Actions that failed, with why.
+pub type Failures = Vec<(Action, anyhow::Error)>;
+
+/// How long a live change waits for its new edges before it is undone.
+pub const EDGE_WAIT: Duration = Duration::from_secs(5);
+
+const PHASES: [&str; 4] = ["start", "wire", "unwire", "stop"];
+
+fn phase_of(action: &Action) -> &'static str {
+    match action {
+        Action::Start { .. } => "start",
+        Action::Connect { .. } => "wire",
+        Action::Disconnect { .. } => "unwire",
+        Action::Stop { .. } => "stop",
+    }
+}
+
+fn of_phase<'a>(plan: &'a Plan, phase: &str) -> Vec<&'a Action> {
+    plan.actions
+        .iter()
+        .filter(|a| phase_of(a) == phase)
+        .collect()
+}
+
+/// Apply a plan phase by phase; a failed action is reported and the rest go on.
+pub async fn apply<H: Hosts + ?Sized>(hosts: &H, plan: &Plan) -> Failures {
+    let mut failures = Vec::new();
+    for phase in PHASES {
+        failures.extend(run_phase(hosts, phase, &of_phase(plan, phase)).await);
+    }
+    failures
+}
+
+/// Apply a live change make-before-break: new instances start (each waits until it plays)
+/// and are wired, the new edges are waited for, and only then do old edges and instances go.
+/// When an instance fails to start, or the new path does not come up, what this change made
+/// is undone and nothing else is touched: `Err` with the failures, and what played before
+/// plays on. Failures of the breaking half come back in `Ok` (a repair retries them).
+pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
+    hosts: &H,
+    plan: &Plan,
+) -> Result<Failures, Failures> {
+    let starts = of_phase(plan, "start");
+    let failed = run_phase(hosts, "start", &starts).await;
+    if !failed.is_empty() {
+        return Err(roll_back(hosts, &starts, &[], failed).await);
+    }
+    let connects = of_phase(plan, "wire");
+    let failed = run_phase(hosts, "wire", &connects).await;
+    let breaks = of_phase(plan, "unwire");
+    let stops = of_phase(plan, "stop");
+    if !breaks.is_empty() || !stops.is_empty() {
+        // The old path is cut only once the new one carries audio.
+        let missing = wait_for(hosts, &connects).await;
+        if !failed.is_empty() || !missing.is_empty() {
+            let mut all = failed;
+            all.extend(missing);
+            return Err(roll_back(hosts, &starts, &connects, all).await);
+        }
+    }
+    let mut failures = failed;
+    failures.extend(run_phase(hosts, "unwire", &breaks).await);
+    failures.extend(run_phase(hosts, "stop", &stops).await);
+    Ok(failures)
+}
+
+/// Undo the making half of a change: what started (not what failed to) and the edges asked
+/// for. Returns the failures that caused it, and any of the undoing.
+async fn roll_back<H: Hosts + ?Sized>(
+    hosts: &H,
+    starts: &[&Action],
+    connects: &[&Action],
+    mut failures: Failures,
+) -> Failures {
+    let made = Plan {
+        actions: starts
+            .iter()
+            .filter(|a| !failures.iter().any(|(f, _)| f == **a))
+            .chain(connects)
+            .map(|a| (*a).clone())
+            .collect(),
+    };
+    failures.extend(apply(hosts, &made.undo()).await);
+    failures
+}
+
+/// Wait until the edges these actions asked for exist; an edge still missing is a failure.
+async fn wait_for<H: Hosts + ?Sized>(hosts: &H, connects: &[&Action]) -> Failures {
+    let mut by_host: BTreeMap<&str, Vec<Edge>> = BTreeMap::new();
+    for action in connects {
+        if let Action::Connect { host, edge } = action {
+            by_host.entry(host).or_default().push(edge.clone());
+        }
+    }
+    let work = by_host.into_iter().map(|(host, edges)| async move {
+        let started = Instant::now();
+        let missing = hosts
+            .missing_edges(host, edges, EDGE_WAIT)
+            .await
+            .unwrap_or_default();
+        hosts.time(host, "settle", started.elapsed());
+        missing
+            .into_iter()
+            .map(|edge| {
+                (
+                    Action::Connect {
+                        host: host.to_string(),
+                        edge,
+                    },
+                    anyhow::anyhow!(
+                        "not connected after {} s (a port is missing)",
+                        EDGE_WAIT.as_secs()
+                    ),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    join_all(work).await.into_iter().flatten().collect()
+}
+
+/// One phase: each host works through its actions in order, the hosts in parallel.
+async fn run_phase<H: Hosts + ?Sized>(
+    hosts: &H,
+    phase: &'static str,
+    actions: &[&Action],
+) -> Failures {
+    let mut by_host: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
+    for action in actions {
+        by_host.entry(action.host()).or_default().push(action);
+    }
+    let work = by_host.into_iter().map(|(host, actions)| async move {
+        let started = Instant::now();
+        let mut failed = Vec::new();
+        for action in actions {
+            if let Err(e) = hosts.act(action).await {
+                failed.push((action.clone(), e));
+            }
+        }
+        (host, started.elapsed(), failed)
+    });
+    let mut failures = Vec::new();
+    for (host, took, failed) in join_all(work).await {
+        hosts.time(host, phase, took);
+        failures.extend(failed);
+    }
+    failures
+}
+
+/// What one repair found and did.
+#[derive(Debug, Default)]
+pub struct Repaired {
+    /// The actions carried out (restarts first), empty when all was as applied.
+    pub plan: Plan,
+    pub failures: Failures,
+    /// Synths left stopped from now on: they died too often (see [`Restarts`]).
+    pub given_up: Vec<String>,
+    /// Hosts whose agent did not answer, with why: the caller replaces them.
+    pub lost: Vec<(String, anyhow::Error)>,
+}
+
+/// Level-triggered repair: ask every host what runs, compare with `applied`, and make it so —
+/// restart dead synths (as `restarts` allows, at `now`), put back edges, stop leftovers.
+pub async fn repair<H: Hosts + ?Sized>(
+    hosts: &H,
+    applied: &Deployment,
+    restarts: &mut Restarts,
+    now: Instant,
+) -> Repaired {
+    let names = hosts.names();
+    let replies = join_all(names.iter().map(|host| hosts.observe(host))).await;
+    let mut observed = BTreeMap::new();
+    let mut out = Repaired::default();
+    for (host, reply) in names.into_iter().zip(replies) {
+        match reply {
+            Ok(seen) => {
+                observed.insert(host, seen);
+            }
+            Err(e) => out.lost.push((host, e)),
+        }
+    }
+    let found = plan::repair(applied, &observed);
+    // Restarts go first: edges to a restarted synth wait for its ports.
+    let mut actions = Vec::new();
+    for (host, process) in found.dead {
+        match restarts.decide(&process.client, now) {
+            Restart::Now => actions.push(Action::Start {
+                host,
+                process: Box::new(process),
+                replaces: None,
+            }),
+            Restart::GiveUp => out.given_up.push(process.client.clone()),
+            Restart::Stopped => {}
+        }
+    }
+    actions.extend(found.plan.actions);
+    out.plan = Plan { actions };
+    if out.plan.is_empty() {
+        return out;
+    }
+    out.failures = apply(hosts, &out.plan).await;
+    for (action, _) in &out.failures {
+        if let Action::Start { process, .. } = action {
+            // Not retried at once: counted like an exit.
+            restarts.failed(&process.client, now);
+        }
+    }
+    out
+}

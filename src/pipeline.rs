@@ -1,0 +1,143 @@
+//! The pure pipeline every command shares: Source → Loaded (evaluate the script in the
+//! worker, lay the live layer over it, resolve against the modules) → Desired (place and
+//! deploy). `run`, each reload, `plan`, `check`, `--dry-run` and OSC commands all go through
+//! it; nothing here starts or contacts anything.
+
+use crate::deploy::{redeploy, Deployment};
+use crate::model::Orchestra;
+use crate::modules::{Engines, ModuleLibrary};
+use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
+use crate::resolve::{resolve, Resolved};
+use crate::script::layer::{LiveLayer, LiveOp};
+use anyhow::{anyhow, Result};
+use std::path::PathBuf;
+
+/// Where the orchestra comes from and how to place it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub script: PathBuf,
+    pub hosts: Option<PathBuf>,
+    pub modules: Vec<PathBuf>,
+    pub placement: PlacementOptions,
+}
+
+/// An orchestra read, checked and resolved against its modules.
+pub struct Loaded {
+    pub orchestra: Orchestra,
+    pub library: ModuleLibrary,
+    pub resolved: Resolved,
+}
+
+/// Read and check everything; nothing runs yet. Errors are one `file:line: message` line.
+pub fn load(source: &Source) -> Result<Loaded> {
+    load_with(source, &LiveLayer::default(), None)
+}
+
+/// [`load`], with the live layer laid over the script and, when given, one more change that
+/// must apply (an error names it; the layer's older changes only warn when they no longer
+/// apply). The Lua is evaluated in the worker process of [`crate::script::bounded`].
+pub fn load_with(source: &Source, layer: &LiveLayer, new: Option<&LiveOp>) -> Result<Loaded> {
+    let orchestra =
+        crate::script::bounded::load_orchestra(&source.script, source.hosts.as_deref(), layer, new)
+            .map_err(|e| anyhow!("{e}"))?;
+    finish_load(source, orchestra)
+}
+
+/// [`load_with`] for the live loop: the worker runs while the controller goes on serving
+/// signals and reconciles, and dropping the future stops the worker.
+pub async fn load_with_async(
+    source: Source,
+    layer: LiveLayer,
+    new: Option<LiveOp>,
+) -> Result<Loaded> {
+    let orchestra = crate::script::bounded::load_orchestra_async(
+        source.script.clone(),
+        source.hosts.clone(),
+        layer,
+        new,
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    finish_load(&source, orchestra)
+}
+
+/// Modules and resolution of an evaluated orchestra (Rust only: bounded by construction).
+fn finish_load(source: &Source, orchestra: Orchestra) -> Result<Loaded> {
+    for warning in &orchestra.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let mut library = ModuleLibrary::builtin();
+    for dir in &source.modules {
+        library.add_dir(dir)?;
+    }
+    let resolved = resolve(&orchestra, &library)?;
+    Ok(Loaded {
+        orchestra,
+        library,
+        resolved,
+    })
+}
+
+/// Placement and deployment of a loaded orchestra.
+pub struct Desired {
+    pub placement: Placement,
+    pub cost: Cost,
+    /// The placement is proven optimal.
+    pub optimal: bool,
+    pub deployment: Deployment,
+    /// Modules the engines changed to fit the orchestra, and how (one line per module).
+    pub adapted: Vec<String>,
+}
+
+/// Place and deploy; `running` is what plays now (links that stay keep their ports).
+pub fn desire(
+    loaded: &Loaded,
+    previous: Option<&Placement>,
+    running: &Deployment,
+    options: &PlacementOptions,
+) -> Result<Desired> {
+    let solution = place(&loaded.resolved, previous, options)?;
+    let (placement, cost, optimal) = (solution.placement, solution.cost, solution.optimal);
+    let mut engines = Engines::new();
+    let deployment = redeploy(
+        &loaded.resolved,
+        &placement,
+        &loaded.library,
+        &mut engines,
+        running,
+    )?;
+    Ok(Desired {
+        placement,
+        cost,
+        optimal,
+        deployment,
+        adapted: engines.adapted().map(str::to_string).collect(),
+    })
+}
+
+/// Say once per module what its engine overrode to make it fit (a module written for
+/// another setup: `fm: sr 44100 → 48000, ksmps 100 → 64`).
+pub fn warn_adapted(desired: &Desired) {
+    for line in &desired.adapted {
+        eprintln!("warning: {line}");
+    }
+}
+
+/// Warn when the blocks need more cores than the hosts have: it still runs.
+pub fn warn_overflow(loaded: &Loaded, desired: &Desired) {
+    if desired.cost.overflow > 0 {
+        let loads = crate::placement::host_loads(&loaded.resolved, &desired.placement);
+        let detail: Vec<String> = loaded
+            .resolved
+            .hosts
+            .iter()
+            .filter(|h| loads.get(&h.name).copied().unwrap_or(0) > h.cores as u64)
+            .map(|h| format!("{} needs {} of {} cores", h.name, loads[&h.name], h.cores))
+            .collect();
+        eprintln!(
+            "warning: the orchestra needs {} more core(s) than the hosts have ({}); running anyway",
+            desired.cost.overflow,
+            detail.join(", ")
+        );
+    }
+}
