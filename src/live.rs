@@ -311,7 +311,8 @@ impl Live {
         // What an engine changed to fit a module: said once per module and what it says.
         for line in &desired.adapted {
             if self.adapted_said.insert(line.clone()) {
-                self.happenings.emit(Happening::Warning { text: line.clone() });
+                self.happenings
+                    .emit(Happening::Warning { text: line.clone() });
             }
         }
         let planned = started.elapsed();
