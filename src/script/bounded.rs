@@ -287,26 +287,27 @@ fn run_worker(request: &Request, file: &Path) -> Result<Reply, EvalError> {
 /// behind reads end-of-file when the controller exits, and exits too.
 static SPARE: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
 
-/// The spare worker if it is still waiting, else a new one; a new spare is started behind it.
+/// The spare worker if it is still waiting, else a new one.
 fn take_worker() -> Result<std::process::Child, EvalError> {
     let spare = still_waiting(SPARE.lock().unwrap_or_else(|p| p.into_inner()).take());
-    let child = match spare {
-        Some(waiting) => waiting,
-        None => spawn_worker()?,
-    };
+    match spare {
+        Some(waiting) => Ok(waiting),
+        None => spawn_worker(),
+    }
+}
+
+/// Start the next spare, off the async runtime, once an evaluation is over: starting it
+/// while the evaluation runs would take a core from it.
+fn replenish_spare() {
     std::thread::spawn(|| {
         if let Ok(next) = spawn_worker() {
-            let old = SPARE
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .replace(next);
+            let old = SPARE.lock().unwrap_or_else(|p| p.into_inner()).replace(next);
             if let Some(mut old) = old {
                 let _ = old.kill();
                 let _ = old.wait();
             }
         }
     });
-    Ok(child)
 }
 
 /// Stop the spare worker, if one waits (the controller is exiting).
@@ -371,12 +372,20 @@ async fn run_worker_async(request: &Request, file: &Path) -> Result<Reply, EvalE
         );
         (out, err)
     };
-    let Ok((out, err)) = tokio::time::timeout(deadline_of(request), exchange).await else {
+    let exchanged = tokio::time::timeout(deadline_of(request), exchange).await;
+    replenish_spare();
+    let Ok((out, err)) = exchanged else {
         // `worker` goes with this return: killed and reaped.
         return Err(out_of_time(request, file));
     };
-    // Its output has ended: the worker is exiting, so this wait is short.
     let mut child = worker.0.take().expect("still held");
+    // A complete answer is all we need; the worker is reaped off the runtime meanwhile.
+    if let Ok(reply) = serde_json::from_slice::<Reply>(&out) {
+        pass_on(&err);
+        tokio::task::spawn_blocking(move || child.wait());
+        return Ok(reply);
+    }
+    // Its output has ended: the worker is exiting, so this wait is short.
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .map_err(|e| EvalError::Stopped(format!("evaluation worker: {e}")))?
@@ -390,6 +399,14 @@ fn out_of_time(request: &Request, file: &Path) -> EvalError {
         file.display(),
         (deadline_of(request) - GRACE).as_secs_f64()
     ))
+}
+
+/// What the script printed goes to the musician's terminal, as before the boundary.
+fn pass_on(stderr: &[u8]) {
+    let text = String::from_utf8_lossy(&stderr[..stderr.len().min(MAX_PASSED_ON)]);
+    if !text.trim().is_empty() {
+        eprintln!("{}", text.trim_end());
+    }
 }
 
 fn interpret(
@@ -407,10 +424,7 @@ fn interpret(
     }
     if status.success() {
         if let Ok(reply) = serde_json::from_slice::<Reply>(stdout) {
-            // What the script printed goes to the musician's terminal, as before the boundary.
-            if !stderr_text.is_empty() {
-                eprintln!("{}", stderr_text.trim_end());
-            }
+            pass_on(stderr);
             return Ok(reply);
         }
     }
@@ -439,6 +453,14 @@ fn interpret(
 /// the async runtime, with limits on address space, CPU time and core dumps.
 pub fn worker_main() -> ! {
     limit_resources();
+    // A spare worker waits here for its request: first page in the evaluation's code and
+    // data (the Lua VM, the API, JSON), so the request itself finds them warm.
+    let _ = super::orchestra_from_text(
+        "warm-up.lua",
+        "local a = block \"a\" { module = \"sine\" } a >> block \"b\" { module = \"dac\" }",
+        None,
+    )
+    .map(|o| serde_json::to_vec(&WireOrchestra::pack(o)));
     let mut input = Vec::new();
     let read = std::io::stdin()
         .take(64 * 1024 * 1024)
@@ -453,7 +475,14 @@ pub fn worker_main() -> ! {
     let mut stdout = std::io::stdout().lock();
     let _ = serde_json::to_writer(&mut stdout, &reply);
     let _ = stdout.flush();
-    // Exit without dropping anything: a Lua state's finalizers have had their say already.
+    drop(stdout);
+    // The answer is complete: end both pipes now, so the controller need not wait for this
+    // process's exit to read it. Then exit without dropping anything (a Lua state's
+    // finalizers have had their say already).
+    unsafe {
+        libc::close(libc::STDOUT_FILENO);
+        libc::close(libc::STDERR_FILENO);
+    }
     std::process::exit(0)
 }
 
