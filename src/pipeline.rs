@@ -50,6 +50,7 @@ pub async fn load_with_async(
     layer: LiveLayer,
     new: Option<LiveOp>,
 ) -> Result<Loaded> {
+    let started = std::time::Instant::now();
     let orchestra = crate::script::bounded::load_orchestra_async(
         source.script.clone(),
         source.hosts.clone(),
@@ -58,7 +59,14 @@ pub async fn load_with_async(
     )
     .await
     .map_err(|e| anyhow!("{e}"))?;
-    finish_load(&source, orchestra)
+    let evaluated = started.elapsed();
+    let loaded = finish_load(&source, orchestra);
+    tracing::debug!(
+        "evaluated in {} µs, resolved in {} µs",
+        evaluated.as_micros(),
+        (started.elapsed() - evaluated).as_micros()
+    );
+    loaded
 }
 
 /// Modules and resolution of an evaluated orchestra (Rust only: bounded by construction).
