@@ -301,7 +301,10 @@ fn take_worker() -> Result<std::process::Child, EvalError> {
 fn replenish_spare() {
     std::thread::spawn(|| {
         if let Ok(next) = spawn_worker() {
-            let old = SPARE.lock().unwrap_or_else(|p| p.into_inner()).replace(next);
+            let old = SPARE
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(next);
             if let Some(mut old) = old {
                 let _ = old.kill();
                 let _ = old.wait();
