@@ -18,8 +18,12 @@ fn fixture(path: &str) -> PathBuf {
 /// A stage whose script is the synthdef `source` (a path under the repo), with the prototype
 /// modules copied beside it (plus `extra` modules: name → (manifest, csd)).
 fn prototype_stage(test: &str, source: &Path, extra: &[(&str, &str, &str)]) -> (Stage, String) {
-    let text = std::fs::read_to_string(source).unwrap();
-    let stage = Stage::with_script(test, "synthdef.json", &text);
+    stage_of_text(test, &std::fs::read_to_string(source).unwrap(), extra)
+}
+
+/// [`prototype_stage`] for a synthdef written in the test.
+fn stage_of_text(test: &str, text: &str, extra: &[(&str, &str, &str)]) -> (Stage, String) {
+    let stage = Stage::with_script(test, "synthdef.json", text);
     let modules = stage.dir.path().join("modules");
     for name in ["fm", "lp"] {
         let to = modules.join(name);
@@ -228,14 +232,10 @@ fn a_run_where_every_synth_fails_exits_1_with_the_reason() {
         "blocks": { "lp": {"module": "broken"}, "lp2": {"module": "broken"} },
         "connections": [ {"source": "lp", "sink": "lp2"}, {"source": "lp2", "sink": "DAC"} ]
     }"#;
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("all-fail.json");
-    std::fs::write(&path, source).unwrap();
-    let broken = broken_lp();
-    let (stage, modules) = prototype_stage(
+    let (stage, modules) = stage_of_text(
         "proto-allfail",
-        &path,
-        &[("broken", BROKEN_MANIFEST, &broken)],
+        source,
+        &[("broken", BROKEN_MANIFEST, &broken_lp())],
     );
     let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
     let mut cmd = orchestra(server);
@@ -281,14 +281,10 @@ fn a_run_where_some_fail_reports_how_many_started() {
             {"source": "fm", "sink": "lp2"}, {"source": "lp2", "sink": "DAC:2"}
         ]
     }"#;
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("some-fail.json");
-    std::fs::write(&path, source).unwrap();
-    let broken = broken_lp();
-    let (stage, modules) = prototype_stage(
+    let (stage, modules) = stage_of_text(
         "proto-somefail",
-        &path,
-        &[("broken", BROKEN_MANIFEST, &broken)],
+        source,
+        &[("broken", BROKEN_MANIFEST, &broken_lp())],
     );
     let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
     let (cmd, wav) = run_recorded(
@@ -436,14 +432,11 @@ fn built_ins_are_not_adapted_and_plans_are_stable() {
 #[test]
 fn an_iadc_in_csoptions_of_a_source_connects_nothing() {
     let source = r#"{ "blocks": { "src": {"module": "fmsrc"} }, "connections": [ {"source": "src", "sink": "DAC"} ] }"#;
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("source.json");
-    std::fs::write(&path, source).unwrap();
     let fm = std::fs::read_to_string(fixture("prototype-modules/fm/fm.csd")).unwrap();
     assert!(fm.contains("-iadc"));
     let manifest =
         r#"{"synth":"csound", "main":"fmsrc.csd", "module":"fmsrc", "inputs": 0, "outputs": 1}"#;
-    let (stage, modules) = prototype_stage("proto-iadc", &path, &[("fmsrc", manifest, &fm)]);
+    let (stage, modules) = stage_of_text("proto-iadc", source, &[("fmsrc", manifest, &fm)]);
     let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
     let mut cmd = orchestra(server);
     cmd.arg("run").arg(script).args(["--modules", &modules]);
