@@ -16,7 +16,6 @@ pub enum Happening {
     /// A reload changed nothing that plays, and why (`file:line: message`).
     Rejected {
         error: String,
-        took_ms: Option<u128>,
     },
     /// A change whose making half failed was undone: what played before plays on.
     RolledBack {
@@ -91,13 +90,10 @@ impl fmt::Display for Happening {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Happening::ReloadStarted { why } => write!(f, "reload: {why}"),
-            Happening::Rejected { error, took_ms } => {
-                write!(f, "{error}\n  nothing changed: still playing the last good orchestra")?;
-                match took_ms {
-                    Some(ms) => write!(f, " ({ms} ms)"),
-                    None => Ok(()),
-                }
-            }
+            Happening::Rejected { error } => write!(
+                f,
+                "{error}\n  nothing changed: still playing the last good orchestra"
+            ),
             Happening::RolledBack { took_ms } => write!(
                 f,
                 "  nothing changed: still playing the last good orchestra ({took_ms} ms)"

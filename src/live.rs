@@ -246,7 +246,6 @@ impl Live {
     fn rejected(&self, error: String) -> Reloaded {
         self.happenings.emit(Happening::Rejected {
             error: error.clone(),
-            took_ms: None,
         });
         Reloaded::Rejected(error)
     }

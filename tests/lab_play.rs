@@ -121,13 +121,7 @@ fn a_chain_over_three_hosts_plays_440_hz_at_the_dac_host() {
     assert!(h2.iter().any(|a| a.contains(" -s ")) && h2.iter().any(|a| a.contains(" -c ")));
     assert_eq!(h3.len(), 1, "h3: {h3:?}");
     assert!(h3[0].contains(" -s "), "{h3:?}");
-    run.wait_for("first sound at the DAC", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(3));
-
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
-    eprintln!("{stderr}");
+    let _ = stop_after_sounding(run);
     common::assert_tone_440(&wav, 2.0);
     show.only_sshd_everywhere();
 }
@@ -321,6 +315,19 @@ fn bench_agent_command_over_ssh() {
 
 /// Let it play 2 s more, stop it, and check the hosts and the end of the recording: the
 /// last second of sound at the DAC (after the edit) is a clean tone of `hz` (± 1 %).
+/// Let the orchestra sound for three seconds after its first sound reached the DAC, then
+/// Ctrl-C it: it must exit 0. Its stderr.
+fn stop_after_sounding(mut run: Running) -> String {
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    // Shown when the test fails.
+    eprintln!("{stderr}");
+    stderr
+}
+
 fn finish_at(run: Running, show: &Show, wav: &Path, hz: f64) {
     std::thread::sleep(Duration::from_secs(2));
     run.signal(libc::SIGINT);
@@ -643,12 +650,7 @@ fn the_prototype_multi_host_example_plays_across_hosts() {
         .collect();
     split.sort();
     assert_eq!(split, [2, 3], "the alias groups on two hosts");
-    run.wait_for("first sound at the DAC", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(3));
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
-    eprintln!("{stderr}");
+    let stderr = stop_after_sounding(run);
     assert!(
         stderr.contains("network link(s)") && !stderr.contains("exited"),
         "{stderr}"
@@ -683,11 +685,7 @@ fn the_prototype_single_host_examples_play_on_the_lab() {
             &format!("playing: {synths} synth(s)"),
             Duration::from_secs(90),
         );
-        run.wait_for("first sound at the DAC", Duration::from_secs(30));
-        std::thread::sleep(Duration::from_secs(3));
-        run.signal(libc::SIGINT);
-        let (code, stderr) = run.finish(Duration::from_secs(60));
-        assert_eq!(code, Some(0), "{fixture}: {stderr}");
+        let stderr = stop_after_sounding(run);
         assert!(!stderr.contains("exited"), "{fixture}: {stderr}");
         common::assert_plays_440(&wav, 2.0);
         show.only_sshd_everywhere();

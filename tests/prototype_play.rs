@@ -21,6 +21,20 @@ fn prototype_stage(test: &str, source: &Path, extra: &[(&str, &str, &str)]) -> (
     stage_of_text(test, &std::fs::read_to_string(source).unwrap(), extra)
 }
 
+/// `orchestra run` on `stage` with `modules` for `seconds`, recorded; it must end by itself
+/// with exit 0. Its stderr and the recording.
+fn played_for(stage: &Stage, modules: &str, seconds: &str) -> (String, std::path::PathBuf) {
+    let (cmd, wav) = run_recorded(
+        &stage.server,
+        &stage.script,
+        stage.dir.path(),
+        &["--modules", modules, "--seconds", seconds],
+    );
+    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    (stderr, wav)
+}
+
 /// [`prototype_stage`] for a synthdef written in the test.
 fn stage_of_text(test: &str, text: &str, extra: &[(&str, &str, &str)]) -> (Stage, String) {
     let stage = Stage::with_script(test, "synthdef.json", text);
@@ -81,15 +95,8 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn the_prototype_chain_plays_440_hz_at_the_dac() {
     let (stage, modules) = prototype_stage("proto-chain", &fixture("prototype/chain.json"), &[]);
-    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
-    let (cmd, wav) = run_recorded(
-        server,
-        script,
-        dir.path(),
-        &["--modules", &modules, "--seconds", "4"],
-    );
-    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    let (server, dir) = (&stage.server, &stage.dir);
+    let (stderr, wav) = played_for(&stage, &modules, "4");
     // Said once per module, before anything starts.
     for module in ["fm", "lp"] {
         let said: Vec<&str> = stderr
@@ -166,15 +173,8 @@ fn the_prototype_multi_host_example_plays_on_one_host() {
         &repo().join("examples/prototype/synthdef.json"),
         &[],
     );
-    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
-    let (cmd, wav) = run_recorded(
-        server,
-        script,
-        dir.path(),
-        &["--modules", &modules, "--seconds", "6"],
-    );
-    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    let (server, dir) = (&stage.server, &stage.dir);
+    let (stderr, wav) = played_for(&stage, &modules, "6");
     assert!(stderr.contains("playing: 5 synth(s)"), "{stderr}");
     assert_plays_440(&wav, 3.0);
     assert_no_leftovers(server, dir.path());
@@ -195,15 +195,8 @@ fn two_blocks_of_a_fixed_client_name_module_both_play() {
     let path = dir.path().join("two.json");
     std::fs::write(&path, source).unwrap();
     let (stage, modules) = prototype_stage("proto-twice", &path, &[]);
-    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
-    let (cmd, wav) = run_recorded(
-        server,
-        script,
-        dir.path(),
-        &["--modules", &modules, "--seconds", "4"],
-    );
-    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    let (server, dir) = (&stage.server, &stage.dir);
+    let (stderr, wav) = played_for(&stage, &modules, "4");
     assert!(stderr.contains("playing: 2 synth(s)"), "{stderr}");
     for channel in [0, 1] {
         let (samples, rate) = read_channel(&wav, channel).unwrap();
@@ -286,15 +279,8 @@ fn a_run_where_some_fail_reports_how_many_started() {
         source,
         &[("broken", BROKEN_MANIFEST, &broken_lp())],
     );
-    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
-    let (cmd, wav) = run_recorded(
-        server,
-        script,
-        dir.path(),
-        &["--modules", &modules, "--seconds", "6"],
-    );
-    let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    let (server, dir) = (&stage.server, &stage.dir);
+    let (stderr, wav) = played_for(&stage, &modules, "6");
     assert!(
         stderr.contains("2 of 3 synth(s) started on 1 host(s); playing what can sound"),
         "{stderr}"
@@ -313,10 +299,10 @@ fn a_run_where_some_fail_reports_how_many_started() {
 
     // The same, with the working lowpass cut off: fm starts but reaches no DAC.
     let cut = source.replace(r#"{"source": "lp", "sink": "DAC"},"#, "");
-    std::fs::write(script, cut).unwrap();
+    std::fs::write(&stage.script, cut).unwrap();
     let mut cmd = orchestra(server);
     cmd.arg("run")
-        .arg(script)
+        .arg(&stage.script)
         .args(["--modules", &modules, "--seconds", "30"]);
     let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));
     assert_eq!(code, Some(1), "{stderr}");
