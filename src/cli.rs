@@ -234,6 +234,7 @@ pub async fn main(cli: Cli) -> Result<()> {
                 None,
                 &Default::default(),
                 &source.source().placement,
+                &Default::default(),
             )?;
             runtime::warn_overflow(&loaded, &desired);
             runtime::warn_adapted(&desired);
@@ -308,6 +309,7 @@ fn plan(
         previous_placement.as_ref(),
         &current,
         &source.placement,
+        &Default::default(),
     )?;
     let actions = crate::plan::diff(&current, &desired.deployment);
     runtime::warn_adapted(&desired);

@@ -3,6 +3,7 @@
 //! is the line a musician reads); anyone else — tests now, the web page later — subscribes to
 //! the same stream.
 
+use crate::agent::protocol::Event;
 use std::fmt;
 use tokio::sync::broadcast;
 
@@ -75,6 +76,19 @@ pub enum Happening {
     /// A host is left out of the placement.
     HostLeftOut {
         host: String,
+        why: String,
+    },
+    /// What a host's agent told: a synth exited, its JACK server was restarted or cannot be.
+    Host {
+        host: String,
+        event: Event,
+    },
+    /// The recorder heard the first sound at the DAC, `at_ms` after the run started.
+    FirstSound {
+        at_ms: u128,
+    },
+    /// The run stops, and why (Ctrl-C, SIGTERM, …).
+    Stopping {
         why: String,
     },
     /// Anything else worth a line: a warning or an error with its cause.
@@ -155,9 +169,57 @@ impl fmt::Display for Happening {
             Happening::HostLeftOut { host, why } => {
                 write!(f, "warning: leaving out {host}: {why}")
             }
+            Happening::Host { host, event } => host_line(f, host, event),
+            Happening::FirstSound { at_ms } => {
+                write!(f, "first sound at the DAC {at_ms} ms after start")
+            }
+            Happening::Stopping { why } => write!(f, "stopping ({why})"),
             Happening::Warning { text } => write!(f, "warning: {text}"),
             Happening::Error { text } => write!(f, "error: {text}"),
         }
+    }
+}
+
+/// An agent's event as a musician reads it.
+fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Result {
+    match event {
+        Event::Exited {
+            block,
+            client,
+            code,
+            signal,
+            log_tail,
+        } => {
+            let how = match (code, signal) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (_, Some(s)) => format!("was killed by signal {s}"),
+                _ => "exited".to_string(),
+            };
+            write!(
+                f,
+                "error: block `{block}` ({client}) on {host} {how}; the rest keeps playing. Its log ends:"
+            )?;
+            for line in log_tail.lines() {
+                write!(f, "\n  | {line}")?;
+            }
+            Ok(())
+        }
+        Event::FirstSound { after_ms } => {
+            write!(f, "first sound at the DAC on {host} {after_ms} ms after recording began")
+        }
+        Event::JackRestarted {
+            reason,
+            synths,
+            edges,
+            after_ms,
+        } => write!(
+            f,
+            "jackd on {host} died ({reason}); restarted, {synths} synth(s) and {edges} edge(s) back in {after_ms} ms"
+        ),
+        Event::JackFailed { reason, error } => write!(
+            f,
+            "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"
+        ),
     }
 }
 

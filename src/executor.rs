@@ -6,6 +6,7 @@
 //! [`Hosts`] trait: the real fleet (SSH and local agents), or an in-memory fake in tests.
 
 use crate::deploy::{Deployment, Edge};
+use crate::model::Host;
 use crate::plan::{self, Action, Observed, Plan};
 use crate::policy::{Restart, Restarts};
 use futures::future::{join_all, BoxFuture};
@@ -27,8 +28,42 @@ pub trait Hosts: Sync {
     fn observe<'a>(&'a self, host: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>>;
     /// The hosts that have an agent now.
     fn names(&self) -> Vec<String>;
+    /// Bring up agents on hosts that have none yet; `running` is what was last applied (its
+    /// edges are handed over, so synths the agents adopt keep them). A host that does not
+    /// answer is left out when the options allow it, else nothing is added and it is an error.
+    fn reach<'a>(
+        &'a mut self,
+        hosts: Vec<Host>,
+        running: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<Reached>>;
+    /// Replace the agent of `host`, which went away; how many running instances the new one
+    /// adopted.
+    fn respawn<'a>(
+        &'a mut self,
+        host: &'a Host,
+        running: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<usize>>;
     /// How long a step took on a host (for the per-host summary); nothing by default.
     fn time(&self, _host: &str, _step: &'static str, _took: Duration) {}
+}
+
+/// Hosts dialled and brought up while playing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Reached {
+    /// Hosts whose agent is up now.
+    pub up: Vec<String>,
+    /// Hosts left out as unreachable, with why.
+    pub left_out: Vec<(String, String)>,
+}
+
+impl Reached {
+    /// Every one of `hosts` is up.
+    pub fn all(hosts: Vec<Host>) -> Reached {
+        Reached {
+            up: hosts.into_iter().map(|h| h.name).collect(),
+            left_out: Vec::new(),
+        }
+    }
 }
 
 /// Actions that failed, with why.

@@ -14,15 +14,20 @@
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
 //!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
 //! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break
-//!   with undo, repair), through the [`executor::Hosts`] trait.
+//!   with undo, repair), through the [`executor::Hosts`] trait (the real fleet, or hosts in
+//!   memory in tests).
+//! - [`conductor`]: the one owner of what plays: every change (first run, live edit, repair,
+//!   teardown) converges through it, in play or dry-run mode, and is told as [`events`].
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
-//! - [`runtime`]: the control loop behind `run`, `plan`, `check` and `down`;
-//!   [`first_run`] judges what a first run brought up (what failed, whether it can sound).
-//! - [`live`]: what `run` does while it plays: reload on change, reconcile with the agents;
-//!   [`events`]: what it tells the terminal and any subscriber, as data.
+//! - [`runtime`]: the commands `run` (connect, bring up, first converge, play, teardown),
+//!   `down` and `trust`; [`first_run`] judges what a first run brought up (what failed,
+//!   whether it can sound).
+//! - [`live`]: the play loop while it plays: reload on change or OSC command (merging those
+//!   that come meanwhile), reconcile with the agents; [`events`]: what it tells the terminal
+//!   and any subscriber, as data.
 //! - [`state`]: the last applied deployment, persisted beside the script.
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
@@ -37,6 +42,7 @@ pub mod agent;
 pub mod analysis;
 pub mod audio;
 pub mod cli;
+pub mod conductor;
 pub mod csd;
 pub mod deploy;
 pub mod events;

@@ -9,62 +9,44 @@
 //! away gets a new one, which adopts what still runs there.
 
 use crate::agent::protocol::Event;
-use crate::deploy::Deployment;
-use crate::events::{Events, Happening};
-use crate::executor;
-use crate::hosts::fleet::{self, ConnectOptions, Fleet};
+use crate::conductor::{Conductor, Converge, Converged};
+use crate::events::Happening;
+use crate::executor::Hosts;
 use crate::osc::dispatch::Command;
-use crate::osc::server::SharedRoutes;
+use crate::osc::server::{ControlRequest, SharedRoutes};
 use crate::pipeline::{desire, load_with_async, warn_overflow, Desired, Loaded, Source};
-use crate::plan::{diff, Action, Plan};
-use crate::policy::{RestartPolicy, Restarts, Throttle};
 use crate::script::layer::{LiveLayer, LiveOp};
-use crate::state::{self, AppliedState};
+use crate::state::AppliedState;
 use crate::watch::{Change, Watcher};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A lost agent is replaced at most this often.
-pub const RESPAWN_EVERY: Duration = Duration::from_secs(5);
-
 /// A host left out as unreachable is tried again after this long (by a reload that needs it).
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(30);
 
-/// Most lines of one plan shown on the terminal.
-const MAX_LINES: usize = 40;
-
-pub struct Live {
-    pub source: Source,
-    pub connect: ConnectOptions,
-    /// Where the applied state is kept (and local hosts' work dirs).
-    pub dir: PathBuf,
-    /// The agents; `None` in a dry run, where plans are shown and nothing is applied.
-    pub fleet: Option<Fleet>,
+/// A playing orchestra: its source, the last orchestra that loaded, and the conductor that
+/// holds what runs. Reloads and OSC commands go through [`Live::begin_reload`] /
+/// [`Live::begin_control`] and [`Live::finish`]; [`play`] is the loop around them.
+pub struct Live<H> {
+    source: Source,
+    conductor: Conductor<H>,
     /// The last orchestra that loaded without error.
-    pub loaded: Loaded,
-    /// What runs, as far as we applied it (persisted after each change).
-    pub applied: AppliedState,
-    /// Agent events, for agents started later (new hosts, replaced agents).
-    pub events: mpsc::UnboundedSender<(String, Event)>,
+    loaded: Loaded,
     watcher: Option<Watcher>,
-    /// Recent restarts of each client, to stop restarting one that keeps crashing.
-    restarts: Restarts,
-    /// When a lost agent was last replaced, per host.
-    respawned: Throttle,
     /// Hosts left out with `--skip-unreachable`, and since when.
-    pub unreachable: BTreeMap<String, Instant>,
+    unreachable: BTreeMap<String, Instant>,
     /// Changes made over OSC, laid over the script until reset.
-    pub layer: LiveLayer,
+    layer: LiveLayer,
     /// The router's table, rewritten after each applied change (none without OSC).
-    pub routes: Option<SharedRoutes>,
+    routes: Option<SharedRoutes>,
     /// Cores of overflow last warned about (the warning is repeated only when it changes).
-    pub overflow: u64,
-    /// What happens, for the terminal and any subscriber.
-    pub happenings: Events,
+    overflow: u64,
     /// Adaptations of modules already said (the first run says its own).
-    pub adapted_said: BTreeSet<String>,
+    adapted_said: BTreeSet<String>,
+    /// How long after the run's start the recording began (for the first-sound line).
+    record_offset: Option<Duration>,
 }
 
 /// What asked for an evaluation, and so what its outcome means.
@@ -107,46 +89,59 @@ impl Reloaded {
     }
 }
 
-impl Live {
+impl<H: Hosts> Live<H> {
+    /// Play on from the first apply: `first` is what it desired (its warnings were said).
     pub fn new(
         source: Source,
-        connect: ConnectOptions,
-        dir: PathBuf,
-        fleet: Option<Fleet>,
         loaded: Loaded,
-        applied: AppliedState,
-        events: mpsc::UnboundedSender<(String, Event)>,
-    ) -> Live {
+        conductor: Conductor<H>,
+        first: &Desired,
+    ) -> Live<H> {
         Live {
             source,
-            connect,
-            dir,
-            fleet,
+            conductor,
             loaded,
-            applied,
-            events,
             watcher: None,
-            restarts: Restarts::new(RestartPolicy::default()),
-            respawned: Throttle::new(RESPAWN_EVERY),
-            overflow: 0,
             unreachable: BTreeMap::new(),
             layer: LiveLayer::default(),
             routes: None,
-            happenings: Events::printed(),
-            adapted_said: BTreeSet::new(),
+            overflow: first.cost.overflow,
+            adapted_said: first.adapted.iter().cloned().collect(),
+            record_offset: None,
         }
     }
 
-    /// Watch the files of `loaded`; changes go to `changes`. Started before anything plays,
-    /// so an edit saved during start-up is applied right after it.
-    pub fn watcher(
-        loaded: &Loaded,
-        source: &Source,
-        changes: mpsc::UnboundedSender<Change>,
-    ) -> anyhow::Result<Watcher> {
-        let mut watcher = Watcher::new(crate::watch::DEBOUNCE, changes)?;
-        watcher.set(&loaded.orchestra.files, &source.modules)?;
-        Ok(watcher)
+    /// Changes made over OSC in an earlier run, laid over the script.
+    pub fn with_layer(mut self, layer: LiveLayer) -> Live<H> {
+        self.layer = layer;
+        self
+    }
+
+    /// Hosts that did not answer at start, not waited for again for a while.
+    pub fn left_out(mut self, hosts: impl IntoIterator<Item = String>) -> Live<H> {
+        let now = Instant::now();
+        self.unreachable.extend(hosts.into_iter().map(|h| (h, now)));
+        self
+    }
+
+    /// The recording began this long after the run started.
+    pub fn recording_from(mut self, offset: Option<Duration>) -> Live<H> {
+        self.record_offset = offset;
+        self
+    }
+
+    pub fn conductor(&self) -> &Conductor<H> {
+        &self.conductor
+    }
+
+    /// The conductor back, once playing is over (for the teardown).
+    pub fn into_conductor(self) -> Conductor<H> {
+        self.conductor
+    }
+
+    /// The live layer laid over the script now.
+    pub fn layer(&self) -> &LiveLayer {
+        &self.layer
     }
 
     /// Reload through `watcher` from now on (it follows the files each reload names).
@@ -176,7 +171,7 @@ impl Live {
     /// [`Live::finish`].
     pub fn begin_reload(&self, why: &[PathBuf]) -> Evaluation {
         let changed: Vec<String> = why.iter().map(|p| short(p)).collect();
-        self.happenings.emit(Happening::ReloadStarted {
+        self.tell(Happening::ReloadStarted {
             why: format!("{} changed", changed.join(", ")),
         });
         self.evaluate(self.layer.clone(), None, Asked::Files)
@@ -239,35 +234,41 @@ impl Live {
     }
 
     fn reload_started(&self, why: String) {
-        self.happenings.emit(Happening::ReloadStarted { why });
+        self.tell(Happening::ReloadStarted { why });
     }
 
     /// Nothing changed, and why.
     fn rejected(&self, error: String) -> Reloaded {
-        self.happenings.emit(Happening::Rejected {
+        self.tell(Happening::Rejected {
             error: error.clone(),
         });
         Reloaded::Rejected(error)
     }
 
     fn save_layer(&self) {
-        if let Err(e) = self
-            .layer
-            .save(&self.dir, &self.applied.deployment.orchestra)
-        {
-            self.happenings.emit(Happening::Error {
+        if let Err(e) = self.layer.save(
+            self.conductor.dir(),
+            &self.conductor.applied().deployment.orchestra,
+        ) {
+            self.tell(Happening::Error {
                 text: format!("cannot save the live layer: {e}"),
             });
         }
     }
 
+    /// Route OSC to blocks through `routes` from now on, rewritten after each applied change.
+    pub fn route_with(&mut self, routes: SharedRoutes) {
+        self.routes = Some(routes);
+        self.publish_routes();
+    }
+
     /// Publish where OSC blocks listen to the router.
-    pub fn publish_routes(&self) {
+    fn publish_routes(&self) {
         let Some(routes) = &self.routes else {
             return;
         };
         let mut table = crate::osc::dispatch::Routes::new();
-        for (block, endpoint) in &self.applied.deployment.osc {
+        for (block, endpoint) in &self.conductor.applied().deployment.osc {
             use std::net::ToSocketAddrs;
             match (endpoint.address.as_str(), endpoint.port).to_socket_addrs() {
                 Ok(mut addrs) => {
@@ -275,7 +276,7 @@ impl Live {
                         table.insert(block.clone(), addr);
                     }
                 }
-                Err(e) => self.happenings.emit(Happening::Warning {
+                Err(e) => self.tell(Happening::Warning {
                     text: format!("cannot route OSC to `{block}`: {}: {e}", endpoint.address),
                 }),
             }
@@ -292,7 +293,7 @@ impl Live {
         };
         if let Some(watcher) = self.watcher.as_mut() {
             if let Err(e) = watcher.set(&loaded.orchestra.files, &self.source.modules) {
-                self.happenings.emit(Happening::Warning {
+                self.tell(Happening::Warning {
                     text: e.to_string(),
                 });
             }
@@ -310,78 +311,28 @@ impl Live {
         // What an engine changed to fit a module: said once per module and what it says.
         for line in &desired.adapted {
             if self.adapted_said.insert(line.clone()) {
-                self.happenings
-                    .emit(Happening::Warning { text: line.clone() });
+                self.tell(Happening::Warning { text: line.clone() });
             }
-        }
-        let planned = started.elapsed();
-        self.restarts.forgive();
-        let plan = diff(&self.applied.deployment, &desired.deployment);
-        if plan.is_empty() {
-            self.happenings.emit(Happening::Unchanged {
-                took_ms: started.elapsed().as_millis(),
-            });
-            self.loaded = loaded;
-            self.applied.placement = desired.placement;
-            return Reloaded::Unchanged;
-        }
-        for line in describe(&plan, &self.applied.deployment, &desired.deployment) {
-            self.happenings.emit(Happening::Planned { line });
         }
         let next = AppliedState {
             deployment: desired.deployment,
             placement: desired.placement,
         };
-        let Some(fleet) = self.fleet.as_ref() else {
-            self.happenings.emit(Happening::DryRun {
-                took_ms: started.elapsed().as_millis(),
-            });
-            self.loaded = loaded;
-            self.applied = next;
-            return Reloaded::Applied;
-        };
-        match fleet.apply_or_roll_back(&plan).await {
-            Err(failures) => {
-                for (action, error) in &failures {
-                    self.happenings.emit(Happening::ActionFailed {
-                        action: action.line(),
-                        error: format!("{error:#}"),
-                        retried: false,
-                    });
-                }
-                self.happenings.emit(Happening::RolledBack {
-                    took_ms: started.elapsed().as_millis(),
-                });
-                let why = failures
-                    .first()
-                    .map(|(action, error)| format!("{}: {error:#}", action.line()))
-                    .unwrap_or_default();
-                return Reloaded::Rejected(why);
+        let converged = self.conductor.converge(next, Converge::Edit, started).await;
+        match converged {
+            Converged::Unchanged => {
+                self.loaded = loaded;
+                Reloaded::Unchanged
             }
-            Ok(failures) => {
-                for (action, error) in &failures {
-                    self.happenings.emit(Happening::ActionFailed {
-                        action: action.line(),
-                        error: format!("{error:#}"),
-                        retried: true,
-                    });
-                }
+            Converged::RolledBack { .. } => {
+                Reloaded::Rejected(converged.first_failure().unwrap_or_default())
+            }
+            Converged::Applied { .. } => {
+                self.loaded = loaded;
+                self.publish_routes();
+                Reloaded::Applied
             }
         }
-        self.loaded = loaded;
-        self.applied = next;
-        self.publish_routes();
-        if let Err(e) = state::save(&self.dir, &self.applied) {
-            self.happenings.emit(Happening::Error {
-                text: format!("cannot save the state: {e:#}"),
-            });
-        }
-        self.happenings.emit(Happening::Applied {
-            took_ms: started.elapsed().as_millis(),
-            planned_ms: planned.as_millis(),
-            counts: counts(&plan),
-        });
-        Reloaded::Applied
     }
 
     /// Place and deploy; hosts the result uses that have no agent yet (added to the hosts
@@ -392,155 +343,168 @@ impl Live {
         // A host that did not answer lately is not waited for again on every save.
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
-        loaded
-            .resolved
-            .hosts
-            .retain(|h| !self.unreachable.contains_key(&h.name));
         loop {
+            let left_out: BTreeSet<String> = self.unreachable.keys().cloned().collect();
+            let applied = self.conductor.applied();
             let desired = desire(
                 loaded,
-                Some(&self.applied.placement),
-                &self.applied.deployment,
+                Some(&applied.placement),
+                &applied.deployment,
                 &self.source.placement,
+                &left_out,
             )?;
-            let Some(fleet) = self.fleet.as_ref() else {
-                return Ok(desired);
-            };
             let new: Vec<crate::model::Host> = loaded
                 .resolved
                 .hosts
                 .iter()
                 .filter(|h| {
                     desired.deployment.hosts.contains_key(&h.name)
-                        && !fleet.sessions.contains_key(&h.name)
+                        && !self.conductor.has_agent(&h.name)
                 })
                 .cloned()
                 .collect();
-            if new.is_empty() || self.reach(new, loaded).await? {
+            if new.is_empty() {
                 return Ok(desired);
+            }
+            let reached = self.conductor.reach(new).await?;
+            if reached.left_out.is_empty() {
+                return Ok(desired);
+            }
+            let now = Instant::now();
+            for (host, _) in reached.left_out {
+                self.unreachable.insert(host, now);
             }
         }
     }
 
-    /// Bring up agents on `new` hosts; false when some were left out (place again).
-    async fn reach(
-        &mut self,
-        new: Vec<crate::model::Host>,
-        loaded: &mut Loaded,
-    ) -> anyhow::Result<bool> {
-        let Some(fleet) = self.fleet.as_mut() else {
-            return Ok(true);
-        };
-        let connected = fleet::connect(&new, &self.connect).await?;
-        for (host, why) in &connected.skipped {
-            self.happenings.emit(Happening::HostLeftOut {
-                host: host.clone(),
-                why: why.to_string(),
-            });
-            loaded.resolved.hosts.retain(|h| h.name != *host);
-            self.unreachable.insert(host.clone(), Instant::now());
-        }
-        let reached: Vec<crate::model::Host> = new
-            .into_iter()
-            .filter(|h| !connected.skipped.iter().any(|(s, _)| *s == h.name))
-            .collect();
-        let added = Fleet::bring_up(
-            &reached,
-            &connected,
-            &self.applied.deployment,
-            &self.dir,
-            &loaded.resolved.name,
-            self.applied.deployment.audio,
-            &self.events,
-        )
-        .await?;
-        added.finish_progress();
-        for host in added.sessions.keys() {
-            self.happenings
-                .emit(Happening::HostUp { host: host.clone() });
-        }
-        fleet.merge(added);
-        Ok(connected.skipped.is_empty())
-    }
-
     /// Compare what each agent reports with what was applied, and repair the difference.
     pub async fn reconcile(&mut self) {
-        let Some(fleet) = self.fleet.as_ref() else {
-            return;
-        };
-        let started = Instant::now();
-        let repaired =
-            executor::repair(fleet, &self.applied.deployment, &mut self.restarts, started).await;
-        let policy = self.restarts.policy;
-        for client in repaired.given_up {
-            self.happenings.emit(Happening::GaveUp {
-                client,
-                exits: policy.max_exits,
-                window_s: policy.window.as_secs(),
-            });
-        }
-        if !repaired.plan.is_empty() {
-            self.happenings.emit(Happening::Repaired {
-                actions: repaired.plan.actions.iter().map(Action::line).collect(),
-                failures: repaired
-                    .failures
-                    .iter()
-                    .map(|(action, error)| (action.line(), format!("{error:#}")))
-                    .collect(),
-                took_ms: started.elapsed().as_millis(),
-            });
-        }
-        for (host, error) in repaired.lost {
-            self.replace_agent(&host, error).await;
-        }
+        self.conductor.repair(&self.loaded.resolved.hosts).await;
     }
 
-    async fn replace_agent(&mut self, host: &str, error: anyhow::Error) {
-        if !self.respawned.allow(host, Instant::now()) {
-            return;
+    fn tell(&self, happening: Happening) {
+        self.conductor.events().emit(happening);
+    }
+
+    /// An agent's event: the first sound is told against the run's start (when recording).
+    fn tell_host_event(&self, host: String, event: Event) {
+        match event {
+            Event::FirstSound { after_ms } => {
+                if let Some(offset) = self.record_offset {
+                    self.tell(Happening::FirstSound {
+                        at_ms: (offset + Duration::from_millis(after_ms)).as_millis(),
+                    });
+                }
+            }
+            event => self.tell(Happening::Host { host, event }),
         }
-        let Some(spec) = self
-            .applied
-            .deployment
-            .hosts
-            .get(host)
-            .map(|h| h.host.clone())
-            .or_else(|| {
-                self.loaded
-                    .resolved
-                    .hosts
-                    .iter()
-                    .find(|h| h.name == host)
-                    .cloned()
-            })
-        else {
-            return;
+    }
+}
+
+/// Watch the files of `loaded`; changes go to `changes`. Started before anything plays,
+/// so an edit saved during start-up is applied right after it.
+pub fn watch_files(
+    loaded: &Loaded,
+    source: &Source,
+    changes: mpsc::UnboundedSender<Change>,
+) -> anyhow::Result<Watcher> {
+    let mut watcher = Watcher::new(crate::watch::DEBOUNCE, changes)?;
+    watcher.set(&loaded.orchestra.files, &source.modules)?;
+    Ok(watcher)
+}
+
+/// What the play loop listens to.
+pub struct Inputs<'a> {
+    /// What ends the run (Ctrl-C, SIGTERM, a test), resolving to why.
+    pub shutdown: Shutdown,
+    /// `--seconds`: the run ends by itself after this long.
+    pub until: Option<Duration>,
+    /// Agents' events (synth exits, first sound, JACK gone).
+    pub events: &'a mut mpsc::UnboundedReceiver<(String, Event)>,
+    /// Saved files.
+    pub changes: mpsc::UnboundedReceiver<Change>,
+    /// OSC commands.
+    pub control: mpsc::UnboundedReceiver<ControlRequest>,
+}
+
+/// What ends a run, resolving to why (for the "stopping (…)" line).
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// Where the answer to an OSC command goes once it is applied.
+type ControlReply = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// How often what runs is compared with what was applied (exits repair at once).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// Play until `shutdown` or `until`: reload on each change (merging those that arrive while
+/// one is evaluated or applied into the next), reconcile every second and whenever a synth
+/// exits. In a dry run nothing is reconciled (the conductor acts on nothing).
+pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
+    let Inputs {
+        mut shutdown,
+        until,
+        events,
+        mut changes,
+        mut control,
+    } = inputs;
+    let until = until.map(|d| tokio::time::Instant::now() + d);
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reconcile.reset();
+    // One evaluation at a time runs in its worker while this loop goes on serving signals,
+    // agent events and reconciles; saves and commands that come meanwhile wait in their
+    // channels and are merged into the next one.
+    let mut evaluating: Option<(Evaluation, Option<ControlReply>)> = None;
+    loop {
+        let timer = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
         };
-        self.happenings.emit(Happening::AgentLost {
-            host: host.to_string(),
-            error: format!("{error:#}"),
-        });
-        let Some(fleet) = self.fleet.as_mut() else {
-            return;
+        let busy = evaluating.is_some();
+        let evaluated = async {
+            match evaluating.as_mut() {
+                Some((evaluation, _)) => evaluation.future.as_mut().await,
+                None => std::future::pending().await,
+            }
         };
-        match fleet
-            .respawn(
-                &spec,
-                &self.applied.deployment,
-                &self.dir,
-                &self.applied.deployment.orchestra,
-                self.applied.deployment.audio,
-                &self.events,
-            )
-            .await
-        {
-            Ok(hello) => self.happenings.emit(Happening::AgentReplaced {
-                host: host.to_string(),
-                adopted: hello.adopted.len(),
-            }),
-            Err(e) => self.happenings.emit(Happening::Error {
-                text: format!("cannot start a new agent on {host}: {e:#}"),
-            }),
+        tokio::select! {
+            why = &mut shutdown => {
+                live.tell(Happening::Stopping { why });
+                break;
+            }
+            _ = timer => break,
+            loaded = evaluated => {
+                let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
+                let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
+                if let Some(reply) = reply {
+                    if let Err(why) = &answer {
+                        eprintln!("  OSC command refused: {why}");
+                    }
+                    let _ = reply.send(answer);
+                }
+            }
+            Some(change) = changes.recv(), if !busy => {
+                let mut paths = change.paths;
+                while let Ok(more) = changes.try_recv() {
+                    paths.extend(more.paths);
+                }
+                paths.sort();
+                paths.dedup();
+                evaluating = Some((live.begin_reload(&paths), None));
+            }
+            Some(request) = control.recv(), if !busy => {
+                evaluating = Some((live.begin_control(request.command), Some(request.reply)));
+            }
+            Some((host, event)) = events.recv() => {
+                let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });
+                live.tell_host_event(host, event);
+                if exited {
+                    live.reconcile().await;
+                }
+            }
+            _ = reconcile.tick() => live.reconcile().await,
         }
     }
 }
@@ -550,70 +514,4 @@ fn short(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// `1 started, 2 replaced, …`, leaving out what did not happen.
-pub fn counts(plan: &Plan) -> String {
-    let [started, replaced, stopped, connected, disconnected] = plan.counts();
-    let parts: Vec<String> = [
-        (started, "started"),
-        (replaced, "replaced or moved"),
-        (stopped, "stopped"),
-        (connected, "connected"),
-        (disconnected, "disconnected"),
-    ]
-    .iter()
-    .filter(|(n, _)| *n > 0)
-    .map(|(n, what)| format!("{n} {what}"))
-    .collect();
-    parts.join(", ")
-}
-
-/// The plan as a musician reads it: blocks started (+), replaced or moved (~, from → to),
-/// stopped (−), connections made and cut; network links as one line each rather than their
-/// jacktrip processes and edges.
-pub fn describe(plan: &Plan, before: &Deployment, after: &Deployment) -> Vec<String> {
-    let link_ids: BTreeSet<&str> = before
-        .links
-        .iter()
-        .chain(&after.links)
-        .map(|l| l.id.as_str())
-        .collect();
-    let is_link_port = |port: &str| link_ids.contains(port.split(':').next().unwrap_or(""));
-    let is_link_block = |block: &str| link_ids.contains(block.split('.').next().unwrap_or(""));
-    let mut lines: Vec<String> = plan
-        .actions
-        .iter()
-        .filter(|a| match a {
-            Action::Start { process, .. } => !is_link_block(&process.block),
-            Action::Stop {
-                block, replaced, ..
-            } => !replaced && !is_link_block(block),
-            Action::Connect { edge, .. } | Action::Disconnect { edge, .. } => {
-                !is_link_port(&edge.from) && !is_link_port(&edge.to)
-            }
-        })
-        .map(Action::line)
-        .collect();
-    let ids =
-        |d: &Deployment| -> BTreeSet<String> { d.links.iter().map(|l| l.id.clone()).collect() };
-    let (old, new) = (ids(before), ids(after));
-    for link in after.links.iter().filter(|l| !old.contains(&l.id)) {
-        lines.push(format!(
-            "+ link {} → {} ({}, udp {})",
-            link.from_host, link.to_host, link.id, link.server_port
-        ));
-    }
-    for link in before.links.iter().filter(|l| !new.contains(&l.id)) {
-        lines.push(format!(
-            "- link {} → {} ({})",
-            link.from_host, link.to_host, link.id
-        ));
-    }
-    if lines.len() > MAX_LINES {
-        let more = lines.len() - MAX_LINES;
-        lines.truncate(MAX_LINES);
-        lines.push(format!("… and {more} more"));
-    }
-    lines
 }

@@ -6,10 +6,11 @@
 use crate::deploy::{redeploy, Deployment};
 use crate::model::Orchestra;
 use crate::modules::{Engines, ModuleLibrary};
-use crate::placement::{place, Cost, Options as PlacementOptions, Placement};
+use crate::placement::{place_without, Cost, Options as PlacementOptions, Placement};
 use crate::resolve::{resolve, Resolved};
 use crate::script::layer::{LiveLayer, LiveOp};
 use anyhow::{anyhow, Result};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 /// Where the orchestra comes from and how to place it.
@@ -97,14 +98,16 @@ pub struct Desired {
     pub adapted: Vec<String>,
 }
 
-/// Place and deploy; `running` is what plays now (links that stay keep their ports).
+/// Place and deploy on the orchestra's hosts but those `left_out` (they do not answer);
+/// `running` is what plays now (links that stay keep their ports).
 pub fn desire(
     loaded: &Loaded,
     previous: Option<&Placement>,
     running: &Deployment,
     options: &PlacementOptions,
+    left_out: &BTreeSet<String>,
 ) -> Result<Desired> {
-    let solution = place(&loaded.resolved, previous, options)?;
+    let solution = place_without(&loaded.resolved, previous, options, left_out)?;
     let (placement, cost, optimal) = (solution.placement, solution.cost, solution.optimal);
     let mut engines = Engines::new();
     let deployment = redeploy(

@@ -1,7 +1,7 @@
 //! Plan: the ordered actions that turn what runs into what is desired, make-before-break:
 //! start new processes → connect new edges → disconnect old edges → stop old processes; the
-//! undo of a change's making half; and the repair plan from what the agents observe to what
-//! was applied.
+//! undo of a change's making half; the repair plan from what the agents observe to what was
+//! applied; and the plan as a musician reads it.
 
 use crate::deploy::{Deployment, Edge, ProcessSpec};
 use serde_json::json;
@@ -324,4 +324,73 @@ pub fn repair(applied: &Deployment, observed: &BTreeMap<String, Observed>) -> Re
         }
     }
     out
+}
+
+/// Most lines of one plan shown on the terminal.
+const MAX_LINES: usize = 40;
+
+/// `1 started, 2 replaced, …`, leaving out what did not happen.
+pub fn counts_line(plan: &Plan) -> String {
+    let [started, replaced, stopped, connected, disconnected] = plan.counts();
+    let parts: Vec<String> = [
+        (started, "started"),
+        (replaced, "replaced or moved"),
+        (stopped, "stopped"),
+        (connected, "connected"),
+        (disconnected, "disconnected"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    parts.join(", ")
+}
+
+/// The plan as a musician reads it: blocks started (+), replaced or moved (~, from → to),
+/// stopped (−), connections made and cut; network links as one line each rather than their
+/// jacktrip processes and edges.
+pub fn describe(plan: &Plan, before: &Deployment, after: &Deployment) -> Vec<String> {
+    let link_ids: BTreeSet<&str> = before
+        .links
+        .iter()
+        .chain(&after.links)
+        .map(|l| l.id.as_str())
+        .collect();
+    let is_link_port = |port: &str| link_ids.contains(port.split(':').next().unwrap_or(""));
+    let is_link_block = |block: &str| link_ids.contains(block.split('.').next().unwrap_or(""));
+    let mut lines: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|a| match a {
+            Action::Start { process, .. } => !is_link_block(&process.block),
+            Action::Stop {
+                block, replaced, ..
+            } => !replaced && !is_link_block(block),
+            Action::Connect { edge, .. } | Action::Disconnect { edge, .. } => {
+                !is_link_port(&edge.from) && !is_link_port(&edge.to)
+            }
+        })
+        .map(Action::line)
+        .collect();
+    let ids =
+        |d: &Deployment| -> BTreeSet<String> { d.links.iter().map(|l| l.id.clone()).collect() };
+    let (old, new) = (ids(before), ids(after));
+    for link in after.links.iter().filter(|l| !old.contains(&l.id)) {
+        lines.push(format!(
+            "+ link {} → {} ({}, udp {})",
+            link.from_host, link.to_host, link.id, link.server_port
+        ));
+    }
+    for link in before.links.iter().filter(|l| !new.contains(&l.id)) {
+        lines.push(format!(
+            "- link {} → {} ({})",
+            link.from_host, link.to_host, link.id
+        ));
+    }
+    if lines.len() > MAX_LINES {
+        let more = lines.len() - MAX_LINES;
+        lines.truncate(MAX_LINES);
+        lines.push(format!("… and {more} more"));
+    }
+    lines
 }

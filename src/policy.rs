@@ -22,6 +22,23 @@ impl Default for RestartPolicy {
     }
 }
 
+/// Every retry rule of a run, as data (tests shorten them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policies {
+    pub restart: RestartPolicy,
+    /// A lost agent is replaced at most this often per host.
+    pub respawn_every: Duration,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            restart: RestartPolicy::default(),
+            respawn_every: Duration::from_secs(5),
+        }
+    }
+}
+
 /// What to do with a synth found dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restart {

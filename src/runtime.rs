@@ -2,26 +2,26 @@
 //! until a signal (Ctrl-C, SIGTERM, `--seconds`), and tear down by applying the diff to an
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
-use crate::agent::protocol::{DownReply, Event, Request};
+use crate::agent::protocol::{DownReply, Request};
+use crate::conductor::{Conductor, Converge, Converged};
 use crate::deploy::Deployment;
+use crate::events::Events;
 use crate::first_run::BroughtUp;
-use crate::hosts::fleet::{self, ConnectOptions, Fleet};
-use crate::live::{Evaluation, Live};
+use crate::hosts::fleet::{self, AgentSetup, ConnectOptions, Fleet};
+use crate::live::{play, Inputs, Live};
 use crate::model::Host;
 use crate::osc::server::{ControlRequest, OscOptions, OscServer, Serving, SharedRoutes};
-use crate::plan::{diff, Action};
 use crate::script::layer::LiveLayer;
 use crate::state::{self, AppliedState};
 use crate::watch::Change;
 use anyhow::{anyhow, bail, Context, Result};
 use futures::FutureExt;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How often what runs is compared with what was applied (exits repair at once).
-const RECONCILE_EVERY: Duration = Duration::from_secs(1);
-
+pub use crate::live::Shutdown;
 pub use crate::pipeline::{
     desire, load, load_with, load_with_async, warn_adapted, warn_overflow, Desired, Loaded, Source,
 };
@@ -45,49 +45,6 @@ pub struct RunOptions {
     pub osc_explicit: bool,
 }
 
-fn report_event(host: &str, event: &Event, started: Instant, record_offset: Option<Duration>) {
-    match event {
-        Event::Exited {
-            block,
-            client,
-            code,
-            signal,
-            log_tail,
-        } => {
-            let how = match (code, signal) {
-                (Some(c), _) => format!("exited with code {c}"),
-                (_, Some(s)) => format!("was killed by signal {s}"),
-                _ => "exited".to_string(),
-            };
-            eprintln!("error: block `{block}` ({client}) on {host} {how}; the rest keeps playing. Its log ends:");
-            for line in log_tail.lines() {
-                eprintln!("  | {line}");
-            }
-        }
-        Event::FirstSound { after_ms } => {
-            if let Some(offset) = record_offset {
-                let total = offset + Duration::from_millis(*after_ms);
-                eprintln!(
-                    "first sound at the DAC {} ms after start",
-                    total.as_millis()
-                );
-            }
-            let _ = started;
-        }
-        Event::JackRestarted {
-            reason,
-            synths,
-            edges,
-            after_ms,
-        } => eprintln!(
-            "jackd on {host} died ({reason}); restarted, {synths} synth(s) and {edges} edge(s) back in {after_ms} ms"
-        ),
-        Event::JackFailed { reason, error } => eprintln!(
-            "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"
-        ),
-    }
-}
-
 /// `orchestra run`: play until `shutdown` resolves (Ctrl-C, SIGTERM, SIGHUP: see
 /// [`shutdown_on_signals`]) or `--seconds` pass, then tear down. Shutdown is passed in, as in
 /// mini-redis's `server::run(listener, shutdown)`, so a test can stop a run by itself.
@@ -95,14 +52,14 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     let started = Instant::now();
     let dir = state::state_dir(&options.source.script, options.state_dir.as_deref());
     // Changes made over OSC in an earlier run are laid over the script again.
-    let mut layer = LiveLayer::load(&dir, &crate::script::orchestra_name(&options.source.script));
+    let layer = LiveLayer::load(&dir, &crate::script::orchestra_name(&options.source.script));
     if !layer.is_empty() {
         eprintln!(
             "live layer from the last run ({} change(s); /orchestra/reset drops it)",
             layer.ops.len()
         );
     }
-    let mut loaded = load_with(&options.source, &layer, None).map_err(|e| {
+    let loaded = load_with(&options.source, &layer, None).map_err(|e| {
         if layer.is_empty() {
             e
         } else {
@@ -121,15 +78,16 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     let osc_server = bind_osc(&options).await?;
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let watcher = if options.watch {
-        Some(Live::watcher(&loaded, &options.source, changes_tx)?)
+        Some(crate::live::watch_files(
+            &loaded,
+            &options.source,
+            changes_tx,
+        )?)
     } else {
         None
     };
     if options.dry_run {
-        return dry_run(
-            &options, loaded, previous, &dir, shutdown, watcher, changes_rx,
-        )
-        .await;
+        return dry_run(&options, loaded, previous, shutdown, watcher, changes_rx).await;
     }
 
     // Every host is dialled and its key checked before anything starts anywhere.
@@ -140,25 +98,27 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         }
     }
     let connected = fleet::connect(&all_hosts, &options.connect).await?;
-    if !connected.skipped.is_empty() {
-        for (host, why) in &connected.skipped {
-            eprintln!("warning: leaving out {host}: {why}");
-        }
-        let skipped: Vec<&str> = connected.skipped.iter().map(|(h, _)| h.as_str()).collect();
-        loaded
+    let left_out: BTreeSet<String> = connected.skipped.iter().map(|(h, _)| h.clone()).collect();
+    for (host, why) in &connected.skipped {
+        eprintln!("warning: leaving out {host}: {why}");
+    }
+    if !left_out.is_empty() {
+        if loaded
             .resolved
             .hosts
-            .retain(|h| !skipped.contains(&h.name.as_str()));
-        if loaded.resolved.hosts.is_empty() {
+            .iter()
+            .all(|h| left_out.contains(&h.name))
+        {
             bail!("no host answered");
         }
-        all_hosts.retain(|h| !skipped.contains(&h.name.as_str()));
+        all_hosts.retain(|h| !left_out.contains(&h.name));
     }
     let desired = desire(
         &loaded,
         previous.as_ref().map(|p| &p.placement),
         &current,
         &options.source.placement,
+        &left_out,
     )?;
     warn_overflow(&loaded, &desired);
     warn_adapted(&desired);
@@ -173,16 +133,16 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         .cloned()
         .collect();
     state::record_hosts(&dir, &involved)?;
-    let fleet = Fleet::bring_up(
-        &involved,
-        &connected,
-        &current,
-        &dir,
-        &loaded.resolved.name,
-        desired.deployment.audio,
-        &event_tx,
-    )
-    .await?;
+    let mut fleet = Fleet::new(AgentSetup {
+        connect: options.connect.clone(),
+        state_dir: dir.clone(),
+        orchestra: loaded.resolved.name.clone(),
+        events: event_tx,
+    });
+    let remote = !connected.ssh.is_empty();
+    fleet
+        .bring_up(&involved, connected, &current, desired.deployment.audio)
+        .await?;
     for (host, hello) in &fleet.hellos {
         if !hello.adopted.is_empty() {
             eprintln!(
@@ -193,7 +153,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         let dummy = all_hosts
             .iter()
             .any(|h| h.name == *host && h.jack.driver.as_deref().unwrap_or("dummy") == "dummy");
-        if hello.jack_started && dummy && options.record.is_none() && !fleet.has_remote() {
+        if hello.jack_started && dummy && options.record.is_none() && !remote {
             eprintln!(
                 "started a silent JACK server (dummy driver) on {host}: nothing is audible here; \
                  add --record out.wav to hear what reaches the DAC"
@@ -205,7 +165,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     if let Some(path) = &options.record {
         let host = record_host(&loaded, &desired)?;
         let local = std::path::absolute(path)?;
-        let remote = connected.ssh.contains_key(&host);
+        let remote = fleet.is_remote(&host);
         // A remote host records beside its work and the file is fetched at the end.
         let asked = if remote {
             "record.wav".to_string()
@@ -231,33 +191,33 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         }
     }
 
-    let plan = diff(&current, &desired.deployment);
-    let failures = fleet.apply(&plan).await;
-    let mut applied = AppliedState {
+    let mut conductor = Conductor::new(
+        fleet,
+        previous.unwrap_or_default(),
+        dir.clone(),
+        Events::printed(),
+    );
+    let next = AppliedState {
         deployment: desired.deployment.clone(),
         placement: desired.placement.clone(),
     };
-    for (action, error) in &failures {
-        eprintln!("error: {}: {error:#}", action.line());
-        // A synth that did not start is not retried until the orchestra is reloaded.
-        if let Action::Start { host, process, .. } = action {
-            if let Some(h) = applied.deployment.hosts.get_mut(host) {
-                h.processes.remove(&process.block);
-            }
+    let converged = conductor.converge(next, Converge::First, started).await;
+    let failures = match &converged {
+        Converged::Applied { failures, .. } | Converged::RolledBack { failures } => {
+            failures.as_slice()
         }
-    }
-    state::save(&dir, &applied)?;
-    let brought_up = BroughtUp::judge(&desired.deployment, &failures);
-    wait_for_edges(&fleet, &desired, started, &brought_up).await;
+        Converged::Unchanged => &[],
+    };
+    let brought_up = BroughtUp::judge(&desired.deployment, failures);
+    wait_for_edges(conductor.hosts(), &desired, started, &brought_up).await;
+    let fleet = conductor.hosts();
     if fleet.has_remote() || fleet.sessions.len() > 1 {
         // What started: a synth that failed is not listed as playing on its host.
-        eprint!("{}", summary(&applied.deployment, &fleet));
+        eprint!("{}", summary(&conductor.applied().deployment, fleet));
     }
     if !brought_up.can_sound {
         // Nothing would ever be heard: stop what did start rather than play silence.
-        let stopped = teardown(&fleet, &applied.deployment, &dir).await;
-        fleet.close().await;
-        stopped?;
+        teardown(conductor, None).await?;
         bail!(
             "nothing can sound: {}; stopped what had started. Fix the failures above and run again",
             if brought_up.failed_synths() == brought_up.synths {
@@ -268,21 +228,10 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         );
     }
 
-    let mut live = Live::new(
-        options.source.clone(),
-        options.connect.clone(),
-        dir.clone(),
-        Some(fleet),
-        loaded,
-        std::mem::take(&mut applied),
-        event_tx,
-    );
-    live.overflow = desired.cost.overflow;
-    live.adapted_said = desired.adapted.iter().cloned().collect();
-    for (host, _) in &connected.skipped {
-        live.unreachable.insert(host.clone(), Instant::now());
-    }
-    live.layer = std::mem::take(&mut layer);
+    let mut live = Live::new(options.source.clone(), loaded, conductor, &desired)
+        .with_layer(layer)
+        .left_out(left_out)
+        .recording_from(record_offset);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let osc = osc_server.map(|server| serve_osc(server, &mut live, control_tx));
     if let Some(watcher) = watcher {
@@ -290,26 +239,24 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     }
     let inputs = Inputs {
         shutdown,
+        until: options.seconds.map(|s| Duration::from_secs_f64(s.max(0.0))),
         events: &mut event_rx,
         changes: changes_rx,
         control: control_rx,
     };
     // A bug that panics in the control loop still tears down: synths are never left playing
     // with nobody to stop them.
-    let outcome =
-        std::panic::AssertUnwindSafe(play(&mut live, &options, inputs, started, record_offset))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(anyhow!(
-                    "internal error ({what}); stopped everything it started"
-                ))
-            });
+    let outcome = std::panic::AssertUnwindSafe(play(&mut live, inputs))
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            anyhow!("internal error ({what}); stopped everything it started")
+        });
     if let Some((server, serving)) = osc {
         serving.stop();
         if server
@@ -321,15 +268,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
             eprintln!("{}", server.counters.line());
         }
     }
-    let fleet = live.fleet.take().expect("a live run has a fleet");
-    let stopped = teardown(&fleet, &live.applied.deployment, &dir).await;
-    if let Some((host, remote, local)) = &recording {
-        if let Err(e) = fleet.download(host, remote, local).await {
-            eprintln!("error: cannot fetch the recording from {host}: {e:#}");
-        }
-    }
-    fleet.close().await;
-    stopped?;
+    teardown(live.into_conductor(), recording.as_ref()).await?;
     outcome
 }
 
@@ -481,9 +420,6 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: 
     }
 }
 
-/// What ends a run, resolving to why (for the "stopping (…)" line).
-pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
-
 /// Ctrl-C, SIGTERM or SIGHUP (the terminal closed; the default would leave synths playing).
 /// The handlers are installed at once, so a signal during start-up waits for it to finish and
 /// then tears down cleanly.
@@ -523,12 +459,11 @@ async fn bind_osc(options: &RunOptions) -> Result<Option<OscServer>> {
 /// Serve OSC: commands go to `control`, block messages are routed at once.
 fn serve_osc(
     server: OscServer,
-    live: &mut Live,
+    live: &mut Live<Fleet>,
     control: mpsc::UnboundedSender<ControlRequest>,
 ) -> (OscServer, Serving) {
     let routes = SharedRoutes::default();
-    live.routes = Some(routes.clone());
-    live.publish_routes();
+    live.route_with(routes.clone());
     let task = server.spawn(routes, control);
     if let Ok(addr) = server.local_addr() {
         eprintln!(
@@ -538,105 +473,12 @@ fn serve_osc(
     (server, task)
 }
 
-/// What the control loop listens to.
-struct Inputs<'a> {
-    shutdown: Shutdown,
-    /// Agents' events (synth exits, first sound, JACK gone).
-    events: &'a mut mpsc::UnboundedReceiver<(String, Event)>,
-    /// Saved files.
-    changes: mpsc::UnboundedReceiver<Change>,
-    /// OSC commands.
-    control: mpsc::UnboundedReceiver<ControlRequest>,
-}
-
-/// Play until a signal or `--seconds`: reload on each change (merging those that arrive while
-/// one is applied), reconcile every second and whenever a synth exits. A dry run (no fleet)
-/// only reloads.
-async fn play(
-    live: &mut Live,
-    options: &RunOptions,
-    inputs: Inputs<'_>,
-    started: Instant,
-    record_offset: Option<Duration>,
-) -> Result<()> {
-    let Inputs {
-        mut shutdown,
-        events,
-        mut changes,
-        mut control,
-    } = inputs;
-    let until = options
-        .seconds
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    reconcile.reset();
-    // One evaluation at a time runs in its worker while this loop goes on serving signals,
-    // agent events and reconciles; saves and commands that come meanwhile wait in their
-    // channels and are merged into the next one.
-    let mut evaluating: Option<(Evaluation, Option<ControlReply>)> = None;
-    loop {
-        let timer = async {
-            match until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        let busy = evaluating.is_some();
-        let evaluated = async {
-            match evaluating.as_mut() {
-                Some((evaluation, _)) => evaluation.future.as_mut().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            why = &mut shutdown => { eprintln!("stopping ({why})"); break; }
-            _ = timer => { break; }
-            loaded = evaluated => {
-                let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
-                let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
-                if let Some(reply) = reply {
-                    if let Err(why) = &answer {
-                        eprintln!("  OSC command refused: {why}");
-                    }
-                    let _ = reply.send(answer);
-                }
-            }
-            Some(change) = changes.recv(), if !busy => {
-                let mut paths = change.paths;
-                while let Ok(more) = changes.try_recv() {
-                    paths.extend(more.paths);
-                }
-                paths.sort();
-                paths.dedup();
-                evaluating = Some((live.begin_reload(&paths), None));
-            }
-            Some(request) = control.recv(), if !busy => {
-                evaluating = Some((live.begin_control(request.command), Some(request.reply)));
-            }
-            Some((host, event)) = events.recv() => {
-                let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });
-                report_event(&host, &event, started, record_offset);
-                if exited {
-                    live.reconcile().await;
-                }
-            }
-            _ = reconcile.tick() => live.reconcile().await,
-        }
-    }
-    Ok(())
-}
-
-/// Where the answer to an OSC command goes once it is applied.
-type ControlReply = tokio::sync::oneshot::Sender<Result<String, String>>;
-
 /// `run --dry-run`: the plan from what runs (per the state) to the script, then one plan per
 /// change, each from the previous plan's result; nothing is started or contacted.
 async fn dry_run(
     options: &RunOptions,
     loaded: Loaded,
     previous: Option<AppliedState>,
-    dir: &Path,
     shutdown: Shutdown,
     watcher: Option<crate::watch::Watcher>,
     changes: mpsc::UnboundedReceiver<Change>,
@@ -647,33 +489,23 @@ async fn dry_run(
         Some(&previous.placement),
         &previous.deployment,
         &options.source.placement,
+        &BTreeSet::new(),
     )?;
     warn_overflow(&loaded, &desired);
     warn_adapted(&desired);
-    let plan = diff(&previous.deployment, &desired.deployment);
     eprintln!("dry run: nothing is started or changed; the plan from what runs now:");
-    for line in crate::live::describe(&plan, &previous.deployment, &desired.deployment) {
-        eprintln!("  {line}");
-    }
-    if plan.is_empty() {
+    let mut conductor = Conductor::dry_run(previous, Events::printed());
+    let next = AppliedState {
+        deployment: desired.deployment.clone(),
+        placement: desired.placement.clone(),
+    };
+    let converged = conductor
+        .converge(next, Converge::First, Instant::now())
+        .await;
+    if matches!(converged, Converged::Unchanged) {
         eprintln!("  nothing to change");
     }
-    let applied = AppliedState {
-        deployment: desired.deployment,
-        placement: desired.placement,
-    };
-    let (events, _) = mpsc::unbounded_channel();
-    let mut live = Live::new(
-        options.source.clone(),
-        options.connect.clone(),
-        dir.to_path_buf(),
-        None,
-        loaded,
-        applied,
-        events,
-    );
-    live.overflow = desired.cost.overflow;
-    live.adapted_said = desired.adapted.iter().cloned().collect();
+    let mut live = Live::new(options.source.clone(), loaded, conductor, &desired);
     if let Some(watcher) = watcher {
         live.watch_with(watcher);
         eprintln!("watching for changes (Ctrl-C stops)");
@@ -682,43 +514,62 @@ async fn dry_run(
     let (_, no_control) = mpsc::unbounded_channel();
     let inputs = Inputs {
         shutdown,
+        until: options.seconds.map(|s| Duration::from_secs_f64(s.max(0.0))),
         events: &mut no_events,
         changes,
         control: no_control,
     };
-    play(&mut live, options, inputs, Instant::now(), None).await
+    play(&mut live, inputs).await;
+    Ok(())
 }
 
-/// Apply the diff to an empty deployment, then let each agent stop the jackd it started.
-/// The recording stops first, so it ends with the music and not with the synths stopping.
-/// The state file goes only when everything stopped: otherwise `orchestra down` still knows
-/// what to stop (its fresh agents adopt what is left).
-async fn teardown(fleet: &Fleet, running: &Deployment, dir: &Path) -> Result<()> {
+/// A recording on a remote host, fetched at the end: (host, its path there, the local path).
+type RemoteRecording = (String, String, PathBuf);
+
+/// Converge to the empty deployment, then let each agent stop the jackd it started. The
+/// recording stops first, so it ends with the music and not with the synths stopping, and a
+/// remote one is fetched before the sessions close. The state file goes only when everything
+/// stopped: otherwise `orchestra down` still knows what to stop (its fresh agents adopt what
+/// is left).
+async fn teardown(
+    mut conductor: Conductor<Fleet>,
+    recording: Option<&RemoteRecording>,
+) -> Result<()> {
     let mut failures = 0;
-    for session in fleet.sessions.values() {
+    for session in conductor.hosts().sessions.values() {
         if let Err(e) = session.call(Request::StopRecording).await {
             eprintln!("error: cannot finish the recording: {e:#}");
             failures += 1;
         }
     }
-    let plan = diff(running, &Deployment::default());
-    for (action, error) in fleet.apply(&plan).await {
-        eprintln!("error: {}: {error:#}", action.line());
-        failures += 1;
+    let orchestra = conductor.applied().deployment.orchestra.clone();
+    let converged = conductor
+        .converge(AppliedState::default(), Converge::Teardown, Instant::now())
+        .await;
+    if let Converged::Applied { failures: f, .. } = &converged {
+        failures += f.len();
     }
+    let dir = conductor.dir().to_path_buf();
+    let fleet = conductor.into_hosts();
     for session in fleet.sessions.values() {
         if let Err(e) = session.call(Request::Shutdown { stop_jack: true }).await {
             eprintln!("error: {e:#}");
             failures += 1;
         }
     }
+    if let Some((host, remote, local)) = recording {
+        if let Err(e) = fleet.download(host, remote, local).await {
+            eprintln!("error: cannot fetch the recording from {host}: {e:#}");
+        }
+    }
+    fleet.close().await;
     if failures > 0 {
         bail!(
             "teardown incomplete ({failures} step(s) failed); the state is kept in {}: run `orchestra down` to finish it",
             dir.display()
         );
     }
-    state::clear(dir, &running.orchestra)?;
+    state::clear(&dir, &orchestra)?;
     Ok(())
 }
 
@@ -738,14 +589,17 @@ pub async fn down(script: &Path, state_dir: Option<&Path>, connect: &ConnectOpti
         return Ok(());
     }
     let connected = fleet::connect(&hosts, connect).await?;
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let setup = AgentSetup {
+        connect: connect.clone(),
+        state_dir: dir.clone(),
+        orchestra: name.clone(),
+        events: mpsc::unbounded_channel().0,
+    };
     let stops = hosts.iter().map(|host| {
         let ssh = connected.ssh.get(&host.name).cloned();
-        let workdir = state::local_workdir(&dir, &host.name);
-        let (tx, name) = (tx.clone(), name.clone());
+        let setup = &setup;
         async move {
-            let (session, workdir) =
-                fleet::open_agent(host, ssh.as_deref(), &workdir, &name, &tx).await?;
+            let (session, workdir) = setup.open_agent(host, ssh.as_deref(), None).await?;
             let reply = session.call(Request::Down { workdir }).await;
             session.close().await;
             Ok::<DownReply, anyhow::Error>(serde_json::from_value(reply?)?)

@@ -1,20 +1,32 @@
-//! The executor against in-memory hosts (no jackd, no csound): make-before-break changes that
-//! fail are undone and leave what played untouched; repair restores what was applied; the
-//! restart policy leaves a synth that keeps dying stopped until the next reload.
+//! The executor and the conductor against in-memory hosts (no jackd, no csound):
+//! make-before-break changes that fail are undone and leave what played untouched; repair
+//! restores what was applied; the restart policy leaves a synth that keeps dying stopped until
+//! the next reload; a lost agent is replaced no more often than the policy says; edits saved
+//! while one is applied are merged into one reload.
 
+use cloud_orchestra::conductor::{Conductor, Converge};
 use cloud_orchestra::deploy::{deploy, Deployment, Edge};
-use cloud_orchestra::executor::{apply, apply_or_roll_back, repair, Hosts};
+use cloud_orchestra::events::{Events, Happening};
+use cloud_orchestra::executor::{apply, apply_or_roll_back, repair, Hosts, Reached};
+use cloud_orchestra::live::{play, Inputs, Live};
+use cloud_orchestra::model::Host;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
+use cloud_orchestra::pipeline::{desire, load, Source};
 use cloud_orchestra::placement::{place, Options};
 use cloud_orchestra::plan::{diff, Action, Observed};
-use cloud_orchestra::policy::{RestartPolicy, Restarts};
+use cloud_orchestra::policy::{Policies, RestartPolicy, Restarts};
 use cloud_orchestra::resolve::resolve;
 use cloud_orchestra::script::orchestra_from_text;
+use cloud_orchestra::state::{self, AppliedState};
+use cloud_orchestra::watch::Change;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// What one fake host runs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,52 +36,72 @@ struct FakeHost {
     edges: BTreeSet<Edge>,
 }
 
-/// Hosts in memory, with failures to inject.
-#[derive(Default)]
-struct FakeHosts {
+/// Hosts in memory, with failures to inject; clones share the same hosts, so a test keeps
+/// one while the conductor owns another.
+#[derive(Clone)]
+struct FakeHosts(Arc<Inner>);
+
+struct Inner {
     hosts: Mutex<BTreeMap<String, FakeHost>>,
     /// Clients whose start fails (a compile error, say).
-    fail_start: BTreeSet<String>,
+    fail_start: Mutex<BTreeSet<String>>,
     /// Edges an agent holds but whose ports never appear.
-    never_appear: BTreeSet<Edge>,
-    /// Hosts whose agent does not answer.
-    lost: BTreeSet<String>,
+    never_appear: Mutex<BTreeSet<Edge>>,
+    /// Hosts whose agent does not answer (a new agent does not help while `stay_lost`).
+    lost: Mutex<BTreeSet<String>>,
+    stay_lost: AtomicBool,
     /// Every action carried out, in order.
     log: Mutex<Vec<String>>,
+    /// Hosts whose agent was replaced, in order.
+    respawned: Mutex<Vec<String>>,
+    /// Actions wait while this is false (an apply in progress, held open by the test).
+    open: watch::Sender<bool>,
 }
 
 impl FakeHosts {
     fn with_hosts(names: &[&str]) -> FakeHosts {
-        let fake = FakeHosts::default();
-        for name in names {
-            fake.hosts
-                .lock()
-                .unwrap()
-                .insert(name.to_string(), FakeHost::default());
-        }
-        fake
+        let hosts = names
+            .iter()
+            .map(|name| (name.to_string(), FakeHost::default()))
+            .collect();
+        FakeHosts(Arc::new(Inner {
+            hosts: Mutex::new(hosts),
+            fail_start: Mutex::default(),
+            never_appear: Mutex::default(),
+            lost: Mutex::default(),
+            stay_lost: AtomicBool::new(false),
+            log: Mutex::default(),
+            respawned: Mutex::default(),
+            open: watch::Sender::new(true),
+        }))
     }
 
     fn snapshot(&self) -> BTreeMap<String, FakeHost> {
-        self.hosts.lock().unwrap().clone()
+        self.0.hosts.lock().unwrap().clone()
     }
 
     fn edit(&self, host: &str, change: impl FnOnce(&mut FakeHost)) {
-        change(self.hosts.lock().unwrap().get_mut(host).unwrap());
+        change(self.0.hosts.lock().unwrap().get_mut(host).unwrap());
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.0.log.lock().unwrap().clone()
     }
 }
 
 impl Hosts for FakeHosts {
     fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
-            self.log.lock().unwrap().push(action.line());
-            let mut hosts = self.hosts.lock().unwrap();
+            let mut open = self.0.open.subscribe();
+            open.wait_for(|open| *open).await?;
+            self.0.log.lock().unwrap().push(action.line());
+            let mut hosts = self.0.hosts.lock().unwrap();
             let host = hosts
                 .get_mut(action.host())
                 .ok_or_else(|| anyhow::anyhow!("no agent on {}", action.host()))?;
             match action {
                 Action::Start { process, .. } => {
-                    if self.fail_start.contains(&process.client) {
+                    if self.0.fail_start.lock().unwrap().contains(&process.client) {
                         anyhow::bail!("csound exited (code 1) while starting");
                     }
                     host.processes
@@ -97,20 +129,18 @@ impl Hosts for FakeHosts {
         _timeout: Duration,
     ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
         async move {
-            Ok(edges
-                .into_iter()
-                .filter(|e| self.never_appear.contains(e))
-                .collect())
+            let never = self.0.never_appear.lock().unwrap();
+            Ok(edges.into_iter().filter(|e| never.contains(e)).collect())
         }
         .boxed()
     }
 
     fn observe<'a>(&'a self, host: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>> {
         async move {
-            if self.lost.contains(host) {
+            if self.0.lost.lock().unwrap().contains(host) {
                 anyhow::bail!("the agent's channel closed");
             }
-            let hosts = self.hosts.lock().unwrap();
+            let hosts = self.0.hosts.lock().unwrap();
             let seen = &hosts[host];
             Ok(Observed {
                 processes: seen
@@ -125,7 +155,37 @@ impl Hosts for FakeHosts {
     }
 
     fn names(&self) -> Vec<String> {
-        self.hosts.lock().unwrap().keys().cloned().collect()
+        self.0.hosts.lock().unwrap().keys().cloned().collect()
+    }
+
+    fn reach<'a>(
+        &'a mut self,
+        hosts: Vec<Host>,
+        _running: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<Reached>> {
+        async move {
+            let mut known = self.0.hosts.lock().unwrap();
+            for host in &hosts {
+                known.entry(host.name.clone()).or_default();
+            }
+            Ok(Reached::all(hosts))
+        }
+        .boxed()
+    }
+
+    fn respawn<'a>(
+        &'a mut self,
+        host: &'a Host,
+        _running: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<usize>> {
+        async move {
+            self.0.respawned.lock().unwrap().push(host.name.clone());
+            if !self.0.stay_lost.load(Ordering::SeqCst) {
+                self.0.lost.lock().unwrap().remove(&host.name);
+            }
+            Ok(self.0.hosts.lock().unwrap()[&host.name].processes.len())
+        }
+        .boxed()
     }
 }
 
@@ -161,10 +221,15 @@ fn client_of(d: &Deployment, block: &str) -> String {
 
 #[tokio::test]
 async fn a_change_whose_new_instance_fails_to_start_is_undone_and_nothing_else_is_touched() {
-    let (mut hosts, applied) = playing().await;
+    let (hosts, applied) = playing().await;
     let before = hosts.snapshot();
     let edited = deployment(&SONG.replace("freq = 440", "freq = 660"));
-    hosts.fail_start.insert(client_of(&edited, "osc"));
+    hosts
+        .0
+        .fail_start
+        .lock()
+        .unwrap()
+        .insert(client_of(&edited, "osc"));
     let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited))
         .await
         .unwrap_err();
@@ -174,7 +239,7 @@ async fn a_change_whose_new_instance_fails_to_start_is_undone_and_nothing_else_i
 
 #[tokio::test]
 async fn a_change_whose_new_edges_never_appear_is_undone_before_the_old_path_is_cut() {
-    let (mut hosts, applied) = playing().await;
+    let (hosts, applied) = playing().await;
     let before = hosts.snapshot();
     let edited = deployment(&SONG.replace("cutoff = 2000", "cutoff = 900"));
     let new_edges: BTreeSet<Edge> = edited.hosts["localhost"]
@@ -183,7 +248,7 @@ async fn a_change_whose_new_edges_never_appear_is_undone_before_the_old_path_is_
         .cloned()
         .collect();
     assert!(!new_edges.is_empty());
-    hosts.never_appear = new_edges;
+    *hosts.0.never_appear.lock().unwrap() = new_edges;
     let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited))
         .await
         .unwrap_err();
@@ -195,7 +260,7 @@ async fn a_change_whose_new_edges_never_appear_is_undone_before_the_old_path_is_
     );
     assert_eq!(hosts.snapshot(), before);
     // Nothing old was ever cut: no disconnect of an old edge, no stop of an old instance.
-    let log = hosts.log.lock().unwrap().join("\n");
+    let log = hosts.log().join("\n");
     assert!(
         !log.contains(&format!("({})", client_of(&applied, "filt"))),
         "{log}"
@@ -210,7 +275,7 @@ async fn a_change_that_works_is_applied_make_before_break() {
         .await
         .unwrap();
     assert!(failures.is_empty());
-    let log = hosts.log.lock().unwrap().clone();
+    let log = hosts.log();
     let new_start = log
         .iter()
         .position(|l| l.starts_with("~ replace osc"))
@@ -293,10 +358,263 @@ async fn a_synth_that_exits_three_times_in_30_s_is_left_stopped_until_the_next_r
 
 #[tokio::test]
 async fn a_host_whose_agent_does_not_answer_is_reported_and_left_for_replacement() {
-    let (mut hosts, applied) = playing().await;
-    hosts.lost.insert("localhost".into());
+    let (hosts, applied) = playing().await;
+    hosts.0.lost.lock().unwrap().insert("localhost".into());
     let repaired = repair(&hosts, &applied, &mut Restarts::default(), Instant::now()).await;
     assert!(repaired.plan.is_empty());
     assert_eq!(repaired.lost.len(), 1);
     assert_eq!(repaired.lost[0].0, "localhost");
+}
+
+/// A song saved on disk, played by a live loop on fake hosts: the live loop, the hosts (shared
+/// with it) and the script's path. The first apply has been made.
+async fn live_on_fake_hosts(
+    dir: &Path,
+    policies: Policies,
+) -> (Live<FakeHosts>, FakeHosts, std::path::PathBuf) {
+    let script = dir.join("song.lua");
+    std::fs::write(&script, SONG).unwrap();
+    let source = Source {
+        script: script.clone(),
+        hosts: None,
+        modules: Vec::new(),
+        placement: Options::default(),
+    };
+    let loaded = load(&source).unwrap();
+    let first = desire(
+        &loaded,
+        None,
+        &Deployment::default(),
+        &source.placement,
+        &BTreeSet::new(),
+    )
+    .unwrap();
+    let hosts = FakeHosts::with_hosts(&["localhost"]);
+    let mut conductor = Conductor::new(
+        hosts.clone(),
+        AppliedState::default(),
+        dir.to_path_buf(),
+        Events::quiet(),
+    )
+    .with_policies(policies);
+    let next = AppliedState {
+        deployment: first.deployment.clone(),
+        placement: first.placement.clone(),
+    };
+    conductor
+        .converge(next, Converge::First, Instant::now())
+        .await;
+    assert_eq!(
+        hosts.snapshot()["localhost"].processes.len(),
+        2,
+        "osc and filt"
+    );
+    (Live::new(source, loaded, conductor, &first), hosts, script)
+}
+
+/// The next happening that `wanted` picks out, skipping others.
+async fn next_where(
+    seen: &mut broadcast::Receiver<Happening>,
+    wanted: impl Fn(&Happening) -> bool,
+) -> Happening {
+    loop {
+        let happening = tokio::time::timeout(Duration::from_secs(20), seen.recv())
+            .await
+            .expect("the happening came")
+            .unwrap();
+        if wanted(&happening) {
+            return happening;
+        }
+    }
+}
+
+#[tokio::test]
+async fn edits_saved_while_one_is_applied_are_merged_into_one_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut live, hosts, script) = live_on_fake_hosts(dir.path(), Policies::default()).await;
+    let mut seen = live.conductor().events().subscribe();
+    let (changes_tx, changes) = mpsc::unbounded_channel();
+    let (_, control) = mpsc::unbounded_channel();
+    let (_, mut events) = mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let inputs = Inputs {
+        shutdown: Box::pin(async move {
+            let _ = stopped.await;
+            "the test is done".to_string()
+        }),
+        until: None,
+        events: &mut events,
+        changes,
+        control,
+    };
+    let save = |freq: u32| {
+        std::fs::write(&script, SONG.replace("440", &freq.to_string())).unwrap();
+        changes_tx
+            .send(Change {
+                paths: vec![script.clone()],
+            })
+            .unwrap();
+    };
+    let musician = async {
+        // The first edit's apply is held open: its actions wait.
+        hosts.0.open.send_replace(false);
+        save(660);
+        next_where(&mut seen, |h| matches!(h, Happening::Planned { .. })).await;
+        // Three more saves while it is applied; only the last one's text counts.
+        save(770);
+        save(880);
+        save(990);
+        hosts.0.open.send_replace(true);
+        next_where(&mut seen, |h| matches!(h, Happening::Applied { .. })).await;
+        next_where(&mut seen, |h| matches!(h, Happening::Applied { .. })).await;
+        stop.send(()).unwrap();
+    };
+    let mut all = live.conductor().events().subscribe();
+    tokio::join!(play(&mut live, inputs), musician);
+    let mut reloads = Vec::new();
+    while let Ok(happening) = all.try_recv() {
+        if let Happening::ReloadStarted { why } = happening {
+            reloads.push(why);
+        }
+    }
+    assert_eq!(
+        reloads,
+        vec![
+            "song.lua changed".to_string(),
+            "song.lua changed".to_string()
+        ],
+        "one reload for the first save, one for the three saved during its apply"
+    );
+    let last = deployment(&SONG.replace("440", "990"));
+    let plays: BTreeSet<String> = hosts.snapshot()["localhost"]
+        .processes
+        .keys()
+        .cloned()
+        .collect();
+    assert!(plays.contains(&client_of(&last, "osc")), "{plays:?}");
+    assert_eq!(plays.len(), 2, "{plays:?}");
+    assert_eq!(live.conductor().applied().deployment, last);
+}
+
+#[tokio::test]
+async fn a_lost_agent_is_replaced_no_more_often_than_the_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = Policies {
+        respawn_every: Duration::from_millis(300),
+        ..Policies::default()
+    };
+    let (mut live, hosts, _) = live_on_fake_hosts(dir.path(), policies).await;
+    let mut seen = live.conductor().events().subscribe();
+    hosts.0.lost.lock().unwrap().insert("localhost".into());
+    // A new agent that does not answer either: every reconcile finds the host lost again.
+    hosts.0.stay_lost.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        live.reconcile().await;
+    }
+    assert_eq!(*hosts.0.respawned.lock().unwrap(), vec!["localhost"]);
+    tokio::time::sleep(policies.respawn_every).await;
+    live.reconcile().await;
+    live.reconcile().await;
+    assert_eq!(hosts.0.respawned.lock().unwrap().len(), 2);
+    // Once a new agent answers, it is left alone.
+    hosts.0.stay_lost.store(false, Ordering::SeqCst);
+    tokio::time::sleep(policies.respawn_every).await;
+    for _ in 0..3 {
+        live.reconcile().await;
+    }
+    assert_eq!(hosts.0.respawned.lock().unwrap().len(), 3);
+    let mut lost = 0;
+    while let Ok(happening) = seen.try_recv() {
+        if let Happening::AgentLost { host, .. } = &happening {
+            assert_eq!(host, "localhost");
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 3, "said once per new agent");
+}
+
+#[tokio::test]
+async fn a_synth_that_keeps_dying_stays_stopped_until_a_reload_through_the_live_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut live, hosts, script) = live_on_fake_hosts(dir.path(), Policies::default()).await;
+    let mut seen = live.conductor().events().subscribe();
+    let osc = client_of(&live.conductor().applied().deployment, "osc");
+    let kill = || {
+        hosts.edit("localhost", |h| {
+            h.processes.remove(&osc);
+        })
+    };
+    for _ in 0..5 {
+        kill();
+        live.reconcile().await;
+    }
+    let runs = |hosts: &FakeHosts| hosts.snapshot()["localhost"].processes.contains_key(&osc);
+    assert!(!runs(&hosts), "left stopped after 3 restarts");
+    let gave_up: Vec<Happening> = std::iter::from_fn(|| seen.try_recv().ok())
+        .filter(|h| matches!(h, Happening::GaveUp { .. }))
+        .collect();
+    assert_eq!(gave_up.len(), 1, "said once: {gave_up:?}");
+    assert_eq!(
+        gave_up[0].to_string(),
+        format!(
+            "error: `{osc}` exited 3 times within 30 s; not restarting it until the orchestra is reloaded"
+        )
+    );
+    // A reload (even one that changes nothing) forgives: the next repair starts it again.
+    live.reload(std::slice::from_ref(&script)).await;
+    live.reconcile().await;
+    assert!(runs(&hosts));
+}
+
+#[tokio::test]
+async fn a_reload_whose_start_fails_is_undone_and_the_state_kept_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut live, hosts, script) = live_on_fake_hosts(dir.path(), Policies::default()).await;
+    let before = hosts.snapshot();
+    let applied_before = live.conductor().applied().clone();
+    let saved_before = state::load(dir.path(), "song").unwrap().unwrap();
+    assert_eq!(saved_before.deployment, applied_before.deployment);
+    let edited = SONG.replace("freq = 440", "freq = 660");
+    let new_osc = client_of(&deployment(&edited), "osc");
+    hosts.0.fail_start.lock().unwrap().insert(new_osc);
+    std::fs::write(&script, &edited).unwrap();
+    let mut seen = live.conductor().events().subscribe();
+    live.reload(std::slice::from_ref(&script)).await;
+    let rolled_back = next_where(&mut seen, |h| matches!(h, Happening::RolledBack { .. })).await;
+    assert!(rolled_back
+        .to_string()
+        .starts_with("  nothing changed: still playing"));
+    assert_eq!(hosts.snapshot(), before);
+    assert_eq!(live.conductor().applied(), &applied_before);
+    assert_eq!(
+        state::load(dir.path(), "song").unwrap().unwrap(),
+        saved_before
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_plans_each_change_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conductor = Conductor::dry_run(AppliedState::default(), Events::quiet());
+    let mut seen = conductor.events().subscribe();
+    let next = AppliedState {
+        deployment: deployment(SONG),
+        placement: Default::default(),
+    };
+    conductor
+        .converge(next, Converge::First, Instant::now())
+        .await;
+    let planned: Vec<String> = std::iter::from_fn(|| seen.try_recv().ok())
+        .map(|h| h.to_string())
+        .collect();
+    assert!(
+        planned.iter().any(|l| l.starts_with("  + start osc")),
+        "{planned:?}"
+    );
+    conductor.repair(&[]).await;
+    assert!(seen.try_recv().is_err(), "a dry run repairs nothing");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing saved"
+    );
 }

@@ -392,6 +392,7 @@ fn a_controller_is_re_rendered_and_replaced_when_its_target_moves_and_nothing_el
         None,
         &Default::default(),
         &source.placement,
+        &Default::default(),
     )
     .unwrap();
     std::fs::write(&script, song("h2")).unwrap();
@@ -400,6 +401,7 @@ fn a_controller_is_re_rendered_and_replaced_when_its_target_moves_and_nothing_el
         Some(&first.placement),
         &first.deployment,
         &source.placement,
+        &Default::default(),
     )
     .unwrap();
     let spec = |d: &cloud_orchestra::deploy::Deployment, block: &str| {
@@ -431,6 +433,7 @@ fn a_controller_is_re_rendered_and_replaced_when_its_target_moves_and_nothing_el
         Some(&second.placement),
         &second.deployment,
         &source.placement,
+        &Default::default(),
     )
     .unwrap();
     assert_eq!(again.deployment.osc, second.deployment.osc);

@@ -117,7 +117,7 @@ pub struct StatusReply {
     pub missing: Vec<Edge>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     /// A synth process ended (crashed, or failed to start).

@@ -8,7 +8,7 @@ use super::ssh::{self, SshError, SshHost};
 use super::AgentSession;
 use crate::agent::protocol::{Event, HelloReply, JackSettings, Request, StatusReply};
 use crate::deploy::{Deployment, Edge};
-use crate::executor;
+use crate::executor::{self, Reached};
 use crate::model::{AudioSettings, Host};
 use crate::plan::{Action, Observed, Plan};
 use anyhow::{anyhow, bail, Context, Result};
@@ -139,6 +139,7 @@ pub struct Fleet {
     pub hellos: BTreeMap<String, HelloReply>,
     ssh: BTreeMap<String, Arc<SshHost>>,
     timings: Mutex<BTreeMap<String, Timings>>,
+    setup: AgentSetup,
 }
 
 /// The work directory of an orchestra on a remote host, relative to the login directory.
@@ -155,73 +156,106 @@ fn intended_on(running: &Deployment, host: &str) -> Vec<Edge> {
         .unwrap_or_default()
 }
 
-/// Start one host's agent (uploading the binary to a remote host where it is missing) and
-/// greet it; it starts the host's JACK server if none runs and adopts what an earlier agent
-/// left playing.
-#[allow(clippy::too_many_arguments)]
-async fn start_agent(
-    host: &Host,
-    ssh: Option<&SshHost>,
-    local_workdir: &Path,
-    orchestra: &str,
-    audio: AudioSettings,
-    intended: Vec<Edge>,
-    events: &mpsc::UnboundedSender<(String, Event)>,
-    mut timings: Option<&mut Timings>,
-) -> Result<(AgentSession, HelloReply)> {
-    let (session, workdir) = match ssh {
-        None => (
-            AgentSession::spawn_local(&host.name, events.clone()).await?,
-            local_workdir.display().to_string(),
-        ),
-        Some(ssh) => {
-            let t = Instant::now();
-            let binary = ssh
-                .ensure_binary(&super::agent_executable()?, env!("CARGO_PKG_VERSION"))
-                .await?;
-            if let Some(timings) = timings.as_deref_mut() {
-                timings.add("binary", t.elapsed());
+/// What every agent of one run is started with.
+#[derive(Clone)]
+pub struct AgentSetup {
+    /// How to reach hosts added later.
+    pub connect: ConnectOptions,
+    /// Where the state is kept (and local hosts' work dirs).
+    pub state_dir: PathBuf,
+    pub orchestra: String,
+    /// Where agents' events go.
+    pub events: mpsc::UnboundedSender<(String, Event)>,
+}
+
+impl AgentSetup {
+    /// An agent on `host`, not greeted yet (`orchestra down` stops what runs there without a
+    /// JACK server of its own): its session and the orchestra's work dir on that host.
+    pub async fn open_agent(
+        &self,
+        host: &Host,
+        ssh: Option<&SshHost>,
+        timings: Option<&mut Timings>,
+    ) -> Result<(AgentSession, String)> {
+        Ok(match ssh {
+            None => (
+                AgentSession::spawn_local(&host.name, self.events.clone()).await?,
+                crate::state::local_workdir(&self.state_dir, &host.name)
+                    .display()
+                    .to_string(),
+            ),
+            Some(ssh) => {
+                let t = Instant::now();
+                let binary = ssh
+                    .ensure_binary(&super::agent_executable()?, env!("CARGO_PKG_VERSION"))
+                    .await?;
+                if let Some(timings) = timings {
+                    timings.add("binary", t.elapsed());
+                }
+                let (output, input) = ssh.open_agent(&binary).await?;
+                (
+                    AgentSession::over(&host.name, output, input, self.events.clone()),
+                    remote_workdir(&self.orchestra),
+                )
             }
-            let (output, input) = ssh.open_agent(&binary).await?;
-            (
-                AgentSession::over(&host.name, output, input, events.clone()),
-                remote_workdir(orchestra),
-            )
-        }
-    };
-    let t = Instant::now();
-    let hello = session
-        .call(Request::Hello {
-            workdir,
-            jack: JackSettings {
-                rate: audio.rate,
-                period: audio.period,
-                start_if_missing: true,
-                driver: host.jack.driver.clone(),
-                device: host.jack.device.clone(),
-            },
-            intended,
         })
-        .await?;
-    if let Some(timings) = timings {
-        timings.add("jackd", t.elapsed());
     }
-    Ok((session, serde_json::from_value(hello)?))
+
+    /// Start one host's agent (uploading the binary to a remote host where it is missing) and
+    /// greet it; it starts the host's JACK server if none runs and adopts what an earlier
+    /// agent left playing.
+    async fn start_agent(
+        &self,
+        host: &Host,
+        ssh: Option<&SshHost>,
+        audio: AudioSettings,
+        intended: Vec<Edge>,
+        mut timings: Option<&mut Timings>,
+    ) -> Result<(AgentSession, HelloReply)> {
+        let (session, workdir) = self.open_agent(host, ssh, timings.as_deref_mut()).await?;
+        let t = Instant::now();
+        let hello = session
+            .call(Request::Hello {
+                workdir,
+                jack: JackSettings {
+                    rate: audio.rate,
+                    period: audio.period,
+                    start_if_missing: true,
+                    driver: host.jack.driver.clone(),
+                    device: host.jack.device.clone(),
+                },
+                intended,
+            })
+            .await?;
+        if let Some(timings) = timings {
+            timings.add("jackd", t.elapsed());
+        }
+        Ok((session, serde_json::from_value(hello)?))
+    }
 }
 
 impl Fleet {
-    /// Start an agent on each host (uploading the binary where it is missing) and greet it;
-    /// `running` is what was last applied: its edges are handed over so adopted synths keep
-    /// them.
+    /// A fleet with no agent yet; [`Fleet::bring_up`] adds them.
+    pub fn new(setup: AgentSetup) -> Fleet {
+        Fleet {
+            sessions: BTreeMap::new(),
+            hellos: BTreeMap::new(),
+            ssh: BTreeMap::new(),
+            timings: Mutex::default(),
+            setup,
+        }
+    }
+
+    /// Start an agent on each of `hosts` (uploading the binary where it is missing) and greet
+    /// it; `running` is what was last applied: its edges are handed over so adopted synths keep
+    /// them. When one host fails none is added, and the agents just started are closed.
     pub async fn bring_up(
+        &mut self,
         hosts: &[Host],
-        connected: &Connected,
+        connected: Connected,
         running: &Deployment,
-        state_dir: &Path,
-        orchestra: &str,
         audio: AudioSettings,
-        events: &mpsc::UnboundedSender<(String, Event)>,
-    ) -> Result<Fleet> {
+    ) -> Result<()> {
         let progress = indicatif::MultiProgress::new();
         let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
             .expect("a valid template");
@@ -235,42 +269,31 @@ impl Fleet {
                 bar
             })
             .collect();
+        let setup = &self.setup;
         let tasks = hosts.iter().zip(bars).map(|(host, bar)| {
             let ssh = connected.ssh.get(&host.name).cloned();
             let intended = intended_on(running, &host.name);
-            let local_workdir = crate::state::local_workdir(state_dir, &host.name);
+            let connect_time = connected.connect_time.get(&host.name).copied();
             async move {
                 let mut timings = Timings::on(bar);
-                if let Some(took) = connected.connect_time.get(&host.name) {
-                    timings.add("connect", *took);
+                if let Some(took) = connect_time {
+                    timings.add("connect", took);
                 }
-                let (session, hello) = start_agent(
-                    host,
-                    ssh.as_deref(),
-                    &local_workdir,
-                    orchestra,
-                    audio,
-                    intended,
-                    events,
-                    Some(&mut timings),
-                )
-                .await?;
+                let (session, hello) = setup
+                    .start_agent(host, ssh.as_deref(), audio, intended, Some(&mut timings))
+                    .await?;
                 Ok::<_, anyhow::Error>((host.name.clone(), session, hello, timings))
             }
         });
-        let mut fleet = Fleet {
-            sessions: BTreeMap::new(),
-            hellos: BTreeMap::new(),
-            ssh: connected.ssh.clone(),
-            timings: Mutex::default(),
-        };
+        let mut added = Fleet::new(setup.clone());
+        added.ssh = connected.ssh.clone();
         let mut failures = Vec::new();
         for (host, result) in hosts.iter().zip(join_all(tasks).await) {
             match result {
                 Ok((name, session, hello, timings)) => {
-                    fleet.sessions.insert(name.clone(), session);
-                    fleet.hellos.insert(name.clone(), hello);
-                    fleet.timings.lock().expect("lock").insert(name, timings);
+                    added.sessions.insert(name.clone(), session);
+                    added.hellos.insert(name.clone(), hello);
+                    added.timings.lock().expect("lock").insert(name, timings);
                 }
                 Err(e) => {
                     let log = match connected.ssh.get(&host.name) {
@@ -282,16 +305,22 @@ impl Fleet {
             }
         }
         if !failures.is_empty() {
-            fleet.close().await;
+            added.close().await;
             bail!("cannot start the agent on {}", failures.join("; "));
         }
-        Ok(fleet)
+        self.merge(added);
+        Ok(())
     }
 
     pub fn get(&self, host: &str) -> Result<&AgentSession> {
         self.sessions
             .get(host)
             .ok_or_else(|| anyhow!("no agent for host `{host}`"))
+    }
+
+    /// True when `host` is reached over SSH.
+    pub fn is_remote(&self, host: &str) -> bool {
+        self.ssh.contains_key(host)
     }
 
     /// True when some host is reached over SSH.
@@ -315,28 +344,18 @@ impl Fleet {
 
     /// Replace a host's agent that went away (crashed, killed, its channel closed): the new
     /// one adopts the synths still running there and the edges last applied.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn respawn(
-        &mut self,
-        host: &Host,
-        running: &Deployment,
-        state_dir: &Path,
-        orchestra: &str,
-        audio: AudioSettings,
-        events: &mpsc::UnboundedSender<(String, Event)>,
-    ) -> Result<HelloReply> {
+    pub async fn respawn(&mut self, host: &Host, running: &Deployment) -> Result<HelloReply> {
         let ssh = self.ssh.get(&host.name).cloned();
-        let (session, hello) = start_agent(
-            host,
-            ssh.as_deref(),
-            &crate::state::local_workdir(state_dir, &host.name),
-            orchestra,
-            audio,
-            intended_on(running, &host.name),
-            events,
-            None,
-        )
-        .await?;
+        let (session, hello) = self
+            .setup
+            .start_agent(
+                host,
+                ssh.as_deref(),
+                running.audio,
+                intended_on(running, &host.name),
+                None,
+            )
+            .await?;
         if let Some(old) = self.sessions.insert(host.name.clone(), session) {
             old.close().await;
         }
@@ -344,8 +363,26 @@ impl Fleet {
         Ok(hello)
     }
 
+    /// Dial hosts not reached yet (added to the hosts file, or idle until now) and bring them
+    /// up; with `--skip-unreachable` one that does not answer is left out, with why.
+    pub async fn reach(&mut self, hosts: Vec<Host>, running: &Deployment) -> Result<Reached> {
+        let connected = connect(&hosts, &self.setup.connect).await?;
+        let left_out = connected.skipped.clone();
+        let reached: Vec<Host> = hosts
+            .into_iter()
+            .filter(|h| !left_out.iter().any(|(s, _)| *s == h.name))
+            .collect();
+        self.bring_up(&reached, connected, running, running.audio)
+            .await?;
+        self.finish_progress();
+        Ok(Reached {
+            up: reached.into_iter().map(|h| h.name).collect(),
+            left_out,
+        })
+    }
+
     /// Take in the agents of hosts brought up later (a host added to the hosts file).
-    pub fn merge(&mut self, other: Fleet) {
+    fn merge(&mut self, other: Fleet) {
         self.sessions.extend(other.sessions);
         self.hellos.extend(other.hellos);
         self.ssh.extend(other.ssh);
@@ -393,33 +430,6 @@ impl Fleet {
             ssh.disconnect().await;
         }
     }
-}
-
-/// An agent on `host` that is not greeted (`orchestra down` stops what runs there without a
-/// JACK server of its own): its session and the orchestra's work dir on that host.
-pub async fn open_agent(
-    host: &Host,
-    ssh: Option<&SshHost>,
-    local_workdir: &Path,
-    orchestra: &str,
-    events: &mpsc::UnboundedSender<(String, Event)>,
-) -> Result<(AgentSession, String)> {
-    Ok(match ssh {
-        None => (
-            AgentSession::spawn_local(&host.name, events.clone()).await?,
-            local_workdir.display().to_string(),
-        ),
-        Some(ssh) => {
-            let binary = ssh
-                .ensure_binary(&super::agent_executable()?, env!("CARGO_PKG_VERSION"))
-                .await?;
-            let (output, input) = ssh.open_agent(&binary).await?;
-            (
-                AgentSession::over(&host.name, output, input, events.clone()),
-                remote_workdir(orchestra),
-            )
-        }
-    })
 }
 
 /// The end of a remote agent's log, to show why it stopped.
@@ -496,6 +506,22 @@ impl executor::Hosts for Fleet {
 
     fn names(&self) -> Vec<String> {
         self.sessions.keys().cloned().collect()
+    }
+
+    fn reach<'a>(
+        &'a mut self,
+        hosts: Vec<Host>,
+        running: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<Reached>> {
+        Fleet::reach(self, hosts, running).boxed()
+    }
+
+    fn respawn<'a>(
+        &'a mut self,
+        host: &'a Host,
+        running: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<usize>> {
+        async move { Ok(Fleet::respawn(self, host, running).await?.adopted.len()) }.boxed()
     }
 
     fn time(&self, host: &str, step: &'static str, took: Duration) {

@@ -20,7 +20,7 @@ pub mod problem;
 use crate::resolve::Resolved;
 pub use problem::Problem;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Weights of the cost terms.
@@ -221,7 +221,17 @@ pub fn place(
     previous: Option<&Placement>,
     options: &Options,
 ) -> Result<Solution, PlacementError> {
-    let problem = Problem::from_resolved(resolved, previous)?;
+    place_without(resolved, previous, options, &BTreeSet::new())
+}
+
+/// [`place`] on the orchestra's hosts but those `left_out` (they did not answer).
+pub fn place_without(
+    resolved: &Resolved,
+    previous: Option<&Placement>,
+    options: &Options,
+    left_out: &BTreeSet<String>,
+) -> Result<Solution, PlacementError> {
+    let problem = Problem::from_resolved(resolved, previous, left_out)?;
     let (at, optimal) = solve(&problem, options);
     Ok(Solution {
         placement: problem.placement(&at),

@@ -5,7 +5,7 @@
 use super::{Cost, Placement, PlacementError, Weights};
 use crate::resolve::Resolved;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostSlot {
@@ -58,23 +58,25 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// Build from a resolved orchestra; `previous` is the last placement (blocks or hosts
-    /// that no longer exist are ignored).
+    /// Build from a resolved orchestra, on its hosts but those `left_out` (they do not answer);
+    /// `previous` is the last placement (blocks or hosts that no longer exist are ignored).
     pub fn from_resolved(
         resolved: &Resolved,
         previous: Option<&Placement>,
+        left_out: &BTreeSet<String>,
     ) -> Result<Problem, PlacementError> {
-        if resolved.hosts.is_empty() {
-            return Err(PlacementError::NoHosts);
-        }
         let hosts: Vec<HostSlot> = resolved
             .hosts
             .iter()
+            .filter(|h| !left_out.contains(&h.name))
             .map(|h| HostSlot {
                 name: h.name.clone(),
                 cores: h.cores,
             })
             .collect();
+        if hosts.is_empty() {
+            return Err(PlacementError::NoHosts);
+        }
         let host_index = |name: &str| hosts.iter().position(|h| h.name == name);
         let mut units: Vec<Unit> = Vec::new();
         let mut unit_of: BTreeMap<&str, usize> = BTreeMap::new();

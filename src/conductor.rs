@@ -1,0 +1,404 @@
+//! The conductor: the one owner of what plays. It holds what was applied and the hosts, and
+//! every change to what plays goes through it: [`Conductor::converge`] for the first run, a
+//! live edit (make-before-break, undone when it fails) and the teardown;
+//! [`Conductor::repair`] for what the agents report against what was applied (restart,
+//! restore, stop leftovers, replace a lost agent, as the [`Policies`] allow). A dry run is the
+//! same conductor over [`Paper`] hosts: it plans and says what it would do, and acts on
+//! nothing. What it does is told as [`Happening`]s.
+
+use crate::deploy::{Deployment, Edge};
+use crate::events::{Events, Happening};
+use crate::executor::{self, Failures, Hosts, Reached};
+use crate::model::Host;
+use crate::plan::{counts_line, describe, diff, Action, Observed, Plan};
+use crate::policy::{Policies, Restarts, Throttle};
+use crate::state::{self, AppliedState};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Whether changes are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// On the hosts; what was applied is kept in the state dir.
+    Play,
+    /// Plans are shown; nothing is started, contacted or saved.
+    DryRun,
+}
+
+/// How a change is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Converge {
+    /// The first apply of a run: everything at once. A synth that does not start is left out
+    /// of what was applied (not retried until the orchestra is reloaded); the rest plays.
+    First,
+    /// A live edit: make-before-break, undone when its making half fails.
+    Edit,
+    /// Stop everything: the target is the empty deployment.
+    Teardown,
+}
+
+/// What a converge did.
+#[derive(Debug)]
+pub enum Converged {
+    /// What runs already was the target.
+    Unchanged,
+    /// The plan was carried out (in a dry run: would be), with the failures that did not
+    /// undo it.
+    Applied { plan: Plan, failures: Failures },
+    /// The change failed and was undone: what played before plays on.
+    RolledBack { failures: Failures },
+}
+
+impl Converged {
+    /// The first failure, as one line (`start osc … on h1: why`).
+    pub fn first_failure(&self) -> Option<String> {
+        match self {
+            Converged::Unchanged => None,
+            Converged::Applied { failures, .. } | Converged::RolledBack { failures } => failures
+                .first()
+                .map(|(action, error)| format!("{}: {error:#}", action.line())),
+        }
+    }
+}
+
+/// What plays, the hosts it plays on, and the rules for repairing it.
+pub struct Conductor<H> {
+    hosts: H,
+    applied: AppliedState,
+    mode: Mode,
+    /// Where the applied state is kept.
+    dir: PathBuf,
+    policies: Policies,
+    /// Recent restarts of each client, to stop restarting one that keeps crashing.
+    restarts: Restarts,
+    /// When a lost agent was last replaced, per host.
+    respawned: Throttle,
+    events: Events,
+}
+
+impl<H: Hosts> Conductor<H> {
+    /// A conductor that acts on `hosts`, where `applied` is what runs now (per the state).
+    pub fn new(hosts: H, applied: AppliedState, dir: PathBuf, events: Events) -> Conductor<H> {
+        Conductor::with_mode(hosts, applied, Mode::Play, dir, events)
+    }
+
+    fn with_mode(
+        hosts: H,
+        applied: AppliedState,
+        mode: Mode,
+        dir: PathBuf,
+        events: Events,
+    ) -> Conductor<H> {
+        let policies = Policies::default();
+        Conductor {
+            hosts,
+            applied,
+            mode,
+            dir,
+            policies,
+            restarts: Restarts::new(policies.restart),
+            respawned: Throttle::new(policies.respawn_every),
+            events,
+        }
+    }
+
+    /// Other retry rules than the defaults (tests shorten them).
+    pub fn with_policies(mut self, policies: Policies) -> Conductor<H> {
+        self.policies = policies;
+        self.restarts = Restarts::new(policies.restart);
+        self.respawned = Throttle::new(policies.respawn_every);
+        self
+    }
+
+    pub fn applied(&self) -> &AppliedState {
+        &self.applied
+    }
+
+    pub fn hosts(&self) -> &H {
+        &self.hosts
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What it tells the terminal and subscribers.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The hosts back, once it is over (to close their sessions).
+    pub fn into_hosts(self) -> H {
+        self.hosts
+    }
+
+    /// Whether `host` has an agent (in a dry run every host counts as reached).
+    pub fn has_agent(&self, host: &str) -> bool {
+        self.mode == Mode::DryRun || self.hosts.names().iter().any(|h| h == host)
+    }
+
+    /// Make what runs equal `next`, as `how` says; `started` is when the change began (the
+    /// load and plan before this count in the timings told).
+    pub async fn converge(
+        &mut self,
+        next: AppliedState,
+        how: Converge,
+        started: Instant,
+    ) -> Converged {
+        let planned = started.elapsed();
+        if how == Converge::Edit {
+            // A reload is a fresh start for every synth: its past exits no longer count.
+            self.restarts.forgive();
+        }
+        let plan = diff(&self.applied.deployment, &next.deployment);
+        if plan.is_empty() {
+            if how == Converge::Edit {
+                self.events.emit(Happening::Unchanged {
+                    took_ms: started.elapsed().as_millis(),
+                });
+            }
+            self.applied.placement = next.placement;
+            if how == Converge::First {
+                self.save();
+            }
+            return Converged::Unchanged;
+        }
+        if how == Converge::Edit || self.mode == Mode::DryRun {
+            for line in describe(&plan, &self.applied.deployment, &next.deployment) {
+                self.events.emit(Happening::Planned { line });
+            }
+        }
+        if self.mode == Mode::DryRun {
+            if how == Converge::Edit {
+                self.events.emit(Happening::DryRun {
+                    took_ms: started.elapsed().as_millis(),
+                });
+            }
+            self.applied = next;
+            return Converged::Applied {
+                plan,
+                failures: Vec::new(),
+            };
+        }
+        match how {
+            Converge::Edit => self.edit(plan, next, started, planned).await,
+            Converge::First => self.first(plan, next).await,
+            Converge::Teardown => {
+                let failures = executor::apply(&self.hosts, &plan).await;
+                self.tell_failures(&failures, false);
+                self.applied = next;
+                Converged::Applied { plan, failures }
+            }
+        }
+    }
+
+    async fn edit(
+        &mut self,
+        plan: Plan,
+        next: AppliedState,
+        started: Instant,
+        planned: Duration,
+    ) -> Converged {
+        let failures = match executor::apply_or_roll_back(&self.hosts, &plan).await {
+            Err(failures) => {
+                self.tell_failures(&failures, false);
+                self.events.emit(Happening::RolledBack {
+                    took_ms: started.elapsed().as_millis(),
+                });
+                return Converged::RolledBack { failures };
+            }
+            Ok(failures) => failures,
+        };
+        // What failed in the breaking half is still applied as planned: the next repair
+        // retries it.
+        self.tell_failures(&failures, true);
+        self.applied = next;
+        self.save();
+        self.events.emit(Happening::Applied {
+            took_ms: started.elapsed().as_millis(),
+            planned_ms: planned.as_millis(),
+            counts: counts_line(&plan),
+        });
+        Converged::Applied { plan, failures }
+    }
+
+    async fn first(&mut self, plan: Plan, mut next: AppliedState) -> Converged {
+        let failures = executor::apply(&self.hosts, &plan).await;
+        self.tell_failures(&failures, false);
+        for (action, _) in &failures {
+            // A synth that did not start is not retried until the orchestra is reloaded.
+            if let Action::Start { host, process, .. } = action {
+                if let Some(h) = next.deployment.hosts.get_mut(host) {
+                    h.processes.remove(&process.block);
+                }
+            }
+        }
+        self.applied = next;
+        self.save();
+        Converged::Applied { plan, failures }
+    }
+
+    fn tell_failures(&self, failures: &Failures, retried: bool) {
+        for (action, error) in failures {
+            self.events.emit(Happening::ActionFailed {
+                action: action.line(),
+                error: format!("{error:#}"),
+                retried,
+            });
+        }
+    }
+
+    fn save(&self) {
+        if self.mode == Mode::DryRun {
+            return;
+        }
+        if let Err(e) = state::save(&self.dir, &self.applied) {
+            self.events.emit(Happening::Error {
+                text: format!("cannot save the state: {e:#}"),
+            });
+        }
+    }
+
+    /// Bring up `hosts`, which have no agent yet; those that do not answer are left out (with
+    /// `--skip-unreachable`), and said so.
+    pub async fn reach(&mut self, hosts: Vec<Host>) -> anyhow::Result<Reached> {
+        if self.mode == Mode::DryRun {
+            return Ok(Reached::all(hosts));
+        }
+        let reached = self.hosts.reach(hosts, &self.applied.deployment).await?;
+        for (host, why) in &reached.left_out {
+            self.events.emit(Happening::HostLeftOut {
+                host: host.clone(),
+                why: why.clone(),
+            });
+        }
+        for host in &reached.up {
+            self.events.emit(Happening::HostUp { host: host.clone() });
+        }
+        Ok(reached)
+    }
+
+    /// Compare what each agent reports with what was applied, and repair the difference; a
+    /// host whose agent went away gets a new one (found in what was applied, else among
+    /// `known`), at most as often as the policy says.
+    pub async fn repair(&mut self, known: &[Host]) {
+        if self.mode == Mode::DryRun {
+            return;
+        }
+        let started = Instant::now();
+        let repaired = executor::repair(
+            &self.hosts,
+            &self.applied.deployment,
+            &mut self.restarts,
+            started,
+        )
+        .await;
+        let policy = self.policies.restart;
+        for client in repaired.given_up {
+            self.events.emit(Happening::GaveUp {
+                client,
+                exits: policy.max_exits,
+                window_s: policy.window.as_secs(),
+            });
+        }
+        if !repaired.plan.is_empty() {
+            self.events.emit(Happening::Repaired {
+                actions: repaired.plan.actions.iter().map(Action::line).collect(),
+                failures: repaired
+                    .failures
+                    .iter()
+                    .map(|(action, error)| (action.line(), format!("{error:#}")))
+                    .collect(),
+                took_ms: started.elapsed().as_millis(),
+            });
+        }
+        for (host, error) in repaired.lost {
+            self.replace_agent(&host, error, known).await;
+        }
+    }
+
+    async fn replace_agent(&mut self, host: &str, error: anyhow::Error, known: &[Host]) {
+        if !self.respawned.allow(host, Instant::now()) {
+            return;
+        }
+        let Some(spec) = self
+            .applied
+            .deployment
+            .hosts
+            .get(host)
+            .map(|h| h.host.clone())
+            .or_else(|| known.iter().find(|h| h.name == host).cloned())
+        else {
+            return;
+        };
+        self.events.emit(Happening::AgentLost {
+            host: host.to_string(),
+            error: format!("{error:#}"),
+        });
+        match self.hosts.respawn(&spec, &self.applied.deployment).await {
+            Ok(adopted) => self.events.emit(Happening::AgentReplaced {
+                host: host.to_string(),
+                adopted,
+            }),
+            Err(e) => self.events.emit(Happening::Error {
+                text: format!("cannot start a new agent on {host}: {e:#}"),
+            }),
+        }
+    }
+}
+
+impl Conductor<Paper> {
+    /// A dry run's conductor: `applied` is what runs per the state; nothing is contacted.
+    pub fn dry_run(applied: AppliedState, events: Events) -> Conductor<Paper> {
+        Conductor::with_mode(Paper, applied, Mode::DryRun, PathBuf::new(), events)
+    }
+}
+
+/// The hosts of a dry run: none is contacted, and the conductor in [`Mode::DryRun`] never
+/// asks them to act.
+pub struct Paper;
+
+impl Hosts for Paper {
+    fn act<'a>(&'a self, _: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn missing_edges<'a>(
+        &'a self,
+        _: &'a str,
+        _: Vec<Edge>,
+        _: Duration,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn observe<'a>(&'a self, _: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>> {
+        async { Ok(Observed::default()) }.boxed()
+    }
+
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn reach<'a>(
+        &'a mut self,
+        hosts: Vec<Host>,
+        _: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<Reached>> {
+        async move { Ok(Reached::all(hosts)) }.boxed()
+    }
+
+    fn respawn<'a>(
+        &'a mut self,
+        _: &'a Host,
+        _: &'a Deployment,
+    ) -> BoxFuture<'a, anyhow::Result<usize>> {
+        async { Ok(0) }.boxed()
+    }
+}
