@@ -8,9 +8,18 @@
 //! instance with our assignment and cost as JSON into DIR (plus a few yardstick-only sizes),
 //! for `scripts/placement_yardstick.py`.
 
-use cloud_orchestra::placement::generate::{generate, one_block_change, with_previous, Family};
+/// The generators are the library's unit-test file, included here rather than exported:
+/// `generate.rs` finds the problem types as `super::problem`.
+mod problem {
+    pub use cloud_orchestra::placement::problem::{HostSlot, Problem, Unit};
+}
+#[path = "../src/placement/generate.rs"]
+#[allow(dead_code)]
+mod generate;
+
 use cloud_orchestra::placement::{lower_bound, solve, Cost, Options, Problem};
 use criterion::{BenchmarkId, Criterion, SamplingMode};
+use generate::{generate, one_block_change, with_previous, Family};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

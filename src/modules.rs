@@ -164,7 +164,12 @@ impl Module {
     /// Render `.j2` files with `context`; copy the others. Returns relative path → text.
     /// Text values are escaped for the language of the file they land in (a Csound string, a
     /// Pd atom, …; see [`params::escape`]); `{{ x|safe }}` asks for the raw text explicitly.
-    pub fn render(&self, context: &Value) -> Result<BTreeMap<String, String>, ModuleError> {
+    /// The context is anything serializable; a `minijinja::Value` passes through without a
+    /// copy, so a large shared part (every block, every host) is built once for all blocks.
+    pub fn render(
+        &self,
+        context: &impl serde::Serialize,
+    ) -> Result<BTreeMap<String, String>, ModuleError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);

@@ -131,7 +131,7 @@ proptest! {
         let (at, _) = solve(&problem, &options);
         prop_assert!(problem.pins_hold(&at));
         let cost = problem.cost(&at, &options.weights);
-        let greedy = cloud_orchestra::placement::heuristic::construct(&problem, &options.weights);
+        let greedy = cloud_orchestra::placement::greedy(&problem, &options.weights);
         prop_assert!(cost.total <= problem.cost(&greedy, &options.weights).total + 1e-9);
         prop_assert!(cost.total + 1e-9 >= cloud_orchestra::placement::lower_bound(&problem, &options.weights));
         let (again, _) = solve(&problem, &options);

@@ -90,6 +90,12 @@ struct Built {
     ports: (Vec<String>, Vec<String>),
 }
 
+/// Every block as templates see it, and the OSC ports that view was made with.
+struct Blocks {
+    view: minijinja::Value,
+    osc_ports: BTreeMap<String, u16>,
+}
+
 /// Where an OSC-capable block listens: what the router forwards to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OscEndpoint {
@@ -155,17 +161,21 @@ pub fn redeploy(
             .and_then(|h| hosts_by_name.get(h).copied())
             .ok_or_else(|| DeployError::Unplaced(block.to_string()))
     };
-    let hosts_context: BTreeMap<&str, serde_json::Value> = resolved
-        .hosts
-        .iter()
-        .map(|h| {
-            (
-                h.name.as_str(),
-                json!({"address": h.address, "cores": h.cores}),
-            )
-        })
-        .collect();
-    // Every block's host, address and OSC port, as templates see them (`blocks.NAME.…`).
+    // Every host and every block as templates see them (`hosts.NAME.…`, `blocks.NAME.…`):
+    // built once and shared by every block's context (a copy per block made a 2000-block
+    // plan quadratic).
+    let hosts_context = minijinja::Value::from_serialize(
+        resolved
+            .hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.name.as_str(),
+                    json!({"address": h.address, "cores": h.cores}),
+                )
+            })
+            .collect::<BTreeMap<&str, serde_json::Value>>(),
+    );
     let blocks_context = |osc: &BTreeMap<String, OscEndpoint>| {
         resolved
             .blocks
@@ -179,10 +189,14 @@ pub fn redeploy(
                 ))
             })
             .collect::<Result<BTreeMap<String, serde_json::Value>, DeployError>>()
+            .map(|blocks| Blocks {
+                view: minijinja::Value::from_serialize(&blocks),
+                osc_ports: osc.iter().map(|(b, e)| (b.clone(), e.port)).collect(),
+            })
     };
     // A block's rendered files, its launch draft and its spec hash.
     let build = |block: &crate::resolve::ResolvedBlock,
-                 blocks: &BTreeMap<String, serde_json::Value>,
+                 blocks: &Blocks,
                  engines: &mut Engines|
      -> Result<Built, DeployError> {
         let host = host_of(&block.name)?;
@@ -190,16 +204,18 @@ pub fn redeploy(
             block: block.name.clone(),
             error,
         };
-        let osc_port = blocks[&block.name]["osc_port"].clone();
-        let context = json!({
-            "block": {"name": block.name, "module": block.module.name(), "host": host.name,
-                      "inputs": block.inputs, "outputs": block.outputs, "params": block.params,
-                      "osc_port": osc_port},
-            "params": block.params,
-            "audio": {"rate": resolved.audio.rate, "period": resolved.audio.period},
-            "blocks": blocks,
-            "hosts": hosts_context,
-        });
+        let osc_port = blocks.osc_ports.get(&block.name);
+        let context = minijinja::context! {
+            block => minijinja::Value::from_serialize(json!({
+                "name": block.name, "module": block.module.name(), "host": host.name,
+                "inputs": block.inputs, "outputs": block.outputs, "params": block.params,
+                "osc_port": osc_port})),
+            params => minijinja::Value::from_serialize(&block.params),
+            audio => minijinja::Value::from_serialize(
+                json!({"rate": resolved.audio.rate, "period": resolved.audio.period})),
+            blocks => blocks.view.clone(),
+            hosts => hosts_context.clone(),
+        };
         let mut files = block.module.render(&context).map_err(fail)?;
         // Hash what defines the process, with the block name standing in for the client
         // name (which itself carries the hash).
@@ -250,17 +266,21 @@ pub fn redeploy(
         .map(|(name, e)| (name.clone(), e.clone()))
         .collect();
     let with_old_ports = blocks_context(&kept)?;
+    // Kept blocks rendered with their old ports, to see whether their spec stays the same.
+    let mut prebuilt: BTreeMap<String, Built> = BTreeMap::new();
     let mut osc = BTreeMap::new();
     for block in resolved.blocks.values().filter(|b| b.module.manifest.osc) {
         let host = host_of(&block.name)?;
         let unchanged = match kept.get(&block.name) {
             Some(old) => {
                 let built = build(block, &with_old_ports, engines)?;
-                previous
+                let same = previous
                     .hosts
                     .get(&old.host)
                     .and_then(|h| h.processes.get(&block.name))
-                    .is_some_and(|p| p.spec_hash == built.hash)
+                    .is_some_and(|p| p.spec_hash == built.hash);
+                prebuilt.insert(block.name.clone(), built);
+                same
             }
             None => false,
         };
@@ -287,6 +307,12 @@ pub fn redeploy(
         );
     }
     let blocks = blocks_context(&osc)?;
+    if blocks.osc_ports != with_old_ports.osc_ports {
+        // Some OSC port is new, and a template may read it (`blocks.NAME.osc_port`): the
+        // kept blocks are rendered again with the final view. Otherwise (most edits) their
+        // first render is the final one.
+        prebuilt.clear();
+    }
 
     let mut deployment = Deployment {
         orchestra: resolved.name.clone(),
@@ -298,7 +324,10 @@ pub fn redeploy(
     let mut ports: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for block in resolved.blocks.values() {
         let host = host_of(&block.name)?;
-        let built = build(block, &blocks, engines)?;
+        let built = match prebuilt.remove(&block.name) {
+            Some(built) => built,
+            None => build(block, &blocks, engines)?,
+        };
         let host_deployment = deployment
             .hosts
             .entry(host.name.clone())

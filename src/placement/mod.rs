@@ -7,14 +7,17 @@
 //! and `ejection_dfs` (segment and subtree moves passed along rows of full hosts); `explain`
 //! says why blocks sit where they do.
 
-pub mod branch;
-pub mod ejection;
-pub mod ejection_dfs;
-pub mod exact;
-pub mod explain;
-pub mod generate;
-pub mod heuristic;
-pub mod multilevel;
+mod branch;
+mod ejection;
+mod ejection_dfs;
+mod exact;
+pub(crate) mod explain;
+// Generated instances are for tests and the benchmark (which includes the same file), not
+// part of the library.
+#[cfg(test)]
+mod generate;
+mod heuristic;
+mod multilevel;
 pub mod problem;
 
 use crate::resolve::Resolved;
@@ -194,6 +197,11 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     }
     let total = state.total();
     (state.at, total <= lower_bound(problem, weights) + 1e-9)
+}
+
+/// The greedy construction alone, before any search improves it (a yardstick for tests).
+pub fn greedy(problem: &Problem, weights: &Weights) -> Vec<usize> {
+    heuristic::construct(problem, weights)
 }
 
 /// A bound no placement beats: the overflow that pins force, plus what the unpinned cpu
