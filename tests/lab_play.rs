@@ -79,10 +79,7 @@ impl Show {
 
     /// `orchestra run … --record DIR/out.wav EXTRA…` (not started yet), and the recording.
     fn run_recorded(&self, extra: &[&str]) -> (Command, PathBuf) {
-        let wav = self.dir.path().join("out.wav");
-        let mut cmd = self.orchestra("run");
-        cmd.arg("--record").arg(&wav).args(extra);
-        (cmd, wav)
+        common::recording_to(self.orchestra("run"), self.dir.path(), extra)
     }
 
     fn only_sshd_everywhere(&self) {

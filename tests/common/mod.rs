@@ -191,13 +191,16 @@ pub fn audio_turn() -> std::sync::MutexGuard<'static, ()> {
 /// `orchestra run SCRIPT --record DIR/out.wav EXTRA…` on this test's server (not started yet),
 /// and the recording's path.
 pub fn run_recorded(server: &str, script: &Path, dir: &Path, extra: &[&str]) -> (Command, PathBuf) {
-    let wav = dir.join("out.wav");
     let mut cmd = orchestra(server);
-    cmd.arg("run")
-        .arg(script)
-        .arg("--record")
-        .arg(&wav)
-        .args(extra);
+    cmd.arg("run").arg(script);
+    recording_to(cmd, dir, extra)
+}
+
+/// `run` as `cmd` says, recording what reaches the DAC to DIR/out.wav, with EXTRA arguments
+/// after; and the recording's path.
+pub fn recording_to(mut cmd: Command, dir: &Path, extra: &[&str]) -> (Command, PathBuf) {
+    let wav = dir.join("out.wav");
+    cmd.arg("--record").arg(&wav).args(extra);
     (cmd, wav)
 }
 
