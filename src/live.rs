@@ -1,12 +1,12 @@
-//! The live loop: once the orchestra plays, keep it equal to its script.
+//! The play loop: once the orchestra plays, keep it equal to its script.
 //!
-//! A change to any file the orchestra is made of is reloaded, re-placed from the current
-//! placement, diffed against what runs and applied make-before-break; a reload that fails
-//! (script error, a new instance that does not start) changes nothing that plays. Changes that
-//! arrive while one is applied are merged into the next reload. Every second, and whenever a
-//! synth exits, what the agents report is compared with what was applied (level-triggered):
-//! dead synths are restarted, edges put back, leftovers stopped, and a host whose agent went
-//! away gets a new one, which adopts what still runs there.
+//! A change to any file the orchestra is made of, or an OSC command, is evaluated in a worker
+//! while the loop goes on serving signals, agent events and repairs; the result is re-placed
+//! from the current placement and handed to the [`Conductor`], which applies it
+//! make-before-break or, when it fails, changes nothing that plays. Changes that arrive
+//! meanwhile are merged into the next reload. Every second, and whenever a synth exits, the
+//! conductor repairs what the agents report against what was applied. Generic over the
+//! [`Hosts`]: the real fleet, or hosts in memory in tests.
 
 use crate::agent::protocol::Event;
 use crate::conductor::{Conductor, Converge, Converged};
