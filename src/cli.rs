@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +101,10 @@ enum Command {
         /// out of the placement).
         #[arg(long)]
         skip_unreachable: bool,
+        /// While playing: a host whose agent stops answering, and that does not answer
+        /// itself within this long, is down and its blocks go to the hosts that remain.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        host_grace: f64,
         /// Do not reload when the script, its required files, the hosts file or a module
         /// folder changes.
         #[arg(long)]
@@ -186,6 +191,7 @@ pub async fn main(cli: Cli) -> Result<()> {
             seconds,
             ssh,
             skip_unreachable,
+            host_grace,
             no_watch,
             dry_run,
             osc,
@@ -201,7 +207,10 @@ pub async fn main(cli: Cli) -> Result<()> {
                     state_dir,
                     record,
                     seconds,
-                    connect: ConnectOptions::new(ssh.known_hosts, skip_unreachable),
+                    connect: ConnectOptions {
+                        grace: Duration::from_secs_f64(host_grace.clamp(0.05, 60.0)),
+                        ..ConnectOptions::new(ssh.known_hosts, skip_unreachable)
+                    },
                     watch: !no_watch,
                     dry_run,
                     osc: (!no_osc).then(|| OscOptions {

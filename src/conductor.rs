@@ -15,6 +15,7 @@ use crate::policy::{Policies, Restarts, Throttle};
 use crate::state::{self, AppliedState};
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,16 @@ impl Converged {
     }
 }
 
+/// What became of a host whose agent went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentFate {
+    Replaced,
+    /// The host does not answer: it is down.
+    Down,
+    /// Not now (replaced too recently, or a host nothing knows).
+    Waiting,
+}
+
 /// What plays, the hosts it plays on, and the rules for repairing it.
 pub struct Conductor<H> {
     hosts: H,
@@ -75,6 +86,11 @@ pub struct Conductor<H> {
     restarts: Restarts,
     /// When a lost agent was last replaced, per host.
     respawned: Throttle,
+    /// Hosts that went down while playing, since when; asked now and then whether they
+    /// answer again.
+    down: BTreeMap<String, Instant>,
+    /// When each down host was last asked.
+    probed: Throttle,
     events: Events,
 }
 
@@ -100,6 +116,8 @@ impl<H: Hosts> Conductor<H> {
             policies,
             restarts: Restarts::new(policies.restart),
             respawned: Throttle::new(policies.respawn_every),
+            down: BTreeMap::new(),
+            probed: Throttle::new(policies.probe_down_every),
             events,
         }
     }
@@ -109,7 +127,13 @@ impl<H: Hosts> Conductor<H> {
         self.policies = policies;
         self.restarts = Restarts::new(policies.restart);
         self.respawned = Throttle::new(policies.respawn_every);
+        self.probed = Throttle::new(policies.probe_down_every);
         self
+    }
+
+    /// Hosts down now (left out of every placement until they answer again).
+    pub fn down(&self) -> impl Iterator<Item = &String> {
+        self.down.keys()
     }
 
     pub fn applied(&self) -> &AppliedState {
@@ -156,7 +180,10 @@ impl<H: Hosts> Conductor<H> {
             // A reload is a fresh start for every synth: its past exits no longer count.
             self.restarts.forgive();
         }
-        let plan = diff(&self.applied.deployment, &next.deployment);
+        let mut plan = diff(&self.applied.deployment, &next.deployment);
+        // A down host cannot be asked for anything; what still runs there is stopped when it
+        // comes back (its new agent adopts it and the repair finds it left over).
+        plan.actions.retain(|a| !self.down.contains_key(a.host()));
         if plan.is_empty() {
             if how == Converge::Edit {
                 self.events.emit(Happening::Unchanged {
@@ -287,9 +314,9 @@ impl<H: Hosts> Conductor<H> {
     /// Compare what each agent reports with what was applied, and repair the difference; a
     /// host whose agent went away gets a new one (found in what was applied, else among
     /// `known`), at most as often as the policy says.
-    pub async fn repair(&mut self, known: &[Host]) {
+    pub async fn repair(&mut self, known: &[Host]) -> Vec<String> {
         if self.mode == Mode::DryRun {
-            return;
+            return Vec::new();
         }
         let started = Instant::now();
         let repaired = executor::repair(
@@ -318,25 +345,38 @@ impl<H: Hosts> Conductor<H> {
                 took_ms: started.elapsed().as_millis(),
             });
         }
+        let mut went_down = Vec::new();
         for (host, error) in repaired.lost {
-            self.replace_agent(&host, error, known).await;
+            if self.replace_agent(&host, error, known).await == AgentFate::Down {
+                went_down.push(host);
+            }
         }
+        went_down
     }
 
-    async fn replace_agent(&mut self, host: &str, error: anyhow::Error, known: &[Host]) {
-        if !self.respawned.allow(host, Instant::now()) {
-            return;
-        }
-        let Some(spec) = self
-            .applied
-            .deployment
-            .hosts
-            .get(host)
-            .map(|h| h.host.clone())
-            .or_else(|| known.iter().find(|h| h.name == host).cloned())
-        else {
-            return;
+    /// A host's agent went away: replace it if the host answers, else mark the host down.
+    async fn replace_agent(
+        &mut self,
+        host: &str,
+        error: anyhow::Error,
+        known: &[Host],
+    ) -> AgentFate {
+        let Some(spec) = self.spec_of(host, known) else {
+            return AgentFate::Waiting;
         };
+        if !self.hosts.answers(&spec).await {
+            self.hosts.forget(host);
+            self.down.insert(host.to_string(), Instant::now());
+            self.probed.allow(host, Instant::now());
+            self.events.emit(Happening::HostDown {
+                host: host.to_string(),
+                why: format!("{error:#}; it does not answer"),
+            });
+            return AgentFate::Down;
+        }
+        if !self.respawned.allow(host, Instant::now()) {
+            return AgentFate::Waiting;
+        }
         self.events.emit(Happening::AgentLost {
             host: host.to_string(),
             error: format!("{error:#}"),
@@ -350,6 +390,53 @@ impl<H: Hosts> Conductor<H> {
                 text: format!("cannot start a new agent on {host}: {e:#}"),
             }),
         }
+        AgentFate::Replaced
+    }
+
+    fn spec_of(&self, host: &str, known: &[Host]) -> Option<Host> {
+        self.applied
+            .deployment
+            .hosts
+            .get(host)
+            .map(|h| h.host.clone())
+            .or_else(|| known.iter().find(|h| h.name == host).cloned())
+    }
+
+    /// Ask the down hosts whose turn it is whether they answer again; one that does gets an
+    /// agent (which adopts what still runs there, for the next repair to stop) and counts as
+    /// up. The hosts back.
+    pub async fn probe_down_hosts(&mut self, known: &[Host]) -> Vec<String> {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .down
+            .keys()
+            .filter(|h| self.probed.allow(h, now))
+            .cloned()
+            .collect();
+        let mut back = Vec::new();
+        for host in due {
+            let Some(spec) = self.spec_of(&host, known) else {
+                continue;
+            };
+            if !self.hosts.answers(&spec).await {
+                continue;
+            }
+            match self.hosts.reach(vec![spec], &self.applied.deployment).await {
+                Ok(reached) if reached.left_out.is_empty() => {
+                    let since = self.down.remove(&host).unwrap_or(now);
+                    self.events.emit(Happening::HostBack {
+                        host: host.clone(),
+                        down_ms: since.elapsed().as_millis(),
+                    });
+                    back.push(host);
+                }
+                Ok(_) => {}
+                Err(e) => self.events.emit(Happening::Warning {
+                    text: format!("{host} answers again but cannot be brought up: {e:#}"),
+                }),
+            }
+        }
+        back
     }
 }
 
@@ -401,4 +488,10 @@ impl Hosts for Paper {
     ) -> BoxFuture<'a, anyhow::Result<usize>> {
         async { Ok(0) }.boxed()
     }
+
+    fn answers<'a>(&'a self, _: &'a Host) -> BoxFuture<'a, bool> {
+        async { true }.boxed()
+    }
+
+    fn forget(&mut self, _: &str) {}
 }

@@ -69,6 +69,16 @@ pub enum Happening {
         host: String,
         adopted: usize,
     },
+    /// A host whose agent went away does not answer: its blocks are placed on the others.
+    HostDown {
+        host: String,
+        why: String,
+    },
+    /// A host that was down answers again; placements from now on may use it.
+    HostBack {
+        host: String,
+        down_ms: u128,
+    },
     /// A host not used before is up.
     HostUp {
         host: String,
@@ -166,6 +176,15 @@ impl fmt::Display for Happening {
                 "  a new agent on {host} adopted {adopted} running instance(s)"
             ),
             Happening::HostUp { host } => write!(f, "  new host {host} is up"),
+            Happening::HostDown { host, why } => write!(
+                f,
+                "error: host {host} is down ({why}); placing its blocks on the hosts that remain"
+            ),
+            Happening::HostBack { host, down_ms } => write!(
+                f,
+                "host {host} is back after {:.1} s; the next placement may use it again",
+                *down_ms as f64 / 1000.0
+            ),
             Happening::HostLeftOut { host, why } => {
                 write!(f, "warning: leaving out {host}: {why}")
             }

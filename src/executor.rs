@@ -36,6 +36,11 @@ pub trait Hosts: Sync {
         hosts: Vec<Host>,
         running: &'a Deployment,
     ) -> BoxFuture<'a, anyhow::Result<Reached>>;
+    /// Whether `host` answers at all (its SSH port, within the grace period): a host whose
+    /// agent went away and that does not answer is down.
+    fn answers<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, bool>;
+    /// Drop the agent of a host that is down: its actions fail at once from now on.
+    fn forget(&mut self, host: &str);
     /// Replace the agent of `host`, which went away; how many running instances the new one
     /// adopted.
     fn respawn<'a>(

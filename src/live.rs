@@ -344,7 +344,12 @@ impl<H: Hosts> Live<H> {
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
         loop {
-            let left_out: BTreeSet<String> = self.unreachable.keys().cloned().collect();
+            let left_out: BTreeSet<String> = self
+                .unreachable
+                .keys()
+                .chain(self.conductor.down())
+                .cloned()
+                .collect();
             let applied = self.conductor.applied();
             let desired = desire(
                 loaded,
@@ -377,9 +382,58 @@ impl<H: Hosts> Live<H> {
         }
     }
 
-    /// Compare what each agent reports with what was applied, and repair the difference.
+    /// Compare what each agent reports with what was applied, and repair the difference. A
+    /// host that went down has its blocks placed on the hosts that remain (make-before-break
+    /// wherever the old side still plays); until that works it is tried again each time.
     pub async fn reconcile(&mut self) {
-        self.conductor.repair(&self.loaded.resolved.hosts).await;
+        let known = self.loaded.resolved.hosts.clone();
+        let went_down = self.conductor.repair(&known).await;
+        self.conductor.probe_down_hosts(&known).await;
+        let stranded: Vec<String> = self
+            .conductor
+            .down()
+            .filter(|h| self.conductor.applied().deployment.hosts.contains_key(*h))
+            .cloned()
+            .collect();
+        if stranded.is_empty() {
+            return;
+        }
+        if let Some(why) = self.dac_host_down(&stranded) {
+            if !went_down.is_empty() {
+                self.tell(Happening::Error { text: why });
+            }
+            return;
+        }
+        self.replace_from(&stranded).await;
+    }
+
+    /// When a down host holds the DAC, nothing is moved (the sound would come out of another
+    /// machine): why, said plainly.
+    fn dac_host_down(&self, down: &[String]) -> Option<String> {
+        let placement = &self.conductor.applied().placement;
+        let dac = self
+            .loaded
+            .resolved
+            .blocks
+            .values()
+            .filter(|b| b.module.name() == "dac")
+            .find_map(|b| {
+                let host = placement.host_of(&b.name)?;
+                down.iter()
+                    .any(|d| d == host)
+                    .then(|| (b.name.clone(), host))
+            })?;
+        Some(format!(
+            "the DAC's host {} is down: `{}` cannot be heard until it is back; the other hosts keep playing",
+            dac.1, dac.0
+        ))
+    }
+
+    /// Place the last good orchestra again without the hosts that are down, and apply it.
+    async fn replace_from(&mut self, down: &[String]) {
+        let started = Instant::now();
+        self.reload_started(format!("{} down", down.join(", ")));
+        let _ = self.reload_with(Ok(self.loaded.clone()), started).await;
     }
 
     fn tell(&self, happening: Happening) {

@@ -23,6 +23,7 @@ pub struct Source {
 }
 
 /// An orchestra read, checked and resolved against its modules.
+#[derive(Clone)]
 pub struct Loaded {
     pub orchestra: Orchestra,
     pub library: ModuleLibrary,

@@ -28,6 +28,8 @@ pub struct Policies {
     pub restart: RestartPolicy,
     /// A lost agent is replaced at most this often per host.
     pub respawn_every: Duration,
+    /// A host that went down is asked this often whether it answers again.
+    pub probe_down_every: Duration,
 }
 
 impl Default for Policies {
@@ -35,6 +37,7 @@ impl Default for Policies {
         Policies {
             restart: RestartPolicy::default(),
             respawn_every: Duration::from_secs(5),
+            probe_down_every: Duration::from_secs(2),
         }
     }
 }

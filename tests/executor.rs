@@ -54,6 +54,10 @@ struct Inner {
     log: Mutex<Vec<String>>,
     /// Hosts whose agent was replaced, in order.
     respawned: Mutex<Vec<String>>,
+    /// Hosts cut off the network: they answer nothing.
+    cut_off: Mutex<BTreeSet<String>>,
+    /// Hosts whose agent the conductor dropped as down, in order.
+    forgotten: Mutex<Vec<String>>,
     /// Actions wait while this is false (an apply in progress, held open by the test).
     open: watch::Sender<bool>,
 }
@@ -72,6 +76,8 @@ impl FakeHosts {
             stay_lost: AtomicBool::new(false),
             log: Mutex::default(),
             respawned: Mutex::default(),
+            cut_off: Mutex::default(),
+            forgotten: Mutex::default(),
             open: watch::Sender::new(true),
         }))
     }
@@ -155,7 +161,15 @@ impl Hosts for FakeHosts {
     }
 
     fn names(&self) -> Vec<String> {
-        self.0.hosts.lock().unwrap().keys().cloned().collect()
+        let forgotten = self.0.forgotten.lock().unwrap();
+        self.0
+            .hosts
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|h| !forgotten.contains(h))
+            .cloned()
+            .collect()
     }
 
     fn reach<'a>(
@@ -167,10 +181,21 @@ impl Hosts for FakeHosts {
             let mut known = self.0.hosts.lock().unwrap();
             for host in &hosts {
                 known.entry(host.name.clone()).or_default();
+                self.0.forgotten.lock().unwrap().retain(|h| *h != host.name);
+                self.0.lost.lock().unwrap().remove(&host.name);
             }
             Ok(Reached::all(hosts))
         }
         .boxed()
+    }
+
+    fn answers<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, bool> {
+        async move { !self.0.cut_off.lock().unwrap().contains(&host.name) }.boxed()
+    }
+
+    fn forget(&mut self, host: &str) {
+        self.0.lost.lock().unwrap().insert(host.to_string());
+        self.0.forgotten.lock().unwrap().push(host.to_string());
     }
 
     fn respawn<'a>(
@@ -372,11 +397,26 @@ async fn live_on_fake_hosts(
     dir: &Path,
     policies: Policies,
 ) -> (Live<FakeHosts>, FakeHosts, std::path::PathBuf) {
+    live_on(dir, SONG, None, policies).await
+}
+
+/// [`live_on_fake_hosts`] for `song` on the hosts of `hosts_file` (else this machine).
+async fn live_on(
+    dir: &Path,
+    song: &str,
+    hosts_file: Option<&str>,
+    policies: Policies,
+) -> (Live<FakeHosts>, FakeHosts, std::path::PathBuf) {
     let script = dir.join("song.lua");
-    std::fs::write(&script, SONG).unwrap();
+    std::fs::write(&script, song).unwrap();
+    let hosts_path = hosts_file.map(|text| {
+        let path = dir.join("hosts.lua");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
     let source = Source {
         script: script.clone(),
-        hosts: None,
+        hosts: hosts_path,
         modules: Vec::new(),
         placement: Options::default(),
     };
@@ -389,7 +429,13 @@ async fn live_on_fake_hosts(
         &BTreeSet::new(),
     )
     .unwrap();
-    let hosts = FakeHosts::with_hosts(&["localhost"]);
+    let names: Vec<&str> = loaded
+        .resolved
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    let hosts = FakeHosts::with_hosts(&names);
     let mut conductor = Conductor::new(
         hosts.clone(),
         AppliedState::default(),
@@ -404,11 +450,8 @@ async fn live_on_fake_hosts(
     conductor
         .converge(next, Converge::First, Instant::now())
         .await;
-    assert_eq!(
-        hosts.snapshot()["localhost"].processes.len(),
-        2,
-        "osc and filt"
-    );
+    let playing: usize = hosts.snapshot().values().map(|h| h.processes.len()).sum();
+    assert!(playing >= 2, "osc and filt play");
     (Live::new(source, loaded, conductor, &first), hosts, script)
 }
 
@@ -617,4 +660,133 @@ async fn a_dry_run_plans_each_change_and_touches_nothing() {
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "nothing saved"
     );
+}
+
+const TWO_HOSTS: &str = r#"
+host "h1" { address = "10.9.0.1", cores = 1 }
+host "h2" { address = "10.9.0.2", cores = 1 }
+"#;
+
+/// Where each block's instance runs on the fake hosts: block → host.
+fn where_blocks_run(hosts: &FakeHosts) -> BTreeMap<String, String> {
+    let mut at = BTreeMap::new();
+    for (host, seen) in hosts.snapshot() {
+        for block in seen.processes.values() {
+            if !block.starts_with("link-") {
+                at.insert(block.clone(), host.clone());
+            }
+        }
+    }
+    at
+}
+
+#[tokio::test]
+async fn a_host_that_goes_down_has_its_blocks_placed_on_the_others_and_is_used_again_when_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let song = SONG.replace(r#"module = "dac""#, r#"module = "dac", host = "h1""#);
+    let policies = Policies {
+        probe_down_every: Duration::from_millis(50),
+        ..Policies::default()
+    };
+    let (mut live, hosts, _) = live_on(dir.path(), &song, Some(TWO_HOSTS), policies).await;
+    let mut seen = live.conductor().events().subscribe();
+    let before = where_blocks_run(&hosts);
+    let (moving, staying) = match before["osc"].as_str() {
+        "h2" => ("osc", "filt"),
+        _ => ("filt", "osc"),
+    };
+    assert_eq!(before[moving], "h2", "one block on each host: {before:?}");
+    let kept_client = client_of_on(&hosts, staying);
+
+    // h2 is cut off: its agent does not answer, nor does the host.
+    let asked_before = hosts.log().len();
+    hosts.0.lost.lock().unwrap().insert("h2".into());
+    hosts.0.cut_off.lock().unwrap().insert("h2".into());
+    live.reconcile().await;
+    let down = next_where(&mut seen, |h| matches!(h, Happening::HostDown { .. })).await;
+    assert!(
+        down.to_string().starts_with("error: host h2 is down ("),
+        "{down}"
+    );
+    next_where(&mut seen, |h| matches!(h, Happening::Applied { .. })).await;
+    assert!(!live
+        .conductor()
+        .applied()
+        .deployment
+        .hosts
+        .contains_key("h2"));
+    let runs_on = |host: &str, block: &str| {
+        hosts.snapshot()[host]
+            .processes
+            .values()
+            .any(|b| b == block)
+    };
+    assert!(runs_on("h1", moving), "{:?}", hosts.snapshot());
+    assert_eq!(
+        client_of_on(&hosts, staying),
+        kept_client,
+        "the block that stayed was not restarted"
+    );
+    // Nothing was asked of the down host.
+    let asked_since = hosts.log()[asked_before..].to_vec();
+    assert!(
+        asked_since.iter().all(|l| !l.ends_with(" on h2")),
+        "{asked_since:?}"
+    );
+
+    // h2 answers again: it is up, what still ran there is stopped, nothing moves back.
+    hosts.0.cut_off.lock().unwrap().remove("h2");
+    tokio::time::sleep(policies.probe_down_every).await;
+    live.reconcile().await;
+    let back = next_where(&mut seen, |h| matches!(h, Happening::HostBack { .. })).await;
+    assert!(
+        back.to_string().starts_with("host h2 is back after "),
+        "{back}"
+    );
+    live.reconcile().await;
+    assert!(
+        hosts.snapshot()["h2"].processes.is_empty(),
+        "leftovers stopped"
+    );
+    assert_eq!(where_blocks_run(&hosts)[moving], "h1");
+    assert!(live.conductor().down().next().is_none());
+}
+
+#[tokio::test]
+async fn when_the_dac_host_goes_down_nothing_moves_and_it_is_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let song = SONG.replace(r#"module = "dac""#, r#"module = "dac", host = "h2""#);
+    let (mut live, hosts, _) =
+        live_on(dir.path(), &song, Some(TWO_HOSTS), Policies::default()).await;
+    let mut seen = live.conductor().events().subscribe();
+    let before = where_blocks_run(&hosts);
+    hosts.0.lost.lock().unwrap().insert("h2".into());
+    hosts.0.cut_off.lock().unwrap().insert("h2".into());
+    live.reconcile().await;
+    live.reconcile().await;
+    let said = next_where(&mut seen, |h| matches!(h, Happening::Error { .. })).await;
+    assert_eq!(
+        said.to_string(),
+        "error: the DAC's host h2 is down: `out` cannot be heard until it is back; the other hosts keep playing"
+    );
+    let blocks_on_h1: Vec<(&String, &String)> = before.iter().filter(|(_, h)| *h == "h1").collect();
+    let now = where_blocks_run(&hosts);
+    for (block, _) in blocks_on_h1 {
+        assert_eq!(now[block], "h1");
+    }
+    assert!(
+        std::iter::from_fn(|| seen.try_recv().ok())
+            .all(|h| !matches!(h, Happening::Applied { .. })),
+        "nothing was re-placed"
+    );
+}
+
+fn client_of_on(hosts: &FakeHosts, block: &str) -> String {
+    hosts
+        .snapshot()
+        .values()
+        .flat_map(|h| h.processes.iter())
+        .find(|(_, b)| *b == block)
+        .map(|(client, _)| client.clone())
+        .unwrap()
 }

@@ -27,6 +27,9 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Go on with the hosts that answered instead of stopping at an unreachable one.
     pub skip_unreachable: bool,
+    /// While playing: how long an agent may take to answer, and a host whose agent went away
+    /// to answer at all, before the host counts as down.
+    pub grace: Duration,
 }
 
 impl ConnectOptions {
@@ -39,6 +42,7 @@ impl ConnectOptions {
             known_hosts: known_hosts.unwrap_or_else(|| home.join(".ssh/known_hosts")),
             timeout: Duration::from_secs(5),
             skip_unreachable,
+            grace: Duration::from_secs(1),
         }
     }
 }
@@ -490,7 +494,12 @@ impl executor::Hosts for Fleet {
 
     fn observe<'a>(&'a self, host: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>> {
         async move {
-            let reply = self.get(host)?.call(Request::Status).await?;
+            let grace = self.setup.connect.grace;
+            // A host cut off the network answers nothing, not even an error: the grace
+            // period decides.
+            let reply = tokio::time::timeout(grace, self.get(host)?.call(Request::Status))
+                .await
+                .map_err(|_| anyhow!("no answer within {} ms", grace.as_millis()))??;
             let status: StatusReply = serde_json::from_value(reply)?;
             Ok(Observed {
                 processes: status
@@ -522,6 +531,36 @@ impl executor::Hosts for Fleet {
         running: &'a Deployment,
     ) -> BoxFuture<'a, anyhow::Result<usize>> {
         async move { Ok(Fleet::respawn(self, host, running).await?.adopted.len()) }.boxed()
+    }
+
+    fn answers<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, bool> {
+        async move {
+            if host.local {
+                return true;
+            }
+            let dial = tokio::net::TcpStream::connect((host.address.as_str(), host.port));
+            matches!(
+                tokio::time::timeout(self.setup.connect.grace, dial).await,
+                Ok(Ok(_))
+            )
+        }
+        .boxed()
+    }
+
+    fn forget(&mut self, host: &str) {
+        self.hellos.remove(host);
+        let session = self.sessions.remove(host);
+        let ssh = self.ssh.remove(host);
+        // Closing a session to a host cut off the network waits for nothing useful: let it
+        // end in the background.
+        tokio::spawn(async move {
+            if let Some(session) = session {
+                session.close().await;
+            }
+            if let Some(ssh) = ssh {
+                ssh.disconnect().await;
+            }
+        });
     }
 
     fn time(&self, host: &str, step: &'static str, took: Duration) {
