@@ -122,6 +122,23 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
     }
 }
 
+/// Every silence of at least `at_least_ms` between the first and the last sound, in
+/// milliseconds, in order (failovers in a long recording, say).
+pub fn silences_ms(samples: &[f32], rate: u32, at_least_ms: f64) -> Vec<f64> {
+    let (Some(first), Some(last)) = (
+        samples.iter().position(|s| s.abs() > SILENCE),
+        samples.iter().rposition(|s| s.abs() > SILENCE),
+    ) else {
+        return Vec::new();
+    };
+    let min_gap = (at_least_ms * rate as f64 / 1000.0).ceil().max(1.0) as usize;
+    let spans = stretches(&samples[first..=last], min_gap);
+    spans
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].1) as f64 * 1000.0 / rate as f64)
+        .collect()
+}
+
 /// The sounding stretches of `sounding` (which starts and ends with sound), as half-open
 /// index ranges: split wherever silence lasts at least `min_gap` samples.
 fn stretches(sounding: &[f32], min_gap: usize) -> Vec<(usize, usize)> {
@@ -196,6 +213,22 @@ mod tests {
         assert!((r.rms - 0.3 / 2f64.sqrt()).abs() < 0.01);
         assert!((r.first_sound_s.unwrap() - 0.1).abs() < 0.001);
         assert!(r.longest_gap_ms < 1.0);
+    }
+
+    #[test]
+    fn lists_each_silence_at_least_so_long() {
+        let mut s = vec![0.0; 4800];
+        s.extend(sine(440.0, 0.5, 48000));
+        s.extend(vec![0.0; 4800]);
+        s.extend(sine(440.0, 0.5, 48000));
+        s.extend(vec![0.0; 96]);
+        s.extend(sine(440.0, 0.5, 48000));
+        s.extend(vec![0.0; 14400]);
+        s.extend(sine(440.0, 0.5, 48000));
+        let silences = silences_ms(&s, 48000, 50.0);
+        assert_eq!(silences.len(), 2, "{silences:?}");
+        assert!((silences[0] - 100.0).abs() < 1.0, "{silences:?}");
+        assert!((silences[1] - 300.0).abs() < 1.0, "{silences:?}");
     }
 
     #[test]

@@ -101,8 +101,8 @@ enum Command {
         /// out of the placement).
         #[arg(long)]
         skip_unreachable: bool,
-        /// While playing: a host whose agent stops answering, and that does not answer
-        /// itself within this long, is down and its blocks go to the hosts that remain.
+        /// While playing: a host that does not answer within this long (its agent for half of
+        /// it, then the host itself) is down, and its blocks go to the hosts that remain.
         #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
         host_grace: f64,
         /// Do not reload when the script, its required files, the hosts file or a module

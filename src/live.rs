@@ -4,7 +4,7 @@
 //! while the loop goes on serving signals, agent events and repairs; the result is re-placed
 //! from the current placement and handed to the [`Conductor`], which applies it
 //! make-before-break or, when it fails, changes nothing that plays. Changes that arrive
-//! meanwhile are merged into the next reload. Every second, and whenever a synth exits, the
+//! meanwhile are merged into the next reload. Twice a second, and whenever a synth exits, the
 //! conductor repairs what the agents report against what was applied. Generic over the
 //! [`Hosts`]: the real fleet, or hosts in memory in tests.
 
@@ -487,11 +487,12 @@ pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = String> +
 /// Where the answer to an OSC command goes once it is applied.
 type ControlReply = tokio::sync::oneshot::Sender<Result<String, String>>;
 
-/// How often what runs is compared with what was applied (exits repair at once).
-const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How often what runs is compared with what was applied (exits repair at once); also how
+/// soon a host cut off the network is noticed.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
 /// Play until `shutdown` or `until`: reload on each change (merging those that arrive while
-/// one is evaluated or applied into the next), reconcile every second and whenever a synth
+/// one is evaluated or applied into the next), reconcile twice a second and whenever a synth
 /// exits. In a dry run nothing is reconciled (the conductor acts on nothing).
 pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
     let Inputs {

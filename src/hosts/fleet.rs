@@ -27,8 +27,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Go on with the hosts that answered instead of stopping at an unreachable one.
     pub skip_unreachable: bool,
-    /// While playing: how long an agent may take to answer, and a host whose agent went away
-    /// to answer at all, before the host counts as down.
+    /// While playing: how long a host may take, in all, to answer before it counts as down:
+    /// half for its agent's reply, half for the host itself (its SSH port).
     pub grace: Duration,
 }
 
@@ -494,9 +494,9 @@ impl executor::Hosts for Fleet {
 
     fn observe<'a>(&'a self, host: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>> {
         async move {
-            let grace = self.setup.connect.grace;
-            // A host cut off the network answers nothing, not even an error: the grace
-            // period decides.
+            // A host cut off the network answers nothing, not even an error: half the grace
+            // period for its agent, half for the host itself (see `answers`).
+            let grace = self.setup.connect.grace / 2;
             let reply = tokio::time::timeout(grace, self.get(host)?.call(Request::Status))
                 .await
                 .map_err(|_| anyhow!("no answer within {} ms", grace.as_millis()))??;
@@ -540,7 +540,7 @@ impl executor::Hosts for Fleet {
             }
             let dial = tokio::net::TcpStream::connect((host.address.as_str(), host.port));
             matches!(
-                tokio::time::timeout(self.setup.connect.grace, dial).await,
+                tokio::time::timeout(self.setup.connect.grace / 2, dial).await,
                 Ok(Ok(_))
             )
         }
