@@ -235,6 +235,9 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
             f,
             "jackd on {host} died ({reason}); restarted, {synths} synth(s) and {edges} edge(s) back in {after_ms} ms"
         ),
+        Event::Replayed { block, values } => {
+            write!(f, "  replayed {values} OSC value(s) to {block} on {host}")
+        }
         Event::JackFailed { reason, error } => write!(
             f,
             "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"

@@ -224,6 +224,7 @@ mod tests {
             inputs: vec![format!("{client}:input1")],
             outputs: vec![format!("{client}:output1")],
             ready_line: None,
+            osc_port: None,
         }
     }
 

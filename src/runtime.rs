@@ -10,6 +10,7 @@ use crate::first_run::BroughtUp;
 use crate::hosts::fleet::{self, AgentSetup, ConnectOptions, Fleet};
 use crate::live::{play, Inputs, Live};
 use crate::model::Host;
+use crate::osc::memory::OscMemory;
 use crate::osc::server::{ControlRequest, OscOptions, OscServer, Serving, SharedRoutes};
 use crate::script::layer::LiveLayer;
 use crate::state::{self, AppliedState};
@@ -139,6 +140,12 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         orchestra: loaded.resolved.name.clone(),
         events: event_tx,
     });
+    // What the router tells each block is replayed to its new instances (moved, replaced,
+    // restarted).
+    let osc_memory = OscMemory::default();
+    if osc_server.is_some() {
+        fleet.replay_from(osc_memory.clone());
+    }
     let remote = !connected.ssh.is_empty();
     fleet
         .bring_up(&involved, connected, &current, desired.deployment.audio)
@@ -233,7 +240,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         .left_out(left_out)
         .recording_from(record_offset);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let osc = osc_server.map(|server| serve_osc(server, &mut live, control_tx));
+    let osc = osc_server.map(|server| serve_osc(server, &mut live, osc_memory, control_tx));
     if let Some(watcher) = watcher {
         live.watch_with(watcher);
     }
@@ -460,11 +467,12 @@ async fn bind_osc(options: &RunOptions) -> Result<Option<OscServer>> {
 fn serve_osc(
     server: OscServer,
     live: &mut Live<Fleet>,
+    memory: OscMemory,
     control: mpsc::UnboundedSender<ControlRequest>,
 ) -> (OscServer, Serving) {
     let routes = SharedRoutes::default();
     live.route_with(routes.clone());
-    let task = server.spawn(routes, control);
+    let task = server.spawn(routes, memory, control);
     if let Ok(addr) = server.local_addr() {
         eprintln!(
             "OSC control and router on {addr} (/orchestra/… commands; /BLOCK/… goes to the block)"

@@ -572,9 +572,25 @@ osc >> out
     run.wait_for("applied in", Duration::from_secs(30));
     assert!(csounds(&show, "h1").is_empty(), "osc left h1");
     assert_eq!(csounds(&show, "h2").len(), 1, "osc now on h2");
+    // The new instance was told 660 before it was wired in.
+    let replayed = run.wait_for("replayed ", Duration::from_secs(10));
+    assert_eq!(replayed.trim(), "replayed 1 OSC value(s) to osc on h2");
+    std::thread::sleep(Duration::from_secs(2));
     // The sender does not change anything: the same message reaches it at its new place.
     send_osc(&show, router, "/osc/freq", 550.0);
     finish_at(run, &show, &wav, 550.0);
+    // Before the 550 (the last 2 s), the moved block played on at 660.
+    let (left, rate) = cloud_orchestra::analysis::read_channel(&wav, 0).unwrap();
+    let end = left
+        .iter()
+        .rposition(|s| s.abs() > cloud_orchestra::analysis::SILENCE)
+        .unwrap();
+    let at = |seconds_before_end: f64| end - (seconds_before_end * rate as f64) as usize;
+    let moved = cloud_orchestra::analysis::analyze(&left[at(3.5)..at(2.5)], rate);
+    assert!(
+        (moved.frequency_hz - 660.0).abs() < 6.6,
+        "660 Hz after the move: {moved:?}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use cloud_orchestra::analysis::{analyze, read_channel};
 use common::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,52 +21,6 @@ fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "`{from}` in {}", path.display());
     save(path, &text.replacen(from, to, 1));
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, r)| !r.starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// Running instances on the local host, block → [(client, pid)], from the agent's records.
-fn instances(dir: &Path) -> BTreeMap<String, Vec<(String, u32)>> {
-    let mut found: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
-    let blocks = dir.join(".orchestra/hosts/localhost/blocks");
-    for block_dir in std::fs::read_dir(blocks).into_iter().flatten().flatten() {
-        for instance in std::fs::read_dir(block_dir.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Ok(text) = std::fs::read_to_string(instance.path().join("instance.json")) else {
-                continue;
-            };
-            let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let pid = record["pid"].as_u64().unwrap() as u32;
-            if alive(pid) {
-                found
-                    .entry(record["block"].as_str().unwrap().to_string())
-                    .or_default()
-                    .push((record["client"].as_str().unwrap().to_string(), pid));
-            }
-        }
-    }
-    found
-}
-
-/// block → pid, each block running exactly once.
-fn pids(dir: &Path) -> BTreeMap<String, u32> {
-    instances(dir)
-        .into_iter()
-        .map(|(block, list)| {
-            assert_eq!(list.len(), 1, "one instance of `{block}`: {list:?}");
-            (block, list[0].1)
-        })
-        .collect()
 }
 
 /// The server's connections in block terms (the recorder's left out), each once.

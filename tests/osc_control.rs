@@ -287,7 +287,7 @@ fn bench_router() {
     let (control, _rx) = tokio::sync::mpsc::unbounded_channel();
     let _task = {
         let _guard = rt.enter();
-        server.spawn(routes, control)
+        server.spawn(routes, Default::default(), control)
     };
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     let message = |addr: &str| {
@@ -522,4 +522,54 @@ fn hostile_packets_and_commands_are_refused_and_the_tone_plays_on() {
     assert!(stderr.contains("1 malformed"), "{stderr}");
     let tail = tail_tone(&wav, 0.8);
     assert!((tail.frequency_hz - 440.0).abs() < 4.4, "{tail:?}");
+}
+
+/// `/osc/freq 660`, then something makes a new instance of `osc`: `renew` does it and says
+/// what the terminal shows for it. The new instance is told 660 before it is wired in, and
+/// says so; the tone at the end is 660 Hz.
+fn a_new_instance_plays_as_its_block_was_told(
+    tag: &str,
+    renew: impl FnOnce(&Stage) -> &'static str,
+) {
+    let stage = Stage::with_script(tag, "song.lua", OSC_SINE);
+    let (mut run, wav, addr) = playing_with_osc(&stage);
+    std::thread::sleep(Duration::from_millis(500));
+    Client::new(addr).send("/osc/freq", vec![OscType::Float(660.0)]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = pids(stage.dir.path())["osc"];
+    let renewed = renew(&stage);
+    run.wait_for(renewed, Duration::from_secs(20));
+    let replayed = run.wait_for("replayed ", Duration::from_secs(20));
+    assert_eq!(
+        replayed.trim(),
+        "replayed 1 OSC value(s) to osc on localhost"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_ne!(pids(stage.dir.path())["osc"], before, "a new instance");
+    stop(run, &stage);
+    let tail = tail_tone(&wav, 1.0);
+    assert!(
+        (tail.frequency_hz - 660.0).abs() < 6.6,
+        "still 660 Hz: {tail:?}"
+    );
+}
+
+#[test]
+fn a_replaced_block_is_told_what_it_was_told_before_it_is_wired_in() {
+    a_new_instance_plays_as_its_block_was_told("osc-replay-edit", |stage| {
+        save(
+            &stage.script,
+            &OSC_SINE.replace("freq = 440 }", "freq = 440, amp = 0.25 }"),
+        );
+        "~ replace osc (sine_osc)"
+    });
+}
+
+#[test]
+fn a_synth_restarted_after_a_crash_is_told_what_it_was_told() {
+    a_new_instance_plays_as_its_block_was_told("osc-replay-crash", |stage| {
+        let osc = pids(stage.dir.path())["osc"];
+        unsafe { libc::kill(osc as i32, libc::SIGKILL) };
+        "+ start osc (sine_osc)"
+    });
 }

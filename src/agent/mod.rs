@@ -153,7 +153,7 @@ impl Agent {
                     adopted,
                 })?)
             }
-            Request::Start { process } => {
+            Request::Start { process, replay } => {
                 let ours = self.supervisor()?.clients().any(|c| c == process.client);
                 // JACK silently renames a second `NAME` to `NAME-01`: its ports would never
                 // be found. Refuse instead.
@@ -179,6 +179,15 @@ impl Agent {
                 self.wait_for_previous_start().await;
                 if !supervisor::process_alive(pid) {
                     return Err(self.failed_start(&process));
+                }
+                // Ready and not yet wired in: told what the block was last told, it joins
+                // sounding as the performer left it.
+                if let (Some(port), false) = (process.osc_port, replay.is_empty()) {
+                    let values = replay_osc(port, &replay);
+                    self.pending_events.push(Event::Replayed {
+                        block: process.block.clone(),
+                        values,
+                    });
                 }
                 Ok(json!({ "pid": pid }))
             }
@@ -470,4 +479,15 @@ pub async fn serve() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Send `packets` to the OSC port a new instance listens on here; how many went out.
+fn replay_osc(port: u16, packets: &[Vec<u8>]) -> usize {
+    let Ok(socket) = std::net::UdpSocket::bind(("127.0.0.1", 0)) else {
+        return 0;
+    };
+    packets
+        .iter()
+        .filter(|packet| socket.send_to(packet, ("127.0.0.1", port)).is_ok())
+        .count()
 }

@@ -27,6 +27,10 @@ pub enum Request {
     /// Write the instance's files and start it (idempotent for a running client).
     Start {
         process: ProcessSpec,
+        /// OSC packets to send the instance once it is ready, before it is wired in: what
+        /// the block was last told (see `osc::memory`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replay: Vec<Vec<u8>>,
     },
     Stop {
         client: String,
@@ -140,6 +144,8 @@ pub enum Event {
     },
     /// The JACK server died and could not be brought back; the agent tries again later.
     JackFailed { reason: String, error: String },
+    /// A new instance of `block` was told what the block was last told over OSC.
+    Replayed { block: String, values: usize },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -76,6 +76,7 @@ mod tests {
             inputs: vec![],
             outputs: vec!["osc-12345678:output1".into()],
             ready_line: ready_line.map(String::from),
+            osc_port: None,
         }
     }
 

@@ -189,6 +189,7 @@ pub fn ends(
             inputs: vec![send_port.clone()],
             outputs: vec![receive_port.clone()],
             ready_line: None,
+            osc_port: None,
         }
     };
     [

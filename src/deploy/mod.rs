@@ -36,6 +36,10 @@ pub struct ProcessSpec {
     /// The engine's "done registering with JACK" log line (`Launch::ready_line`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_line: Option<String>,
+    /// Where an OSC block's instance listens on its host (what it was last told is replayed
+    /// there before it is wired in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub osc_port: Option<u16>,
 }
 
 /// One JACK connection, full port names.
@@ -374,6 +378,7 @@ pub fn redeploy(
                 inputs: real.inputs,
                 outputs: real.outputs,
                 ready_line: real.ready_line,
+                osc_port: deployment.osc.get(&block.name).map(|e| e.port),
             },
         );
     }

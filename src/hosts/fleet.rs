@@ -10,6 +10,7 @@ use crate::agent::protocol::{Event, HelloReply, JackSettings, Request, StatusRep
 use crate::deploy::{Deployment, Edge};
 use crate::executor::{self, Reached};
 use crate::model::{AudioSettings, Host};
+use crate::osc::memory::OscMemory;
 use crate::plan::{Action, Observed, Plan};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::future::{join_all, BoxFuture};
@@ -144,6 +145,8 @@ pub struct Fleet {
     ssh: BTreeMap<String, Arc<SshHost>>,
     timings: Mutex<BTreeMap<String, Timings>>,
     setup: AgentSetup,
+    /// What the router last told each block, replayed to new instances.
+    osc_memory: Option<OscMemory>,
 }
 
 /// The work directory of an orchestra on a remote host, relative to the login directory.
@@ -247,7 +250,13 @@ impl Fleet {
             ssh: BTreeMap::new(),
             timings: Mutex::default(),
             setup,
+            osc_memory: None,
         }
+    }
+
+    /// Replay what `memory` holds to each new instance of an OSC block.
+    pub fn replay_from(&mut self, memory: OscMemory) {
+        self.osc_memory = Some(memory);
     }
 
     /// Start an agent on each of `hosts` (uploading the binary where it is missing) and greet
@@ -447,11 +456,16 @@ async fn agent_log_tail(ssh: &SshHost) -> String {
     }
 }
 
-/// The phases of a plan, in the order they run.
-fn request_of(action: &Action) -> Request {
+/// The request that carries `action` out; a start of an OSC block brings what the block was
+/// last told, for the new instance.
+fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
     match action {
         Action::Start { process, .. } => Request::Start {
             process: (**process).clone(),
+            replay: match (process.osc_port, memory) {
+                (Some(_), Some(memory)) => memory.replay(&process.block),
+                _ => Vec::new(),
+            },
         },
         Action::Stop { client, .. } => Request::Stop {
             client: client.clone(),
@@ -466,7 +480,7 @@ impl executor::Hosts for Fleet {
     fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
             self.get(action.host())?
-                .call(request_of(action))
+                .call(request_of(action, self.osc_memory.as_ref()))
                 .await
                 .map(|_| ())
         }

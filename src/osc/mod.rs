@@ -3,4 +3,5 @@
 //! now), on one UDP socket.
 
 pub mod dispatch;
+pub mod memory;
 pub mod server;

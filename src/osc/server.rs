@@ -3,6 +3,7 @@
 //! once; commands go to the control loop and are answered when applied.
 
 use super::dispatch::{dispatch, Command, Dispatch, Routes};
+use super::memory::OscMemory;
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
@@ -158,6 +159,7 @@ impl OscServer {
     pub fn spawn(
         &self,
         routes: SharedRoutes,
+        memory: OscMemory,
         control: mpsc::UnboundedSender<ControlRequest>,
     ) -> Serving {
         let socket = self.socket.clone();
@@ -189,6 +191,7 @@ impl OscServer {
                                     let Some(to) = table.get(&block) else {
                                         continue;
                                     };
+                                    memory.remember(&block, &bytes);
                                     match forward.send_to(&bytes, to) {
                                         Ok(_) => {
                                             counters.forwarded.fetch_add(1, Ordering::Relaxed);
