@@ -817,3 +817,67 @@ fn bench_failover_on_the_lab() {
     common::print_summary("failover: silence at the DAC", &silences);
     common::print_summary("failover: cut → host marked down", &detected_ms);
 }
+
+/// Every synth and link end on the lab's hosts, as (host, pid), sorted.
+fn players(show: &Show) -> Vec<(String, u32)> {
+    let mut found: Vec<(String, u32)> = ["h1", "h2", "h3"]
+        .iter()
+        .flat_map(|host| {
+            show.lab
+                .processes(host)
+                .into_iter()
+                .filter(|p| p.comm == "csound" || p.comm == "jacktrip")
+                .map(move |p| (host.to_string(), p.pid))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// `kill -9` of the controller on the lab, then `run` again: every host's agent adopts what
+/// plays there, nothing restarts, and the DAC hears the tone from the new run's first moment
+/// without a silence longer than this machine's short xruns.
+#[test]
+fn a_new_run_adopts_what_a_killed_controller_left_playing_on_every_host() {
+    let show = Show::new("adopt", CHAIN);
+    let mut run = Running::spawn(show.orchestra("run"));
+    run.wait_for("playing:", Duration::from_secs(90));
+    run.signal(libc::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    let before = players(&show);
+    assert_eq!(
+        before.len(),
+        6,
+        "2 synths and 2 links of 2 ends: {before:?}"
+    );
+
+    let (cmd, wav) = show.run_recorded(&[]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing:", Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(players(&show), before, "the same processes play on");
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    eprintln!("{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    for host in ["h1", "h2", "h3"] {
+        let playing_there = before.iter().filter(|(h, _)| h == host).count();
+        assert!(
+            stderr.contains(&format!(
+                "adopted {playing_there} running instance(s) on {host}"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(!stderr.contains("+ start"), "nothing restarted: {stderr}");
+    let (left, rate) = cloud_orchestra::analysis::read_channel(&wav, 0).unwrap();
+    let report = cloud_orchestra::analysis::analyze(&left, rate);
+    eprintln!("measured: {report:?}");
+    assert!((report.frequency_hz - 440.0).abs() < 4.4, "{report:?}");
+    assert!(
+        report.first_sound_s.unwrap() < 0.5,
+        "already sounding when recording starts: {report:?}"
+    );
+    assert!(report.longest_gap_ms < 20.0, "edges kept: {report:?}");
+    show.only_sshd_everywhere();
+}
