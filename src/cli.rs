@@ -105,6 +105,11 @@ enum Command {
         /// it, then the host itself) is down, and its blocks go to the hosts that remain.
         #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
         host_grace: f64,
+        /// Remove every edge of the orchestra's synths the plan did not ask for, even one to
+        /// a program that is not the orchestra's (by default a recorder, meter or DAW you
+        /// connect stays).
+        #[arg(long)]
+        exclusive: bool,
         /// Do not reload when the script, its required files, the hosts file or a module
         /// folder changes.
         #[arg(long)]
@@ -192,6 +197,7 @@ pub async fn main(cli: Cli) -> Result<()> {
             ssh,
             skip_unreachable,
             host_grace,
+            exclusive,
             no_watch,
             dry_run,
             osc,
@@ -224,6 +230,7 @@ pub async fn main(cli: Cli) -> Result<()> {
                         control_allow: osc_control_allow,
                     }),
                     osc_explicit: osc.is_some(),
+                    exclusive,
                 },
                 shutdown,
             )

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub osc: Option<OscOptions>,
     /// The OSC address was given: failing to bind it is an error (the default only warns).
     pub osc_explicit: bool,
+    /// Agents remove unplanned edges to programs that are not the orchestra's too.
+    pub exclusive: bool,
 }
 
 /// `orchestra run`: play until `shutdown` resolves (Ctrl-C, SIGTERM, SIGHUP: see
@@ -139,6 +141,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         state_dir: dir.clone(),
         orchestra: loaded.resolved.name.clone(),
         events: event_tx,
+        exclusive: options.exclusive,
     });
     // What the router tells each block is replayed to its new instances (moved, replaced,
     // restarted).
@@ -602,6 +605,7 @@ pub async fn down(script: &Path, state_dir: Option<&Path>, connect: &ConnectOpti
         state_dir: dir.clone(),
         orchestra: name.clone(),
         events: mpsc::unbounded_channel().0,
+        exclusive: false,
     };
     let stops = hosts.iter().map(|host| {
         let ssh = connected.ssh.get(&host.name).cloned();

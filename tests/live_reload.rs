@@ -459,3 +459,87 @@ fn bench_save_to_applied() {
         tail.frequency_hz
     );
 }
+
+/// `jack_rec` on this test's server (a program that is not the orchestra's), with block
+/// `osc`'s output connected to its input by hand, as a musician would.
+fn a_recorder_of_osc(stage: &Stage) -> std::process::Child {
+    let osc_port = jack_connections(&stage.server)
+        .into_iter()
+        .map(|(port, _)| port)
+        .find(|port| port.starts_with("osc-") && port.ends_with(":output1"))
+        .expect("osc's output port");
+    let recorder = Command::new("jack_rec")
+        .env("JACK_DEFAULT_SERVER", &stage.server)
+        .arg("-f")
+        .arg(stage.dir.path().join("theirs.wav"))
+        .arg("-d")
+        .arg("30")
+        .arg("system:capture_1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("jack_rec (jackd2's example clients) is installed");
+    let started = Instant::now();
+    loop {
+        let connected = Command::new("jack_connect")
+            .env("JACK_DEFAULT_SERVER", &stage.server)
+            .arg(&osc_port)
+            .arg("jackrec:input1")
+            .output()
+            .unwrap();
+        if connected.status.success() {
+            return recorder;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "jack_connect: {}",
+            String::from_utf8_lossy(&connected.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether an edge joins block `osc` to `jack_rec` now.
+fn recorder_connected(stage: &Stage) -> bool {
+    jack_connections(&stage.server)
+        .iter()
+        .any(|(a, b)| a.starts_with("osc-") && b == "jackrec:input1")
+}
+
+#[test]
+fn a_recorder_the_musician_connects_to_a_block_stays_connected() {
+    let stage = Stage::new("theirs");
+    let (run, _wav) = playing_recorded(&stage, &[]);
+    let mut recorder = a_recorder_of_osc(&stage);
+    // Many of the agent's graph reconciles later, the musician's edge is still there.
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            recorder_connected(&stage),
+            "{:?}",
+            jack_connections(&stage.server)
+        );
+    }
+    let _ = recorder.kill();
+    let _ = recorder.wait();
+    stop(run, &stage);
+}
+
+#[test]
+fn with_exclusive_every_unplanned_edge_goes() {
+    let stage = Stage::new("exclusive");
+    let (run, _wav) = playing_recorded(&stage, &["--exclusive"]);
+    let mut recorder = a_recorder_of_osc(&stage);
+    let removing = Instant::now();
+    while recorder_connected(&stage) {
+        assert!(
+            removing.elapsed() < Duration::from_secs(5),
+            "the unplanned edge is removed: {:?}",
+            jack_connections(&stage.server)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = recorder.kill();
+    let _ = recorder.wait();
+    stop(run, &stage);
+}

@@ -63,6 +63,8 @@ pub struct JackGraph {
     /// activates; connecting in that window fails ("inactive client") and was seen to leave
     /// csound stalled, so edges wait until a client has settled.
     first_seen: RefCell<HashMap<String, Instant>>,
+    /// Remove unplanned edges to programs that are not the orchestra's too.
+    exclusive: bool,
 }
 
 /// How long a new client's ports must exist before we connect them.
@@ -93,6 +95,7 @@ impl JackGraph {
                 intended: BTreeSet::new(),
                 recorder_inputs: Vec::new(),
                 first_seen: RefCell::new(HashMap::new()),
+                exclusive: false,
             },
             rx,
         ))
@@ -129,6 +132,11 @@ impl JackGraph {
         } = self;
         std::mem::forget(client);
         intended
+    }
+
+    /// Whether unplanned edges to programs that are not the orchestra's go too.
+    pub fn set_exclusive(&mut self, exclusive: bool) {
+        self.exclusive = exclusive;
     }
 
     pub fn set_recorder_inputs(&mut self, inputs: Vec<String>) {
@@ -198,8 +206,15 @@ impl JackGraph {
 
     /// Bring the graph in line: connect intended edges whose ports exist, disconnect edges of
     /// `our_clients` nobody intended (e.g. a synth that connected itself), mirror the DAC.
+    /// An unplanned edge to a program that is not the orchestra's (a recorder or a meter the
+    /// musician connected) stays, unless exclusive: the musician's JACK graph is theirs too.
     pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a str>) {
         let client = self.client.as_client();
+        let ours: BTreeSet<&str> = our_clients.collect();
+        let managed = |port: &str| {
+            let owner = port.split(':').next().unwrap_or("");
+            owner == "system" || ours.contains(owner)
+        };
         self.note_clients();
         for edge in &self.intended {
             if self.ready(&edge.from) && self.ready(&edge.to) && !self.connected(edge) {
@@ -208,7 +223,7 @@ impl JackGraph {
                 }
             }
         }
-        for name in our_clients {
+        for name in &ours {
             for port_name in
                 client.ports(Some(&format!("^{name}:")), None, jack::PortFlags::empty())
             {
@@ -228,7 +243,11 @@ impl JackGraph {
                             to: port_name.clone(),
                         }
                     };
-                    if !self.intended.contains(&edge) && !self.recorder_inputs.contains(&edge.to) {
+                    let theirs = !self.exclusive && !managed(&other);
+                    if !self.intended.contains(&edge)
+                        && !self.recorder_inputs.contains(&edge.to)
+                        && !theirs
+                    {
                         let _ = client.disconnect_ports_by_name(&edge.from, &edge.to);
                     }
                 }

@@ -132,6 +132,7 @@ impl Agent {
                 let adopted = sup.adopt();
                 let (mut graph, events) = JackGraph::open()?;
                 graph.intend_only(intended.into_iter().collect());
+                graph.set_exclusive(jack.exclusive);
                 let sample_rate = graph.sample_rate();
                 if sample_rate != jack.rate {
                     tracing::warn!(

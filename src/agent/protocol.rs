@@ -80,6 +80,11 @@ pub struct JackSettings {
     pub driver: Option<String>,
     #[serde(default)]
     pub device: Option<String>,
+    /// Remove every edge of the orchestra's clients the plan did not ask for, even one to a
+    /// program that is not the orchestra's (a recorder, a meter, a DAW); by default only
+    /// those between the orchestra's own clients and the system ports go.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -161,6 +161,7 @@ impl Agent {
         }
         let (mut graph, events) = JackGraph::open()?;
         graph.intend_only(intended);
+        graph.set_exclusive(settings.exclusive);
         if let Some(recorder) = self.recorder.as_mut() {
             recorder.reopen()?;
             graph.set_recorder_inputs(recorder.inputs.clone());

@@ -173,6 +173,8 @@ pub struct AgentSetup {
     pub orchestra: String,
     /// Where agents' events go.
     pub events: mpsc::UnboundedSender<(String, Event)>,
+    /// Agents remove unplanned edges to programs that are not the orchestra's too.
+    pub exclusive: bool,
 }
 
 impl AgentSetup {
@@ -230,6 +232,7 @@ impl AgentSetup {
                     start_if_missing: true,
                     driver: host.jack.driver.clone(),
                     device: host.jack.device.clone(),
+                    exclusive: self.exclusive,
                 },
                 intended,
             })
