@@ -278,6 +278,7 @@ fn bench_agent_command_over_ssh() {
                         start_if_missing: true,
                         driver: None,
                         device: None,
+                        exclusive: false,
                     },
                     intended: vec![],
                 })

@@ -376,6 +376,7 @@ mod tests {
             start_if_missing: true,
             driver: driver.map(String::from),
             device: device.map(String::from),
+            exclusive: false,
         }
     }
 
