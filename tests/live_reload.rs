@@ -462,23 +462,25 @@ fn bench_save_to_applied() {
 
 /// `jack_rec` on this test's server (a program that is not the orchestra's), with block
 /// `osc`'s output connected to its input by hand, as a musician would.
-fn a_recorder_of_osc(stage: &Stage) -> std::process::Child {
+fn a_recorder_of_osc(stage: &Stage) -> Theirs {
     let osc_port = jack_connections(&stage.server)
         .into_iter()
         .map(|(port, _)| port)
         .find(|port| port.starts_with("osc-") && port.ends_with(":output1"))
         .expect("osc's output port");
-    let recorder = Command::new("jack_rec")
-        .env("JACK_DEFAULT_SERVER", &stage.server)
-        .arg("-f")
-        .arg(stage.dir.path().join("theirs.wav"))
-        .arg("-d")
-        .arg("30")
-        .arg("system:capture_1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("jack_rec (jackd2's example clients) is installed");
+    let recorder = Theirs(
+        Command::new("jack_rec")
+            .env("JACK_DEFAULT_SERVER", &stage.server)
+            .arg("-f")
+            .arg(stage.dir.path().join("theirs.wav"))
+            .arg("-d")
+            .arg("30")
+            .arg("system:capture_1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("jack_rec (jackd2's example clients) is installed"),
+    );
     let started = Instant::now();
     loop {
         let connected = Command::new("jack_connect")
@@ -499,6 +501,16 @@ fn a_recorder_of_osc(stage: &Stage) -> std::process::Child {
     }
 }
 
+/// A program of the musician's, stopped when the test ends (passing or not).
+struct Theirs(std::process::Child);
+
+impl Drop for Theirs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether an edge joins block `osc` to `jack_rec` now.
 fn recorder_connected(stage: &Stage) -> bool {
     jack_connections(&stage.server)
@@ -510,7 +522,7 @@ fn recorder_connected(stage: &Stage) -> bool {
 fn a_recorder_the_musician_connects_to_a_block_stays_connected() {
     let stage = Stage::new("theirs");
     let (run, _wav) = playing_recorded(&stage, &[]);
-    let mut recorder = a_recorder_of_osc(&stage);
+    let recorder = a_recorder_of_osc(&stage);
     // Many of the agent's graph reconciles later, the musician's edge is still there.
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(100));
@@ -520,8 +532,7 @@ fn a_recorder_the_musician_connects_to_a_block_stays_connected() {
             jack_connections(&stage.server)
         );
     }
-    let _ = recorder.kill();
-    let _ = recorder.wait();
+    drop(recorder);
     stop(run, &stage);
 }
 
@@ -529,7 +540,7 @@ fn a_recorder_the_musician_connects_to_a_block_stays_connected() {
 fn with_exclusive_every_unplanned_edge_goes() {
     let stage = Stage::new("exclusive");
     let (run, _wav) = playing_recorded(&stage, &["--exclusive"]);
-    let mut recorder = a_recorder_of_osc(&stage);
+    let recorder = a_recorder_of_osc(&stage);
     let removing = Instant::now();
     while recorder_connected(&stage) {
         assert!(
@@ -539,7 +550,6 @@ fn with_exclusive_every_unplanned_edge_goes() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = recorder.kill();
-    let _ = recorder.wait();
+    drop(recorder);
     stop(run, &stage);
 }
