@@ -160,6 +160,15 @@ enum Command {
         #[command(flatten)]
         ssh: SshArgs,
     },
+    /// What plays now, from another terminal: hosts up or down, each block's state and pid,
+    /// the links, the live layer. Read only.
+    Status {
+        script: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        ssh: SshArgs,
+    },
     /// Show the SSH host keys of the hosts in a hosts file and record them in known_hosts:
     /// the explicit way to accept a new host.
     Trust {
@@ -262,6 +271,14 @@ pub async fn main(cli: Cli) -> Result<()> {
                 loaded.resolved.hosts.len()
             );
             Ok(())
+        }
+        Command::Status {
+            script,
+            state_dir,
+            ssh,
+        } => {
+            let connect = ConnectOptions::new(ssh.known_hosts, true);
+            crate::status::status(&script, state_dir.as_deref(), &connect).await
         }
         Command::Down {
             script,

@@ -64,4 +64,5 @@ pub mod resolve;
 pub mod runtime;
 pub mod script;
 pub mod state;
+pub mod status;
 pub mod watch;

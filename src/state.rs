@@ -35,7 +35,8 @@ pub fn state_dir(script: &Path, explicit: Option<&Path>) -> PathBuf {
     std::path::absolute(&dir).unwrap_or(dir)
 }
 
-fn state_file(dir: &Path, orchestra: &str) -> PathBuf {
+/// Where the state of `orchestra` is kept in `dir`.
+pub fn state_file(dir: &Path, orchestra: &str) -> PathBuf {
     dir.join(format!("{orchestra}.state.json"))
 }
 

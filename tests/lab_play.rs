@@ -70,7 +70,7 @@ impl Show {
             .arg("--known-hosts")
             .arg(self.lab.known_hosts())
             .stdin(std::process::Stdio::null());
-        if verb != "down" {
+        if !matches!(verb, "down" | "status") {
             cmd.arg("--hosts").arg(&self.hosts);
         }
         self.lab.in_controller(&mut cmd);
@@ -762,6 +762,19 @@ fn a_host_cut_off_while_playing_is_replaced_and_the_tone_comes_back() {
     assert!(
         on_h1.contains(&osc_pids[0]),
         "osc kept its process on h1: {on_h1:?}"
+    );
+    // Seen from another terminal.
+    let status = show.orchestra("status").output().unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(said.contains("\nh2: down ("), "{said}");
+    assert!(
+        said.contains("  filt             lp           playing (pid "),
+        "{said}"
     );
 
     show.lab.make_reachable("h2");

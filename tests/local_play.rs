@@ -355,3 +355,57 @@ fn down_stops_both_synths(server: &str, script: &std::path::Path, dir: &std::pat
     assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
     assert_no_leftovers(server, dir);
 }
+
+#[test]
+fn status_from_another_terminal_shows_what_plays_and_changes_nothing() {
+    let stage = Stage::new("status");
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let run = playing(server, script);
+    let before = pids(dir.path());
+    let out = orchestra(server)
+        .arg("status")
+        .arg(script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Shown when the test fails.
+    eprintln!("{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("`sine-lp`: last change applied "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("localhost (") && lines[1].ends_with("): up"),
+        "{stdout}"
+    );
+    for block in ["osc", "filt"] {
+        let pid = before[block];
+        assert!(
+            lines.iter().any(|l| l.trim_start().starts_with(block)
+                && l.ends_with(&format!("playing (pid {pid})"))),
+            "{block} playing as pid {pid}: {stdout}"
+        );
+    }
+    assert_eq!(*lines.last().unwrap(), "live layer: empty");
+    assert_eq!(pids(dir.path()), before, "nothing restarted");
+    stop_cleanly(run, libc::SIGINT, server, dir.path());
+
+    let out = orchestra(server)
+        .arg("status")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "`sine-lp` is not playing: no state for it in {}",
+            dir.path().join(".orchestra").display()
+        )
+    );
+}

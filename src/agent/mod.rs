@@ -17,7 +17,7 @@ use protocol::{
 };
 use recorder::Recorder;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use supervisor::Supervisor;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -128,6 +128,7 @@ impl Agent {
                     self.jackd = Some(jackd::start(&workdir, &jack)?);
                     jack_started = true;
                 }
+                take_over(&workdir);
                 let mut sup = Supervisor::new(&workdir);
                 let adopted = sup.adopt();
                 let (mut graph, events) = JackGraph::open()?;
@@ -305,6 +306,9 @@ impl Agent {
                 Ok(json!({ "stopped_jack": stopped_jack }))
             }
             Request::Down { workdir } => Ok(serde_json::to_value(down(&workdir)?)?),
+            Request::Inspect { workdir } => Ok(serde_json::to_value(supervisor::inspect(
+                Path::new(&workdir),
+            ))?),
         }
     }
 
@@ -441,10 +445,10 @@ pub async fn serve() -> Result<()> {
                 if line.trim().is_empty() { continue; }
                 match serde_json::from_str::<RequestLine>(&line) {
                     Ok(RequestLine { id, request }) => {
-                        shutdown = matches!(request, Request::Shutdown { .. } | Request::Down { .. });
+                        shutdown = matches!(request, Request::Shutdown { .. } | Request::Down { .. } | Request::Inspect { .. });
                         // A server that died is brought back before the request is served,
                         // unless the request ends everything anyway.
-                        if !matches!(request, Request::Shutdown { .. } | Request::Hello { .. } | Request::Down { .. }) {
+                        if !matches!(request, Request::Shutdown { .. } | Request::Hello { .. } | Request::Down { .. } | Request::Inspect { .. }) {
                             out.extend(agent.restore_jack().await.into_iter().map(|event| AgentLine::Event { event }));
                         }
                         let reply = match agent.handle(request).await {
@@ -491,4 +495,39 @@ fn replay_osc(port: u16, packets: &[Vec<u8>]) -> usize {
         .iter()
         .filter(|packet| socket.send_to(packet, ("127.0.0.1", port)).is_ok())
         .count()
+}
+
+/// Only one agent looks after a work dir. A new one — the controller lost the old one's
+/// channel, say to a network cut that the old one has not noticed — ends the one before (its
+/// synths and jackd run on in their own process groups, and are adopted), so two agents never
+/// fight over the same JACK graph.
+fn take_over(workdir: &Path) {
+    let file = workdir.join("agent.pid");
+    let before = std::fs::read_to_string(&file).ok().and_then(|text| {
+        let mut words = text.split_whitespace();
+        Some((
+            words.next()?.parse::<u32>().ok()?,
+            words.next()?.parse::<u64>().ok()?,
+        ))
+    });
+    if let Some((pid, ticks)) = before {
+        let ours = std::process::id();
+        if pid != ours
+            && supervisor::process_alive(pid)
+            && supervisor::start_ticks(pid) == Some(ticks)
+        {
+            tracing::info!("ending the agent before this one (pid {pid})");
+            // SAFETY: a plain kill(2) of a process we checked is the recorded agent.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let until = Instant::now() + std::time::Duration::from_secs(2);
+            while supervisor::process_alive(pid) && Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    let me = std::process::id();
+    let _ = std::fs::create_dir_all(workdir);
+    if let Some(ticks) = supervisor::start_ticks(me) {
+        let _ = std::fs::write(&file, format!("{me} {ticks}\n"));
+    }
 }

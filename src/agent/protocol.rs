@@ -67,6 +67,11 @@ pub enum Request {
     Down {
         workdir: String,
     },
+    /// What the run directory says plays there, read only (`orchestra status`, beside the
+    /// agent that looks after it): no JACK client, nothing started or stopped.
+    Inspect {
+        workdir: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -39,6 +39,53 @@ pub struct Supervisor {
     running: BTreeMap<String, Managed>,
 }
 
+/// Every instance record under `workdir` (synths under `blocks/`, link ends under `links/`),
+/// with its directory.
+fn instance_records(workdir: &Path) -> Vec<(PathBuf, InstanceRecord)> {
+    let mut found = Vec::new();
+    for kind in ["blocks", "links"] {
+        for group in std::fs::read_dir(workdir.join(kind))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for instance in std::fs::read_dir(group.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let dir = instance.path();
+                let Ok(text) = std::fs::read_to_string(dir.join("instance.json")) else {
+                    continue;
+                };
+                if let Ok(record) = serde_json::from_str::<InstanceRecord>(&text) {
+                    found.push((dir, record));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The recorded process still runs (and is the one recorded, not a recycled pid).
+fn still_runs(record: &InstanceRecord) -> bool {
+    process_alive(record.pid) && start_ticks(record.pid) == Some(record.start_ticks)
+}
+
+/// What the run directory `workdir` says plays, read only: for `orchestra status`, beside
+/// the agent that looks after it.
+pub fn inspect(workdir: &Path) -> Vec<ProcessStatus> {
+    instance_records(workdir)
+        .into_iter()
+        .map(|(_, record)| ProcessStatus {
+            alive: still_runs(&record),
+            block: record.block,
+            client: record.client,
+            pid: record.pid,
+        })
+        .collect()
+}
+
 /// Make `command` a detached child of its own: its own process group (a signal to the agent
 /// does not reach it) and none of the agent's open files. libjack opens its sockets without
 /// close-on-exec, so a synth started after the agent's JACK client would hold that client's
@@ -73,7 +120,7 @@ pub fn process_state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
-fn start_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(") ")?;
     // `rest` starts at field 3 (state); start time is field 22.
@@ -148,38 +195,28 @@ impl Supervisor {
     /// jacktrip ends of network links under `links/` — and clean up dead ones.
     pub fn adopt(&mut self) -> Vec<String> {
         let mut adopted = Vec::new();
+        for (dir, record) in instance_records(&self.workdir) {
+            if still_runs(&record) {
+                adopted.push(record.client.clone());
+                self.running.insert(
+                    record.client.clone(),
+                    Managed {
+                        record,
+                        dir,
+                        child: None,
+                    },
+                );
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
         for kind in ["blocks", "links"] {
-            let Ok(groups) = std::fs::read_dir(self.workdir.join(kind)) else {
-                continue;
-            };
-            for group in groups.flatten() {
-                let Ok(instances) = std::fs::read_dir(group.path()) else {
-                    continue;
-                };
-                for instance in instances.flatten() {
-                    let dir = instance.path();
-                    let Ok(text) = std::fs::read_to_string(dir.join("instance.json")) else {
-                        continue;
-                    };
-                    let Ok(record) = serde_json::from_str::<InstanceRecord>(&text) else {
-                        continue;
-                    };
-                    if process_alive(record.pid)
-                        && start_ticks(record.pid) == Some(record.start_ticks)
-                    {
-                        adopted.push(record.client.clone());
-                        self.running.insert(
-                            record.client.clone(),
-                            Managed {
-                                record,
-                                dir,
-                                child: None,
-                            },
-                        );
-                    } else {
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
-                }
+            for group in std::fs::read_dir(self.workdir.join(kind))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                // Only an emptied group goes.
                 let _ = std::fs::remove_dir(group.path());
             }
         }

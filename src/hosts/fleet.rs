@@ -566,18 +566,14 @@ impl executor::Hosts for Fleet {
 
     fn forget(&mut self, host: &str) {
         self.hellos.remove(host);
-        let session = self.sessions.remove(host);
-        let ssh = self.ssh.remove(host);
-        // Closing a session to a host cut off the network waits for nothing useful: let it
-        // end in the background.
-        tokio::spawn(async move {
-            if let Some(session) = session {
-                session.close().await;
-            }
-            if let Some(ssh) = ssh {
-                ssh.disconnect().await;
-            }
-        });
+        if let Some(session) = self.sessions.remove(host) {
+            session.abandon();
+        }
+        // Hanging up on a host cut off the network waits for nothing useful: in the
+        // background. (The agent there, should it live on, is ended by the next one.)
+        if let Some(ssh) = self.ssh.remove(host) {
+            tokio::spawn(async move { ssh.disconnect().await });
+        }
     }
 
     fn time(&self, host: &str, step: &'static str, took: Duration) {

@@ -146,6 +146,17 @@ impl AgentSession {
             .with_context(|| format!("on {}", self.host))
     }
 
+    /// Let go of an agent on a host that is down: nothing more is read from it (no late
+    /// event of an old agent is taken for news), and nothing is waited for.
+    pub fn abandon(self) {
+        if let Some(reader) = self.reader.into_inner() {
+            reader.abort();
+        }
+        if let Some(child) = self.child {
+            let _ = child.into_inner().start_kill();
+        }
+    }
+
     /// Close the session: the agent exits when its input closes.
     pub async fn close(self) {
         let grace = std::time::Duration::from_secs(5);
