@@ -402,6 +402,48 @@ impl<H: Hosts> Conductor<H> {
             .or_else(|| known.iter().find(|h| h.name == host).cloned())
     }
 
+    /// Restart both ends of `link` (one whose receiving end gets nothing): they are stopped
+    /// and the repair starts them again with their edges, as the restart policy allows (a
+    /// link that keeps starving is given up on like a synth that keeps dying).
+    pub async fn restart_link(&mut self, link: &str, known: &[Host]) {
+        if self.mode == Mode::DryRun {
+            return;
+        }
+        let ends: Vec<Action> = self
+            .applied
+            .deployment
+            .hosts
+            .iter()
+            .filter(|(host, _)| !self.down.contains_key(*host))
+            .flat_map(|(host, deployed)| {
+                deployed
+                    .processes
+                    .values()
+                    .filter(|p| p.block.split('.').next() == Some(link))
+                    .map(|p| Action::Stop {
+                        host: host.clone(),
+                        block: p.block.clone(),
+                        client: p.client.clone(),
+                        replaced: false,
+                    })
+            })
+            .collect();
+        if ends.is_empty() {
+            return;
+        }
+        // A link starves when a host at its other end is cut off too: then that host's
+        // agent does not answer, and going down is the repair's to find, not a restart's to
+        // wait for.
+        for action in &ends {
+            if self.hosts.observe(action.host()).await.is_err() {
+                return;
+            }
+        }
+        let failures = executor::apply(&self.hosts, &Plan { actions: ends }).await;
+        self.tell_failures(&failures, true);
+        self.repair(known).await;
+    }
+
     /// Ask the down hosts whose turn it is whether they answer again; one that does gets an
     /// agent (which adopts what still runs there, for the next repair to stop) and counts as
     /// up. The hosts back.

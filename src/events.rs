@@ -238,6 +238,11 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
         Event::Replayed { block, values } => {
             write!(f, "  replayed {values} OSC value(s) to {block} on {host}")
         }
+        Event::LinkStarved { block, for_ms, .. } => write!(
+            f,
+            "error: link {} receives nothing on {host} ({for_ms} ms without packets)",
+            block.split('.').next().unwrap_or(block)
+        ),
         Event::JackFailed { reason, error } => write!(
             f,
             "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"

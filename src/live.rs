@@ -407,6 +407,12 @@ impl<H: Hosts> Live<H> {
         self.replace_from(&stranded).await;
     }
 
+    /// Restart both ends of a link whose receiving end gets nothing.
+    pub async fn restart_link(&mut self, link: &str) {
+        let known = self.loaded.resolved.hosts.clone();
+        self.conductor.restart_link(link, &known).await;
+    }
+
     /// When a down host holds the DAC, nothing is moved (the sound would come out of another
     /// machine): why, said plainly.
     fn dac_host_down(&self, down: &[String]) -> Option<String> {
@@ -554,8 +560,16 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
             }
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });
+                let starved = match &event {
+                    Event::LinkStarved { block, .. } => {
+                        Some(block.split('.').next().unwrap_or(block).to_string())
+                    }
+                    _ => None,
+                };
                 live.tell_host_event(host, event);
-                if exited {
+                if let Some(link) = starved {
+                    live.restart_link(&link).await;
+                } else if exited {
                     live.reconcile().await;
                 }
             }

@@ -895,3 +895,40 @@ fn a_new_run_adopts_what_a_killed_controller_left_playing_on_every_host() {
     assert!(report.longest_gap_ms < 20.0, "edges kept: {report:?}");
     show.only_sshd_everywhere();
 }
+
+/// A link whose sender runs but sends nothing (SIGSTOPped): its receiving end says so, both
+/// ends are restarted, and the tone comes back at the DAC.
+#[test]
+fn a_link_that_carries_nothing_is_noticed_and_restarted() {
+    let show = Show::new("starved", CHAIN);
+    let (cmd, wav) = show.run_recorded(&[]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("first sound at the DAC", Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(1));
+    let sender = show
+        .lab
+        .processes("h1")
+        .into_iter()
+        .find(|p| p.comm == "jacktrip")
+        .expect("the sending end of the link h1 → h2");
+    assert!(show.lab.kill("h1", sender.pid, libc::SIGSTOP));
+    let said = run.wait_for("receives nothing on h2", Duration::from_secs(30));
+    assert!(said.starts_with("error: link link-"), "{said}");
+    run.wait_for("repaired in", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let senders: Vec<u32> = show
+        .lab
+        .processes("h1")
+        .into_iter()
+        .filter(|p| p.comm == "jacktrip")
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(senders.len(), 1, "one sender again: {senders:?}");
+    assert_ne!(senders[0], sender.pid, "a new sender");
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    eprintln!("{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    common::assert_plays_440(&wav, 1.5);
+    show.only_sshd_everywhere();
+}

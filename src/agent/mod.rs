@@ -3,6 +3,7 @@
 
 pub mod graph;
 pub mod jackd;
+pub mod link_health;
 pub mod protocol;
 pub mod recorder;
 mod restore;
@@ -40,6 +41,8 @@ struct Agent {
     first_sound_sent: bool,
     /// Events noticed while a request ran, sent with the next upkeep.
     pending_events: Vec<Event>,
+    /// What the receiving ends of links said lately.
+    link_health: link_health::LinkHealth,
     /// Clients that exited: edges to them will not appear, so nobody waits for them.
     dead_clients: std::collections::BTreeSet<String>,
     /// The synth started last, until it has finished registering with JACK.
@@ -375,6 +378,9 @@ impl Agent {
         self.sweep();
         let mut events = std::mem::take(&mut self.pending_events);
         self.reconcile();
+        if let Some(sup) = &self.supervisor {
+            events.extend(self.link_health.check(sup.link_receivers(), Instant::now()));
+        }
         if let Some(rec) = &self.recorder {
             if !self.first_sound_sent {
                 if let Some(after) = *rec.first_sound.lock().expect("lock") {
@@ -428,6 +434,7 @@ pub async fn serve() -> Result<()> {
         first_sound_sent: false,
         starting: None,
         pending_events: Vec::new(),
+        link_health: Default::default(),
         dead_clients: Default::default(),
         jack_settings: None,
         jackd: None,

@@ -156,6 +156,13 @@ pub enum Event {
     JackFailed { reason: String, error: String },
     /// A new instance of `block` was told what the block was last told over OSC.
     Replayed { block: String, values: usize },
+    /// A link's receiving end here has had no packets for `for_ms` (jacktrip keeps saying it
+    /// waits): its sender runs but sends nothing, or nothing reaches here.
+    LinkStarved {
+        block: String,
+        client: String,
+        for_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -139,6 +139,8 @@ pub fn terminate_group(pid: u32, grace: Duration) {
     let pgid = -(pid as i32);
     // SAFETY: plain syscalls on a process group we created.
     unsafe { libc::kill(pgid, libc::SIGTERM) };
+    // A stopped process (SIGSTOP, ^Z) would hold the SIGTERM until the grace ran out.
+    unsafe { libc::kill(pgid, libc::SIGCONT) };
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if !process_alive(pid) {
@@ -406,6 +408,23 @@ impl Supervisor {
     }
 
     /// Whether the instance is a jacktrip end of a network link, not a synth.
+    /// The receiving ends of network links here (`jacktrip -s`), with their logs.
+    pub fn link_receivers(&self) -> Vec<crate::agent::link_health::Receiver> {
+        self.running
+            .values()
+            .filter_map(|m| {
+                let spec = m.record.spec.as_ref()?;
+                (spec.module == "jacktrip" && spec.command.iter().any(|a| a == "-s")).then(|| {
+                    crate::agent::link_health::Receiver {
+                        block: m.record.block.clone(),
+                        client: m.record.client.clone(),
+                        log: m.dir.join("log"),
+                    }
+                })
+            })
+            .collect()
+    }
+
     pub fn is_link(&self, client: &str) -> bool {
         match self
             .running
