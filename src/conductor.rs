@@ -364,7 +364,13 @@ impl<H: Hosts> Conductor<H> {
         let Some(spec) = self.spec_of(host, known) else {
             return AgentFate::Waiting;
         };
-        if !self.hosts.answers(&spec).await {
+        let answers = self.hosts.answers(&spec).await;
+        if answers && error.downcast_ref::<executor::Unanswered>().is_some() {
+            // The host is there and so is the agent's channel: it is busy (bringing a JACK
+            // server back, say), not gone. Replacing it would only interrupt that.
+            return AgentFate::Waiting;
+        }
+        if !answers {
             self.hosts.forget(host);
             self.down.insert(host.to_string(), Instant::now());
             self.probed.allow(host, Instant::now());

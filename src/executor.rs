@@ -71,6 +71,12 @@ impl Reached {
     }
 }
 
+/// An agent that did not answer in time (as opposed to one whose channel closed): busy, or
+/// its host cut off the network; whether the host itself answers tells which.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {} ms", .0.as_millis())]
+pub struct Unanswered(pub Duration);
+
 /// Actions that failed, with why.
 pub type Failures = Vec<(Action, anyhow::Error)>;
 

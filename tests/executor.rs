@@ -7,7 +7,7 @@
 use cloud_orchestra::conductor::{Conductor, Converge};
 use cloud_orchestra::deploy::{deploy, Deployment, Edge};
 use cloud_orchestra::events::{Events, Happening};
-use cloud_orchestra::executor::{apply, apply_or_roll_back, repair, Hosts, Reached};
+use cloud_orchestra::executor::{apply, apply_or_roll_back, repair, Hosts, Reached, Unanswered};
 use cloud_orchestra::live::{play, Inputs, Live};
 use cloud_orchestra::model::Host;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
@@ -56,6 +56,8 @@ struct Inner {
     respawned: Mutex<Vec<String>>,
     /// Hosts cut off the network: they answer nothing.
     cut_off: Mutex<BTreeSet<String>>,
+    /// Hosts whose agent is too busy to answer in time.
+    busy: Mutex<BTreeSet<String>>,
     /// Hosts whose agent the conductor dropped as down, in order.
     forgotten: Mutex<Vec<String>>,
     /// Actions wait while this is false (an apply in progress, held open by the test).
@@ -77,6 +79,7 @@ impl FakeHosts {
             log: Mutex::default(),
             respawned: Mutex::default(),
             cut_off: Mutex::default(),
+            busy: Mutex::default(),
             forgotten: Mutex::default(),
             open: watch::Sender::new(true),
         }))
@@ -145,6 +148,9 @@ impl Hosts for FakeHosts {
         async move {
             if self.0.lost.lock().unwrap().contains(host) {
                 anyhow::bail!("the agent's channel closed");
+            }
+            if self.0.busy.lock().unwrap().contains(host) {
+                return Err(Unanswered(Duration::from_millis(500)).into());
             }
             let hosts = self.0.hosts.lock().unwrap();
             let seen = &hosts[host];
@@ -789,4 +795,25 @@ fn client_of_on(hosts: &FakeHosts, block: &str) -> String {
         .find(|(_, b)| *b == block)
         .map(|(client, _)| client.clone())
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_busy_agent_on_a_host_that_answers_is_waited_for_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut live, hosts, _) = live_on_fake_hosts(dir.path(), Policies::default()).await;
+    let mut seen = live.conductor().events().subscribe();
+    hosts.0.busy.lock().unwrap().insert("localhost".into());
+    for _ in 0..3 {
+        live.reconcile().await;
+    }
+    assert!(hosts.0.respawned.lock().unwrap().is_empty());
+    assert!(live.conductor().down().next().is_none());
+    assert!(
+        std::iter::from_fn(|| seen.try_recv().ok()).next().is_none(),
+        "nothing to say"
+    );
+    // Once it answers again, all is as before.
+    hosts.0.busy.lock().unwrap().clear();
+    live.reconcile().await;
+    assert!(hosts.0.respawned.lock().unwrap().is_empty());
 }

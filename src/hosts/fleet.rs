@@ -516,7 +516,7 @@ impl executor::Hosts for Fleet {
             let grace = self.setup.connect.grace / 2;
             let reply = tokio::time::timeout(grace, self.get(host)?.call(Request::Status))
                 .await
-                .map_err(|_| anyhow!("no answer within {} ms", grace.as_millis()))??;
+                .map_err(|_| executor::Unanswered(grace))??;
             let status: StatusReply = serde_json::from_value(reply)?;
             Ok(Observed {
                 processes: status
