@@ -18,7 +18,8 @@
 //!   memory in tests).
 //! - [`conductor`]: the one owner of what plays: every change (first run, live edit, repair,
 //!   teardown) converges through it, in play or dry-run mode, and is told as [`events`].
-//! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
+//! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph, link
+//!   health,
 //!   recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
@@ -28,14 +29,16 @@
 //! - [`live`]: the play loop while it plays: reload on change or OSC command (merging those
 //!   that come meanwhile), reconcile with the agents; [`events`]: what it tells the terminal
 //!   and any subscriber, as data.
-//! - [`state`]: the last applied deployment, persisted beside the script.
+//! - [`state`]: the last applied deployment, persisted beside the script; [`status`]: what
+//!   plays now, read from it and the hosts (`orchestra status`).
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
 //! - [`analysis`]: frequency, level and dropouts of a recording.
 //! - [`names`]: name validation, "did you mean", and user text as messages quote it.
 //! - [`audio`]: the one sample rate and period; [`executable`]: this very binary, as the
 //!   agent and the evaluation worker.
-//! - [`osc`]: the OSC control server and the router to blocks; the live layer its commands
-//!   edit is an input of the script stage ([`script::layer`]).
+//! - [`osc`]: the OSC control server and the router to blocks, which remembers what it told
+//!   each block for its new instances ([`osc::memory`]); the live layer its commands edit is
+//!   an input of the script stage ([`script::layer`]).
 //! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
