@@ -18,9 +18,8 @@
 //!   memory in tests).
 //! - [`conductor`]: the one owner of what plays: every change (first run, live edit, repair,
 //!   teardown) converges through it, in play or dry-run mode, and is told as [`events`].
-//! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph, link
-//!   health,
-//!   recording; spoken to in JSON lines ([`agent::protocol`]).
+//! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
+//!   link health, recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
 //! - [`runtime`]: the commands `run` (connect, bring up, first converge, play, teardown),
