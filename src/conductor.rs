@@ -91,6 +91,8 @@ pub struct Conductor<H> {
     down: BTreeMap<String, Instant>,
     /// When each down host was last asked.
     probed: Throttle,
+    /// Hosts left out of placements since a link they send on kept failing, until when.
+    avoided: BTreeMap<String, Instant>,
     events: Events,
 }
 
@@ -118,6 +120,7 @@ impl<H: Hosts> Conductor<H> {
             respawned: Throttle::new(policies.respawn_every),
             down: BTreeMap::new(),
             probed: Throttle::new(policies.probe_down_every),
+            avoided: BTreeMap::new(),
             events,
         }
     }
@@ -134,6 +137,15 @@ impl<H: Hosts> Conductor<H> {
     /// Hosts down now (left out of every placement until they answer again).
     pub fn down(&self) -> impl Iterator<Item = &String> {
         self.down.keys()
+    }
+
+    /// Hosts left out of placements for now, though up: one sends on a link that kept failing.
+    pub fn avoided(&self) -> impl Iterator<Item = &String> {
+        let now = Instant::now();
+        self.avoided
+            .iter()
+            .filter(move |(_, until)| **until > now)
+            .map(|(host, _)| host)
     }
 
     pub fn applied(&self) -> &AppliedState {
@@ -328,6 +340,7 @@ impl<H: Hosts> Conductor<H> {
         .await;
         let policy = self.policies.restart;
         for client in repaired.given_up {
+            self.avoid_if_link(&client, started);
             self.events.emit(Happening::GaveUp {
                 client,
                 exits: policy.max_exits,
@@ -352,6 +365,28 @@ impl<H: Hosts> Conductor<H> {
             }
         }
         went_down
+    }
+
+    /// A link end given up on: the link keeps failing, so the host that sends on it is left
+    /// out of placements for a while (its blocks go elsewhere, and the link with them).
+    fn avoid_if_link(&mut self, client: &str, now: Instant) {
+        let Some(link) = self
+            .applied
+            .deployment
+            .links
+            .iter()
+            .find(|l| l.id == client)
+        else {
+            return;
+        };
+        let for_ = self.policies.avoid_failing_link_for;
+        self.avoided.insert(link.from_host.clone(), now + for_);
+        self.events.emit(Happening::LinkAvoided {
+            link: link.id.clone(),
+            from: link.from_host.clone(),
+            to: link.to_host.clone(),
+            for_s: for_.as_secs(),
+        });
     }
 
     /// A host's agent went away: replace it if the host answers, else mark the host down.

@@ -79,6 +79,13 @@ pub enum Happening {
         host: String,
         down_ms: u128,
     },
+    /// A link kept failing: the host that sends on it is left out of placements a while.
+    LinkAvoided {
+        link: String,
+        from: String,
+        to: String,
+        for_s: u64,
+    },
     /// A host not used before is up.
     HostUp {
         host: String,
@@ -176,6 +183,15 @@ impl fmt::Display for Happening {
                 "  a new agent on {host} adopted {adopted} running instance(s)"
             ),
             Happening::HostUp { host } => write!(f, "  new host {host} is up"),
+            Happening::LinkAvoided {
+                link,
+                from,
+                to,
+                for_s,
+            } => write!(
+                f,
+                "error: link {link} ({from} → {to}) keeps failing; placing the blocks of {from} elsewhere for {for_s} s"
+            ),
             Happening::HostDown { host, why } => write!(
                 f,
                 "error: host {host} is down ({why}); placing its blocks on the hosts that remain"

@@ -344,12 +344,7 @@ impl<H: Hosts> Live<H> {
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
         loop {
-            let left_out: BTreeSet<String> = self
-                .unreachable
-                .keys()
-                .chain(self.conductor.down())
-                .cloned()
-                .collect();
+            let left_out = self.left_out_now();
             let applied = self.conductor.applied();
             let desired = desire(
                 loaded,
@@ -390,10 +385,10 @@ impl<H: Hosts> Live<H> {
         let went_down = self.conductor.repair(&known).await;
         self.conductor.probe_down_hosts(&known).await;
         let stranded: Vec<String> = self
-            .conductor
-            .down()
-            .filter(|h| self.conductor.applied().deployment.hosts.contains_key(*h))
-            .cloned()
+            .left_out_now()
+            .into_iter()
+            .filter(|h| !self.unreachable.contains_key(h))
+            .filter(|h| self.conductor.applied().deployment.hosts.contains_key(h))
             .collect();
         if stranded.is_empty() {
             return;
@@ -411,6 +406,21 @@ impl<H: Hosts> Live<H> {
     pub async fn restart_link(&mut self, link: &str) {
         let known = self.loaded.resolved.hosts.clone();
         self.conductor.restart_link(link, &known).await;
+    }
+
+    /// Hosts no placement may use now: unreachable at start, down, or avoided for a link
+    /// that kept failing (but not a DAC's host for that: the sound would come out elsewhere).
+    fn left_out_now(&self) -> BTreeSet<String> {
+        let avoided = self
+            .conductor
+            .avoided()
+            .filter(|h| self.dac_host_down(std::slice::from_ref(*h)).is_none());
+        self.unreachable
+            .keys()
+            .chain(self.conductor.down())
+            .chain(avoided)
+            .cloned()
+            .collect()
     }
 
     /// When a down host holds the DAC, nothing is moved (the sound would come out of another
@@ -438,7 +448,7 @@ impl<H: Hosts> Live<H> {
     /// Place the last good orchestra again without the hosts that are down, and apply it.
     async fn replace_from(&mut self, down: &[String]) {
         let started = Instant::now();
-        self.reload_started(format!("{} down", down.join(", ")));
+        self.reload_started(format!("{} left out", down.join(", ")));
         let _ = self.reload_with(Ok(self.loaded.clone()), started).await;
     }
 

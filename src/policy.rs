@@ -30,6 +30,9 @@ pub struct Policies {
     pub respawn_every: Duration,
     /// A host that went down is asked this often whether it answers again.
     pub probe_down_every: Duration,
+    /// A link given up on (it kept failing) has its sending host left out of placements
+    /// this long, so its blocks are placed to avoid it.
+    pub avoid_failing_link_for: Duration,
 }
 
 impl Default for Policies {
@@ -38,6 +41,7 @@ impl Default for Policies {
             restart: RestartPolicy::default(),
             respawn_every: Duration::from_secs(5),
             probe_down_every: Duration::from_secs(2),
+            avoid_failing_link_for: Duration::from_secs(60),
         }
     }
 }

@@ -817,3 +817,41 @@ async fn a_busy_agent_on_a_host_that_answers_is_waited_for_not_replaced() {
     live.reconcile().await;
     assert!(hosts.0.respawned.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_link_that_keeps_failing_has_its_sending_host_avoided_and_its_blocks_placed_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let song = SONG.replace(r#"module = "dac""#, r#"module = "dac", host = "h1""#);
+    let (mut live, hosts, _) =
+        live_on(dir.path(), &song, Some(TWO_HOSTS), Policies::default()).await;
+    let mut seen = live.conductor().events().subscribe();
+    let link = live.conductor().applied().deployment.links[0].clone();
+    assert_eq!(
+        (link.from_host.as_str(), link.to_host.as_str()),
+        ("h2", "h1")
+    );
+    for _ in 0..4 {
+        hosts.edit("h2", |h| {
+            h.processes.remove(&link.id);
+        });
+        live.reconcile().await;
+    }
+    let avoided = next_where(&mut seen, |h| matches!(h, Happening::LinkAvoided { .. })).await;
+    assert_eq!(
+        avoided.to_string(),
+        format!(
+            "error: link {} (h2 → h1) keeps failing; placing the blocks of h2 elsewhere for 60 s",
+            link.id
+        )
+    );
+    next_where(&mut seen, |h| matches!(h, Happening::Applied { .. })).await;
+    let applied = &live.conductor().applied().deployment;
+    assert!(applied.links.is_empty(), "{:?}", applied.links);
+    assert!(!applied.hosts.contains_key("h2"));
+    let on_h1: BTreeSet<String> = hosts.snapshot()["h1"].processes.values().cloned().collect();
+    assert!(on_h1.contains("osc") && on_h1.contains("filt"), "{on_h1:?}");
+    assert!(
+        hosts.snapshot()["h2"].processes.is_empty(),
+        "what ran on h2 was stopped: it is up"
+    );
+}
