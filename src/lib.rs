@@ -25,7 +25,8 @@
 //!   [`events`]: what it tells the terminal and any subscriber, as data.
 //! - [`state`]: the last applied deployment, persisted beside the script.
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
-//! - [`analysis`]: frequency, level and dropouts of a recording.
+//! - [`analysis`]: frequency, level and dropouts of a recording; [`xruns`]: what the terminal
+//!   says about clean sound (xruns per host, hosts without real-time scheduling).
 //! - [`names`]: name validation, "did you mean", and user text as messages quote it.
 //! - [`audio`]: the one sample rate and period; [`executable`]: this very binary, as the
 //!   agent and the evaluation worker.
@@ -59,3 +60,4 @@ pub mod runtime;
 pub mod script;
 pub mod state;
 pub mod watch;
+pub mod xruns;

@@ -85,6 +85,7 @@ fn report_event(host: &str, event: &Event, started: Instant, record_offset: Opti
         Event::JackFailed { reason, error } => eprintln!(
             "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"
         ),
+        Event::Xruns { .. } | Event::NoRealtime { .. } => crate::xruns::report(host, event),
     }
 }
 
@@ -322,6 +323,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         }
     }
     let fleet = live.fleet.take().expect("a live run has a fleet");
+    crate::xruns::print_totals(&fleet).await;
     let stopped = teardown(&fleet, &live.applied.deployment, &dir).await;
     if let Some((host, remote, local)) = &recording {
         if let Err(e) = fleet.download(host, remote, local).await {

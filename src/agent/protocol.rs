@@ -115,6 +115,9 @@ pub struct StatusReply {
     pub connected: Vec<Edge>,
     /// Intended edges whose ports are not (yet) there or not connected.
     pub missing: Vec<Edge>,
+    /// The host's JACK server's xruns since this agent said hello.
+    #[serde(default)]
+    pub xruns: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +143,15 @@ pub enum Event {
     },
     /// The JACK server died and could not be brought back; the agent tries again later.
     JackFailed { reason: String, error: String },
+    /// The host's JACK server had `count` xruns (a cycle not done in time: a click) in the
+    /// last `window_ms`, `total` since the agent said hello. At most one a second per host.
+    Xruns {
+        count: u64,
+        total: u64,
+        window_ms: u64,
+    },
+    /// The host cannot give the audio real-time scheduling, and why; said once per agent.
+    NoRealtime { reason: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

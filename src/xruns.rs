@@ -1,0 +1,58 @@
+//! What the terminal says about clean sound: a host's xruns as its agent reports them (at
+//! most one line a second per host), hosts that cannot give real-time scheduling, and each
+//! host's xrun total at the end of a run.
+
+use crate::agent::protocol::{Event, Request, StatusReply};
+use crate::hosts::fleet::Fleet;
+
+/// Print an agent's clean-sound event (`Xruns`, `NoRealtime`; others are not ours).
+pub fn report(host: &str, event: &Event) {
+    match event {
+        Event::Xruns {
+            count,
+            total,
+            window_ms,
+        } => eprintln!("{}", xruns_line(host, *count, *total, *window_ms)),
+        Event::NoRealtime { reason } => {
+            eprintln!("warning: no real-time scheduling on {host}: {reason}")
+        }
+        _ => {}
+    }
+}
+
+/// `xruns on h2: 3 in the last 1.0 s (12 since start)`.
+pub fn xruns_line(host: &str, count: u64, total: u64, window_ms: u64) -> String {
+    format!(
+        "xruns on {host}: {count} in the last {:.1} s ({total} since start)",
+        window_ms as f64 / 1000.0
+    )
+}
+
+/// One line per host that had xruns during the run: `xruns on h2: 12 during the run`. Asked
+/// of the agents before teardown (a host that does not answer is left out: teardown says why).
+pub async fn print_totals(fleet: &Fleet) {
+    for (host, session) in &fleet.sessions {
+        let Ok(reply) = session.call(Request::Status).await else {
+            continue;
+        };
+        let Ok(status) = serde_json::from_value::<StatusReply>(reply) else {
+            continue;
+        };
+        if status.xruns > 0 {
+            eprintln!("xruns on {host}: {} during the run", status.xruns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_xrun_report_is_one_line_naming_the_host_and_both_counts() {
+        assert_eq!(
+            xruns_line("h2", 3, 12, 1000),
+            "xruns on h2: 3 in the last 1.0 s (12 since start)"
+        );
+    }
+}
