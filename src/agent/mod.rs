@@ -240,7 +240,10 @@ impl Agent {
                     Some(dir) => dir.join(path),
                     None => PathBuf::from(path),
                 };
-                let recorder = Recorder::start(path.clone(), channels.clamp(1, 8))?;
+                let recorder = Recorder::start(
+                    path.clone(),
+                    channels.clamp(1, recorder::MAX_CHANNELS as u32),
+                )?;
                 self.graph()?.set_recorder_inputs(recorder.inputs.clone());
                 self.recorder = Some(recorder);
                 self.first_sound_sent = false;
