@@ -4,7 +4,8 @@
 //! CPU-bound processes running), and each run prints what the DAC recording and the hosts say:
 //! gaps > 5 ms, clicks (jumps off the tone), the tone's frequency, and xruns per host, counted
 //! from each jackd's own log (so a binary from before xruns were reported, `SOAK_ORCHESTRA`,
-//! is measured the same way) and as the run reported them. Needs root (the lab).
+//! is measured the same way) and as the run reported them. `SOAK_VERBOSE=1` shows each run's
+//! output. Needs root (the lab).
 
 mod common;
 #[path = "lab/mod.rs"]
@@ -137,6 +138,9 @@ fn soak_once(orchestra: &str, seconds: f64, load: usize) -> Figures {
         let _ = b.wait();
     }
     assert_eq!(code, Some(0), "{stderr}");
+    if std::env::var_os("SOAK_VERBOSE").is_some() {
+        println!("{stderr}");
+    }
     let xruns_logged = HOSTS
         .iter()
         .map(|h| {

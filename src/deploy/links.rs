@@ -141,7 +141,9 @@ pub fn ends(
 ) -> [LinkEnd; 2] {
     // Flags: -D no automatic JACK connections (the agent makes every edge), -J the client
     // name, -n one channel per link, -B/-P explicit bind and peer ports so several links
-    // share a host, -q the receive queue.
+    // share a host, -q the receive queue, --udprt real-time priority for the network threads
+    // (without it they run at normal priority while jacktrip's real-time audio thread shares
+    // a buffer with them: any busy process delays them into under-runs and clicks).
     let common = |bind: u16, peer: u16| -> Vec<String> {
         [
             "-D",
@@ -155,6 +157,7 @@ pub fn ends(
             &peer.to_string(),
             "-q",
             &network.queue.to_string(),
+            "--udprt",
         ]
         .iter()
         .map(|s| s.to_string())
