@@ -319,14 +319,14 @@ mod tests {
         assert_eq!(send.host, "h1");
         assert_eq!(
             send.process.command.join(" "),
-            "jacktrip -c 10.0.0.12 -D -J link-a -n 1 -B 4471 -P 4470 -q 4"
+            "jacktrip -c 10.0.0.12 -D -J link-a -n 1 -B 4471 -P 4470 -q 4 --udprt"
         );
         assert_eq!(send.edge.from, "osc-1:output1");
         assert_eq!(send.edge.to, "link-a:send_1");
         assert_eq!(receive.host, "h2");
         assert_eq!(
             receive.process.command.join(" "),
-            "jacktrip -s -D -J link-a -n 1 -B 4470 -P 4471 -q 4"
+            "jacktrip -s -D -J link-a -n 1 -B 4470 -P 4471 -q 4 --udprt"
         );
         assert_eq!(receive.edge.from, "link-a:receive_1");
         assert_eq!(receive.edge.to, "filt-2:input1");
