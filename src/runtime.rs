@@ -85,7 +85,9 @@ fn report_event(host: &str, event: &Event, started: Instant, record_offset: Opti
         Event::JackFailed { reason, error } => eprintln!(
             "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"
         ),
-        Event::Xruns { .. } | Event::NoRealtime { .. } => crate::xruns::report(host, event),
+        Event::Xruns { .. } | Event::LinkRuns { .. } | Event::NoRealtime { .. } => {
+            crate::xruns::report(host, event)
+        }
     }
 }
 

@@ -1,11 +1,11 @@
-//! What the terminal says about clean sound: a host's xruns as its agent reports them (at
-//! most one line a second per host), hosts that cannot give real-time scheduling, and each
-//! host's xrun total at the end of a run.
+//! What the terminal says about clean sound: a host's xruns and its jacktrip ends' under- and
+//! over-runs as its agent reports them (at most one line a second each), hosts that cannot
+//! give real-time scheduling, and each host's totals at the end of a run.
 
 use crate::agent::protocol::{Event, Request, StatusReply};
 use crate::hosts::fleet::Fleet;
 
-/// Print an agent's clean-sound event (`Xruns`, `NoRealtime`; others are not ours).
+/// Print an agent's clean-sound event (`Xruns`, `LinkRuns`, `NoRealtime`; others are not ours).
 pub fn report(host: &str, event: &Event) {
     match event {
         Event::Xruns {
@@ -13,6 +13,16 @@ pub fn report(host: &str, event: &Event) {
             total,
             window_ms,
         } => eprintln!("{}", xruns_line(host, *count, *total, *window_ms)),
+        Event::LinkRuns {
+            end,
+            peer,
+            underruns,
+            overruns,
+            window_ms,
+        } => eprintln!(
+            "link under-runs on {host}: {end} (peer {peer}): {underruns} under-run(s), {overruns} over-run(s) in the last {:.1} s",
+            *window_ms as f64 / 1000.0
+        ),
         Event::NoRealtime { reason } => {
             eprintln!("warning: no real-time scheduling on {host}: {reason}")
         }
@@ -40,6 +50,12 @@ pub async fn print_totals(fleet: &Fleet) {
         };
         if status.xruns > 0 {
             eprintln!("xruns on {host}: {} during the run", status.xruns);
+        }
+        let (under, over) = status.link_runs;
+        if under + over > 0 {
+            eprintln!(
+                "link under-runs on {host}: {under} under-run(s), {over} over-run(s) during the run"
+            );
         }
     }
 }

@@ -2,7 +2,8 @@
 //! `scripts/soak.sh`. The 3-host chain of the lab (sine on h1 → lowpass on h2 → DAC on h3)
 //! plays for `SOAK_SECONDS` (60), once per entry of `SOAK_LOADS` (`0,2`: idle, then with two
 //! CPU-bound processes running), and each run prints what the DAC recording and the hosts say:
-//! gaps > 5 ms, clicks (jumps off the tone), the tone's frequency, and xruns per host, counted
+//! gaps > 5 ms, clicks (jumps off the tone), the tone's frequency, jacktrip's under/over-runs
+//! per host as the run reported them, and xruns per host, counted
 //! from each jackd's own log (so a binary from before xruns were reported, `SOAK_ORCHESTRA`,
 //! is measured the same way) and as the run reported them. `SOAK_VERBOSE=1` shows each run's
 //! output. Needs root (the lab).
@@ -53,6 +54,8 @@ struct Figures {
     /// Per host: xruns in its jackd's log, and as the run reported them (`None`: not said).
     xruns_logged: Vec<u64>,
     xruns_reported: Vec<Option<u64>>,
+    /// Per host: its jacktrip ends' under-runs and over-runs as the run reported them.
+    link_runs: Vec<Option<String>>,
 }
 
 /// Gaps (silences of at least `GAP_MS`) and their longest, and clicks, in the sounding part
@@ -166,6 +169,20 @@ fn soak_once(orchestra: &str, seconds: f64, load: usize) -> Figures {
             })
         })
         .collect();
+    let link_runs = HOSTS
+        .iter()
+        .map(|h| {
+            let prefix = format!("link under-runs on {h}: ");
+            stderr.lines().find_map(|l| {
+                let counts = l.strip_prefix(&prefix)?.strip_suffix(" during the run")?;
+                Some(
+                    counts
+                        .replace(" under-run(s), ", "/")
+                        .replace(" over-run(s)", ""),
+                )
+            })
+        })
+        .collect();
     let (left, rate) = read_channel(&wav, 0).unwrap();
     let report = analyze(&left, rate);
     let (gaps, longest_gap_ms, clicks) = listen(&left, rate);
@@ -177,6 +194,7 @@ fn soak_once(orchestra: &str, seconds: f64, load: usize) -> Figures {
         frequency_hz: report.frequency_hz,
         xruns_logged,
         xruns_reported,
+        link_runs,
     }
 }
 
@@ -203,7 +221,7 @@ fn soak() {
                 .join(", ")
         };
         println!(
-            "load {load}: {:.1} s recorded, {} gap(s) > {GAP_MS} ms (longest {:.1} ms), {} click(s), {:.1} Hz; xruns in jackd logs: {}; reported: {}",
+            "load {load}: {:.1} s recorded, {} gap(s) > {GAP_MS} ms (longest {:.1} ms), {} click(s), {:.1} Hz; xruns in jackd logs: {}; reported: {}; link under/over-runs reported: {}",
             f.recorded_s,
             f.gaps,
             f.longest_gap_ms,
@@ -214,6 +232,12 @@ fn soak() {
                 f.xruns_reported
                     .iter()
                     .map(|n| n.map_or("-".into(), |n| n.to_string()))
+                    .collect()
+            ),
+            per_host(
+                f.link_runs
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| "-".into()))
                     .collect()
             ),
         );

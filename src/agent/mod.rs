@@ -55,6 +55,8 @@ struct Agent {
     jack_lost: Option<restore::Lost>,
     /// The server's xruns, reported to the controller at most once a second.
     xruns: xruns::XrunMeter,
+    /// The jacktrip ends' under- and over-runs, read from their logs once a second.
+    link_runs: xruns::LinkMeter,
     /// Whether the host's lack of real-time scheduling was said (once per agent).
     realtime_said: bool,
 }
@@ -259,6 +261,7 @@ impl Agent {
                     connected,
                     missing,
                     xruns: self.xruns.total(),
+                    link_runs: self.link_runs.total(),
                 })?)
             }
             Request::WaitEdges { timeout_ms, only } => {
@@ -387,6 +390,9 @@ impl Agent {
         let mut events = std::mem::take(&mut self.pending_events);
         self.count_xruns();
         events.extend(self.xruns.due(Instant::now()));
+        if let Some(sup) = &self.supervisor {
+            events.extend(self.link_runs.read(&sup.link_logs(), Instant::now()));
+        }
         self.reconcile();
         if let Some(rec) = &self.recorder {
             if !self.first_sound_sent {
@@ -446,6 +452,7 @@ pub async fn serve() -> Result<()> {
         jackd: None,
         jack_lost: None,
         xruns: xruns::XrunMeter::new(Instant::now()),
+        link_runs: xruns::LinkMeter::new(Instant::now()),
         realtime_said: false,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
