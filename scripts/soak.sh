@@ -4,7 +4,8 @@
 # clicks in the DAC recording and xruns per host (tests/soak.rs). Needs root (the lab).
 #   scripts/soak.sh                 # this checkout's orchestra
 #   scripts/soak.sh --before REV    # REV's orchestra first (built in target/soak-before), then this one
-# SOAK_SECONDS (60) and SOAK_LOADS (0,2: CPU-bound processes per run) change the runs.
+# SOAK_SECONDS (60), SOAK_LOADS (0,2: CPU-bound processes per run), SOAK_AWAKE=1 (idle CPUs
+# kept polling during the runs) and SOAK_VERBOSE=1 (each run's output) change the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 soak() { cargo test --quiet --test soak -- --ignored --nocapture soak 2>&1 | grep -E '^(soak|load) '; }

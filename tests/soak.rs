@@ -6,7 +6,9 @@
 //! per host as the run reported them, and xruns per host, counted
 //! from each jackd's own log (so a binary from before xruns were reported, `SOAK_ORCHESTRA`,
 //! is measured the same way) and as the run reported them. `SOAK_VERBOSE=1` shows each run's
-//! output. Needs root (the lab).
+//! output; `SOAK_AWAKE=1` keeps the machine's idle CPUs polling during the runs (a PM QoS CPU
+//! latency of 0 held on `/dev/cpu_dma_latency`): on a VM whose idle vCPUs halt, waking one for
+//! the next JACK cycle goes through the hypervisor and is often late. Needs root (the lab).
 
 mod common;
 #[path = "lab/mod.rs"]
@@ -209,7 +211,24 @@ fn soak() {
         .collect();
     let orchestra =
         std::env::var("SOAK_ORCHESTRA").unwrap_or_else(|_| env!("CARGO_BIN_EXE_orchestra").into());
-    println!("soak: {orchestra}, the 3-host chain for {seconds} s per run");
+    // Held for all the runs; closing it gives the CPUs back their idle states.
+    let awake = std::env::var_os("SOAK_AWAKE").map(|_| {
+        use std::io::Write;
+        let mut qos = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .expect("SOAK_AWAKE needs /dev/cpu_dma_latency (root)");
+        qos.write_all(&0i32.to_ne_bytes()).unwrap();
+        qos
+    });
+    println!(
+        "soak: {orchestra}, the 3-host chain for {seconds} s per run{}",
+        if awake.is_some() {
+            ", idle CPUs kept polling"
+        } else {
+            ""
+        }
+    );
     for load in loads {
         let f = soak_once(&orchestra, seconds, load);
         let per_host = |v: Vec<String>| {
