@@ -259,6 +259,9 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
             "error: link {} receives nothing on {host} ({for_ms} ms without packets)",
             block.split('.').next().unwrap_or(block)
         ),
+        Event::Xruns { .. } | Event::LinkRuns { .. } | Event::NoRealtime { .. } => {
+            write!(f, "{}", crate::xruns::line(host, event).unwrap_or_default())
+        }
         Event::JackFailed { reason, error } => write!(
             f,
             "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"

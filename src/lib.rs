@@ -31,7 +31,8 @@
 //! - [`state`]: the last applied deployment, persisted beside the script; [`status`]: what
 //!   plays now, read from it and the hosts (`orchestra status`).
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
-//! - [`analysis`]: frequency, level and dropouts of a recording.
+//! - [`analysis`]: frequency, level and dropouts of a recording; [`xruns`]: what the terminal
+//!   says about clean sound (xruns per host, hosts without real-time scheduling).
 //! - [`names`]: name validation, "did you mean", and user text as messages quote it.
 //! - [`audio`]: the one sample rate and period; [`executable`]: this very binary, as the
 //!   agent and the evaluation worker.
@@ -68,3 +69,4 @@ pub mod script;
 pub mod state;
 pub mod status;
 pub mod watch;
+pub mod xruns;

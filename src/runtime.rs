@@ -278,6 +278,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
             eprintln!("{}", server.counters.line());
         }
     }
+    crate::xruns::print_totals(live.conductor().hosts()).await;
     teardown(live.into_conductor(), recording.as_ref()).await?;
     outcome
 }

@@ -123,6 +123,46 @@ fn a_chain_over_three_hosts_plays_440_hz_at_the_dac_host() {
     show.only_sshd_everywhere();
 }
 
+/// A sending jacktrip end that stalls for moments (as on a starved host) leaves the receiving
+/// end short of packets: its host's agent reports the under-runs as they happen, and the run
+/// totals them at the end.
+#[test]
+fn a_stalled_link_is_reported_as_under_runs_on_the_receiving_host() {
+    let show = Show::new("link-runs", CHAIN);
+    // No recording is judged here: what counts is what the run says.
+    let mut run = Running::spawn(show.orchestra("run"));
+    run.wait_for("playing:", Duration::from_secs(90));
+    // The link carries audio (its ends have found each other) a moment after it is wired.
+    std::thread::sleep(Duration::from_secs(1));
+    // h1's only jacktrip is the sending end of h1 → h2.
+    let sender = show
+        .lab
+        .processes("h1")
+        .into_iter()
+        .find(|p| p.comm == "jacktrip")
+        .expect("h1 sends to h2");
+    for _ in 0..3 {
+        assert!(show.lab.kill("h1", sender.pid, libc::SIGSTOP));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(show.lab.kill("h1", sender.pid, libc::SIGCONT));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let line = run.wait_for("link under-runs on h2:", Duration::from_secs(20));
+    eprintln!("measured: {line}");
+    assert!(line.contains(".receive (peer 10.77."), "{line}");
+    assert!(!line.contains(": 0 under-run(s)"), "{line}");
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("link under-runs on h2:") && l.ends_with("during the run")),
+        "a total at the end: {stderr}"
+    );
+    show.only_sshd_everywhere();
+}
+
 #[test]
 fn a_host_with_an_unknown_key_is_refused_before_anything_starts() {
     let show = Show::new("unknown-key", CHAIN);

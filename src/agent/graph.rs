@@ -3,9 +3,11 @@
 //! mirrors what reaches `system:playback_N` into the recorder. Callbacks only send to a channel.
 
 use crate::deploy::Edge;
+use jack::jack_sys as j;
+use libc::{c_char, c_int, c_void};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -18,41 +20,64 @@ pub enum GraphEvent {
     ServerGone(String, Instant),
 }
 
+/// What the control client's notification callbacks share with the agent. Callbacks only
+/// send to a channel or bump an atomic: no system call in here (nobody awaits the channel, so
+/// sending wakes no one). A client opened meanwhile makes libjack cancel this thread, and a
+/// cancellation that lands in a Rust frame aborts the agent ("FATAL: exception not rethrown":
+/// seen when this woke the agent's runtime, which writes to an eventfd).
 struct Notifier {
     tx: UnboundedSender<GraphEvent>,
     gone: Arc<AtomicBool>,
+    /// The server's xruns since the agent last took them.
+    xruns: Arc<AtomicU64>,
 }
 
-impl jack::NotificationHandler for Notifier {
-    /// No system call in here (nobody awaits the channel, so sending wakes no one): a client
-    /// opened meanwhile makes libjack cancel this thread, and a cancellation that lands in a
-    /// Rust frame aborts the agent ("FATAL: exception not rethrown": seen when this woke the
-    /// agent's runtime, which writes to an eventfd).
-    unsafe fn shutdown(&mut self, _status: jack::ClientStatus, reason: &str) {
-        let _ = self
-            .tx
-            .send(GraphEvent::ServerGone(reason.to_string(), Instant::now()));
-        self.gone.store(true, Ordering::Release);
-    }
-    fn client_registration(&mut self, _: &jack::Client, _name: &str, _registered: bool) {
-        let _ = self.tx.send(GraphEvent::Changed);
-    }
-    fn port_registration(&mut self, _: &jack::Client, _id: jack::PortId, _registered: bool) {
-        let _ = self.tx.send(GraphEvent::Changed);
-    }
-    fn ports_connected(
-        &mut self,
-        _: &jack::Client,
-        _a: jack::PortId,
-        _b: jack::PortId,
-        _connected: bool,
-    ) {
-        let _ = self.tx.send(GraphEvent::Changed);
-    }
+/// The `arg` JACK hands back is the `Notifier` the client was registered with (it lives in
+/// the `JackGraph` as long as the client, and is leaked with an abandoned one).
+unsafe fn notifier<'a>(arg: *mut c_void) -> &'a Notifier {
+    &*(arg as *const Notifier)
+}
+
+unsafe extern "C" fn on_shutdown(_code: j::jack_status_t, reason: *const c_char, arg: *mut c_void) {
+    let n = notifier(arg);
+    let reason = if reason.is_null() {
+        String::new()
+    } else {
+        std::ffi::CStr::from_ptr(reason)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let _ = n.tx.send(GraphEvent::ServerGone(reason, Instant::now()));
+    n.gone.store(true, Ordering::Release);
+}
+
+unsafe extern "C" fn on_client(_name: *const c_char, _registered: c_int, arg: *mut c_void) {
+    let _ = notifier(arg).tx.send(GraphEvent::Changed);
+}
+
+unsafe extern "C" fn on_port(_id: j::jack_port_id_t, _registered: c_int, arg: *mut c_void) {
+    let _ = notifier(arg).tx.send(GraphEvent::Changed);
+}
+
+unsafe extern "C" fn on_connect(
+    _a: j::jack_port_id_t,
+    _b: j::jack_port_id_t,
+    _connected: c_int,
+    arg: *mut c_void,
+) {
+    let _ = notifier(arg).tx.send(GraphEvent::Changed);
+}
+
+unsafe extern "C" fn on_xrun(arg: *mut c_void) -> c_int {
+    notifier(arg).xruns.fetch_add(1, Ordering::Relaxed);
+    0
 }
 
 pub struct JackGraph {
-    client: jack::AsyncClient<Notifier, ()>,
+    /// Active, with notification callbacks only (see `open`). Declared before `notifier`:
+    /// the client is closed (no more callbacks) before the notifier is freed.
+    client: jack::Client,
+    notifier: Arc<Notifier>,
     /// Set when the server shut this client down: the agent looks often (it is one load), to
     /// restore the server sooner than its next sweep.
     gone: Arc<AtomicBool>,
@@ -73,24 +98,42 @@ const SETTLE: Duration = Duration::from_millis(100);
 const PLAYBACK_PREFIX: &str = "system:playback_";
 
 impl JackGraph {
+    /// Open and activate the control client with notification callbacks and no process
+    /// callback. The `jack` crate's `activate_async` always registers one (even for `()`), and
+    /// a client with a process callback is part of the server's process graph: woken every
+    /// period, and waited for, so a busy host's agent made xruns ("orchestra-agent not
+    /// finished"). Without one, JACK2 does not put the client in the graph; connecting ports
+    /// and the graph notifications (delivered on the client's notification thread) need none.
     pub fn open() -> anyhow::Result<(JackGraph, UnboundedReceiver<GraphEvent>)> {
         let (client, _) =
             jack::Client::new("orchestra-agent", jack::ClientOptions::NO_START_SERVER)
                 .map_err(|e| anyhow::anyhow!("cannot open a JACK client: {e:?}"))?;
         let (tx, rx) = unbounded_channel();
         let gone = Arc::new(AtomicBool::new(false));
-        let client = client
-            .activate_async(
-                Notifier {
-                    tx,
-                    gone: gone.clone(),
-                },
-                (),
-            )
-            .map_err(|e| anyhow::anyhow!("cannot activate the JACK client: {e:?}"))?;
+        let notifier = Arc::new(Notifier {
+            tx,
+            gone: gone.clone(),
+            xruns: Arc::new(AtomicU64::new(0)),
+        });
+        let raw = client.raw();
+        let arg = Arc::as_ptr(&notifier) as *mut c_void;
+        // SAFETY: `arg` outlives the client (see the field order of `JackGraph`), and the
+        // callbacks only read it.
+        let activated = unsafe {
+            j::jack_on_info_shutdown(raw, Some(on_shutdown), arg);
+            j::jack_set_client_registration_callback(raw, Some(on_client), arg);
+            j::jack_set_port_registration_callback(raw, Some(on_port), arg);
+            j::jack_set_port_connect_callback(raw, Some(on_connect), arg);
+            j::jack_set_xrun_callback(raw, Some(on_xrun), arg);
+            j::jack_activate(raw)
+        };
+        if activated != 0 {
+            anyhow::bail!("cannot activate the JACK client (jack_activate returned {activated})");
+        }
         Ok((
             JackGraph {
                 client,
+                notifier,
                 gone,
                 intended: BTreeSet::new(),
                 recorder_inputs: Vec::new(),
@@ -101,13 +144,25 @@ impl JackGraph {
         ))
     }
 
+    /// The server's xruns since the last call.
+    pub fn take_xruns(&self) -> u64 {
+        self.notifier.xruns.swap(0, Ordering::Relaxed)
+    }
+
+    /// Whether the server says it runs real-time (jackd's `-R`, its default; `-r` turns it
+    /// off). Whether the kernel granted it is another matter: see `crate::agent::realtime`.
+    pub fn server_realtime(&self) -> bool {
+        // SAFETY: a plain query on a live client.
+        unsafe { j::jack_is_realtime(self.client.raw()) != 0 }
+    }
+
     /// Whether the server shut this client down.
     pub fn server_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
     }
 
     pub fn sample_rate(&self) -> u32 {
-        self.client.as_client().sample_rate()
+        self.client.sample_rate()
     }
 
     pub fn intend(&mut self, edge: Edge, on: bool) {
@@ -128,9 +183,14 @@ impl JackGraph {
     /// rethrown", seen in one restart of four). What is leaked is small, once per death.
     pub fn abandon(self) -> BTreeSet<Edge> {
         let JackGraph {
-            client, intended, ..
+            client,
+            notifier,
+            intended,
+            ..
         } = self;
         std::mem::forget(client);
+        // Its callbacks may still run while libjack lets go of the dead server.
+        std::mem::forget(notifier);
         intended
     }
 
@@ -147,25 +207,20 @@ impl JackGraph {
     pub fn client_exists(&self, name: &str) -> bool {
         !self
             .client
-            .as_client()
             .ports(Some(&format!("^{name}:")), None, jack::PortFlags::empty())
             .is_empty()
     }
 
     pub fn port_exists(&self, name: &str) -> bool {
-        self.client.as_client().port_by_name(name).is_some()
+        self.client.port_by_name(name).is_some()
     }
 
     pub fn disconnect(&self, edge: &Edge) {
-        let _ = self
-            .client
-            .as_client()
-            .disconnect_ports_by_name(&edge.from, &edge.to);
+        let _ = self.client.disconnect_ports_by_name(&edge.from, &edge.to);
     }
 
     fn connected(&self, edge: &Edge) -> bool {
         self.client
-            .as_client()
             .port_by_name(&edge.from)
             .and_then(|p| p.is_connected_to(&edge.to).ok())
             .unwrap_or(false)
@@ -173,7 +228,7 @@ impl JackGraph {
 
     /// The port exists and its client has had time to activate.
     fn ready(&self, port: &str) -> bool {
-        if self.client.as_client().port_by_name(port).is_none() {
+        if self.client.port_by_name(port).is_none() {
             return false;
         }
         let client = port.split(':').next().unwrap_or("");
@@ -192,7 +247,6 @@ impl JackGraph {
         let now = Instant::now();
         let present: BTreeSet<String> = self
             .client
-            .as_client()
             .ports(None, None, jack::PortFlags::empty())
             .into_iter()
             .filter_map(|p| p.split_once(':').map(|(c, _)| c.to_string()))
@@ -209,7 +263,7 @@ impl JackGraph {
     /// An unplanned edge to a program that is not the orchestra's (a recorder or a meter the
     /// musician connected) stays, unless exclusive: the musician's JACK graph is theirs too.
     pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a str>) {
-        let client = self.client.as_client();
+        let client = &self.client;
         let ours: BTreeSet<&str> = our_clients.collect();
         let managed = |port: &str| {
             let owner = port.split(':').next().unwrap_or("");
@@ -258,7 +312,7 @@ impl JackGraph {
 
     /// Connect to each recorder input exactly what is connected to the matching playback port.
     fn mirror_playback(&self) {
-        let client = self.client.as_client();
+        let client = &self.client;
         for (i, rec) in self.recorder_inputs.iter().enumerate() {
             let playback = format!("{PLAYBACK_PREFIX}{}", i + 1);
             let sources: BTreeSet<String> = client

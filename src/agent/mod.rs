@@ -5,10 +5,12 @@ pub mod graph;
 pub mod jackd;
 pub mod link_health;
 pub mod protocol;
+mod realtime;
 pub mod recorder;
 mod restore;
 pub mod startup;
 pub mod supervisor;
+mod xruns;
 
 use crate::deploy::Edge;
 use anyhow::{anyhow, bail, Context, Result};
@@ -54,6 +56,12 @@ struct Agent {
     jackd: Option<jackd::Server>,
     /// The JACK server went away: why and when, until it is back.
     jack_lost: Option<restore::Lost>,
+    /// The server's xruns, reported to the controller at most once a second.
+    xruns: xruns::XrunMeter,
+    /// The jacktrip ends' under- and over-runs, read from their logs once a second.
+    link_runs: xruns::LinkMeter,
+    /// Whether the host's lack of real-time scheduling was said (once per agent).
+    realtime_said: bool,
 }
 
 impl Agent {
@@ -138,6 +146,14 @@ impl Agent {
                 graph.intend_only(intended.into_iter().collect());
                 graph.set_exclusive(jack.exclusive);
                 let sample_rate = graph.sample_rate();
+                if !self.realtime_said {
+                    let pid = self.jackd.as_ref().map(|s| s.pid);
+                    let server = jackd::server_name();
+                    if let Some(reason) = realtime::lacking(&server, graph.server_realtime(), pid) {
+                        self.realtime_said = true;
+                        self.pending_events.push(Event::NoRealtime { reason });
+                    }
+                }
                 if sample_rate != jack.rate {
                     tracing::warn!(
                         "JACK server `{}` runs at {sample_rate} Hz, the orchestra at {} Hz",
@@ -240,7 +256,10 @@ impl Agent {
                     Some(dir) => dir.join(path),
                     None => PathBuf::from(path),
                 };
-                let recorder = Recorder::start(path.clone(), channels.clamp(1, 8))?;
+                let recorder = Recorder::start(
+                    path.clone(),
+                    channels.clamp(1, recorder::MAX_CHANNELS as u32),
+                )?;
                 self.graph()?.set_recorder_inputs(recorder.inputs.clone());
                 self.recorder = Some(recorder);
                 self.first_sound_sent = false;
@@ -250,10 +269,13 @@ impl Agent {
             Request::Status => {
                 let processes = self.supervisor()?.status();
                 let (connected, missing) = self.split_intended()?;
+                self.count_xruns();
                 Ok(serde_json::to_value(StatusReply {
                     processes,
                     connected,
                     missing,
+                    xruns: self.xruns.total(),
+                    link_runs: self.link_runs.total(),
                 })?)
             }
             Request::WaitEdges { timeout_ms, only } => {
@@ -373,10 +395,21 @@ impl Agent {
         }
     }
 
+    /// Take the xruns the JACK client counted into the meter.
+    fn count_xruns(&mut self) {
+        let n = self.graph.as_ref().map_or(0, JackGraph::take_xruns);
+        self.xruns.add(n, Instant::now());
+    }
+
     /// Periodic and event-driven upkeep; returns events for the controller.
     fn upkeep(&mut self) -> Vec<Event> {
         self.sweep();
         let mut events = std::mem::take(&mut self.pending_events);
+        self.count_xruns();
+        events.extend(self.xruns.due(Instant::now()));
+        if let Some(sup) = &self.supervisor {
+            events.extend(self.link_runs.read(&sup.link_logs(), Instant::now()));
+        }
         self.reconcile();
         if let Some(sup) = &self.supervisor {
             events.extend(self.link_health.check(sup.link_receivers(), Instant::now()));
@@ -439,6 +472,9 @@ pub async fn serve() -> Result<()> {
         jack_settings: None,
         jackd: None,
         jack_lost: None,
+        xruns: xruns::XrunMeter::new(Instant::now()),
+        link_runs: xruns::LinkMeter::new(Instant::now()),
+        realtime_said: false,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut watch = tokio::time::interval(WATCH_SERVER_EVERY);

@@ -129,6 +129,12 @@ pub struct StatusReply {
     pub connected: Vec<Edge>,
     /// Intended edges whose ports are not (yet) there or not connected.
     pub missing: Vec<Edge>,
+    /// The host's JACK server's xruns since this agent said hello.
+    #[serde(default)]
+    pub xruns: u64,
+    /// Under- and over-runs of this host's jacktrip ends since this agent said hello.
+    #[serde(default)]
+    pub link_runs: (u64, u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +169,25 @@ pub enum Event {
         client: String,
         for_ms: u64,
     },
+    /// The host's JACK server had `count` xruns (a cycle not done in time: a click) in the
+    /// last `window_ms`, `total` since the agent said hello. At most one a second per host.
+    Xruns {
+        count: u64,
+        total: u64,
+        window_ms: u64,
+    },
+    /// A jacktrip end on this host (`end`: its block, `link-….receive` or `.send`) had buffer
+    /// under-runs (audio late: a gap or a repeated packet) and over-runs (audio dropped) in the
+    /// direction it carries, in the last `window_ms`. At most one a second per end.
+    LinkRuns {
+        end: String,
+        peer: String,
+        underruns: u64,
+        overruns: u64,
+        window_ms: u64,
+    },
+    /// The host cannot give the audio real-time scheduling, and why; said once per agent.
+    NoRealtime { reason: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,10 +12,16 @@ use std::time::{Duration, Instant};
 /// Above this a sample counts as sound (about −60 dBFS).
 const SOUND_THRESHOLD: f32 = 0.001;
 
+/// The most channels a recording has (`Record` clamps to it): the callback keeps their input
+/// slices in a fixed array, not a vector it would allocate every cycle.
+pub const MAX_CHANNELS: usize = 8;
+
 struct Capture {
     ports: Vec<jack::Port<jack::AudioIn>>,
     ring: jack::RingBufferWriter,
-    frame: Vec<u8>,
+    /// One period of interleaved little-endian f32 frames, sized in `buffer_size` (called
+    /// before the first cycle, where allocating is allowed), so `process` never allocates.
+    interleaved: Vec<u8>,
     /// Set before the client is deactivated: deactivating disconnects the ports, and a cycle
     /// running meanwhile reads them as silence (measured: a period of zeros ending the file
     /// in one run of six). The callback answers in `closed` once a cycle saw it.
@@ -24,23 +30,40 @@ struct Capture {
 }
 
 impl jack::ProcessHandler for Capture {
+    /// The least work per cycle: each port's buffer is asked for once, the period is
+    /// interleaved into the buffer made for it, and written to the ring in one call. No
+    /// allocation, no lock, no system call.
     fn process(&mut self, _: &jack::Client, scope: &jack::ProcessScope) -> jack::Control {
         if self.closing.load(Ordering::Acquire) {
             self.closed.store(true, Ordering::Release);
             return jack::Control::Continue;
         }
-        let n = scope.n_frames() as usize;
-        let channels = self.ports.len();
-        for i in 0..n {
-            for (c, port) in self.ports.iter().enumerate() {
-                let s = port.as_slice(scope)[i];
-                self.frame[c * 4..c * 4 + 4].copy_from_slice(&s.to_le_bytes());
-            }
-            // A full ring drops frames rather than blocking the audio thread.
-            if self.ring.space() >= channels * 4 {
-                self.ring.write_buffer(&self.frame);
+        let mut inputs: [&[f32]; MAX_CHANNELS] = [&[]; MAX_CHANNELS];
+        for (input, port) in inputs.iter_mut().zip(&self.ports) {
+            *input = port.as_slice(scope);
+        }
+        let inputs = &inputs[..self.ports.len()];
+        let frame_bytes = inputs.len() * 4;
+        let n = (scope.n_frames() as usize).min(self.interleaved.len() / frame_bytes.max(1));
+        for (i, frame) in self
+            .interleaved
+            .chunks_exact_mut(frame_bytes)
+            .take(n)
+            .enumerate()
+        {
+            for (sample, input) in frame.chunks_exact_mut(4).zip(inputs) {
+                sample.copy_from_slice(&input[i].to_le_bytes());
             }
         }
+        // A full ring drops the frames that do not fit rather than block the audio thread.
+        let fit = n.min(self.ring.space() / frame_bytes.max(1));
+        self.ring
+            .write_buffer(&self.interleaved[..fit * frame_bytes]);
+        jack::Control::Continue
+    }
+
+    fn buffer_size(&mut self, _: &jack::Client, frames: jack::Frames) -> jack::Control {
+        self.interleaved = vec![0; frames as usize * self.ports.len() * 4];
         jack::Control::Continue
     }
 }
@@ -101,6 +124,7 @@ fn open_capture(channels: u32) -> Result<Capturing> {
     let (client, _) = jack::Client::new("orchestra-rec", jack::ClientOptions::NO_START_SERVER)
         .map_err(|e| anyhow::anyhow!("recorder: cannot open a JACK client: {e:?}"))?;
     let rate = client.sample_rate();
+    let period = client.buffer_size() as usize;
     let mut ports = Vec::new();
     let mut inputs = Vec::new();
     for c in 1..=channels {
@@ -120,7 +144,7 @@ fn open_capture(channels: u32) -> Result<Capturing> {
             Capture {
                 ports,
                 ring: writer,
-                frame: vec![0; channels as usize * 4],
+                interleaved: vec![0; period * channels as usize * 4],
                 closing: closing.asked.clone(),
                 closed: closing.seen.clone(),
             },

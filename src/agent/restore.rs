@@ -57,6 +57,8 @@ impl Agent {
         };
         // The controller says it to the musician (the events below); this is for the log.
         tracing::info!("JACK server `{}` is gone: {reason}", jackd::server_name());
+        // The dead server's last xruns are counted before its client is let go.
+        self.count_xruns();
         let intended = self
             .graph
             .take()

@@ -436,6 +436,15 @@ impl Supervisor {
         }
     }
 
+    /// The jacktrip ends running here: their block (`link-….receive`) and log.
+    pub fn link_logs(&self) -> Vec<(String, PathBuf)> {
+        self.running
+            .iter()
+            .filter(|(client, _)| self.is_link(client))
+            .map(|(_, m)| (m.record.block.clone(), m.dir.join("log")))
+            .collect()
+    }
+
     pub fn stop_all(&mut self) {
         let clients: Vec<String> = self.running.keys().cloned().collect();
         for client in clients {

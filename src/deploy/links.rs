@@ -141,7 +141,10 @@ pub fn ends(
 ) -> [LinkEnd; 2] {
     // Flags: -D no automatic JACK connections (the agent makes every edge), -J the client
     // name, -n one channel per link, -B/-P explicit bind and peer ports so several links
-    // share a host, -q the receive queue.
+    // share a host, -q the receive queue, --udprt real-time priority for the network threads
+    // (without it they run at normal priority while jacktrip's real-time audio thread shares
+    // a buffer with them: any busy process delays them into under-runs and clicks), -I 1 its
+    // under- and over-run counts printed every second (the agent reports them).
     let common = |bind: u16, peer: u16| -> Vec<String> {
         [
             "-D",
@@ -155,6 +158,9 @@ pub fn ends(
             &peer.to_string(),
             "-q",
             &network.queue.to_string(),
+            "--udprt",
+            "-I",
+            "1",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -317,14 +323,14 @@ mod tests {
         assert_eq!(send.host, "h1");
         assert_eq!(
             send.process.command.join(" "),
-            "jacktrip -c 10.0.0.12 -D -J link-a -n 1 -B 4471 -P 4470 -q 4"
+            "jacktrip -c 10.0.0.12 -D -J link-a -n 1 -B 4471 -P 4470 -q 4 --udprt -I 1"
         );
         assert_eq!(send.edge.from, "osc-1:output1");
         assert_eq!(send.edge.to, "link-a:send_1");
         assert_eq!(receive.host, "h2");
         assert_eq!(
             receive.process.command.join(" "),
-            "jacktrip -s -D -J link-a -n 1 -B 4470 -P 4471 -q 4"
+            "jacktrip -s -D -J link-a -n 1 -B 4470 -P 4471 -q 4 --udprt -I 1"
         );
         assert_eq!(receive.edge.from, "link-a:receive_1");
         assert_eq!(receive.edge.to, "filt-2:input1");
