@@ -58,6 +58,8 @@ struct Figures {
     xruns_reported: Vec<Option<u64>>,
     /// Per host: its jacktrip ends' under-runs and over-runs as the run reported them.
     link_runs: Vec<Option<String>>,
+    /// The machine's load average (1 min) at the end of the run, the soak's own included.
+    load_1min: String,
 }
 
 /// Gaps (silences of at least `GAP_MS`) and their longest, and clicks, in the sounding part
@@ -188,6 +190,8 @@ fn soak_once(orchestra: &str, seconds: f64, load: usize) -> Figures {
     let (left, rate) = read_channel(&wav, 0).unwrap();
     let report = analyze(&left, rate);
     let (gaps, longest_gap_ms, clicks) = listen(&left, rate);
+    // What else ran meanwhile moves the figures more than most changes: say how busy it was.
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     Figures {
         recorded_s: report.seconds,
         gaps,
@@ -197,6 +201,7 @@ fn soak_once(orchestra: &str, seconds: f64, load: usize) -> Figures {
         xruns_logged,
         xruns_reported,
         link_runs,
+        load_1min: loadavg.split_whitespace().next().unwrap_or("?").to_string(),
     }
 }
 
@@ -240,7 +245,7 @@ fn soak() {
                 .join(", ")
         };
         println!(
-            "load {load}: {:.1} s recorded, {} gap(s) > {GAP_MS} ms (longest {:.1} ms), {} click(s), {:.1} Hz; xruns in jackd logs: {}; reported: {}; link under/over-runs reported: {}",
+            "load {load}: {:.1} s recorded, {} gap(s) > {GAP_MS} ms (longest {:.1} ms), {} click(s), {:.1} Hz; xruns in jackd logs: {}; reported: {}; link under/over-runs reported: {}; machine load {}",
             f.recorded_s,
             f.gaps,
             f.longest_gap_ms,
@@ -259,6 +264,7 @@ fn soak() {
                     .map(|r| r.unwrap_or_else(|| "-".into()))
                     .collect()
             ),
+            f.load_1min,
         );
     }
 }
