@@ -13,6 +13,7 @@ use crate::conductor::{Conductor, Converge, Converged};
 use crate::events::Happening;
 use crate::executor::Hosts;
 use crate::osc::dispatch::Command;
+use crate::osc::memory::OscMemory;
 use crate::osc::server::{ControlRequest, SharedRoutes};
 use crate::pipeline::{desire, load_with_async, warn_overflow, Desired, Loaded, Source};
 use crate::script::layer::{LiveLayer, LiveOp};
@@ -47,6 +48,9 @@ pub struct Live<H> {
     adapted_said: BTreeSet<String>,
     /// How long after the run's start the recording began (for the first-sound line).
     record_offset: Option<Duration>,
+    /// What the router last told each block (none without OSC): told again to the synths a
+    /// host's agent restarted with its JACK server.
+    osc_memory: Option<OscMemory>,
 }
 
 /// What asked for an evaluation, and so what its outcome means.
@@ -108,7 +112,14 @@ impl<H: Hosts> Live<H> {
             overflow: first.cost.overflow,
             adapted_said: first.adapted.iter().cloned().collect(),
             record_offset: None,
+            osc_memory: None,
         }
+    }
+
+    /// Tell synths restarted with their host's JACK server what their block was last told.
+    pub fn replay_from(mut self, memory: OscMemory) -> Live<H> {
+        self.osc_memory = Some(memory);
+        self
     }
 
     /// Changes made over OSC in an earlier run, laid over the script.
@@ -466,7 +477,46 @@ impl<H: Hosts> Live<H> {
                     });
                 }
             }
+            Event::JackRestarted { .. } => {
+                self.tell(Happening::Host {
+                    host: host.clone(),
+                    event,
+                });
+                self.replay_on(&host);
+            }
             event => self.tell(Happening::Host { host, event }),
+        }
+    }
+
+    /// Send each OSC block on `host` what the router last told it. (A synth the agent
+    /// restarts with its JACK server starts from the script's values; the controller's
+    /// router is the one that knows better.)
+    fn replay_on(&self, host: &str) {
+        let Some(memory) = &self.osc_memory else {
+            return;
+        };
+        let Ok(socket) = std::net::UdpSocket::bind(("0.0.0.0", 0)) else {
+            return;
+        };
+        for (block, endpoint) in &self.conductor.applied().deployment.osc {
+            if endpoint.host != host {
+                continue;
+            }
+            let packets = memory.replay(block);
+            let to = (endpoint.address.as_str(), endpoint.port);
+            let values = packets
+                .iter()
+                .filter(|p| socket.send_to(p, to).is_ok())
+                .count();
+            if values > 0 {
+                self.tell(Happening::Host {
+                    host: host.to_string(),
+                    event: Event::Replayed {
+                        block: block.clone(),
+                        values,
+                    },
+                });
+            }
         }
     }
 }

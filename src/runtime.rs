@@ -241,7 +241,8 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     let mut live = Live::new(options.source.clone(), loaded, conductor, &desired)
         .with_layer(layer)
         .left_out(left_out)
-        .recording_from(record_offset);
+        .recording_from(record_offset)
+        .replay_from(osc_memory.clone());
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let osc = osc_server.map(|server| serve_osc(server, &mut live, osc_memory, control_tx));
     if let Some(watcher) = watcher {

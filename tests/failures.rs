@@ -272,3 +272,47 @@ fn down_with_a_read_only_state_dir_stops_everything_and_names_the_path() {
     );
     assert!(stderr.contains("stopped 2 synth(s)"), "{stderr}");
 }
+
+/// A synth the agent restarts with its JACK server is told again what its block was last told
+/// over OSC: `/osc/freq 660`, jackd killed, and the tone is back at 660 Hz, not the script's
+/// 440.
+#[test]
+fn after_a_jackd_restart_an_osc_block_plays_as_it_was_told() {
+    let stage = Stage::with_script(
+        "jackd-replay",
+        "song.lua",
+        r#"local osc = block "osc" { module = "sine_osc", freq = 440 }
+local out = block "out" { module = "dac" }
+osc >> out
+"#,
+    );
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let (cmd, wav) = run_recorded(server, script, dir.path(), &["--osc", "127.0.0.1:0"]);
+    let mut run = Running::spawn(cmd);
+    let line = run.wait_for("OSC control and router on ", Duration::from_secs(30));
+    let router = osc_address(&line);
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    let message = rosc::encoder::encode(&rosc::OscPacket::Message(rosc::OscMessage {
+        addr: "/osc/freq".into(),
+        args: vec![rosc::OscType::Float(660.0)],
+    }))
+    .unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(&message, router).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let jackd = pid_of(server, dir.path(), "jackd");
+    unsafe { libc::kill(jackd, libc::SIGKILL) };
+    run.wait_for("jackd on localhost died", Duration::from_secs(60));
+    let replayed = run.wait_for("replayed ", Duration::from_secs(10));
+    assert_eq!(
+        replayed.trim(),
+        "replayed 1 OSC value(s) to osc on localhost"
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    stop_cleanly(run, libc::SIGINT, server, dir.path());
+    let after = tail_tone(&wav, 1.5);
+    assert!(
+        (after.frequency_hz - 660.0).abs() < 6.6,
+        "660 Hz after the restart: {after:?}"
+    );
+}
