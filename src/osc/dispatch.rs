@@ -25,9 +25,18 @@ pub enum Dispatch {
     /// `/orchestra/error`, nothing changes.
     Refused(String),
     /// Packets to send, per block (addresses rewritten, bundle timetags kept).
-    Forward(Vec<(String, Vec<u8>)>),
+    Forward(Vec<Forwarded>),
     /// Not OSC, or not OSC we can handle: counted and dropped, never answered.
     Malformed(String),
+}
+
+/// One packet for one block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarded {
+    pub block: String,
+    pub bytes: Vec<u8>,
+    /// What the router remembers it under (see [`super::memory`]).
+    pub key: String,
 }
 
 const CONTROL: &str = "/orchestra";
@@ -125,7 +134,11 @@ pub fn dispatch<V>(bytes: &[u8], blocks: &BTreeMap<String, V>) -> Dispatch {
             continue;
         };
         match rosc::encoder::encode(&rewritten) {
-            Ok(bytes) => out.push((block, bytes)),
+            Ok(bytes) => out.push(Forwarded {
+                key: super::memory::key_of(&rewritten),
+                block,
+                bytes,
+            }),
             Err(e) => return Dispatch::Malformed(format!("{e:?}")),
         }
     }
@@ -352,8 +365,9 @@ mod tests {
             panic!("{d:?}")
         };
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].0, "osc");
-        let (_, packet) = rosc::decoder::decode_udp(&out[0].1).unwrap();
+        assert_eq!(out[0].block, "osc");
+        assert_eq!(out[0].key, "/freq");
+        let (_, packet) = rosc::decoder::decode_udp(&out[0].bytes).unwrap();
         assert_eq!(packet, message("/freq", vec![OscType::Float(660.0)]));
     }
 
@@ -374,8 +388,8 @@ mod tests {
         let Dispatch::Forward(out) = dispatch(&encode(bundle), &blocks()) else {
             panic!()
         };
-        let to_osc = out.iter().find(|(b, _)| b == "osc").unwrap();
-        let (_, packet) = rosc::decoder::decode_udp(&to_osc.1).unwrap();
+        let to_osc = out.iter().find(|f| f.block == "osc").unwrap();
+        let (_, packet) = rosc::decoder::decode_udp(&to_osc.bytes).unwrap();
         assert_eq!(
             packet,
             OscPacket::Bundle(OscBundle {
@@ -386,7 +400,7 @@ mod tests {
                 ]
             })
         );
-        assert!(out.iter().any(|(b, _)| b == "pad"));
+        assert!(out.iter().any(|f| f.block == "pad"));
     }
 
     #[test]
@@ -491,8 +505,8 @@ mod tests {
         #[test]
         fn any_bytes_are_dispatched_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Dispatch::Forward(out) = dispatch(&bytes, &blocks()) {
-                for (_, packet) in out {
-                    prop_assert!(rosc::decoder::decode_udp(&packet).is_ok());
+                for forwarded in out {
+                    prop_assert!(rosc::decoder::decode_udp(&forwarded.bytes).is_ok());
                 }
             }
         }

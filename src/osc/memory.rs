@@ -2,6 +2,7 @@
 //! so a new instance of the block — moved, replaced, restarted after a crash or a failover —
 //! is told the same before it is wired in, and sounds as the performer left it.
 
+use super::dispatch::Forwarded;
 use rosc::OscPacket;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,16 +22,14 @@ struct Remembered {
 }
 
 impl OscMemory {
-    /// `bytes` went to `block` (already addressed to the block: `/freq ,f 660`).
-    pub fn remember(&self, block: &str, bytes: &[u8]) {
-        let Some(key) = key_of(bytes) else {
-            return;
-        };
+    /// `packet` went to its block; the block's name back.
+    pub fn remember(&self, packet: Forwarded) -> String {
+        let Forwarded { block, bytes, key } = packet;
         let mut all = self.0.lock().expect("lock");
-        let memory = all.entry(block.to_string()).or_default();
+        let memory = all.entry(block.clone()).or_default();
         memory.sent += 1;
         let order = memory.sent;
-        memory.packets.insert(key, (order, bytes.to_vec()));
+        memory.packets.insert(key, (order, bytes));
         if memory.packets.len() > MAX_ADDRESSES {
             let oldest = memory
                 .packets
@@ -41,6 +40,7 @@ impl OscMemory {
                 memory.packets.remove(&oldest);
             }
         }
+        block
     }
 
     /// What `block` was last told, in the order it was sent.
@@ -58,15 +58,16 @@ impl OscMemory {
     }
 }
 
-/// A message's address; a bundle's addresses, joined (a later bundle to the same addresses
-/// replaces it).
-fn key_of(bytes: &[u8]) -> Option<String> {
-    let (_, packet) = rosc::decoder::decode_udp(bytes).ok()?;
-    let mut addresses = Vec::new();
-    collect(&packet, &mut addresses);
+/// What a block's packet is remembered under: a message's address; a bundle's addresses,
+/// joined (a later bundle to the same addresses replaces it).
+pub fn key_of(packet: &OscPacket) -> String {
     match packet {
-        OscPacket::Message(_) => addresses.pop(),
-        OscPacket::Bundle(_) => Some(format!("#bundle {}", addresses.join(" "))),
+        OscPacket::Message(m) => m.addr.clone(),
+        OscPacket::Bundle(_) => {
+            let mut addresses = Vec::new();
+            collect(packet, &mut addresses);
+            format!("#bundle {}", addresses.join(" "))
+        }
     }
 }
 
@@ -91,13 +92,22 @@ mod tests {
         .unwrap()
     }
 
+    /// What the router hands over after sending `/addr value` to `block`.
+    fn sent(block: &str, addr: &str, value: f32) -> Forwarded {
+        Forwarded {
+            block: block.into(),
+            bytes: message(addr, value),
+            key: addr.into(),
+        }
+    }
+
     #[test]
     fn the_last_value_per_address_is_replayed_in_the_order_sent() {
         let memory = OscMemory::default();
-        memory.remember("tone", &message("/freq", 550.0));
-        memory.remember("tone", &message("/amp", 0.2));
-        memory.remember("tone", &message("/freq", 660.0));
-        memory.remember("other", &message("/freq", 100.0));
+        memory.remember(sent("tone", "/freq", 550.0));
+        memory.remember(sent("tone", "/amp", 0.2));
+        memory.remember(sent("tone", "/freq", 660.0));
+        memory.remember(sent("other", "/freq", 100.0));
         assert_eq!(
             memory.replay("tone"),
             vec![message("/amp", 0.2), message("/freq", 660.0)]
@@ -109,7 +119,7 @@ mod tests {
     fn a_block_told_too_many_addresses_forgets_the_oldest() {
         let memory = OscMemory::default();
         for i in 0..=MAX_ADDRESSES {
-            memory.remember("tone", &message(&format!("/p{i}"), i as f32));
+            memory.remember(sent("tone", &format!("/p{i}"), i as f32));
         }
         let replayed = memory.replay("tone");
         assert_eq!(replayed.len(), MAX_ADDRESSES);

@@ -187,12 +187,13 @@ impl OscServer {
                         let table = routes.0.read().expect("lock");
                         match dispatch(&buffer[..len], &table) {
                             Dispatch::Forward(packets) => {
-                                for (block, bytes) in packets {
-                                    let Some(to) = table.get(&block) else {
+                                for packet in packets {
+                                    let Some(to) = table.get(&packet.block) else {
                                         continue;
                                     };
-                                    memory.remember(&block, &bytes);
-                                    match forward.send_to(&bytes, to) {
+                                    let sent = forward.send_to(&packet.bytes, to);
+                                    let block = memory.remember(packet);
+                                    match sent {
                                         Ok(_) => {
                                             counters.forwarded.fetch_add(1, Ordering::Relaxed);
                                         }
