@@ -174,9 +174,16 @@ impl<H: Hosts> Conductor<H> {
         self.hosts
     }
 
-    /// Whether `host` has an agent (in a dry run every host counts as reached).
-    pub fn has_agent(&self, host: &str) -> bool {
-        self.mode == Mode::DryRun || self.hosts.names().iter().any(|h| h == host)
+    /// Those of `hosts` that have no agent yet (in a dry run every host counts as reached).
+    pub fn without_agent<'a>(&self, hosts: impl Iterator<Item = &'a Host>) -> Vec<Host> {
+        if self.mode == Mode::DryRun {
+            return Vec::new();
+        }
+        let reached = self.hosts.names();
+        hosts
+            .filter(|h| !reached.contains(&h.name))
+            .cloned()
+            .collect()
     }
 
     /// Make what runs equal `next`, as `how` says; `started` is when the change began (the

@@ -364,16 +364,13 @@ impl<H: Hosts> Live<H> {
                 &self.source.placement,
                 &left_out,
             )?;
-            let new: Vec<crate::model::Host> = loaded
-                .resolved
-                .hosts
-                .iter()
-                .filter(|h| {
-                    desired.deployment.hosts.contains_key(&h.name)
-                        && !self.conductor.has_agent(&h.name)
-                })
-                .cloned()
-                .collect();
+            let new = self.conductor.without_agent(
+                loaded
+                    .resolved
+                    .hosts
+                    .iter()
+                    .filter(|h| desired.deployment.hosts.contains_key(&h.name)),
+            );
             if new.is_empty() {
                 return Ok(desired);
             }
@@ -392,9 +389,9 @@ impl<H: Hosts> Live<H> {
     /// host that went down has its blocks placed on the hosts that remain (make-before-break
     /// wherever the old side still plays); until that works it is tried again each time.
     pub async fn reconcile(&mut self) {
-        let known = self.loaded.resolved.hosts.clone();
-        let went_down = self.conductor.repair(&known).await;
-        self.conductor.probe_down_hosts(&known).await;
+        let known = &self.loaded.resolved.hosts;
+        let went_down = self.conductor.repair(known).await;
+        self.conductor.probe_down_hosts(known).await;
         let stranded: Vec<String> = self
             .left_out_now()
             .into_iter()
@@ -415,8 +412,9 @@ impl<H: Hosts> Live<H> {
 
     /// Restart both ends of a link whose receiving end gets nothing.
     pub async fn restart_link(&mut self, link: &str) {
-        let known = self.loaded.resolved.hosts.clone();
-        self.conductor.restart_link(link, &known).await;
+        self.conductor
+            .restart_link(link, &self.loaded.resolved.hosts)
+            .await;
     }
 
     /// Hosts no placement may use now: unreachable at start, down, or avoided for a link

@@ -135,25 +135,18 @@ fn a_stalled_link_is_reported_as_under_runs_on_the_receiving_host() {
     // The link carries audio (its ends have found each other) a moment after it is wired.
     std::thread::sleep(Duration::from_secs(1));
     // h1's only jacktrip is the sending end of h1 → h2.
-    let sender = show
-        .lab
-        .processes("h1")
-        .into_iter()
-        .find(|p| p.comm == "jacktrip")
-        .expect("h1 sends to h2");
+    let sender = pids_of(&show, "h1", &["jacktrip"])[0];
     for _ in 0..3 {
-        assert!(show.lab.kill("h1", sender.pid, libc::SIGSTOP));
+        assert!(show.lab.kill("h1", sender, libc::SIGSTOP));
         std::thread::sleep(Duration::from_millis(200));
-        assert!(show.lab.kill("h1", sender.pid, libc::SIGCONT));
+        assert!(show.lab.kill("h1", sender, libc::SIGCONT));
         std::thread::sleep(Duration::from_millis(300));
     }
     let line = run.wait_for("link under-runs on h2:", Duration::from_secs(20));
     eprintln!("measured: {line}");
     assert!(line.contains(".receive (peer 10.77."), "{line}");
     assert!(!line.contains(": 0 under-run(s)"), "{line}");
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stopped(run);
     assert!(
         stderr
             .lines()
@@ -358,21 +351,21 @@ fn bench_agent_command_over_ssh() {
 fn stop_after_sounding(mut run: Running) -> String {
     run.wait_for("first sound at the DAC", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
+    stopped(run)
+}
+
+/// Ctrl-C, the run's exit 0, and what it said (printed, so a failing test shows it).
+fn stopped(run: Running) -> String {
     run.signal(libc::SIGINT);
     let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
-    // Shown when the test fails.
     eprintln!("{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
     stderr
 }
 
 fn finish_at(run: Running, show: &Show, wav: &Path, hz: f64) {
     std::thread::sleep(Duration::from_secs(2));
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
-    // Shown when the test fails.
-    eprintln!("{stderr}");
+    stopped(run);
     let tail = common::tail_tone(wav, 1.0);
     assert!(
         (tail.frequency_hz - hz).abs() < hz / 100.0,
@@ -384,10 +377,15 @@ fn finish_at(run: Running, show: &Show, wav: &Path, hz: f64) {
 
 /// Pids of the csound processes on a host.
 fn csounds(show: &Show, host: &str) -> Vec<u32> {
+    pids_of(show, host, &["csound"])
+}
+
+/// Pids of the processes on `host` whose command is one of `commands`.
+fn pids_of(show: &Show, host: &str, commands: &[&str]) -> Vec<u32> {
     show.lab
         .processes(host)
         .into_iter()
-        .filter(|p| p.comm == "csound")
+        .filter(|p| commands.contains(&p.comm.as_str()))
         .map(|p| p.pid)
         .collect()
 }
@@ -481,9 +479,7 @@ fn bench_save_to_applied_on_the_lab() {
         "param edit restarting one csound on h1, save → applied",
         &param,
     );
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    stopped(run);
     show.only_sshd_everywhere();
 }
 
@@ -534,14 +530,7 @@ fn a_connection_edit_on_the_lab_restarts_nothing() {
     let (cmd, wav) = show.run_recorded(&[]);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(90));
-    let pids = |host: &str| -> Vec<u32> {
-        show.lab
-            .processes(host)
-            .into_iter()
-            .filter(|p| p.comm == "csound" || p.comm == "jacktrip")
-            .map(|p| p.pid)
-            .collect()
-    };
+    let pids = |host: &str| pids_of(&show, host, &["csound", "jacktrip"]);
     let (h1, h3) = (pids("h1"), pids("h3"));
     assert_eq!(h1.len(), 4, "three synths and a link end on h1");
     let h3_graph = connections_on(&show, "h3");
@@ -671,9 +660,7 @@ fn osc_from_outside_the_allowed_networks_is_dropped_and_counted() {
 /// Stop a run that no OSC sender was allowed to change: it exits 0 having reloaded nothing,
 /// and leaves only sshd on the hosts. Returns its stderr.
 fn stop_unchanged(run: Running, show: &Show) -> String {
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stopped(run);
     assert!(
         !stderr.contains("reload:"),
         "nothing was reloaded: {stderr}"
@@ -824,10 +811,7 @@ fn a_host_cut_off_while_playing_is_replaced_and_the_tone_comes_back() {
     })
     .expect("what ran on h2 is stopped once it is back");
     std::thread::sleep(Duration::from_secs(2));
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    eprintln!("{stderr}");
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stopped(run);
     assert!(!stderr.contains("h2 is down: `"), "{stderr}");
 
     let whole = common::tail_tone(&wav, 60.0);
@@ -862,9 +846,7 @@ fn bench_failover_on_the_lab() {
         run.wait_for(&format!("host {cut} is back"), Duration::from_secs(30));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
+    stopped(run);
     let (left, rate) = cloud_orchestra::analysis::read_channel(&wav, 0).unwrap();
     let silences = cloud_orchestra::analysis::silences_ms(&left, rate, 50.0);
     println!("silences of 50 ms or more at the DAC: {silences:.0?}");
@@ -877,11 +859,9 @@ fn players(show: &Show) -> Vec<(String, u32)> {
     let mut found: Vec<(String, u32)> = ["h1", "h2", "h3"]
         .iter()
         .flat_map(|host| {
-            show.lab
-                .processes(host)
+            pids_of(show, host, &["csound", "jacktrip"])
                 .into_iter()
-                .filter(|p| p.comm == "csound" || p.comm == "jacktrip")
-                .map(move |p| (host.to_string(), p.pid))
+                .map(move |pid| (host.to_string(), pid))
         })
         .collect();
     found.sort();
@@ -910,10 +890,7 @@ fn a_new_run_adopts_what_a_killed_controller_left_playing_on_every_host() {
     run.wait_for("playing:", Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(players(&show), before, "the same processes play on");
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    eprintln!("{stderr}");
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stopped(run);
     for host in ["h1", "h2", "h3"] {
         let playing_there = before.iter().filter(|(h, _)| h == host).count();
         assert!(
@@ -945,30 +922,16 @@ fn a_link_that_carries_nothing_is_noticed_and_restarted() {
     let mut run = Running::spawn(cmd);
     run.wait_for("first sound at the DAC", Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(1));
-    let sender = show
-        .lab
-        .processes("h1")
-        .into_iter()
-        .find(|p| p.comm == "jacktrip")
-        .expect("the sending end of the link h1 → h2");
-    assert!(show.lab.kill("h1", sender.pid, libc::SIGSTOP));
+    let sender = pids_of(&show, "h1", &["jacktrip"])[0];
+    assert!(show.lab.kill("h1", sender, libc::SIGSTOP));
     let said = run.wait_for("receives nothing on h2", Duration::from_secs(30));
     assert!(said.starts_with("error: link link-"), "{said}");
     run.wait_for("repaired in", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
-    let senders: Vec<u32> = show
-        .lab
-        .processes("h1")
-        .into_iter()
-        .filter(|p| p.comm == "jacktrip")
-        .map(|p| p.pid)
-        .collect();
+    let senders = pids_of(&show, "h1", &["jacktrip"]);
     assert_eq!(senders.len(), 1, "one sender again: {senders:?}");
-    assert_ne!(senders[0], sender.pid, "a new sender");
-    run.signal(libc::SIGINT);
-    let (code, stderr) = run.finish(Duration::from_secs(60));
-    eprintln!("{stderr}");
-    assert_eq!(code, Some(0), "{stderr}");
+    assert_ne!(senders[0], sender, "a new sender");
+    stopped(run);
     common::assert_plays_440(&wav, 1.5);
     show.only_sshd_everywhere();
 }
