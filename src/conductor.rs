@@ -102,6 +102,12 @@ impl<H: Hosts> Conductor<H> {
         Conductor::with_mode(hosts, applied, Mode::Play, dir, events)
     }
 
+    /// A dry run's conductor: `applied` is what runs per the state; `hosts` ([`Paper`] for
+    /// `run --dry-run`) are never asked to act, and nothing is saved.
+    pub fn dry_run(hosts: H, applied: AppliedState, events: Events) -> Conductor<H> {
+        Conductor::with_mode(hosts, applied, Mode::DryRun, PathBuf::new(), events)
+    }
+
     fn with_mode(
         hosts: H,
         applied: AppliedState,
@@ -527,13 +533,6 @@ impl<H: Hosts> Conductor<H> {
             }
         }
         back
-    }
-}
-
-impl Conductor<Paper> {
-    /// A dry run's conductor: `applied` is what runs per the state; nothing is contacted.
-    pub fn dry_run(applied: AppliedState, events: Events) -> Conductor<Paper> {
-        Conductor::with_mode(Paper, applied, Mode::DryRun, PathBuf::new(), events)
     }
 }
 

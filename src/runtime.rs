@@ -3,7 +3,7 @@
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
 use crate::agent::protocol::{DownReply, Request};
-use crate::conductor::{Conductor, Converge, Converged};
+use crate::conductor::{Conductor, Converge, Converged, Paper};
 use crate::deploy::Deployment;
 use crate::events::Events;
 use crate::first_run::BroughtUp;
@@ -507,7 +507,7 @@ async fn dry_run(
     warn_overflow(&loaded, &desired);
     warn_adapted(&desired);
     eprintln!("dry run: nothing is started or changed; the plan from what runs now:");
-    let mut conductor = Conductor::dry_run(previous, Events::printed());
+    let mut conductor = Conductor::dry_run(Paper, previous, Events::printed());
     let next = AppliedState {
         deployment: desired.deployment.clone(),
         placement: desired.placement.clone(),

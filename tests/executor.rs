@@ -643,15 +643,15 @@ async fn a_reload_whose_start_fails_is_undone_and_the_state_kept_as_it_was() {
 
 #[tokio::test]
 async fn a_dry_run_plans_each_change_and_touches_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut conductor = Conductor::dry_run(AppliedState::default(), Events::quiet());
+    let hosts = FakeHosts::with_hosts(&["localhost"]);
+    let mut conductor = Conductor::dry_run(hosts.clone(), AppliedState::default(), Events::quiet());
     let mut seen = conductor.events().subscribe();
-    let next = AppliedState {
+    let first = AppliedState {
         deployment: deployment(SONG),
         placement: Default::default(),
     };
     conductor
-        .converge(next, Converge::First, Instant::now())
+        .converge(first, Converge::First, Instant::now())
         .await;
     let planned: Vec<String> = std::iter::from_fn(|| seen.try_recv().ok())
         .map(|h| h.to_string())
@@ -660,12 +660,28 @@ async fn a_dry_run_plans_each_change_and_touches_nothing() {
         planned.iter().any(|l| l.starts_with("  + start osc")),
         "{planned:?}"
     );
-    conductor.repair(&[]).await;
-    assert!(seen.try_recv().is_err(), "a dry run repairs nothing");
+    // An edit is planned from the first plan's result, and only said.
+    let edited = AppliedState {
+        deployment: deployment(&SONG.replace("freq = 440", "freq = 660")),
+        placement: Default::default(),
+    };
+    conductor
+        .converge(edited, Converge::Edit, Instant::now())
+        .await;
+    let said: Vec<Happening> = std::iter::from_fn(|| seen.try_recv().ok()).collect();
     assert!(
-        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
-        "nothing saved"
+        said.iter().any(|h| matches!(h, Happening::DryRun { .. }))
+            && !said.iter().any(|h| matches!(h, Happening::Applied { .. })),
+        "{said:?}"
     );
+    // What the hosts run differs from the plan, and still nothing is repaired.
+    conductor.repair(&[]).await;
+    assert!(
+        hosts.log().is_empty(),
+        "asked of the hosts: {:?}",
+        hosts.log()
+    );
+    assert!(hosts.snapshot()["localhost"].processes.is_empty());
 }
 
 const TWO_HOSTS: &str = r#"
