@@ -45,6 +45,10 @@ struct SourceArgs {
     /// the evaluation is stopped and nothing changes.
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     eval_timeout: f64,
+    /// Refuse a placement whose worst path to a dac exceeds `latency { max_ms }` (without
+    /// it, a warning).
+    #[arg(long)]
+    strict: bool,
 }
 
 impl SourceArgs {
@@ -63,6 +67,7 @@ impl SourceArgs {
                 },
                 time_limit: std::time::Duration::from_millis(self.time_limit),
             },
+            strict: self.strict,
         }
     }
 }
@@ -261,8 +266,7 @@ pub async fn main(cli: Cli) -> Result<()> {
                 &source.source().placement,
                 &Default::default(),
             )?;
-            runtime::warn_overflow(&loaded, &desired);
-            runtime::warn_adapted(&desired);
+            runtime::judge(&loaded, &desired, source.strict)?;
             println!(
                 "{}: ok ({} blocks, {} connections, {} host(s))",
                 source.script.display(),
@@ -301,6 +305,9 @@ pub async fn main(cli: Cli) -> Result<()> {
         }
     }
 }
+
+/// How many of the worst paths `plan --explain` lists.
+const WORST_PATHS_SHOWN: usize = 5;
 
 fn plan(
     source: Source,
@@ -346,6 +353,10 @@ fn plan(
     )?;
     let actions = crate::plan::diff(&current, &desired.deployment);
     runtime::warn_adapted(&desired);
+    let over_latency = crate::pipeline::latency_verdict(&loaded, &desired, source.strict)?;
+    if let Some(over) = &over_latency {
+        eprintln!("warning: {over}");
+    }
     match format {
         Format::Json => {
             let out = json!({
@@ -355,6 +366,13 @@ fn plan(
                 "actions": actions.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
                 "links": desired.deployment.links,
                 "osc": desired.deployment.osc,
+                "audio": loaded.resolved.audio,
+                "latency": desired.latency.paths.iter().map(|p| json!({
+                    "blocks": p.blocks,
+                    "hosts": p.hosts,
+                    "links": p.links,
+                    "ms": p.ms,
+                })).collect::<Vec<_>>(),
                 "live_layer": layer.ops,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -374,6 +392,10 @@ fn plan(
                         &solution,
                         previous_placement.as_ref()
                     )
+                );
+                print!(
+                    "{}",
+                    desired.latency.explain(&loaded.resolved, WORST_PATHS_SHOWN)
                 );
             } else {
                 println!("placement:");

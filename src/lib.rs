@@ -8,7 +8,8 @@
 //!   them against the [`modules`] library and expands connections to port-level wires.
 //! - [`modules`]: manifests, built-in modules, template rendering, engines (`lua/engines`);
 //!   [`csd`] reads a Csound module's header and options so the engine can fit it.
-//! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`.
+//! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`;
+//!   [`latency`]: each source's worst path to a `dac` under a placement and its buffers.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
 //!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports.
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
@@ -53,6 +54,7 @@ pub mod executable;
 pub mod executor;
 pub mod first_run;
 pub mod hosts;
+pub mod latency;
 pub mod live;
 pub mod model;
 pub mod modules;

@@ -15,7 +15,9 @@ use crate::executor::Hosts;
 use crate::osc::dispatch::Command;
 use crate::osc::memory::OscMemory;
 use crate::osc::server::{ControlRequest, SharedRoutes};
-use crate::pipeline::{desire, load_with_async, warn_overflow, Desired, Loaded, Source};
+use crate::pipeline::{
+    desire, latency_verdict, load_with_async, warn_overflow, Desired, Loaded, Source,
+};
 use crate::script::layer::{LiveLayer, LiveOp};
 use crate::state::AppliedState;
 use crate::watch::{Change, Watcher};
@@ -46,6 +48,8 @@ pub struct Live<H> {
     overflow: u64,
     /// Adaptations of modules already said (the first run says its own).
     adapted_said: BTreeSet<String>,
+    /// The last latency warning said (repeated only when it changes).
+    latency_said: Option<String>,
     /// How long after the run's start the recording began (for the first-sound line).
     record_offset: Option<Duration>,
     /// What the router last told each block (none without OSC): told again to the synths a
@@ -101,6 +105,7 @@ impl<H: Hosts> Live<H> {
         conductor: Conductor<H>,
         first: &Desired,
     ) -> Live<H> {
+        let latency_said = crate::latency::over_limit(&loaded.resolved, &first.latency);
         Live {
             source,
             conductor,
@@ -111,6 +116,7 @@ impl<H: Hosts> Live<H> {
             routes: None,
             overflow: first.cost.overflow,
             adapted_said: first.adapted.iter().cloned().collect(),
+            latency_said,
             record_offset: None,
             osc_memory: None,
         }
@@ -318,6 +324,18 @@ impl<H: Hosts> Live<H> {
         if desired.cost.overflow != self.overflow {
             warn_overflow(&loaded, &desired);
             self.overflow = desired.cost.overflow;
+        }
+        // Over the latency limit: refused with --strict, else said when the path changes.
+        match latency_verdict(&loaded, &desired, self.source.strict) {
+            Err(e) => return self.rejected(format!("{e:#}")),
+            Ok(over) => {
+                if over.is_some() && over != self.latency_said {
+                    self.tell(Happening::Warning {
+                        text: over.clone().unwrap_or_default(),
+                    });
+                }
+                self.latency_said = over;
+            }
         }
         // What an engine changed to fit a module: said once per module and what it says.
         for line in &desired.adapted {

@@ -4,6 +4,7 @@
 //! it; nothing here starts or contacts anything.
 
 use crate::deploy::{redeploy, Deployment};
+use crate::latency::Latency;
 use crate::model::Orchestra;
 use crate::modules::{Engines, ModuleLibrary};
 use crate::placement::{place_without, Cost, Options as PlacementOptions, Placement};
@@ -20,6 +21,8 @@ pub struct Source {
     pub hosts: Option<PathBuf>,
     pub modules: Vec<PathBuf>,
     pub placement: PlacementOptions,
+    /// `--strict`: a placement over `latency { max_ms }` is an error, not a warning.
+    pub strict: bool,
 }
 
 /// An orchestra read, checked and resolved against its modules.
@@ -97,6 +100,8 @@ pub struct Desired {
     pub deployment: Deployment,
     /// Modules the engines changed to fit the orchestra, and how (one line per module).
     pub adapted: Vec<String>,
+    /// Each source's worst path to a `dac`.
+    pub latency: Latency,
 }
 
 /// Place and deploy on the orchestra's hosts but those `left_out` (they do not answer);
@@ -118,13 +123,35 @@ pub fn desire(
         &mut engines,
         running,
     )?;
+    let latency = crate::latency::estimate(&loaded.resolved, &placement);
     Ok(Desired {
         placement,
         cost,
         optimal,
         deployment,
         adapted: engines.adapted().map(str::to_string).collect(),
+        latency,
     })
+}
+
+/// A placement whose worst path exceeds `latency { max_ms }`: the warning to give, or with
+/// `strict` the error that refuses it.
+pub fn latency_verdict(loaded: &Loaded, desired: &Desired, strict: bool) -> Result<Option<String>> {
+    match crate::latency::over_limit(&loaded.resolved, &desired.latency) {
+        Some(over) if strict => Err(anyhow!("refused (--strict): {over}")),
+        over => Ok(over),
+    }
+}
+
+/// What a one-shot command says of a placement before acting on it: cores it lacks, modules
+/// adapted, a path over the latency limit (an error with `strict`).
+pub fn judge(loaded: &Loaded, desired: &Desired, strict: bool) -> Result<()> {
+    warn_overflow(loaded, desired);
+    warn_adapted(desired);
+    if let Some(over) = latency_verdict(loaded, desired, strict)? {
+        eprintln!("warning: {over}");
+    }
+    Ok(())
 }
 
 /// Say once per module what its engine overrode to make it fit (a module written for

@@ -43,6 +43,8 @@ pub struct Resolved {
     pub wires: Vec<Wire>,
     pub audio: AudioSettings,
     pub network: crate::model::NetworkSettings,
+    /// `latency { max_ms = … }`, if the script set one.
+    pub latency_max_ms: Option<f64>,
 }
 
 /// Check names, modules, params, pins and ports; expand block-level connections to wires.
@@ -50,6 +52,7 @@ pub fn resolve(orchestra: &Orchestra, library: &ModuleLibrary) -> Result<Resolve
     let hosts = resolve_hosts(orchestra)?;
     let blocks = resolve_blocks(orchestra, library, &hosts)?;
     check_references(&blocks, &hosts)?;
+    check_link_rules(orchestra, &hosts)?;
     let mut connections = Vec::new();
     let mut wires = Vec::new();
     for connection in &orchestra.connections {
@@ -98,8 +101,29 @@ pub fn resolve(orchestra: &Orchestra, library: &ModuleLibrary) -> Result<Resolve
         connections,
         wires,
         audio: orchestra.audio,
-        network: orchestra.network,
+        network: orchestra.network.clone(),
+        latency_max_ms: orchestra.latency_max_ms,
     })
+}
+
+/// Each `network { links = … }` rule names hosts of the orchestra.
+fn check_link_rules(orchestra: &Orchestra, hosts: &[Host]) -> Result<(), ModelError> {
+    for rule in &orchestra.network.links {
+        for (side, host) in [("from", &rule.from), ("to", &rule.to)] {
+            let Some(host) = host else { continue };
+            if !hosts.iter().any(|h| &h.name == host) {
+                return Err(ModelError::at(
+                    rule.location.as_ref(),
+                    format!(
+                        "network: links: `{side}` names no host `{}`{}",
+                        crate::names::shown(host),
+                        did_you_mean(host, hosts.iter().map(|h| h.name.as_str()))
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn resolve_hosts(orchestra: &Orchestra) -> Result<Vec<Host>, ModelError> {

@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 
 pub use crate::live::Shutdown;
 pub use crate::pipeline::{
-    desire, load, load_with, load_with_async, warn_adapted, warn_overflow, Desired, Loaded, Source,
+    desire, judge, load, load_with, load_with_async, warn_adapted, warn_overflow, Desired, Loaded,
+    Source,
 };
 
 /// Options of `orchestra run`.
@@ -123,8 +124,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         &options.source.placement,
         &left_out,
     )?;
-    warn_overflow(&loaded, &desired);
-    warn_adapted(&desired);
+    judge(&loaded, &desired, options.source.strict)?;
 
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     // Hosts that play now or played before (their leftovers are stopped by the plan).
@@ -504,8 +504,7 @@ async fn dry_run(
         &options.source.placement,
         &BTreeSet::new(),
     )?;
-    warn_overflow(&loaded, &desired);
-    warn_adapted(&desired);
+    judge(&loaded, &desired, options.source.strict)?;
     eprintln!("dry run: nothing is started or changed; the plan from what runs now:");
     let mut conductor = Conductor::dry_run(Paper, previous, Events::printed());
     let next = AppliedState {

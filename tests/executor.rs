@@ -413,6 +413,17 @@ async fn live_on(
     hosts_file: Option<&str>,
     policies: Policies,
 ) -> (Live<FakeHosts>, FakeHosts, std::path::PathBuf) {
+    live_on_with(dir, song, hosts_file, policies, false).await
+}
+
+/// [`live_on`], `--strict` or not.
+async fn live_on_with(
+    dir: &Path,
+    song: &str,
+    hosts_file: Option<&str>,
+    policies: Policies,
+    strict: bool,
+) -> (Live<FakeHosts>, FakeHosts, std::path::PathBuf) {
     let script = dir.join("song.lua");
     std::fs::write(&script, song).unwrap();
     let hosts_path = hosts_file.map(|text| {
@@ -425,6 +436,7 @@ async fn live_on(
         hosts: hosts_path,
         modules: Vec::new(),
         placement: Options::default(),
+        strict,
     };
     let loaded = load(&source).unwrap();
     let first = desire(
@@ -870,4 +882,56 @@ async fn a_link_that_keeps_failing_has_its_sending_host_avoided_and_its_blocks_p
         hosts.snapshot()["h2"].processes.is_empty(),
         "what ran on h2 was stopped: it is up"
     );
+}
+
+/// A song on two hosts whose sine is pinned to h1, the rest on h1 too; moving the filter to h2
+/// puts two links on the way to the DAC.
+const ON_TWO_HOSTS: &str = "host \"h1\" { address = \"10.9.0.1\", cores = 4 }\nhost \"h2\" { address = \"10.9.0.2\", cores = 4 }\n";
+const BUDGETED: &str = r#"
+audio { rate = 51200, period = 512 }
+latency { max_ms = 50 }
+local osc  = block "osc"  { module = "sine", host = "h1" }
+local filt = block "filt" { module = "lp", host = "h1" }
+local out  = block "out"  { module = "dac", host = "h1" }
+osc >> filt >> out
+"#;
+
+#[tokio::test]
+async fn an_edit_over_the_latency_budget_is_refused_with_strict_and_said_without() {
+    for strict in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut live, hosts, script) = live_on_with(
+            dir.path(),
+            BUDGETED,
+            Some(ON_TWO_HOSTS),
+            Policies::default(),
+            strict,
+        )
+        .await;
+        let before = hosts.snapshot();
+        let mut seen = live.conductor().events().subscribe();
+        std::fs::write(
+            &script,
+            BUDGETED.replace(
+                "module = \"lp\", host = \"h1\"",
+                "module = \"lp\", host = \"h2\"",
+            ),
+        )
+        .unwrap();
+        live.reload(std::slice::from_ref(&script)).await;
+        // 10 ms a period: h1 → h2 → h1 is three hosts and two queues of 4.
+        let over = "the path osc (h1) → filt (h2) → out (h1) takes about 110.0 ms, over latency { max_ms = 50 }: it crosses 2 link(s) (fewer hosts on the way, a smaller period or queue cost less)";
+        if strict {
+            let refused = next_where(&mut seen, |h| matches!(h, Happening::Rejected { .. })).await;
+            let Happening::Rejected { error } = refused else {
+                unreachable!()
+            };
+            assert_eq!(error, format!("refused (--strict): {over}"));
+            assert_eq!(hosts.snapshot(), before, "nothing changed");
+        } else {
+            let said = next_where(&mut seen, |h| matches!(h, Happening::Warning { .. })).await;
+            assert_eq!(said.to_string(), format!("warning: {over}"));
+            assert_eq!(where_blocks_run(&hosts)["filt"], "h2", "applied");
+        }
+    }
 }

@@ -100,24 +100,33 @@ impl Show {
 
 #[test]
 fn a_chain_over_three_hosts_plays_440_hz_at_the_dac_host() {
-    let show = Show::new("chain", CHAIN);
+    // The links into the DAC's host get a longer queue of their own.
+    let script = format!("{CHAIN}\nnetwork {{ links = {{ {{ to = \"h3\", queue = 6 }} }} }}\n");
+    let show = Show::new("chain", &script);
     let (cmd, wav) = show.run_recorded(&[]);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(90));
 
     // One link h1 → h2 and one h2 → h3: the sending end beside the source, the receiving
-    // end (-s) beside the sink.
+    // end (-s) beside the sink; h2 → h3 with the rule's queue at both ends.
     let (h1, h2, h3) = (
         show.jacktrips("h1"),
         show.jacktrips("h2"),
         show.jacktrips("h3"),
     );
     assert_eq!(h1.len(), 1, "h1: {h1:?}");
-    assert!(h1[0].contains(" -c "), "{h1:?}");
+    assert!(h1[0].contains(" -c ") && h1[0].contains(" -q 4 "), "{h1:?}");
     assert_eq!(h2.len(), 2, "h2: {h2:?}");
-    assert!(h2.iter().any(|a| a.contains(" -s ")) && h2.iter().any(|a| a.contains(" -c ")));
+    assert!(
+        h2.iter()
+            .any(|a| a.contains(" -s ") && a.contains(" -q 4 "))
+            && h2
+                .iter()
+                .any(|a| a.contains(" -c ") && a.contains(" -q 6 ")),
+        "{h2:?}"
+    );
     assert_eq!(h3.len(), 1, "h3: {h3:?}");
-    assert!(h3[0].contains(" -s "), "{h3:?}");
+    assert!(h3[0].contains(" -s ") && h3[0].contains(" -q 6 "), "{h3:?}");
     let _ = stop_after_sounding(run);
     common::assert_tone_440(&wav, 2.0);
     show.only_sshd_everywhere();
@@ -934,4 +943,77 @@ fn a_link_that_carries_nothing_is_noticed_and_restarted() {
     stopped(run);
     common::assert_plays_440(&wav, 1.5);
     show.only_sshd_everywhere();
+}
+
+/// Measured against estimated latency: white noise on h3 reaches the DAC on h3 twice, once
+/// directly (input 2) and once through a gain on h1 (input 1: two links, h3 → h1 → h3).
+/// The lag that best lines the two recorded channels up is what the round trip really costs;
+/// `plan --format json` says what the runtime estimates for it.
+/// (`cargo test --test lab_play bench_path_latency -- --ignored --nocapture`; `LATENCY_SETTINGS`
+/// is Lua added to the script, e.g. `audio { period = 256 }`.)
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn bench_path_latency_on_the_lab() {
+    let settings = std::env::var("LATENCY_SETTINGS").unwrap_or_default();
+    let script = format!(
+        r#"
+local src = block "src" {{ module = "noise", amp = 0.3, host = "h3" }}
+local far = block "far" {{ module = "gain", host = "h1" }}
+local out = block "out" {{ module = "dac", host = "h3" }}
+src >> far
+far:out(1) >> out:input(1)
+src:out(1) >> out:input(2)
+{settings}
+"#
+    );
+    let show = Show::new("latency-bench", &script);
+    let plan = Command::new(env!("CARGO_BIN_EXE_orchestra"))
+        .arg("plan")
+        .arg(&show.script)
+        .arg("--hosts")
+        .arg(&show.hosts)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let estimated_ms = plan["latency"][0]["ms"].as_f64().unwrap();
+    let (cmd, wav) = show.run_recorded(&[]);
+    let run = Running::spawn(cmd);
+    let _ = stop_after_sounding(run);
+    let (far, rate) = cloud_orchestra::analysis::read_channel(&wav, 0).unwrap();
+    let (near, _) = cloud_orchestra::analysis::read_channel(&wav, 1).unwrap();
+    // A window of the direct noise late in the recording (both paths sound by then), and
+    // the lag up to 500 ms at which the far channel repeats it best.
+    let window = 4096;
+    let max_lag = rate as usize / 2;
+    let start = near.len().saturating_sub(window + rate as usize);
+    assert!(
+        start > max_lag,
+        "recorded too little: {} samples",
+        near.len()
+    );
+    let score = |lag: usize| -> f64 {
+        (0..window)
+            .map(|i| near[start - lag + i] as f64 * far[start + i] as f64)
+            .sum()
+    };
+    let (lag, best) = (0..max_lag)
+        .map(|lag| (lag, score(lag)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    let energy: f64 = (0..window).map(|i| (near[start + i] as f64).powi(2)).sum();
+    let measured_ms = lag as f64 * 1000.0 / rate as f64;
+    // The direct path costs one period of its own; the estimate is for the far path alone.
+    let period_ms = plan["audio"]["period"].as_f64().unwrap() * 1000.0
+        / plan["audio"]["rate"].as_f64().unwrap();
+    println!(
+        "latency h3 → h1 → h3 {settings}: measured {measured_ms:.1} ms more than the direct path (correlation {:.2}); estimated {:.1} ms more ({estimated_ms:.1} ms for the path)",
+        best / energy,
+        estimated_ms - period_ms,
+    );
 }

@@ -387,6 +387,7 @@ fn a_controller_is_re_rendered_and_replaced_when_its_target_moves_and_nothing_el
         hosts: Some(hosts),
         modules: vec![],
         placement: Default::default(),
+        strict: false,
     };
     std::fs::write(&script, song("h1")).unwrap();
     let first = desire(

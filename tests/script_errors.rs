@@ -195,3 +195,79 @@ fn hosts_file_without_hosts_and_host_without_cores() {
         "{e}"
     );
 }
+
+#[test]
+fn network_buffers_are_checked_to_the_letter() {
+    let hosts =
+        "host \"h1\" { address = \"10.0.0.1\" }\nhost \"studio\" { address = \"10.0.0.2\" }\n";
+    let cases = [
+        (
+            "network { queue = 1 }",
+            "DIR/song.lua:3: network: `queue` must be a whole number from 2 to 1024",
+        ),
+        (
+            "network { strategy = 7 }",
+            "DIR/song.lua:3: network: `strategy` must be a whole number from 0 to 3",
+        ),
+        (
+            "network { stratgy = 1 }",
+            "DIR/song.lua:3: network: unknown field `stratgy` (did you mean `strategy`?)",
+        ),
+        (
+            "network { links = { to = \"studio\" } }",
+            "DIR/song.lua:3: network: `links` must be a list of tables like { from = \"h1\", to = \"h2\", queue = 8 }",
+        ),
+        (
+            "network { links = { { to = \"studio\", qeue = 8 } } }",
+            "DIR/song.lua:3: network: links[1]: unknown field `qeue` (did you mean `queue`?)",
+        ),
+        (
+            "network { links = { { to = \"studio\" } } }",
+            "DIR/song.lua:3: network: links[1] sets neither `queue` nor `strategy`",
+        ),
+        (
+            "network { links = { { to = \"studio\", queue = 8 }, { from = \"h1\", queue = 2000 } } }",
+            "DIR/song.lua:3: network: links[2]: `queue` must be a whole number from 2 to 1024",
+        ),
+        (
+            "network { links = { { to = \"studoi\", queue = 8 } } }",
+            "DIR/song.lua:3: network: links: `to` names no host `studoi` (did you mean `studio`?)",
+        ),
+        (
+            "latency { max_ms = -3 }",
+            "DIR/song.lua:3: latency: `max_ms` must be a number of milliseconds above 0",
+        ),
+        (
+            "latency { max = 20 }",
+            "DIR/song.lua:3: latency: unknown field `max` (did you mean `max_ms`?)",
+        ),
+        (
+            "latency { }",
+            "DIR/song.lua:3: latency: needs `max_ms`, e.g. latency { max_ms = 20 }",
+        ),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(error_of(&format!("{hosts}{line}\n")), expected, "{line}");
+    }
+}
+
+#[test]
+fn network_calls_add_up_and_a_rule_applies_to_its_pair_of_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "song.lua",
+        "host \"h1\" { address = \"10.0.0.1\" }\nhost \"h2\" { address = \"10.0.0.2\" }\n\
+         network { queue = 6 }\nnetwork { strategy = 2, links = { { from = \"h2\", queue = 3 } } }\n\
+         latency { max_ms = 12.5 }\n",
+    );
+    let orchestra = load_orchestra(&path, None).unwrap();
+    let resolved = resolve(&orchestra, &ModuleLibrary::builtin()).unwrap();
+    let buffers = |from, to| {
+        let b = resolved.network.buffers(from, to);
+        (b.queue, b.strategy)
+    };
+    assert_eq!(buffers("h1", "h2"), (6, Some(2)));
+    assert_eq!(buffers("h2", "h1"), (3, Some(2)));
+    assert_eq!(resolved.latency_max_ms, Some(12.5));
+}

@@ -6,7 +6,7 @@
 //! per host as the run reported them, and xruns per host, counted
 //! from each jackd's own log (so a binary from before xruns were reported, `SOAK_ORCHESTRA`,
 //! is measured the same way) and as the run reported them. `SOAK_VERBOSE=1` shows each run's
-//! output; `SOAK_AWAKE=1` keeps the machine's idle CPUs polling during the runs (a PM QoS CPU
+//! output; `SOAK_SETTINGS` is Lua added to the chain (`audio { period = 512 }`); `SOAK_AWAKE=1` keeps the machine's idle CPUs polling during the runs (a PM QoS CPU
 //! latency of 0 held on `/dev/cpu_dma_latency`): on a VM whose idle vCPUs halt, waking one for
 //! the next JACK cycle goes through the hypervisor and is often late. Needs root (the lab).
 
@@ -122,7 +122,9 @@ fn soak_once(orchestra: &str, seconds: f64, load: usize) -> Figures {
     let lab = Lab::build("soak", &HOSTS);
     let dir = tempfile::tempdir_in(lab.dir()).unwrap();
     let script = dir.path().join("chain.lua");
-    std::fs::write(&script, CHAIN).unwrap();
+    // `SOAK_SETTINGS` (e.g. `audio { period = 512 }`) is added to the chain as it is.
+    let settings = std::env::var("SOAK_SETTINGS").unwrap_or_default();
+    std::fs::write(&script, format!("{CHAIN}\n{settings}\n")).unwrap();
     let hosts = dir.path().join("hosts.lua");
     lab.write_hosts_file(&hosts, 2);
     let wav = dir.path().join("out.wav");

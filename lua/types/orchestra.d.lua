@@ -64,14 +64,22 @@ function connect(from, to) end
 
 ---@class AudioSpec
 ---@field rate? integer Sample rate of every JACK server and synth (default: 48000).
----@field period? integer Frames per JACK period, a power of two (default: 256).
+---@field period? integer Frames per JACK period, a power of two (default: 512).
 
 ---One sample rate and period for the whole orchestra.
 ---@param spec AudioSpec
 function audio(spec) end
 
+---@class LinkRule
+---@field from? string links from this host (default: any host)
+---@field to? string links to this host (default: any host)
+---@field queue? integer their receive queue in packets
+---@field strategy? integer their jitter buffer, jacktrip's `--bufstrategy` (0–3)
+
 ---@class NetworkSpec
----@field queue? integer jacktrip's receive queue in packets, `-q` (default: 4)
+---@field queue? integer jacktrip's receive queue in packets, `-q`, 2–1024 (default: 4)
+---@field strategy? integer jacktrip's jitter buffer, `--bufstrategy` 0–3 (default: jacktrip's own)
+---@field links? LinkRule[] buffers of their own for links between given hosts; the last rule that matches wins
 ---@field first_port? integer first UDP port links may use on a host (default: 4464)
 ---@field last_port? integer last UDP port links may use on a host (default: 4963)
 ---@field osc_first_port? integer first UDP port OSC-capable blocks listen on, per host (default: 7800)
@@ -80,6 +88,14 @@ function audio(spec) end
 ---How network links (jacktrip, one per wire between hosts) carry audio.
 ---@param spec NetworkSpec
 function network(spec) end
+
+---@class LatencySpec
+---@field max_ms number the most a source's sound may take to reach a `dac`, in milliseconds
+
+---A latency budget: `plan` and `run` warn when a placement's worst path exceeds it (with
+---`--strict` they refuse it).
+---@param spec LatencySpec
+function latency(spec) end
 
 ---Load `name.lua` (dots are folders) or `name/init.lua` from the script's folder, once.
 ---Required files are watched like the script.

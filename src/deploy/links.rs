@@ -144,9 +144,11 @@ pub fn ends(
     // share a host, -q the receive queue, --udprt real-time priority for the network threads
     // (without it they run at normal priority while jacktrip's real-time audio thread shares
     // a buffer with them: any busy process delays them into under-runs and clicks), -I 1 its
-    // under- and over-run counts printed every second (the agent reports them).
+    // under- and over-run counts printed every second (the agent reports them),
+    // --bufstrategy the jitter buffer when the orchestra chose one.
+    let buffers = network.buffers(&link.from_host, &link.to_host);
     let common = |bind: u16, peer: u16| -> Vec<String> {
-        [
+        let mut flags: Vec<String> = [
             "-D",
             "-J",
             &link.id,
@@ -157,14 +159,18 @@ pub fn ends(
             "-P",
             &peer.to_string(),
             "-q",
-            &network.queue.to_string(),
+            &buffers.queue.to_string(),
             "--udprt",
             "-I",
             "1",
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect()
+        .collect();
+        if let Some(strategy) = buffers.strategy {
+            flags.extend(["--bufstrategy".to_string(), strategy.to_string()]);
+        }
+        flags
     };
     let mut sender = vec![
         "jacktrip".to_string(),
@@ -334,5 +340,58 @@ mod tests {
         );
         assert_eq!(receive.edge.from, "link-a:receive_1");
         assert_eq!(receive.edge.to, "filt-2:input1");
+    }
+
+    #[test]
+    fn a_pair_of_hosts_may_have_buffers_of_its_own_and_the_last_rule_wins() {
+        use crate::model::LinkRule;
+        let rule = |from: Option<&str>, to: Option<&str>, queue, strategy| LinkRule {
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+            queue,
+            strategy,
+            location: None,
+        };
+        let network = NetworkSettings {
+            queue: 6,
+            strategy: Some(1),
+            links: vec![
+                rule(None, Some("h3"), Some(12), None),
+                rule(Some("h1"), Some("h3"), None, Some(2)),
+            ],
+            ..Default::default()
+        };
+        let flags = |from: &str, to: &str| {
+            let link = Link {
+                id: "link-a".into(),
+                from_host: from.into(),
+                from_port: "a:out".into(),
+                to_host: to.into(),
+                to_port: "b:in".into(),
+                server_port: 4464,
+                client_port: 4464,
+            };
+            let [send, receive] = ends(
+                &link,
+                &Host::localhost(),
+                &AudioSettings::default(),
+                &network,
+            );
+            assert_eq!(send.process.command[3..], receive.process.command[2..]);
+            receive.process.command[2..].join(" ")
+        };
+        let common = "-D -J link-a -n 1 -B 4464 -P 4464";
+        assert_eq!(
+            flags("h1", "h2"),
+            format!("{common} -q 6 --udprt -I 1 --bufstrategy 1")
+        );
+        assert_eq!(
+            flags("h2", "h3"),
+            format!("{common} -q 12 --udprt -I 1 --bufstrategy 1")
+        );
+        assert_eq!(
+            flags("h1", "h3"),
+            format!("{common} -q 12 --udprt -I 1 --bufstrategy 2")
+        );
     }
 }

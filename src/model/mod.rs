@@ -138,12 +138,16 @@ pub struct Connection {
     pub location: Option<Location>,
 }
 
-/// How network links (jacktrip) carry audio between hosts: one setting for the orchestra.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How network links (jacktrip) carry audio between hosts: settings for the orchestra, and
+/// per pair of hosts where `links` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSettings {
     /// jacktrip's receive queue in packets (`-q`): more rides out network jitter, fewer is
     /// less latency.
     pub queue: u32,
+    /// jacktrip's jitter buffer (`--bufstrategy`); `None` leaves jacktrip's own default.
+    #[serde(default)]
+    pub strategy: Option<u8>,
     /// UDP ports links may use on each host, first and last included. A link keeps its
     /// ports for as long as it exists.
     pub first_port: u16,
@@ -153,6 +157,49 @@ pub struct NetworkSettings {
     pub osc_first_port: u16,
     #[serde(default = "default_osc_last_port")]
     pub osc_last_port: u16,
+    /// Per pair of hosts: a queue or strategy of their own (the last rule that matches wins).
+    #[serde(default)]
+    pub links: Vec<LinkRule>,
+}
+
+/// `network { links = { { from = "h1", to = "h3", queue = 8 } } }`: the buffers of the links
+/// from `from` to `to` (either may be left out: any host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRule {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub queue: Option<u32>,
+    pub strategy: Option<u8>,
+    /// Where the rule was written (its hosts are checked against the hosts file later).
+    #[serde(default)]
+    pub location: Option<Location>,
+}
+
+/// What carries one link's audio: its receive queue and jitter buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkBuffers {
+    pub queue: u32,
+    pub strategy: Option<u8>,
+}
+
+impl NetworkSettings {
+    /// The buffers of a link from `from` to `to`: the orchestra's, then each matching rule.
+    pub fn buffers(&self, from: &str, to: &str) -> LinkBuffers {
+        let mut buffers = LinkBuffers {
+            queue: self.queue,
+            strategy: self.strategy,
+        };
+        let matches = |side: &Option<String>, host: &str| side.as_deref().is_none_or(|h| h == host);
+        for rule in self
+            .links
+            .iter()
+            .filter(|r| matches(&r.from, from) && matches(&r.to, to))
+        {
+            buffers.queue = rule.queue.unwrap_or(buffers.queue);
+            buffers.strategy = rule.strategy.or(buffers.strategy);
+        }
+        buffers
+    }
 }
 
 fn default_osc_first_port() -> u16 {
@@ -169,10 +216,12 @@ impl Default for NetworkSettings {
         // blocks' come after it.
         NetworkSettings {
             queue: 4,
+            strategy: None,
             first_port: 4464,
             last_port: 4963,
             osc_first_port: 7800,
             osc_last_port: 7999,
+            links: Vec::new(),
         }
     }
 }
@@ -188,6 +237,9 @@ pub struct Orchestra {
     pub audio: AudioSettings,
     #[serde(default)]
     pub network: NetworkSettings,
+    /// `latency { max_ms = … }`: the most a source may take to reach a `dac`.
+    #[serde(default)]
+    pub latency_max_ms: Option<f64>,
     /// The prototype's synthdef `hosts` map: names that group blocks onto one (placed) host
     /// rather than naming a real machine.
     pub host_aliases: BTreeSet<String>,

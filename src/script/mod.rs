@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The global functions a script may call; `lua/types/orchestra.d.lua` annotates each.
-pub const API_FUNCTIONS: &[&str] = &["block", "host", "connect", "audio", "network", "require"];
+pub const API_FUNCTIONS: &[&str] = &[
+    "block", "host", "connect", "audio", "network", "latency", "require",
+];
 
 /// Read an orchestra: `.json` is the prototype's synthdef, anything else a Lua script.
 /// `hosts` is an optional hosts file (Lua or the prototype's slaves.json). Evaluated in the
@@ -156,6 +158,7 @@ fn orchestra_of(path: &Path, built: Builder) -> Orchestra {
         connections: built.connections,
         audio: built.audio.unwrap_or_default(),
         network: built.network.unwrap_or_default(),
+        latency_max_ms: built.latency_max_ms,
         host_aliases: Default::default(),
         files: built.files,
         warnings: Vec::new(),
@@ -241,6 +244,8 @@ struct Builder {
     hosts: Vec<Host>,
     audio: Option<AudioSettings>,
     network: Option<NetworkSettings>,
+    /// `latency { max_ms = … }`.
+    latency_max_ms: Option<f64>,
     files: Vec<PathBuf>,
     /// The directory `require` resolves names in: the main script's.
     base_dir: PathBuf,
@@ -798,24 +803,31 @@ fn define_audio(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
     Ok(())
 }
 
+/// jacktrip's jitter buffers (`--bufstrategy`) this runtime accepts.
+const STRATEGIES: std::ops::RangeInclusive<i64> = 0..=3;
+
 fn define_network(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
-    let mut network = NetworkSettings::default();
+    // Each call sets what it names; the fields an earlier call set stay.
+    let mut network = lua
+        .app_data_ref::<Builder>()
+        .expect("builder")
+        .network
+        .clone()
+        .unwrap_or_default();
     for pair in spec.pairs::<mlua::String, Value>() {
         let (key, value) = pair?;
         let key = bounded_text(lua, &key, crate::names::MAX_NAME_LEN, "a field name")?;
-        let whole = |max: i64| match value {
-            Value::Integer(i) if i > 0 && i <= max => Ok(i),
-            _ => Err(script_error(
-                lua,
-                format!("network: `{key}` must be a whole number from 1 to {max}"),
-            )),
+        let whole = |range: std::ops::RangeInclusive<i64>| {
+            whole_in(lua, &format!("network: `{key}`"), &value, range)
         };
         match key.as_str() {
-            "queue" => network.queue = whole(1024)? as u32,
-            "first_port" => network.first_port = whole(65535)? as u16,
-            "last_port" => network.last_port = whole(65535)? as u16,
-            "osc_first_port" => network.osc_first_port = whole(65535)? as u16,
-            "osc_last_port" => network.osc_last_port = whole(65535)? as u16,
+            "queue" => network.queue = whole(QUEUES)? as u32,
+            "strategy" => network.strategy = Some(whole(STRATEGIES)? as u8),
+            "first_port" => network.first_port = whole(1..=65535)? as u16,
+            "last_port" => network.last_port = whole(1..=65535)? as u16,
+            "osc_first_port" => network.osc_first_port = whole(1..=65535)? as u16,
+            "osc_last_port" => network.osc_last_port = whole(1..=65535)? as u16,
+            "links" => network.links = link_rules(lua, value)?,
             _ => {
                 return Err(script_error(
                     lua,
@@ -825,6 +837,8 @@ fn define_network(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
                             &key,
                             [
                                 "queue",
+                                "strategy",
+                                "links",
                                 "first_port",
                                 "last_port",
                                 "osc_first_port",
@@ -849,6 +863,136 @@ fn define_network(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
     }
     lua.app_data_mut::<Builder>().expect("builder").network = Some(network);
     Ok(())
+}
+
+/// `latency { max_ms = 20 }`: the most a source's sound may take to reach a `dac` (a warning
+/// in `plan` and `run` when a placement exceeds it, an error with `--strict`).
+fn define_latency(lua: &Lua, spec: mlua::Table) -> mlua::Result<()> {
+    let mut max_ms = None;
+    for pair in spec.pairs::<mlua::String, Value>() {
+        let (key, value) = pair?;
+        let key = bounded_text(lua, &key, crate::names::MAX_NAME_LEN, "a field name")?;
+        match (key.as_str(), value) {
+            ("max_ms", Value::Integer(n)) if n > 0 => max_ms = Some(n as f64),
+            ("max_ms", Value::Number(n)) if n.is_finite() && n > 0.0 => max_ms = Some(n),
+            ("max_ms", _) => {
+                return Err(script_error(
+                    lua,
+                    "latency: `max_ms` must be a number of milliseconds above 0",
+                ))
+            }
+            _ => {
+                return Err(script_error(
+                    lua,
+                    format!(
+                        "latency: unknown field `{key}`{}",
+                        did_you_mean(&key, ["max_ms"])
+                    ),
+                ))
+            }
+        }
+    }
+    let Some(max_ms) = max_ms else {
+        return Err(script_error(
+            lua,
+            "latency: needs `max_ms`, e.g. latency { max_ms = 20 }",
+        ));
+    };
+    lua.app_data_mut::<Builder>()
+        .expect("builder")
+        .latency_max_ms = Some(max_ms);
+    Ok(())
+}
+
+/// jacktrip's receive queue, in packets (`-q`: it refuses fewer than 2).
+const QUEUES: std::ops::RangeInclusive<i64> = 2..=1024;
+
+/// A whole number in `range`, or `what must be a whole number from … to …`.
+fn whole_in(
+    lua: &Lua,
+    what: &str,
+    value: &Value,
+    range: std::ops::RangeInclusive<i64>,
+) -> mlua::Result<i64> {
+    match value {
+        Value::Integer(i) if range.contains(i) => Ok(*i),
+        _ => Err(script_error(
+            lua,
+            format!(
+                "{what} must be a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+/// `links = { { from = "h1", to = "h3", queue = 8, strategy = 1 }, … }`: per pair of hosts.
+fn link_rules(lua: &Lua, value: Value) -> mlua::Result<Vec<crate::model::LinkRule>> {
+    let shape =
+        "network: `links` must be a list of tables like { from = \"h1\", to = \"h2\", queue = 8 }";
+    let Value::Table(list) = value else {
+        return Err(script_error(lua, shape));
+    };
+    // A rule written without its braces (`links = { to = "h2" }`) is a table, not a list.
+    if list.pairs::<Value, Value>().count() != list.raw_len() {
+        return Err(script_error(lua, shape));
+    }
+    let location = sandbox::caller_location(lua);
+    let mut rules = Vec::new();
+    for (n, item) in list.sequence_values::<Value>().enumerate() {
+        let Value::Table(spec) = item? else {
+            return Err(script_error(lua, shape));
+        };
+        let mut rule = crate::model::LinkRule {
+            from: None,
+            to: None,
+            queue: None,
+            strategy: None,
+            location: location.clone(),
+        };
+        for pair in spec.pairs::<mlua::String, Value>() {
+            let (key, value) = pair?;
+            let key = bounded_text(lua, &key, crate::names::MAX_NAME_LEN, "a field name")?;
+            let what = format!("network: links[{}]: `{key}`", n + 1);
+            match key.as_str() {
+                "from" | "to" => {
+                    let Value::String(host) = &value else {
+                        return Err(script_error(lua, format!("{what} must be a host name")));
+                    };
+                    let host = bounded_text(lua, host, crate::names::MAX_NAME_LEN, "a host name")?;
+                    if key == "from" {
+                        rule.from = Some(host);
+                    } else {
+                        rule.to = Some(host);
+                    }
+                }
+                "queue" => rule.queue = Some(whole_in(lua, &what, &value, QUEUES)? as u32),
+                "strategy" => rule.strategy = Some(whole_in(lua, &what, &value, STRATEGIES)? as u8),
+                _ => {
+                    return Err(script_error(
+                        lua,
+                        format!(
+                            "network: links[{}]: unknown field `{key}`{}",
+                            n + 1,
+                            did_you_mean(&key, ["from", "to", "queue", "strategy"])
+                        ),
+                    ))
+                }
+            }
+        }
+        if rule.queue.is_none() && rule.strategy.is_none() {
+            return Err(script_error(
+                lua,
+                format!(
+                    "network: links[{}] sets neither `queue` nor `strategy`",
+                    n + 1
+                ),
+            ));
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
 }
 
 /// `name "x" { … }` and `name("x", { … })` both work: with one argument return a function
@@ -921,6 +1065,10 @@ fn install_api(lua: &Lua) -> mlua::Result<()> {
     g.set(
         "network",
         lua.create_function(|lua, spec: mlua::Table| define_network(lua, spec))?,
+    )?;
+    g.set(
+        "latency",
+        lua.create_function(|lua, spec: mlua::Table| define_latency(lua, spec))?,
     )?;
     g.set("require", lua.create_function(require)?)?;
     Ok(())

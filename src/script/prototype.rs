@@ -285,6 +285,7 @@ pub fn load_synthdef(path: &Path) -> Result<Orchestra, ModelError> {
         connections,
         audio: AudioSettings::default(),
         network: Default::default(),
+        latency_max_ms: None,
         host_aliases: def.hosts.into_keys().collect::<BTreeSet<_>>(),
         files: vec![path.to_path_buf()],
         warnings,
