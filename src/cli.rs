@@ -397,6 +397,16 @@ fn plan(
                     "{}",
                     desired.latency.explain(&loaded.resolved, WORST_PATHS_SHOWN)
                 );
+                let links = &desired.deployment.links;
+                if !links.is_empty() {
+                    let wires: usize = links.iter().map(|l| l.wires.len()).sum();
+                    let channels: u32 = links.iter().map(|l| l.channels).sum();
+                    println!(
+                        "network: the cut's {} connection(s) are {wires} wire(s) between hosts, carried on {} link(s) (one per pair of hosts and direction) with {channels} channel(s) in all",
+                        desired.cost.cut,
+                        links.len()
+                    );
+                }
             } else {
                 println!("placement:");
                 for (block, host) in &desired.placement.0 {
@@ -429,19 +439,21 @@ fn plan(
                 println!("  {block} on {} at {}:{}", e.host, e.address, e.port);
             }
             if !desired.deployment.links.is_empty() {
-                println!("network links (jacktrip):");
+                println!("network links (jacktrip, one per pair of hosts and direction):");
             }
             for l in &desired.deployment.links {
                 println!(
-                    "  {}: {} ({}, udp {}) → {} ({}, udp {})",
+                    "  {}: {} (udp {}) → {} (udp {}), {}",
                     l.id,
-                    l.from_port,
                     l.from_host,
                     l.client_port,
-                    l.to_port,
                     l.to_host,
-                    l.server_port
+                    l.server_port,
+                    l.fill()
                 );
+                for w in &l.wires {
+                    println!("    {}: {} → {}", w.channel, w.from_port, w.to_port);
+                }
             }
             println!("actions:");
             print!("{}", actions.to_text());

@@ -133,36 +133,54 @@ fn telling_line(error: &str) -> String {
 /// `dead` `(host, client)`s. A DAC is a port of no process of ours that edges lead to (the
 /// host's sound card: system blocks have ports, no process).
 fn can_sound(deployment: &Deployment, dead: &BTreeSet<(String, String)>) -> bool {
-    // A unit is a process (host/client) or, for ports of no process, the port itself; both
-    // ends of a link are one unit (the link id), so paths cross hosts.
+    // A unit is a process (host/client) or, for ports of no process, the port itself; a
+    // link carries many wires, one a channel: both ends of one channel are one unit (the
+    // link id and the channel), so paths cross hosts and do not jump between wires.
     #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
     enum Unit {
         Process(String, String),
-        Link(String),
+        Link(String, String),
         Port(String, String),
     }
     let mut processes: BTreeMap<(&str, &str), Unit> = BTreeMap::new();
+    let mut links: BTreeSet<(&str, &str)> = BTreeSet::new();
     for (host, h) in &deployment.hosts {
         for p in h.processes.values() {
-            let unit = if p.module == "jacktrip" {
-                // Both ends of a link carry its id as their client name.
-                Unit::Link(p.client.clone())
+            if p.module == "jacktrip" {
+                links.insert((host.as_str(), p.client.as_str()));
             } else {
-                Unit::Process(host.clone(), p.client.clone())
-            };
-            processes.insert((host.as_str(), p.client.as_str()), unit);
+                processes.insert(
+                    (host.as_str(), p.client.as_str()),
+                    Unit::Process(host.clone(), p.client.clone()),
+                );
+            }
         }
     }
     let unit_of = |host: &str, port: &str| {
+        let client = client_of(port);
+        if links.contains(&(host, client)) {
+            // `link-…:send_3` and `link-…:receive_3`: channel 3 of the link.
+            let channel = port.rsplit('_').next().unwrap_or("");
+            return Unit::Link(client.to_string(), channel.to_string());
+        }
         processes
-            .get(&(host, client_of(port)))
+            .get(&(host, client))
             .cloned()
             .unwrap_or_else(|| Unit::Port(host.to_string(), port.to_string()))
     };
+    let dead_links: BTreeSet<&str> = dead
+        .iter()
+        .filter(|(h, c)| links.contains(&(h.as_str(), c.as_str())))
+        .map(|(_, c)| c.as_str())
+        .collect();
     let dead_units: BTreeSet<Unit> = dead
         .iter()
         .filter_map(|(h, c)| processes.get(&(h.as_str(), c.as_str())).cloned())
         .collect();
+    let is_dead = |unit: &Unit| match unit {
+        Unit::Link(client, _) => dead_links.contains(client.as_str()),
+        other => dead_units.contains(other),
+    };
     let mut next: BTreeMap<Unit, Vec<Unit>> = BTreeMap::new();
     let mut dacs = BTreeSet::new();
     for (host, h) in &deployment.hosts {
@@ -198,7 +216,7 @@ fn can_sound(deployment: &Deployment, dead: &BTreeSet<(String, String)>) -> bool
             return true;
         }
         for to in next.get(&unit).into_iter().flatten() {
-            if !dead_units.contains(to) && seen.insert(to.clone()) {
+            if !is_dead(to) && seen.insert(to.clone()) {
                 queue.push_back(to.clone());
             }
         }
@@ -294,6 +312,26 @@ mod tests {
         assert!(can_sound(&d, &dead(&[("h2", "lp4-1")])), "fm's chain");
         assert!(can_sound(&d, &dead(&[("h1", "lp-1")])), "lp4 from the adc");
         assert!(can_sound(&d, &dead(&[("h1", "fm-1")])), "lp4 from the adc");
+    }
+
+    #[test]
+    fn the_wires_of_one_link_are_told_apart_by_channel() {
+        // fm's channel 1 reaches nothing on h2; the DAC hangs off channel 2, fed by lp.
+        let mut d = two_hosts();
+        let h1 = d.hosts.get_mut("h1").unwrap();
+        h1.edges = [
+            edge("fm-1:output1", "link-a:send_1"),
+            edge("lp-1:output1", "link-a:send_2"),
+        ]
+        .into();
+        let h2 = d.hosts.get_mut("h2").unwrap();
+        h2.edges = [edge("link-a:receive_2", "system:playback_1")].into();
+        assert!(can_sound(&d, &dead(&[])));
+        assert!(
+            !can_sound(&d, &dead(&[("h1", "lp-1")])),
+            "fm's sound does not jump to channel 2"
+        );
+        assert!(!can_sound(&d, &dead(&[("h2", "link-a")])));
     }
 
     #[test]

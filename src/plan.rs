@@ -3,6 +3,7 @@
 //! undo of a change's making half; the repair plan from what the agents observe to what was
 //! applied; and the plan as a musician reads it.
 
+use crate::deploy::links::Link;
 use crate::deploy::{Deployment, Edge, ProcessSpec};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -377,9 +378,38 @@ pub fn describe(plan: &Plan, before: &Deployment, after: &Deployment) -> Vec<Str
     let (old, new) = (ids(before), ids(after));
     for link in after.links.iter().filter(|l| !old.contains(&l.id)) {
         lines.push(format!(
-            "+ link {} → {} ({}, udp {})",
-            link.from_host, link.to_host, link.id, link.server_port
+            "+ link {} → {} ({}, udp {}, {})",
+            link.from_host,
+            link.to_host,
+            link.id,
+            link.server_port,
+            link.fill()
         ));
+    }
+    // A link that stays may carry other wires now: only edges changed.
+    for link in &after.links {
+        let Some(was) = before.links.iter().find(|l| l.id == link.id) else {
+            continue;
+        };
+        let wires = |l: &Link| -> BTreeSet<(u32, String)> {
+            l.wires
+                .iter()
+                .map(|w| (w.channel, w.wire.clone()))
+                .collect()
+        };
+        let (then, now) = (wires(was), wires(link));
+        for (channel, wire) in now.difference(&then) {
+            lines.push(format!(
+                "+ wire {wire} on link {} → {} (channel {channel})",
+                link.from_host, link.to_host
+            ));
+        }
+        for (channel, wire) in then.difference(&now) {
+            lines.push(format!(
+                "- wire {wire} on link {} → {} (channel {channel})",
+                link.from_host, link.to_host
+            ));
+        }
     }
     for link in before.links.iter().filter(|l| !new.contains(&l.id)) {
         lines.push(format!(

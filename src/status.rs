@@ -166,17 +166,22 @@ fn report(
             applied
                 .hosts
                 .get(host)
-                .and_then(|h| h.processes.values().find(|p| p.block.starts_with(&link.id)))
+                .and_then(|h| {
+                    h.processes
+                        .values()
+                        .find(|p| p.module == "jacktrip" && p.client == link.id)
+                })
                 .map(|p| state_of(host, &p.client))
                 .unwrap_or_else(|| "not applied".to_string())
         };
         let _ = writeln!(
             out,
-            "  {} → {} ({}, udp {}): sender {}, receiver {}",
+            "  {} → {} ({}, udp {}, {}): sender {}, receiver {}",
             link.from_host,
             link.to_host,
             link.id,
             link.server_port,
+            link.fill(),
             end(&link.from_host),
             end(&link.to_host)
         );

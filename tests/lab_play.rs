@@ -570,6 +570,59 @@ fn a_connection_edit_on_the_lab_restarts_nothing() {
     finish_at(run, &show, &wav, 660.0);
 }
 
+/// Two voices on h1, one wired to the DAC on h3: one link h1 → h3 with a spare channel.
+const ONE_VOICE_OF_TWO: &str = r#"
+local a   = block "a"   { module = "sine", freq = 440, host = "h1" }
+local b   = block "b"   { module = "sine", freq = 660, host = "h1" }
+local out = block "out" { module = "dac", host = "h3" }
+a >> out
+"#;
+
+#[test]
+fn a_second_wire_between_two_hosts_rides_the_same_link_and_restarts_nothing() {
+    let show = Show::new("one-link", ONE_VOICE_OF_TWO);
+    let (cmd, wav) = show.run_recorded(&[]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("first sound at the DAC", Duration::from_secs(90));
+    let links = |host: &str| show.jacktrips(host);
+    let (h1, h3) = (links("h1"), links("h3"));
+    assert_eq!((h1.len(), h3.len()), (1, 1), "{h1:?} {h3:?}");
+    assert!(h1[0].contains(" -n 2 "), "a spare channel: {h1:?}");
+    let pids = |host: &str| pids_of(&show, host, &["csound", "jacktrip"]);
+    let (h1_pids, h3_pids) = (pids("h1"), pids("h3"));
+
+    save(
+        &show.script,
+        &format!("{ONE_VOICE_OF_TWO}b:out(1) >> out:input(2)\n"),
+    );
+    let applied = run.wait_for("applied in", Duration::from_secs(20));
+    assert!(applied.contains("2 connected"), "{applied}");
+    assert_eq!(pids("h1"), h1_pids, "nothing restarted on h1");
+    assert_eq!(pids("h3"), h3_pids, "nor on h3");
+    let h3_graph = connections_on(&show, "h3");
+    assert!(
+        h3_graph
+            .iter()
+            .any(|(a, b)| a.ends_with(":receive_2") && b == "system:playback_2")
+            || h3_graph
+                .iter()
+                .any(|(a, b)| b.ends_with(":receive_2") && a == "system:playback_2"),
+        "channel 2 to the DAC's right input: {h3_graph:?}"
+    );
+
+    std::thread::sleep(Duration::from_secs(2));
+    stopped(run);
+    for (channel, hz) in [(0, 440.0), (1, 660.0)] {
+        let tail = common::tail_tone_of(&wav, channel, 1.0);
+        assert!(
+            (tail.frequency_hz - hz).abs() < hz / 100.0,
+            "channel {channel}: {hz} Hz: {tail:?}"
+        );
+        assert!(tail.longest_gap_ms < 5.0, "{tail:?}");
+    }
+    show.only_sshd_everywhere();
+}
+
 /// Send one OSC message from the controller's namespace (where the runtime listens on
 /// loopback).
 fn send_osc(show: &Show, to: std::net::SocketAddr, addr: &str, value: f32) {

@@ -143,7 +143,11 @@ fn prototype_multi_host_example_loads_and_plans_as_it_is() {
     );
     assert_eq!(cost.cut, 3);
     let deployment = deploy(&resolved, &placement, &library, &mut Engines::new()).unwrap();
-    assert_eq!(deployment.links.len(), 3);
+    // Three wires between the two hosts, on one link per direction used.
+    let wires: usize = deployment.links.iter().map(|l| l.wires.len()).sum();
+    assert_eq!(wires, 3);
+    let links = deployment.links.len();
+    assert!((1..=2).contains(&links), "{:#?}", deployment.links);
     for link in &deployment.links {
         let sender = &deployment.hosts[&link.from_host];
         let receiver = &deployment.hosts[&link.to_host];
@@ -155,12 +159,14 @@ fn prototype_multi_host_example_loads_and_plans_as_it_is() {
             receiver.processes[&format!("{}.receive", link.id)].command[1],
             "-s"
         );
-        assert!(sender.edges.iter().any(|e| e.from == link.from_port));
-        assert!(receiver.edges.iter().any(|e| e.to == link.to_port));
+        for wire in &link.wires {
+            assert!(sender.edges.iter().any(|e| e.from == wire.from_port));
+            assert!(receiver.edges.iter().any(|e| e.to == wire.to_port));
+        }
     }
     assert_eq!(
         diff(&Deployment::default(), &deployment).counts()[0],
-        5 + 2 * 3,
+        5 + 2 * links,
         "five csound blocks and two jacktrip ends per link start"
     );
 }
@@ -339,4 +345,115 @@ fn repair_puts_back_edges_stops_leftovers_and_finds_the_dead() {
     );
     assert!(calm.plan.is_empty() && calm.dead.is_empty());
     assert_eq!(repair(&applied, &BTreeMap::new()), Default::default());
+}
+
+/// Three voices on h1 into a mixer on h2, pinned: one link h1 → h2 of 4 channels.
+const VOICES: &str = r#"
+host "h1" { address = "10.9.0.1", cores = 8 }
+host "h2" { address = "10.9.0.2", cores = 8 }
+local mix = block "mix" { module = "mixer", inputs = 6, host = "h2" }
+local out = block "out" { module = "dac", host = "h2" }
+mix >> out
+for i = 1, 3 do
+  block("v" .. i) { module = "sine", freq = 220 * i, host = "h1" }
+  connect("v" .. i, "mix:" .. i)
+end
+"#;
+
+fn redeployed(script: &str, previous: &Deployment) -> Deployment {
+    let orchestra = orchestra_from_text("song.lua", script, None).unwrap();
+    let library = ModuleLibrary::builtin();
+    let resolved = resolve(&orchestra, &library).unwrap();
+    let Solution { placement, .. } = place(&resolved, None, &Options::default()).unwrap();
+    cloud_orchestra::deploy::redeploy(
+        &resolved,
+        &placement,
+        &library,
+        &mut Engines::new(),
+        previous,
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_wires_between_two_hosts_travel_on_one_link_and_a_new_one_restarts_nothing() {
+    let first = redeployed(VOICES, &Deployment::default());
+    assert_eq!(first.links.len(), 1, "{:#?}", first.links);
+    let link = &first.links[0];
+    assert_eq!((link.wires.len(), link.channels), (3, 4));
+    let jacktrips: Vec<&str> = first
+        .hosts
+        .values()
+        .flat_map(|h| h.processes.values())
+        .filter(|p| p.module == "jacktrip")
+        .map(|p| p.block.as_str())
+        .collect();
+    assert_eq!(
+        jacktrips.len(),
+        2,
+        "one sending and one receiving end: {jacktrips:?}"
+    );
+
+    // A fourth wire (v1 into the mixer's 4th input) takes the spare channel: edges only.
+    let four = format!("{VOICES}connect(\"v1\", \"mix:4\")\n");
+    let second = redeployed(&four, &first);
+    let plan = diff(&first, &second);
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| matches!(a, Action::Connect { .. })),
+        "{}",
+        plan.to_text()
+    );
+    assert_eq!(
+        plan.actions.len(),
+        2,
+        "into the link on h1, out of it on h2"
+    );
+    assert_eq!(
+        cloud_orchestra::plan::describe(&plan, &first, &second),
+        ["+ wire v1:1>mix:4 on link h1 → h2 (channel 4)"]
+    );
+
+    // A fifth outgrows it: a link of 8 starts beside the old one, then the old one stops.
+    let five = format!("{four}connect(\"v2\", \"mix:5\")\n");
+    let third = redeployed(&five, &second);
+    assert_eq!(third.links.len(), 1);
+    assert_eq!(
+        (third.links[0].wires.len(), third.links[0].channels),
+        (5, 8)
+    );
+    assert_ne!(third.links[0].id, link.id);
+    let plan = diff(&second, &third);
+    let first_stop = plan
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Stop { .. }))
+        .unwrap();
+    let last_start = plan
+        .actions
+        .iter()
+        .rposition(|a| matches!(a, Action::Start { .. }))
+        .unwrap();
+    assert!(
+        last_start < first_stop,
+        "make-before-break: {}",
+        plan.to_text()
+    );
+    let v_channels: Vec<(u32, &str)> = third.links[0]
+        .wires
+        .iter()
+        .map(|w| (w.channel, w.wire.as_str()))
+        .collect();
+    assert_eq!(
+        v_channels,
+        [
+            (1, "v1:1>mix:1"),
+            (2, "v2:1>mix:2"),
+            (3, "v3:1>mix:3"),
+            (4, "v1:1>mix:4"),
+            (5, "v2:1>mix:5")
+        ],
+        "the wires keep their channels"
+    );
 }

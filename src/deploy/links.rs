@@ -1,10 +1,14 @@
-//! Network links: each wire between blocks on different hosts becomes a jacktrip pair, the
-//! receiving end (`jacktrip -s`) on the sink's host and the sending end (`jacktrip -c`) on
-//! the source's host, with UDP ports a link keeps for as long as it exists.
+//! Network links: one jacktrip link per pair of hosts and direction, carrying every wire
+//! from blocks on one host to blocks on the other, one channel each (`-n`). The receiving end
+//! (`jacktrip -s`) runs on the sinks' host, the sending end (`jacktrip -c`) on the sources'
+//! host, with UDP ports the link keeps for as long as it exists.
 //!
-//! A link is named after the wire in block terms (blocks, port numbers, hosts), not after the
-//! synths' JACK ports: a block restarted with new params gets new port names but keeps its
-//! links, so only the edge into the link changes.
+//! A link has spare channels (its channel count is rounded up), so a wire added between two
+//! hosts that already have a link takes a free channel and restarts nothing; only edges
+//! change. A link that must grow (or has shrunk to a quarter) is a new link with its own
+//! name and ports, started beside the old one (make-before-break). A wire is known by its
+//! block terms (blocks, port numbers), not by the synths' JACK ports: a block restarted with
+//! new params gets new port names but keeps its channel.
 
 use super::ports::PortPool;
 use super::{Edge, ProcessSpec};
@@ -12,27 +16,56 @@ use crate::model::{AudioSettings, Host, NetworkSettings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One network link carrying one channel from a port on one host to a port on another.
+/// One network link from one host to another, carrying `wires` on `channels` channels.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Link {
-    /// `link-<hash8>`: the JACK client name of both ends (each on its own host's server).
+    /// `link-<hash8>-<channels>`: the JACK client name of both ends (each on its own host's
+    /// server); the hash is of the two hosts.
     pub id: String,
     pub from_host: String,
-    /// The source block's output port (full JACK name) on `from_host`.
-    pub from_port: String,
     pub to_host: String,
-    /// The sink block's input port on `to_host`.
-    pub to_port: String,
+    /// Channels the link carries (jacktrip's `-n`): at least its wires, rounded up.
+    #[serde(default = "one")]
+    pub channels: u32,
+    /// The wires it carries, by channel.
+    #[serde(default)]
+    pub wires: Vec<LinkWire>,
     /// UDP port the receiving end binds on `to_host`.
     pub server_port: u16,
     /// UDP port the sending end binds on `from_host`.
     pub client_port: u16,
 }
 
-/// A link before its ports are allocated.
+fn one() -> u32 {
+    1
+}
+
+impl Link {
+    /// `1 of 2 channels`: how full the link is.
+    pub fn fill(&self) -> String {
+        format!("{} of {} channels", self.wires.len(), self.channels)
+    }
+}
+
+/// One wire on a link: a source block's output port into a channel, out of it into a sink
+/// block's input port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LinkWire {
+    /// 1-based.
+    pub channel: u32,
+    /// The wire in block terms, `osc:1>filt:1`: what keeps its channel across restarts.
+    pub wire: String,
+    /// The source block's output port (full JACK name) on `from_host`.
+    pub from_port: String,
+    /// The sink block's input port on `to_host`.
+    pub to_port: String,
+}
+
+/// A wire between two hosts, before it has a link and a channel.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LinkDraft {
-    pub id: String,
+    /// `osc:1>filt:1` (see [`wire_key`]).
+    pub wire: String,
     pub from_host: String,
     pub from_port: String,
     pub to_host: String,
@@ -50,29 +83,38 @@ pub enum LinkError {
     },
 }
 
-/// The id of the link for a wire `(block, output) → (block, input)` between two hosts.
-pub fn link_id(from: (&str, u32), to: (&str, u32), from_host: &str, to_host: &str) -> String {
-    let key = format!(
-        "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{from_host}\u{0}{to_host}",
-        from.0, from.1, to.0, to.1
-    );
-    format!("link-{}", super::short_digest(key.as_bytes()))
+/// A wire `(block, output) → (block, input)` in block terms.
+pub fn wire_key(from: (&str, u32), to: (&str, u32)) -> String {
+    format!("{}:{}>{}:{}", from.0, from.1, to.0, to.1)
 }
 
-/// Give every link its two UDP ports: the ones it had in `previous` when it existed there,
-/// otherwise the lowest free port of the range on that host. Deterministic: drafts are
-/// taken in id order.
+/// The id of the link from `from_host` to `to_host` with `channels` channels.
+pub fn link_id(from_host: &str, to_host: &str, channels: u32) -> String {
+    let key = format!("{from_host}\u{0}{to_host}");
+    format!("link-{}-{channels}", super::short_digest(key.as_bytes()))
+}
+
+/// Channels for `wires` wires: room to grow (the next power of two, at least 2).
+fn channels_for(wires: usize) -> u32 {
+    (wires.max(2) as u32).next_power_of_two()
+}
+
+/// One link per pair of hosts and direction for `drafts`, each with its UDP ports and a
+/// channel per wire. What `previous` had stays where it fits: a link keeps its id, ports and
+/// channel count while its wires fit and fill more than a quarter of it, and a wire keeps its
+/// channel. Deterministic: pairs and wires are taken in order.
 pub fn allocate(
     drafts: &[LinkDraft],
     previous: &[Link],
     network: &NetworkSettings,
 ) -> Result<Vec<Link>, LinkError> {
-    let wanted: BTreeSet<&str> = drafts.iter().map(|d| d.id.as_str()).collect();
-    let kept: BTreeMap<&str, &Link> = previous
-        .iter()
-        .filter(|l| wanted.contains(l.id.as_str()))
-        .map(|l| (l.id.as_str(), l))
-        .collect();
+    let mut pairs: BTreeMap<(&str, &str), Vec<&LinkDraft>> = BTreeMap::new();
+    for draft in drafts {
+        pairs
+            .entry((draft.from_host.as_str(), draft.to_host.as_str()))
+            .or_default()
+            .push(draft);
+    }
     // Ports held on each host by every link running now: those that stay, and those that go
     // only once their replacements carry audio (make-before-break runs both at once).
     let mut used = PortPool::default();
@@ -80,27 +122,65 @@ pub fn allocate(
         used.hold(&old.to_host, old.server_port);
         used.hold(&old.from_host, old.client_port);
     }
-    let mut sorted: Vec<&LinkDraft> = drafts.iter().collect();
-    sorted.sort();
-    let mut links = Vec::with_capacity(drafts.len());
-    for draft in sorted {
-        let same_ends = kept
-            .get(draft.id.as_str())
-            .filter(|old| old.to_host == draft.to_host && old.from_host == draft.from_host);
-        let (server_port, client_port) = match same_ends {
-            Some(old) => (old.server_port, old.client_port),
+    let mut links = Vec::with_capacity(pairs.len());
+    for ((from_host, to_host), mut wires) in pairs {
+        wires.sort();
+        let before = previous
+            .iter()
+            .find(|l| l.from_host == from_host && l.to_host == to_host);
+        let needed = channels_for(wires.len());
+        let kept = before.filter(|l| {
+            l.channels >= wires.len() as u32
+                && needed * 4 > l.channels
+                && l.id == link_id(from_host, to_host, l.channels)
+        });
+        let (id, channels, server_port, client_port) = match kept {
+            Some(l) => (l.id.clone(), l.channels, l.server_port, l.client_port),
             None => {
-                let server = free_port(&mut used, &draft.to_host, &draft.id, network)?;
-                let client = free_port(&mut used, &draft.from_host, &draft.id, network)?;
-                (server, client)
+                let id = link_id(from_host, to_host, needed);
+                let server = free_port(&mut used, to_host, &id, network)?;
+                let client = free_port(&mut used, from_host, &id, network)?;
+                (id, needed, server, client)
             }
         };
+        let channels_before: BTreeMap<&str, u32> = before
+            .map(|l| {
+                l.wires
+                    .iter()
+                    .map(|w| (w.wire.as_str(), w.channel))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Wires that had a channel keep it where it exists; the others take the lowest free.
+        let mut taken = BTreeSet::new();
+        let mut channel_of: BTreeMap<&str, u32> = BTreeMap::new();
+        for draft in &wires {
+            if let Some(&c) = channels_before.get(draft.wire.as_str()) {
+                if c <= channels && taken.insert(c) {
+                    channel_of.insert(&draft.wire, c);
+                }
+            }
+        }
+        let mut free = (1..=channels).filter(|c| !taken.contains(c));
+        let mut link_wires: Vec<LinkWire> = wires
+            .iter()
+            .map(|draft| LinkWire {
+                channel: match channel_of.get(draft.wire.as_str()) {
+                    Some(&c) => c,
+                    None => free.next().expect("a link has a channel per wire"),
+                },
+                wire: draft.wire.clone(),
+                from_port: draft.from_port.clone(),
+                to_port: draft.to_port.clone(),
+            })
+            .collect();
+        link_wires.sort();
         links.push(Link {
-            id: draft.id.clone(),
-            from_host: draft.from_host.clone(),
-            from_port: draft.from_port.clone(),
-            to_host: draft.to_host.clone(),
-            to_port: draft.to_port.clone(),
+            id,
+            from_host: from_host.to_string(),
+            to_host: to_host.to_string(),
+            channels,
+            wires: link_wires,
             server_port,
             client_port,
         });
@@ -124,15 +204,16 @@ fn free_port(
 }
 
 /// One end of a link: the jacktrip process on one host (its instance named
-/// `<link id>.send` or `.receive`) and the edge that joins it to the block's port there.
+/// `<link id>.send` or `.receive`) and the edges that join its channels to the blocks' ports
+/// there.
 pub struct LinkEnd {
     pub host: String,
     pub process: ProcessSpec,
-    pub edge: Edge,
+    pub edges: Vec<Edge>,
 }
 
-/// The two ends of `link`: the sending end on the source's host, the receiving end on the
-/// sink's host (which the sending end reaches at `receiver.address`).
+/// The two ends of `link`: the sending end on the sources' host, the receiving end on the
+/// sinks' host (which the sending end reaches at `receiver.address`).
 pub fn ends(
     link: &Link,
     receiver: &Host,
@@ -140,12 +221,13 @@ pub fn ends(
     network: &NetworkSettings,
 ) -> [LinkEnd; 2] {
     // Flags: -D no automatic JACK connections (the agent makes every edge), -J the client
-    // name, -n one channel per link, -B/-P explicit bind and peer ports so several links
+    // name, -n the link's channels, -B/-P explicit bind and peer ports so several links
     // share a host, -q the receive queue, --udprt real-time priority for the network threads
     // (without it they run at normal priority while jacktrip's real-time audio thread shares
     // a buffer with them: any busy process delays them into under-runs and clicks), -I 1 its
     // under- and over-run counts printed every second (the agent reports them),
-    // --bufstrategy the jitter buffer when the orchestra chose one.
+    // --bufstrategy the jitter buffer when the orchestra chose one. The wires are not in the
+    // command: adding one to a link with a spare channel changes only edges.
     let buffers = network.buffers(&link.from_host, &link.to_host);
     let common = |bind: u16, peer: u16| -> Vec<String> {
         let mut flags: Vec<String> = [
@@ -153,7 +235,7 @@ pub fn ends(
             "-J",
             &link.id,
             "-n",
-            "1",
+            &link.channels.to_string(),
             "-B",
             &bind.to_string(),
             "-P",
@@ -180,8 +262,12 @@ pub fn ends(
     sender.extend(common(link.client_port, link.server_port));
     let mut receiving = vec!["jacktrip".to_string(), "-s".into()];
     receiving.extend(common(link.server_port, link.client_port));
-    let send_port = format!("{}:send_1", link.id);
-    let receive_port = format!("{}:receive_1", link.id);
+    let port = |side: &str, channel: u32| format!("{}:{side}_{channel}", link.id);
+    let all = |side: &str| {
+        (1..=link.channels)
+            .map(|c| port(side, c))
+            .collect::<Vec<_>>()
+    };
     // Each end is its own instance (`<id>.send`, `<id>.receive`): one client name, two hosts.
     let spec = |end: &str, command: Vec<String>| {
         let hash = super::short_digest(
@@ -198,8 +284,8 @@ pub fn ends(
             command,
             files: BTreeMap::new(),
             spec_hash: hash,
-            inputs: vec![send_port.clone()],
-            outputs: vec![receive_port.clone()],
+            inputs: all("send"),
+            outputs: all("receive"),
             ready_line: None,
             osc_port: None,
         }
@@ -208,18 +294,26 @@ pub fn ends(
         LinkEnd {
             host: link.from_host.clone(),
             process: spec("send", sender),
-            edge: Edge {
-                from: link.from_port.clone(),
-                to: send_port.clone(),
-            },
+            edges: link
+                .wires
+                .iter()
+                .map(|w| Edge {
+                    from: w.from_port.clone(),
+                    to: port("send", w.channel),
+                })
+                .collect(),
         },
         LinkEnd {
             host: link.to_host.clone(),
             process: spec("receive", receiving),
-            edge: Edge {
-                from: receive_port.clone(),
-                to: link.to_port.clone(),
-            },
+            edges: link
+                .wires
+                .iter()
+                .map(|w| Edge {
+                    from: port("receive", w.channel),
+                    to: w.to_port.clone(),
+                })
+                .collect(),
         },
     ]
 }
@@ -228,64 +322,147 @@ pub fn ends(
 mod tests {
     use super::*;
 
-    fn draft(id: &str, from_host: &str, to_host: &str) -> LinkDraft {
+    fn draft(wire: &str, from_host: &str, to_host: &str) -> LinkDraft {
         LinkDraft {
-            id: id.into(),
+            wire: wire.into(),
             from_host: from_host.into(),
-            from_port: "a:output1".into(),
+            from_port: format!("{wire}:output1"),
             to_host: to_host.into(),
-            to_port: "b:input1".into(),
+            to_port: format!("{wire}:input1"),
         }
     }
 
-    #[test]
-    fn ids_follow_blocks_and_hosts_not_jack_ports() {
-        let a = link_id(("osc", 1), ("filt", 1), "h1", "h2");
-        assert_eq!(a, link_id(("osc", 1), ("filt", 1), "h1", "h2"));
-        assert!(a.starts_with("link-") && a.len() == 13);
-        assert_ne!(a, link_id(("osc", 1), ("filt", 1), "h1", "h3"));
-        assert_ne!(a, link_id(("osc", 1), ("filt", 2), "h1", "h2"));
+    fn channels(link: &Link) -> Vec<(u32, &str)> {
+        link.wires
+            .iter()
+            .map(|w| (w.channel, w.wire.as_str()))
+            .collect()
     }
 
     #[test]
-    fn ports_are_lowest_free_per_host_and_kept_while_the_link_lives() {
+    fn ids_follow_the_pair_of_hosts_and_the_channels() {
+        let a = link_id("h1", "h2", 2);
+        assert_eq!(a, link_id("h1", "h2", 2));
+        assert!(
+            a.starts_with("link-") && a.ends_with("-2") && a.len() == 15,
+            "{a}"
+        );
+        assert_ne!(a, link_id("h2", "h1", 2), "each direction its own link");
+        assert_ne!(a, link_id("h1", "h2", 4), "a grown link is another one");
+        assert!(link_id("h1", "h2", 64).len() <= super::super::MAX_CLIENT_NAME);
+    }
+
+    #[test]
+    fn the_wires_between_two_hosts_share_one_link_with_room_to_grow() {
         let net = NetworkSettings::default();
-        let first = allocate(
-            &[draft("link-a", "h1", "h2"), draft("link-b", "h1", "h3")],
+        let links = allocate(
+            &[
+                draft("a", "h1", "h2"),
+                draft("b", "h1", "h2"),
+                draft("c", "h1", "h2"),
+                draft("d", "h2", "h1"),
+            ],
             &[],
             &net,
         )
         .unwrap();
-        assert_eq!((first[0].server_port, first[0].client_port), (4464, 4464));
-        // h1 already gave 4464 to link-a's sending end.
-        assert_eq!((first[1].server_port, first[1].client_port), (4464, 4465));
+        assert_eq!(links.len(), 2, "h1 → h2 and h2 → h1");
+        let there = &links[0];
+        assert_eq!(
+            (there.from_host.as_str(), there.to_host.as_str()),
+            ("h1", "h2")
+        );
+        assert_eq!(there.channels, 4, "3 wires round up to 4");
+        assert_eq!(channels(there), [(1, "a"), (2, "b"), (3, "c")]);
+        assert_eq!((there.server_port, there.client_port), (4464, 4464));
+        let back = &links[1];
+        assert_eq!(back.channels, 2, "at least 2");
+        assert_eq!(channels(back), [(1, "d")]);
+        assert_eq!((back.server_port, back.client_port), (4465, 4465));
+    }
 
-        // link-a goes; a new link sorting before link-b must not take link-b's ports, nor
-        // link-a's: link-a still plays until link-0 carries audio.
+    #[test]
+    fn a_wire_added_or_removed_keeps_the_link_and_the_other_wires_channels() {
+        let net = NetworkSettings::default();
+        let first = allocate(
+            &[
+                draft("a", "h1", "h2"),
+                draft("b", "h1", "h2"),
+                draft("c", "h1", "h2"),
+            ],
+            &[],
+            &net,
+        )
+        .unwrap();
+        // b goes, z comes (sorting before the others): a and c stay where they were.
         let second = allocate(
-            &[draft("link-0", "h1", "h3"), draft("link-b", "h1", "h3")],
+            &[
+                draft("a", "h1", "h2"),
+                draft("c", "h1", "h2"),
+                draft("z", "h1", "h2"),
+            ],
             &first,
             &net,
         )
         .unwrap();
-        let b = second.iter().find(|l| l.id == "link-b").unwrap();
-        assert_eq!((b.server_port, b.client_port), (4464, 4465));
-        let zero = second.iter().find(|l| l.id == "link-0").unwrap();
-        assert_eq!((zero.server_port, zero.client_port), (4465, 4466));
-
-        // Once link-a is gone, its ports are free again.
+        assert_eq!(second[0].id, first[0].id);
+        assert_eq!(
+            (second[0].server_port, second[0].client_port),
+            (first[0].server_port, first[0].client_port)
+        );
+        assert_eq!(channels(&second[0]), [(1, "a"), (2, "z"), (3, "c")]);
+        // Four wires still fit four channels.
         let third = allocate(
             &[
-                draft("link-0", "h1", "h3"),
-                draft("link-b", "h1", "h3"),
-                draft("link-c", "h1", "h2"),
+                draft("a", "h1", "h2"),
+                draft("c", "h1", "h2"),
+                draft("y", "h1", "h2"),
+                draft("z", "h1", "h2"),
             ],
             &second,
             &net,
         )
         .unwrap();
-        let c = third.iter().find(|l| l.id == "link-c").unwrap();
-        assert_eq!((c.server_port, c.client_port), (4464, 4464));
+        assert_eq!(third[0].id, first[0].id);
+        assert_eq!(
+            channels(&third[0]),
+            [(1, "a"), (2, "z"), (3, "c"), (4, "y")]
+        );
+    }
+
+    #[test]
+    fn a_link_that_must_grow_is_a_new_one_on_new_ports_keeping_channels() {
+        let net = NetworkSettings::default();
+        let two = [draft("a", "h1", "h2"), draft("b", "h1", "h2")];
+        let first = allocate(&two, &[], &net).unwrap();
+        assert_eq!(first[0].channels, 2);
+        let mut three = two.to_vec();
+        three.push(draft("c", "h1", "h2"));
+        let grown = allocate(&three, &first, &net).unwrap();
+        assert_eq!(grown.len(), 1);
+        assert_eq!(grown[0].channels, 4);
+        assert_ne!(
+            grown[0].id, first[0].id,
+            "beside the old one (make-before-break)"
+        );
+        assert_eq!(
+            (grown[0].server_port, grown[0].client_port),
+            (4465, 4465),
+            "the old link holds its ports until it stops"
+        );
+        assert_eq!(channels(&grown[0]), [(1, "a"), (2, "b"), (3, "c")]);
+        // Down to one wire: 2 channels would do, and 4 is not above a quarter filled — it
+        // stays. A link of 16 with one wire shrinks.
+        let shrunk = allocate(&three[..1], &grown, &net).unwrap();
+        assert_eq!(shrunk[0].id, grown[0].id);
+        let many: Vec<LinkDraft> = (0..9)
+            .map(|i| draft(&format!("w{i}"), "h1", "h2"))
+            .collect();
+        let sixteen = allocate(&many, &[], &net).unwrap();
+        assert_eq!(sixteen[0].channels, 16);
+        let one = allocate(&many[..1], &sixteen, &net).unwrap();
+        assert_eq!(one[0].channels, 2);
+        assert_eq!(channels(&one[0]), [(1, "w0")]);
     }
 
     #[test]
@@ -296,50 +473,93 @@ mod tests {
             ..Default::default()
         };
         let err = allocate(
-            &[draft("link-a", "h1", "h2"), draft("link-b", "h1", "h2")],
+            &[
+                draft("a", "h1", "h2"),
+                draft("b", "h1", "h3"),
+                draft("c", "h3", "h1"),
+            ],
             &[],
             &net,
         )
         .unwrap_err();
+        // h1 → h2 takes port 5000 on both; h1 → h3 finds none left on h1.
         assert_eq!(
             err,
             LinkError::NoFreePort {
-                host: "h2".into(),
-                id: "link-b".into(),
+                host: "h1".into(),
+                id: link_id("h1", "h3", 2),
                 first: 5000,
                 last: 5000
             }
         );
     }
 
-    #[test]
-    fn ends_are_a_server_on_the_sink_and_a_client_on_the_source() {
-        let link = Link {
-            id: "link-a".into(),
+    fn two_wire_link() -> Link {
+        Link {
+            id: "link-a-2".into(),
             from_host: "h1".into(),
-            from_port: "osc-1:output1".into(),
             to_host: "h2".into(),
-            to_port: "filt-2:input1".into(),
+            channels: 2,
+            wires: vec![
+                LinkWire {
+                    channel: 1,
+                    wire: "osc:1>filt:1".into(),
+                    from_port: "osc-1:output1".into(),
+                    to_port: "filt-2:input1".into(),
+                },
+                LinkWire {
+                    channel: 2,
+                    wire: "fm:1>mix:2".into(),
+                    from_port: "fm-1:output1".into(),
+                    to_port: "mix-2:input2".into(),
+                },
+            ],
             server_port: 4470,
             client_port: 4471,
-        };
+        }
+    }
+
+    #[test]
+    fn ends_are_a_server_on_the_sinks_host_and_a_client_on_the_sources_host() {
+        let link = two_wire_link();
         let mut h2 = Host::localhost();
         h2.address = "10.0.0.12".into();
         let [send, receive] = ends(&link, &h2, &AudioSettings::default(), &Default::default());
         assert_eq!(send.host, "h1");
         assert_eq!(
             send.process.command.join(" "),
-            "jacktrip -c 10.0.0.12 -D -J link-a -n 1 -B 4471 -P 4470 -q 4 --udprt -I 1"
+            "jacktrip -c 10.0.0.12 -D -J link-a-2 -n 2 -B 4471 -P 4470 -q 4 --udprt -I 1"
         );
-        assert_eq!(send.edge.from, "osc-1:output1");
-        assert_eq!(send.edge.to, "link-a:send_1");
+        let edge = |from: &str, to: &str| Edge {
+            from: from.into(),
+            to: to.into(),
+        };
+        assert_eq!(
+            send.edges,
+            [
+                edge("osc-1:output1", "link-a-2:send_1"),
+                edge("fm-1:output1", "link-a-2:send_2")
+            ]
+        );
         assert_eq!(receive.host, "h2");
         assert_eq!(
             receive.process.command.join(" "),
-            "jacktrip -s -D -J link-a -n 1 -B 4470 -P 4471 -q 4 --udprt -I 1"
+            "jacktrip -s -D -J link-a-2 -n 2 -B 4470 -P 4471 -q 4 --udprt -I 1"
         );
-        assert_eq!(receive.edge.from, "link-a:receive_1");
-        assert_eq!(receive.edge.to, "filt-2:input1");
+        assert_eq!(
+            receive.edges,
+            [
+                edge("link-a-2:receive_1", "filt-2:input1"),
+                edge("link-a-2:receive_2", "mix-2:input2")
+            ]
+        );
+        // The wires are not in the processes: another wire on a spare channel restarts nothing.
+        let mut fewer = link.clone();
+        fewer.wires.pop();
+        let [send_fewer, receive_fewer] =
+            ends(&fewer, &h2, &AudioSettings::default(), &Default::default());
+        assert_eq!(send_fewer.process, send.process);
+        assert_eq!(receive_fewer.process, receive.process);
     }
 
     #[test]
@@ -363,13 +583,11 @@ mod tests {
         };
         let flags = |from: &str, to: &str| {
             let link = Link {
-                id: "link-a".into(),
                 from_host: from.into(),
-                from_port: "a:out".into(),
                 to_host: to.into(),
-                to_port: "b:in".into(),
                 server_port: 4464,
                 client_port: 4464,
+                ..two_wire_link()
             };
             let [send, receive] = ends(
                 &link,
@@ -380,7 +598,7 @@ mod tests {
             assert_eq!(send.process.command[3..], receive.process.command[2..]);
             receive.process.command[2..].join(" ")
         };
-        let common = "-D -J link-a -n 1 -B 4464 -P 4464";
+        let common = "-D -J link-a-2 -n 2 -B 4464 -P 4464";
         assert_eq!(
             flags("h1", "h2"),
             format!("{common} -q 6 --udprt -I 1 --bufstrategy 1")

@@ -10,7 +10,7 @@ use crate::model::{AudioSettings, Host};
 use crate::modules::{Engines, ModuleError, ModuleLibrary};
 use crate::placement::Placement;
 use crate::resolve::Resolved;
-use links::{allocate, ends, link_id, Link, LinkDraft, LinkError};
+use links::{allocate, ends, wire_key, Link, LinkDraft, LinkError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -400,12 +400,7 @@ pub fn redeploy(
                 });
         } else {
             drafts.push(LinkDraft {
-                id: link_id(
-                    (&wire.from.0, wire.from.1),
-                    (&wire.to.0, wire.to.1),
-                    &from_host,
-                    &to_host,
-                ),
+                wire: wire_key((&wire.from.0, wire.from.1), (&wire.to.0, wire.to.1)),
                 from_host,
                 from_port,
                 to_host,
@@ -421,7 +416,7 @@ pub fn redeploy(
                 .hosts
                 .get_mut(&end.host)
                 .expect("host of a placed block");
-            host.edges.insert(end.edge);
+            host.edges.extend(end.edges);
             host.processes
                 .insert(end.process.block.clone(), end.process);
         }

@@ -352,8 +352,17 @@ pub fn save(path: &Path, text: &str) {
 
 /// The last `seconds` of sound in the left channel of a recording (trailing silence left out).
 pub fn tail_tone(wav: &Path, seconds: f64) -> cloud_orchestra::analysis::ToneReport {
+    tail_tone_of(wav, 0, seconds)
+}
+
+/// [`tail_tone`] of one channel of the recording (0: left).
+pub fn tail_tone_of(
+    wav: &Path,
+    channel: usize,
+    seconds: f64,
+) -> cloud_orchestra::analysis::ToneReport {
     use cloud_orchestra::analysis::{analyze, read_channel, SILENCE};
-    let (left, rate) = read_channel(wav, 0).unwrap();
+    let (left, rate) = read_channel(wav, channel).unwrap();
     let end = left.iter().rposition(|s| s.abs() > SILENCE).expect("sound");
     let start = end.saturating_sub((seconds * rate as f64) as usize);
     analyze(&left[start..=end], rate)
