@@ -243,6 +243,7 @@ mod tests {
             outputs: vec![format!("{client}:output1")],
             ready_line: None,
             osc_port: None,
+            render_key: String::new(),
         }
     }
 

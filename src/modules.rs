@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 static BUILTIN_MODULES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/modules");
 static BUILTIN_ENGINES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/lua/engines");
@@ -105,7 +105,23 @@ pub struct Module {
     pub files: BTreeMap<String, Vec<u8>>,
     /// `built-in` or the folder it was read from, for messages.
     pub origin: String,
+    /// The `.j2` files parsed once, on first render: a deployment renders every block of a
+    /// module with the same templates (parsing them per block was most of a deploy's time).
+    templates: OnceLock<Result<Templates, TemplateFault>>,
 }
+
+/// A module's templates, parsed.
+#[derive(Debug, Clone)]
+struct Templates {
+    env: minijinja::Environment<'static>,
+    /// Some template reads `blocks` or `hosts` (where other blocks run): its render depends
+    /// on the whole placement, not only on its own block.
+    reads_others: bool,
+}
+
+/// A template that does not parse: (file, line, message), said as a [`ModuleError`].
+#[derive(Debug, Clone)]
+struct TemplateFault(String, usize, String);
 
 impl Manifest {
     /// Every param's default value.
@@ -150,7 +166,81 @@ impl Module {
             manifest,
             files,
             origin,
+            templates: OnceLock::new(),
         })
+    }
+
+    /// Whether a render of this module reads where other blocks and hosts are (`blocks`,
+    /// `hosts`), not only its own block.
+    pub fn reads_others(&self) -> Result<bool, ModuleError> {
+        Ok(self.templates()?.reads_others)
+    }
+
+    /// What the module's files and engine are, as a digest: a render of the same block with
+    /// the same fingerprint gives the same files.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = sha2::Sha256::new();
+        use sha2::Digest;
+        hasher.update(self.origin.as_bytes());
+        hasher.update(format!("{:?}", self.manifest).as_bytes());
+        for (path, bytes) in &self.files {
+            hasher.update((path.len() as u64).to_le_bytes());
+            hasher.update(path.as_bytes());
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        }
+        format!("{:x}", hasher.finalize())
+    }
+
+    /// Every `.j2` file of the module in one environment, each escaping text params for the
+    /// language of the file it renders to (see [`params::escape`]).
+    fn templates(&self) -> Result<&Templates, ModuleError> {
+        let parsed = self.templates.get_or_init(|| {
+            let mut env = minijinja::Environment::new();
+            env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+            env.set_keep_trailing_newline(true);
+            env.set_formatter(|out, state, value| match state.auto_escape() {
+                minijinja::AutoEscape::Custom(language) if !value.is_safe() => {
+                    let written = match value.as_str() {
+                        Some(text) => out.write_str(&params::escape(language, text)),
+                        None => write!(out, "{value}"),
+                    };
+                    written.map_err(|_| {
+                        minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write")
+                    })
+                }
+                _ => minijinja::escape_formatter(out, state, value),
+            });
+            env.set_auto_escape_callback(|name| {
+                match params::escape_language(name.strip_suffix(".j2").unwrap_or(name)) {
+                    Some(language) => minijinja::AutoEscape::Custom(language),
+                    None => minijinja::AutoEscape::None,
+                }
+            });
+            for (path, bytes) in self.files.iter().filter(|(p, _)| p.ends_with(".j2")) {
+                let text = String::from_utf8_lossy(bytes).into_owned();
+                env.add_template_owned(path.clone(), text).map_err(|e| {
+                    TemplateFault(
+                        path.clone(),
+                        e.line().unwrap_or(0),
+                        e.detail().unwrap_or(&e.to_string()).to_string(),
+                    )
+                })?;
+            }
+            let reads_others = env.templates().any(|(_, template)| {
+                let names = template.undeclared_variables(false);
+                names.contains("blocks") || names.contains("hosts")
+            });
+            Ok(Templates { env, reads_others })
+        });
+        parsed
+            .as_ref()
+            .map_err(|TemplateFault(file, line, message)| ModuleError::Template {
+                module: self.name().to_string(),
+                file: file.clone(),
+                line: *line,
+                message: message.clone(),
+            })
     }
 
     /// The main file's name once rendered (`sine.csd.j2` → `sine.csd`).
@@ -170,21 +260,6 @@ impl Module {
         &self,
         context: &impl serde::Serialize,
     ) -> Result<BTreeMap<String, String>, ModuleError> {
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(true);
-        env.set_formatter(|out, state, value| match state.auto_escape() {
-            minijinja::AutoEscape::Custom(language) if !value.is_safe() => {
-                let written = match value.as_str() {
-                    Some(text) => out.write_str(&params::escape(language, text)),
-                    None => write!(out, "{value}"),
-                };
-                written.map_err(|_| {
-                    minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write")
-                })
-            }
-            _ => minijinja::escape_formatter(out, state, value),
-        });
         let mut out = BTreeMap::new();
         for (path, bytes) in &self.files {
             let text = std::str::from_utf8(bytes).map_err(|_| ModuleError::Manifest {
@@ -193,19 +268,17 @@ impl Module {
             })?;
             match path.strip_suffix(".j2") {
                 Some(rendered) => {
-                    let language = params::escape_language(rendered);
-                    env.set_auto_escape_callback(move |_| match language {
-                        Some(language) => minijinja::AutoEscape::Custom(language),
-                        None => minijinja::AutoEscape::None,
-                    });
                     let fail = |e: minijinja::Error| ModuleError::Template {
                         module: self.name().to_string(),
                         file: path.clone(),
                         line: e.line().unwrap_or(0),
                         message: e.detail().unwrap_or(&e.to_string()).to_string(),
                     };
-                    let text = env.render_str(text, context).map_err(fail)?;
-                    out.insert(rendered.to_string(), text);
+                    let template = self.templates()?.env.get_template(path).map_err(fail)?;
+                    out.insert(
+                        rendered.to_string(),
+                        template.render(context).map_err(fail)?,
+                    );
                 }
                 None => {
                     out.insert(path.clone(), text.to_string());

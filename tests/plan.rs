@@ -457,3 +457,64 @@ fn the_wires_between_two_hosts_travel_on_one_link_and_a_new_one_restarts_nothing
         "the wires keep their channels"
     );
 }
+
+#[test]
+fn an_instance_rendered_from_the_same_inputs_is_reused_not_rendered_again() {
+    let first = redeployed(VOICES, &Deployment::default());
+    // Mark each instance's files: only a reused instance keeps the mark.
+    let mut marked = first.clone();
+    for host in marked.hosts.values_mut() {
+        for p in host.processes.values_mut() {
+            p.files.insert("mark".into(), "reused".into());
+        }
+    }
+    let again = redeployed(
+        &VOICES.replace("220 * i", "220 * i + (i == 2 and 1 or 0)"),
+        &marked,
+    );
+    let reused: std::collections::BTreeSet<&str> = again
+        .hosts
+        .values()
+        .flat_map(|h| h.processes.values())
+        .filter(|p| p.module != "jacktrip" && p.files.contains_key("mark"))
+        .map(|p| p.block.as_str())
+        .collect();
+    assert_eq!(reused, ["mix", "v1", "v3"].into(), "all but the edited v2");
+    let v2 = &again.hosts["h1"].processes["v2"];
+    assert_ne!(v2.spec_hash, first.hosts["h1"].processes["v2"].spec_hash);
+}
+
+#[test]
+fn a_block_whose_templates_read_where_others_run_is_rendered_again_when_they_move() {
+    let song = |osc_host: &str| {
+        format!(
+            "host \"h1\" {{ address = \"10.9.0.1\", cores = 8 }}\nhost \"h2\" {{ address = \"10.9.0.2\", cores = 8 }}\n\
+             local osc = block \"osc\" {{ module = \"sine_osc\", host = \"{osc_host}\" }}\n\
+             local out = block \"out\" {{ module = \"dac\", host = \"h2\" }}\nosc >> out\n\
+             block \"ctl\" {{ module = \"osc_ctl\", target = \"osc\", host = \"h2\" }}\n\
+             block \"tone\" {{ module = \"sine\", host = \"h2\" }}\n"
+        )
+    };
+    let first = redeployed(&song("h1"), &Deployment::default());
+    let mut marked = first.clone();
+    for host in marked.hosts.values_mut() {
+        for p in host.processes.values_mut() {
+            p.files.insert("mark".into(), "reused".into());
+        }
+    }
+    // osc moves to h2: ctl, on h2 all along, sends to another address now.
+    let moved = redeployed(&song("h2"), &marked);
+    let ctl = &moved.hosts["h2"].processes["ctl"];
+    assert!(!ctl.files.contains_key("mark"), "ctl is rendered again");
+    assert!(
+        ctl.files.values().any(|text| text.contains("10.9.0.2")),
+        "ctl sends to osc's new address: {:?}",
+        ctl.files
+    );
+    assert!(
+        moved.hosts["h2"].processes["tone"]
+            .files
+            .contains_key("mark"),
+        "tone reads nothing of the others: reused"
+    );
+}

@@ -77,6 +77,7 @@ mod tests {
             outputs: vec!["osc-12345678:output1".into()],
             ready_line: ready_line.map(String::from),
             osc_port: None,
+            render_key: String::new(),
         }
     }
 

@@ -288,6 +288,7 @@ pub fn ends(
             outputs: all("receive"),
             ready_line: None,
             osc_port: None,
+            render_key: String::new(),
         }
     };
     [

@@ -40,6 +40,12 @@ pub struct ProcessSpec {
     /// there before it is wired in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub osc_port: Option<u16>,
+    /// A digest of everything this instance was rendered from (module, engine, the block's
+    /// own fields, the audio settings, and where the others run if its templates read that):
+    /// the next deployment reuses the instance as it is when its key is the same, instead of
+    /// rendering and launching it again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub render_key: String,
 }
 
 /// One JACK connection, full port names.
@@ -100,6 +106,68 @@ struct Blocks {
     osc_ports: BTreeMap<String, u16>,
 }
 
+/// The render keys of one deployment's blocks (see [`ProcessSpec::render_key`]): what is
+/// the same for every block (each module's fingerprint, the audio settings, the view of
+/// where every block and host is) digested once.
+struct RenderKeys<'a> {
+    resolved: &'a Resolved,
+    library: &'a ModuleLibrary,
+    blocks: &'a Blocks,
+    hosts: &'a minijinja::Value,
+    modules: BTreeMap<&'a str, String>,
+    others: Option<String>,
+}
+
+impl<'a> RenderKeys<'a> {
+    fn new(
+        resolved: &'a Resolved,
+        library: &'a ModuleLibrary,
+        blocks: &'a Blocks,
+        hosts: &'a minijinja::Value,
+    ) -> RenderKeys<'a> {
+        RenderKeys {
+            resolved,
+            library,
+            blocks,
+            hosts,
+            modules: BTreeMap::new(),
+            others: None,
+        }
+    }
+
+    fn of(
+        &mut self,
+        block: &'a crate::resolve::ResolvedBlock,
+        host: &str,
+        osc_port: Option<u16>,
+    ) -> Result<String, DeployError> {
+        let module = &block.module;
+        let fail = |error| DeployError::Module {
+            block: block.name.clone(),
+            error,
+        };
+        let library = self.library;
+        let fingerprint = self.modules.entry(module.name()).or_insert_with(|| {
+            let engine = library.engine_source(&module.manifest.synth).unwrap_or("");
+            full_digest(format!("{}{engine}", module.fingerprint()).as_bytes())
+        });
+        let mut key = json!({
+            "module": fingerprint, "block": block.name, "host": host, "inputs": block.inputs,
+            "outputs": block.outputs, "params": block.params, "osc_port": osc_port,
+            "audio": self.resolved.audio,
+        });
+        if module.reads_others().map_err(fail)? {
+            let (blocks, hosts) = (&self.blocks.view, self.hosts);
+            let others = self
+                .others
+                .get_or_insert_with(|| full_digest(format!("{blocks}{hosts}").as_bytes()));
+            key["others"] = json!(others);
+        }
+        // The whole digest: two different inputs must never pass for the same.
+        Ok(full_digest(key.to_string().as_bytes()))
+    }
+}
+
 /// Where an OSC-capable block listens: what the router forwards to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OscEndpoint {
@@ -122,6 +190,11 @@ pub fn client_name(block: &str, hash: &str) -> String {
 
 fn short_hash(parts: &serde_json::Value) -> String {
     short_digest(parts.to_string().as_bytes())
+}
+
+/// SHA-256 in hex.
+fn full_digest(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Eight hex digits of SHA-256: the spec hashes and link ids in client names.
@@ -326,12 +399,11 @@ pub fn redeploy(
     };
     // Port names per block (system blocks have ports but no process).
     let mut ports: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    let mut keys = RenderKeys::new(resolved, library, &blocks, &hosts_context);
     for block in resolved.blocks.values() {
         let host = host_of(&block.name)?;
-        let built = match prebuilt.remove(&block.name) {
-            Some(built) => built,
-            None => build(block, &blocks, engines)?,
-        };
+        let osc_port = deployment.osc.get(&block.name).map(|e| e.port);
+        let render_key = keys.of(block, &host.name, osc_port)?;
         let host_deployment = deployment
             .hosts
             .entry(host.name.clone())
@@ -340,6 +412,23 @@ pub fn redeploy(
                 processes: BTreeMap::new(),
                 edges: BTreeSet::new(),
             });
+        // Rendered from the same inputs before: the same instance, as it was.
+        if let Some(same) = previous
+            .hosts
+            .get(&host.name)
+            .and_then(|h| h.processes.get(&block.name))
+            .filter(|p| p.render_key == render_key)
+        {
+            ports.insert(&block.name, (same.inputs.clone(), same.outputs.clone()));
+            host_deployment
+                .processes
+                .insert(block.name.clone(), same.clone());
+            continue;
+        }
+        let built = match prebuilt.remove(&block.name) {
+            Some(built) => built,
+            None => build(block, &blocks, engines)?,
+        };
         if !built.has_process {
             ports.insert(&block.name, built.ports);
             continue;
@@ -378,7 +467,8 @@ pub fn redeploy(
                 inputs: real.inputs,
                 outputs: real.outputs,
                 ready_line: real.ready_line,
-                osc_port: deployment.osc.get(&block.name).map(|e| e.port),
+                osc_port,
+                render_key,
             },
         );
     }
