@@ -95,9 +95,9 @@ pub enum DeployError {
 struct Built {
     files: BTreeMap<String, String>,
     hash: String,
-    /// False for system blocks (`dac`, `adc`): ports, no process.
-    has_process: bool,
-    ports: (Vec<String>, Vec<String>),
+    /// How the engine launches the instance (`command` is `None` for system blocks: `dac`,
+    /// `adc` have ports, no process).
+    launch: crate::modules::Launch,
 }
 
 /// Every block as templates see it, and the OSC ports that view was made with.
@@ -106,35 +106,39 @@ struct Blocks {
     osc_ports: BTreeMap<String, u16>,
 }
 
+/// Each module's fingerprint (its files, manifest and engine source), digested once per
+/// deployment: part of every instance's spec hash and render key.
+struct Fingerprints(BTreeMap<String, String>);
+
+impl Fingerprints {
+    fn new(resolved: &Resolved, library: &ModuleLibrary) -> Fingerprints {
+        let mut map = BTreeMap::new();
+        for block in resolved.blocks.values() {
+            let module = &block.module;
+            map.entry(module.name().to_string()).or_insert_with(|| {
+                let engine = library.engine_source(&module.manifest.synth).unwrap_or("");
+                full_digest(format!("{}{engine}", module.fingerprint()).as_bytes())
+            });
+        }
+        Fingerprints(map)
+    }
+
+    fn of(&self, module: &crate::modules::Module) -> &str {
+        &self.0[module.name()]
+    }
+}
+
 /// The render keys of one deployment's blocks (see [`ProcessSpec::render_key`]): what is
-/// the same for every block (each module's fingerprint, the audio settings, the view of
-/// where every block and host is) digested once.
+/// the same for every block (the view of where every block and host is) digested once.
 struct RenderKeys<'a> {
     resolved: &'a Resolved,
-    library: &'a ModuleLibrary,
+    fingerprints: &'a Fingerprints,
     blocks: &'a Blocks,
     hosts: &'a minijinja::Value,
-    modules: BTreeMap<&'a str, String>,
     others: Option<String>,
 }
 
 impl<'a> RenderKeys<'a> {
-    fn new(
-        resolved: &'a Resolved,
-        library: &'a ModuleLibrary,
-        blocks: &'a Blocks,
-        hosts: &'a minijinja::Value,
-    ) -> RenderKeys<'a> {
-        RenderKeys {
-            resolved,
-            library,
-            blocks,
-            hosts,
-            modules: BTreeMap::new(),
-            others: None,
-        }
-    }
-
     fn of(
         &mut self,
         block: &'a crate::resolve::ResolvedBlock,
@@ -142,21 +146,16 @@ impl<'a> RenderKeys<'a> {
         osc_port: Option<u16>,
     ) -> Result<String, DeployError> {
         let module = &block.module;
-        let fail = |error| DeployError::Module {
+        let reads_others = module.reads_others().map_err(|error| DeployError::Module {
             block: block.name.clone(),
             error,
-        };
-        let library = self.library;
-        let fingerprint = self.modules.entry(module.name()).or_insert_with(|| {
-            let engine = library.engine_source(&module.manifest.synth).unwrap_or("");
-            full_digest(format!("{}{engine}", module.fingerprint()).as_bytes())
-        });
+        })?;
         let mut key = json!({
-            "module": fingerprint, "block": block.name, "host": host, "inputs": block.inputs,
-            "outputs": block.outputs, "params": block.params, "osc_port": osc_port,
-            "audio": self.resolved.audio,
+            "module": self.fingerprints.of(module), "block": block.name, "host": host,
+            "inputs": block.inputs, "outputs": block.outputs, "params": block.params,
+            "osc_port": osc_port, "audio": self.resolved.audio,
         });
-        if module.reads_others().map_err(fail)? {
+        if reads_others {
             let (blocks, hosts) = (&self.blocks.view, self.hosts);
             let others = self
                 .others
@@ -271,7 +270,8 @@ pub fn redeploy(
                 osc_ports: osc.iter().map(|(b, e)| (b.clone(), e.port)).collect(),
             })
     };
-    // A block's rendered files, its launch draft and its spec hash.
+    let fingerprints = Fingerprints::new(resolved, library);
+    // A block's rendered files, its spec hash and how its engine launches it.
     let build = |block: &crate::resolve::ResolvedBlock,
                  blocks: &Blocks,
                  engines: &mut Engines|
@@ -294,33 +294,33 @@ pub fn redeploy(
             hosts => hosts_context.clone(),
         };
         let mut files = block.module.render(&context).map_err(fail)?;
-        // Hash what defines the process, with the block name standing in for the client
-        // name (which itself carries the hash).
-        let draft = engines
+        // Hash what defines the process: what the engine is given (its files, params, ports
+        // and audio) and the engine itself (in the module's fingerprint). The client name
+        // carries the hash, so the engine is asked once, with that name.
+        let hash = short_hash(&json!({
+            "block": block.name, "module": fingerprints.of(&block.module), "files": files,
+            "params": block.params, "ports": [block.inputs, block.outputs], "audio": resolved.audio,
+        }));
+        let mut launch = engines
             .launch(
                 library,
                 &block.module,
-                &block.name,
+                &client_name(&block.name, &hash),
                 (block.inputs, block.outputs),
                 &resolved.audio,
                 &block.params,
                 &files,
             )
             .map_err(fail)?;
-        engines.note_adapted(block.module.name(), &draft.notes);
+        engines.note_adapted(block.module.name(), &launch.notes);
         // The engine's own flags taken out of the module's CsOptions: the instance runs that.
-        if let Some((main, text)) = draft.main_rewritten {
+        if let Some((main, text)) = launch.main_rewritten.take() {
             files.insert(main, text);
         }
-        let hash = short_hash(&json!({
-            "block": block.name, "module": block.module.name(), "engine": block.module.manifest.synth,
-            "files": files, "command": draft.command, "audio": resolved.audio,
-        }));
         Ok(Built {
             files,
             hash,
-            has_process: draft.command.is_some(),
-            ports: (draft.inputs, draft.outputs),
+            launch,
         })
     };
 
@@ -399,7 +399,13 @@ pub fn redeploy(
     };
     // Port names per block (system blocks have ports but no process).
     let mut ports: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
-    let mut keys = RenderKeys::new(resolved, library, &blocks, &hosts_context);
+    let mut keys = RenderKeys {
+        resolved,
+        fingerprints: &fingerprints,
+        blocks: &blocks,
+        hosts: &hosts_context,
+        others: None,
+    };
     for block in resolved.blocks.values() {
         let host = host_of(&block.name)?;
         let osc_port = deployment.osc.get(&block.name).map(|e| e.port);
@@ -429,25 +435,12 @@ pub fn redeploy(
             Some(built) => built,
             None => build(block, &blocks, engines)?,
         };
-        if !built.has_process {
-            ports.insert(&block.name, built.ports);
+        let real = built.launch;
+        if real.command.is_none() {
+            ports.insert(&block.name, (real.inputs, real.outputs));
             continue;
         }
         let client = client_name(&block.name, &built.hash);
-        let real = engines
-            .launch(
-                library,
-                &block.module,
-                &client,
-                (block.inputs, block.outputs),
-                &resolved.audio,
-                &block.params,
-                &built.files,
-            )
-            .map_err(|error| DeployError::Module {
-                block: block.name.clone(),
-                error,
-            })?;
         ports.insert(&block.name, (real.inputs.clone(), real.outputs.clone()));
         host_deployment.processes.insert(
             block.name.clone(),
