@@ -8,6 +8,8 @@
 //! says why blocks sit where they do.
 
 mod branch;
+#[cfg(test)]
+mod brute;
 mod ejection;
 mod ejection_dfs;
 mod exact;
@@ -18,6 +20,7 @@ pub(crate) mod explain;
 mod generate;
 mod heuristic;
 mod multilevel;
+mod pieces;
 pub mod problem;
 
 use crate::resolve::Resolved;
@@ -117,14 +120,29 @@ pub struct Solution {
     pub optimal: bool,
 }
 
-/// Largest instance handed to the exact solver whole, and its node budget (about 75 ms here:
-/// well inside the default time limit, so the budget, not the clock, ends an unproven search).
+/// Largest instance handed to the exact solver whole right after a quick start too.
 const EXACT_UNITS: usize = 32;
-const EXACT_NODES: u64 = 150_000;
+/// Largest orchestra whose heuristic placement the exact search then tries to prove (or
+/// improve on).
+const PROOF_UNITS: usize = 100;
+/// Work of one exact search, in nodes × units (a node's bounds cost 40–80 ns a unit here):
+/// 50–100 ms, well inside the default time limit, so the budget, not the clock, ends an
+/// unproven search.
+const EXACT_WORK: u64 = 1_200_000;
 
-/// Branch-and-bound nodes the large-neighbourhood search may spend in all (at most 100 per
-/// unit, so small orchestras stay fast).
+fn exact_nodes(units: usize) -> u64 {
+    EXACT_WORK / units.max(1) as u64
+}
+
+/// Branch-and-bound nodes the large-neighbourhood search may spend in all (at most a few
+/// hundred per unit, so small orchestras stay fast).
 const NEIGHBOURHOOD_NODES: u64 = 150_000;
+fn neighbourhood_nodes(units: usize) -> u64 {
+    // Medium orchestras have most of their time left here; on large ones the V-cycles and the
+    // ejection chains need theirs.
+    let per_unit = if units <= 200 { 300 } else { 60 };
+    NEIGHBOURHOOD_NODES.min(per_unit * units as u64)
+}
 
 /// Work (units visited, path states expanded) the ejection-chain path search may spend, about
 /// 15–40 ns each. Small orchestras get what fits in their 5 ms (the 100-block chain and tree
@@ -174,8 +192,14 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         }
     }
     if problem.units.len() <= EXACT_UNITS {
-        let found = exact::solve(problem, weights, &state.at, EXACT_NODES, deadline);
-        return (found.assignment, found.proven);
+        // Most small orchestras are proved in a fraction of the budget; the others go on with
+        // the full heuristic and are searched again from its (better) placement.
+        let nodes = exact_nodes(problem.units.len()) / 4;
+        let found = exact::solve(problem, weights, &state.at, nodes, deadline);
+        if found.proven {
+            return (found.assignment, true);
+        }
+        state = heuristic::State::new(problem, weights, found.assignment);
     }
     // V-cycles pay off on large orchestras; on small ones they cost more time than they gain.
     if incremental.is_none() && problem.units.len() > 200 {
@@ -184,8 +208,15 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
             state = heuristic::State::new(problem, weights, at);
         }
     }
-    let budget = NEIGHBOURHOOD_NODES.min(100 * problem.units.len() as u64);
-    heuristic::neighbourhoods(&mut state, 6, budget, deadline);
+    let mut budget = neighbourhood_nodes(problem.units.len());
+    if problem.units.len() <= 200 {
+        // Pairs of hosts first (cheap, mostly proved), then larger groups.
+        let small = heuristic::SMALL_GROUP_UNITS;
+        heuristic::neighbourhoods(&mut state, 6, small, budget / 2, deadline);
+        budget -= budget / 2;
+    }
+    let large = heuristic::LARGE_GROUP_UNITS;
+    heuristic::neighbourhoods(&mut state, 6, large, budget, deadline);
     heuristic::refine(&mut state, 4, deadline);
     if incremental.is_none() {
         // Segment and subtree moves passed along rows of full hosts (chains and trees).
@@ -196,7 +227,16 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         }
     }
     let total = state.total();
-    (state.at, total <= lower_bound(problem, weights) + 1e-9)
+    if total <= lower_bound(problem, weights) + 1e-9 {
+        return (state.at, true);
+    }
+    if problem.units.len() <= PROOF_UNITS {
+        // Try to prove the heuristic's placement optimal (or find the better one).
+        let nodes = exact_nodes(problem.units.len());
+        let found = exact::solve(problem, weights, &state.at, nodes, deadline);
+        return (found.assignment, found.proven);
+    }
+    (state.at, false)
 }
 
 /// The greedy construction alone, before any search improves it (a yardstick for tests).
