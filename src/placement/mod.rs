@@ -140,7 +140,7 @@ const NEIGHBOURHOOD_NODES: u64 = 150_000;
 fn neighbourhood_nodes(units: usize) -> u64 {
     // Medium orchestras have most of their time left here; on large ones the V-cycles and the
     // ejection chains need theirs.
-    let per_unit = if units <= 200 { 300 } else { 60 };
+    let per_unit = if units <= 200 { 300 } else { 80 };
     NEIGHBOURHOOD_NODES.min(per_unit * units as u64)
 }
 
@@ -231,8 +231,15 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         return (state.at, true);
     }
     if problem.units.len() <= PROOF_UNITS {
-        // Try to prove the heuristic's placement optimal (or find the better one).
-        let nodes = exact_nodes(problem.units.len());
+        // Try to prove the heuristic's placement optimal (or find the better one). Small
+        // orchestras where the pieces bound did not prove it quickly are dense patches, whose
+        // nodes are cheap without it: they get twice the nodes.
+        let dense = if problem.units.len() <= EXACT_UNITS {
+            2
+        } else {
+            1
+        };
+        let nodes = dense * exact_nodes(problem.units.len());
         let found = exact::solve(problem, weights, &state.at, nodes, deadline);
         return (found.assignment, found.proven);
     }
