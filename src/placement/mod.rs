@@ -209,14 +209,28 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         }
     }
     let mut budget = neighbourhood_nodes(problem.units.len());
+    let large = heuristic::LARGE_GROUP_UNITS;
+    let mut second_opinion = None;
     if problem.units.len() <= 200 {
+        if incremental.is_none() {
+            second_opinion = Some(state.at.clone());
+        }
         // Pairs of hosts first (cheap, mostly proved), then larger groups.
         let small = heuristic::SMALL_GROUP_UNITS;
         heuristic::neighbourhoods(&mut state, 6, small, budget / 2, deadline);
         budget -= budget / 2;
     }
-    let large = heuristic::LARGE_GROUP_UNITS;
     heuristic::neighbourhoods(&mut state, 6, large, budget, deadline);
+    if let Some(at) = second_opinion {
+        // Larger groups from the start get out of other local optima (random patches, voices
+        // over full hosts); medium orchestras have the time for both. Keep the better.
+        let mut other = heuristic::State::new(problem, weights, at);
+        let budget = neighbourhood_nodes(problem.units.len());
+        heuristic::neighbourhoods(&mut other, 6, large, budget, deadline);
+        if other.total() < state.total() - 1e-9 {
+            state = other;
+        }
+    }
     heuristic::refine(&mut state, 4, deadline);
     if incremental.is_none() {
         // Segment and subtree moves passed along rows of full hosts (chains and trees).
