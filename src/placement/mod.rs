@@ -1,7 +1,8 @@
 //! Placement: which host runs each block, minimizing `alpha·overflow + cut + beta·moved`
 //! (the report's Eq. 1 plus a migration term). Pure and deterministic.
 //!
-//! `problem` states it in indices; `exact` proves small instances by branch and bound;
+//! `problem` states it in indices; `exact` proves small instances by branch and bound (with
+//! the bound of `pieces`), and `star` bounds fan-ins of any size;
 //! `heuristic` handles the rest (construction, FM refinement, swaps, and re-solving small
 //! groups of hosts exactly), helped by `multilevel` (contraction and V-cycles), `ejection`
 //! and `ejection_dfs` (segment and subtree moves passed along rows of full hosts); `explain`
@@ -22,6 +23,7 @@ mod heuristic;
 mod multilevel;
 mod pieces;
 pub mod problem;
+mod star;
 
 use crate::resolve::Resolved;
 pub use problem::Problem;
@@ -241,7 +243,9 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         }
     }
     let total = state.total();
-    if total <= lower_bound(problem, weights) + 1e-9 {
+    // The star bound proves fan-ins of any size.
+    let bound = lower_bound(problem, weights).max(star::bound(problem, weights));
+    if total <= bound + 1e-9 {
         return (state.at, true);
     }
     if problem.units.len() <= PROOF_UNITS {
