@@ -1,8 +1,10 @@
 //! Exact placement by branch and bound: depth-first over units (most constrained first),
-//! hosts tried cheapest first, interchangeable empty hosts tried once, and two lower bounds —
-//! each remaining unit's cheapest increment against what is placed, and the cut/move part
-//! plus the overflow the remaining cpu cannot avoid. Used whole on small orchestras and on
-//! small groups of hosts inside the large-neighbourhood search.
+//! hosts tried cheapest first, interchangeable empty hosts tried once (same cores, nothing
+//! pinned to or previously on them: the symmetry of equal hosts), and three lower bounds —
+//! each remaining unit's cheapest increment against what is placed, the cut/move part plus
+//! the overflow the remaining cpu cannot avoid, and the pieces bound of `pieces`. Used whole
+//! on orchestras up to 100 units and on small groups of hosts inside the large-neighbourhood
+//! search.
 
 use super::pieces::Pieces;
 use super::problem::Problem;
