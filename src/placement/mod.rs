@@ -142,9 +142,13 @@ const NEIGHBOURHOOD_NODES: u64 = 150_000;
 fn neighbourhood_nodes(units: usize) -> u64 {
     // Medium orchestras have most of their time left here; on large ones the V-cycles and the
     // ejection chains need theirs.
-    let per_unit = if units <= 200 { 300 } else { 80 };
+    let per_unit = if units <= MEDIUM_UNITS { 300 } else { 80 };
     NEIGHBOURHOOD_NODES.min(per_unit * units as u64)
 }
+
+/// Largest orchestra that runs the large-neighbourhood search twice (a second opinion) with a
+/// larger budget: its counted work stays within about 100 ms here (150 ms on a busy machine).
+const MEDIUM_UNITS: usize = 150;
 
 /// Work (units visited, path states expanded) the ejection-chain path search may spend, about
 /// 15–40 ns each. Small orchestras get what fits in their 5 ms (the 100-block chain and tree
@@ -214,7 +218,7 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     let large = heuristic::LARGE_GROUP_UNITS;
     let mut second_opinion = None;
     if problem.units.len() <= 200 {
-        if incremental.is_none() {
+        if incremental.is_none() && problem.units.len() <= MEDIUM_UNITS {
             second_opinion = Some(state.at.clone());
         }
         // Pairs of hosts first (cheap, mostly proved), then larger groups.
