@@ -3,7 +3,7 @@
 //! pinned to or previously on them: the symmetry of equal hosts), and three lower bounds —
 //! each remaining unit's cheapest increment against what is placed, the cut/move part plus
 //! the overflow the remaining cpu cannot avoid, and the pieces bound of `pieces`. Used whole
-//! on orchestras up to 100 units and on small groups of hosts inside the large-neighbourhood
+//! on orchestras up to 80 units and on small groups of hosts inside the large-neighbourhood
 //! search.
 
 use super::pieces::Pieces;

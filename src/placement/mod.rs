@@ -126,14 +126,15 @@ pub struct Solution {
 const EXACT_UNITS: usize = 32;
 /// Largest orchestra whose heuristic placement the exact search then tries to prove (or
 /// improve on).
-const PROOF_UNITS: usize = 100;
-/// Work of one exact search, in nodes × units (a node's bounds cost 40–80 ns a unit here):
-/// 50–100 ms, well inside the default time limit, so the budget, not the clock, ends an
-/// unproven search.
+const PROOF_UNITS: usize = 80;
+/// Work of one exact search, in nodes × units (a node's bounds cost 40–80 ns a unit here on
+/// up to 8 hosts, more on more hosts): 50–100 ms, well inside the default time limit, so the
+/// budget, not the clock, ends an unproven search.
 const EXACT_WORK: u64 = 1_200_000;
 
-fn exact_nodes(units: usize) -> u64 {
-    EXACT_WORK / units.max(1) as u64
+fn exact_nodes(problem: &Problem) -> u64 {
+    let hosts = problem.hosts.len().max(8) as u64;
+    EXACT_WORK * 8 / hosts / problem.units.len().max(1) as u64
 }
 
 /// Branch-and-bound nodes the large-neighbourhood search may spend in all (at most a few
@@ -200,7 +201,7 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
     if problem.units.len() <= EXACT_UNITS {
         // Most small orchestras are proved in a fraction of the budget; the others go on with
         // the full heuristic and are searched again from its (better) placement.
-        let nodes = exact_nodes(problem.units.len()) / 4;
+        let nodes = exact_nodes(problem) / 4;
         let found = exact::solve(problem, weights, &state.at, nodes, deadline);
         if found.proven {
             return (found.assignment, true);
@@ -261,7 +262,7 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         } else {
             1
         };
-        let nodes = dense * exact_nodes(problem.units.len());
+        let nodes = dense * exact_nodes(problem);
         let found = exact::solve(problem, weights, &state.at, nodes, deadline);
         return (found.assignment, found.proven);
     }
