@@ -3,10 +3,13 @@
 //!
 //! `cargo bench --bench placement` times every case with criterion and, before timing it,
 //! prints one markdown table row per case (cost, optimality, time of one solve) to stderr.
+//! Tight cases (`tight-mixed/…`, `tight-equal/…`: total cpu 90–100 % of the cores, on hosts of
+//! mixed or equal sizes) come last; `cargo bench --bench placement -- tight` times only them.
 //!
 //! `PLACEMENT_DUMP_DIR=DIR cargo bench --bench placement` benchmarks nothing: it writes each
 //! instance with our assignment and cost as JSON into DIR (plus a few yardstick-only sizes),
-//! for `scripts/placement_yardstick.py`.
+//! for `scripts/placement_yardstick.py`; `PLACEMENT_DUMP_FILTER=tight` writes only the cases
+//! whose name contains it, and `PLACEMENT_TIME_LIMIT_MS` solves them with another time limit.
 
 /// The generators are the library's unit-test file, included here rather than exported:
 /// `generate.rs` finds the problem types as `super::problem`.
@@ -19,7 +22,7 @@ mod generate;
 
 use cloud_orchestra::placement::{lower_bound, solve, Cost, Options, Problem};
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use generate::{generate, one_block_change, with_previous, Family};
+use generate::{generate, generate_tight, one_block_change, with_previous, Family, HostSizes};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,13 +30,19 @@ use std::time::{Duration, Instant};
 const SIZES: [(usize, usize); 4] = [(10, 2), (100, 10), (1000, 100), (2000, 200)];
 /// Extra sizes only dumped, small enough for the offline MIP to prove.
 const YARDSTICK_SIZES: [(usize, usize); 3] = [(25, 4), (200, 20), (300, 30)];
+/// (blocks, hosts) of the tight cases: about ten blocks a host, as in the roomy ones.
+const TIGHT_SIZES: [(usize, usize); 5] = [(30, 4), (60, 8), (80, 8), (150, 15), (500, 40)];
 const INCREMENTAL: (usize, usize) = (2000, 200);
 const PINNED: f64 = 0.10;
+/// Fewer pins on tight rigs: a pin to a full host can only make overflow, and hosts nothing is
+/// pinned to stay interchangeable.
+const TIGHT_PINNED: f64 = 0.05;
 const SEED: u64 = 1;
 
 struct Case {
     name: String,
     family: Family,
+    pinned_fraction: f64,
     problem: Problem,
     /// Units present before a one-block change (the rest are new); all units otherwise.
     old_units: usize,
@@ -44,9 +53,34 @@ fn fresh_case(family: Family, blocks: usize, hosts: usize) -> Case {
     Case {
         name: format!("{}/{blocks}x{hosts}", family.name()),
         family,
+        pinned_fraction: PINNED,
         old_units: problem.units.len(),
         problem,
     }
+}
+
+fn tight_case(family: Family, sizes: HostSizes, blocks: usize, hosts: usize) -> Case {
+    let problem = generate_tight(family, blocks, hosts, SEED, sizes, TIGHT_PINNED);
+    Case {
+        name: format!("tight-{}/{}/{blocks}x{hosts}", sizes.name(), family.name()),
+        family,
+        pinned_fraction: TIGHT_PINNED,
+        old_units: problem.units.len(),
+        problem,
+    }
+}
+
+/// Every tight case, by size, then family, then host sizes.
+fn tight_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (blocks, hosts) in TIGHT_SIZES {
+        for family in Family::ALL {
+            for sizes in HostSizes::ALL {
+                cases.push(tight_case(family, sizes, blocks, hosts));
+            }
+        }
+    }
+    cases
 }
 
 /// The orchestra solved once, then one block added with that placement as the previous one.
@@ -58,6 +92,7 @@ fn incremental_case(family: Family, options: &Options) -> (Case, Vec<usize>) {
     let case = Case {
         name: format!("{}/{blocks}x{hosts}+1", family.name()),
         family,
+        pinned_fraction: PINNED,
         old_units: base.units.len(),
         problem,
     };
@@ -167,6 +202,12 @@ fn benchmarks(c: &mut Criterion) {
     for note in notes {
         eprintln!("{note}");
     }
+    header();
+    for case in tight_cases() {
+        let outcome = run(&case, &options);
+        report(&case, &outcome, &options);
+        bench_case(c, "tight", &case, &outcome, &options);
+    }
 }
 
 /// The re-plan that moves nothing: old units where they were, each new unit on the host that
@@ -197,12 +238,23 @@ fn stay_put(case: &Case, previous: &[usize], options: &Options) -> (usize, Cost)
 /// proven, solve_ms, cost}` JSON, one file per case.
 fn dump(dir: &Path) {
     std::fs::create_dir_all(dir).expect("create PLACEMENT_DUMP_DIR");
-    let options = Options::default();
+    let mut options = Options::default();
+    // A longer limit shows what the counts alone give (the same placements, unless the default
+    // limit cut a search short).
+    if let Some(ms) = std::env::var("PLACEMENT_TIME_LIMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.time_limit = Duration::from_millis(ms);
+    }
     let mut cases: Vec<Case> = Vec::new();
     for (blocks, hosts) in SIZES.into_iter().chain(YARDSTICK_SIZES) {
         cases.extend(Family::ALL.map(|family| fresh_case(family, blocks, hosts)));
     }
     cases.extend(Family::ALL.map(|family| incremental_case(family, &options).0));
+    cases.extend(tight_cases());
+    let only = std::env::var("PLACEMENT_DUMP_FILTER").unwrap_or_default();
+    cases.retain(|case| case.name.contains(&only));
     for case in &cases {
         let outcome = run(case, &options);
         let cost = case.problem.cost(&outcome.at, &options.weights);
@@ -210,7 +262,7 @@ fn dump(dir: &Path) {
             "name": case.name,
             "family": case.family.name(),
             "seed": SEED,
-            "pinned_fraction": PINNED,
+            "pinned_fraction": case.pinned_fraction,
             "weights": { "alpha": options.weights.alpha, "beta": options.weights.beta },
             "problem": case.problem,
             "assignment": outcome.at,

@@ -16,6 +16,10 @@
 //!   (16 cores each at most) and pins crowding a small host also force overflow;
 //! - `pinned_fraction` of the units (rounded) are pinned to uniformly random hosts; the `dac`
 //!   is the first one pinned, as a sound card sits on one machine.
+//!
+//! [`generate_tight`] makes the same orchestras on a tight rig: the total cpu is 90–100 % of
+//! the total cores, on hosts of mixed sizes or all of one size. Everything (nearly) fits, so
+//! the packing, not the overflow, decides the cut: the hardest case for the heuristic.
 
 use super::problem::{HostSlot, Problem, Unit};
 use std::collections::BTreeMap;
@@ -129,10 +133,45 @@ impl Graph {
         self.add(name, cpu)
     }
 
+    fn into_problem(self, hosts: Vec<HostSlot>) -> Problem {
+        Problem {
+            hosts,
+            units: self.units,
+            edges: self
+                .edges
+                .into_iter()
+                .map(|((a, b), w)| (a, b, w))
+                .collect(),
+        }
+    }
+
     /// A connection, mono or (sometimes) stereo.
     fn connect(&mut self, rng: &mut Rng, a: usize, b: usize) {
         let weight = if rng.chance(1.0 / 6.0) { 2 } else { 1 };
         *self.edges.entry((a.min(b), a.max(b))).or_default() += weight;
+    }
+}
+
+/// Host cores of the roomy rigs `generate` makes.
+const ROOMY_SIZES: (u32, u32) = (1, 16);
+
+/// How the hosts of a tight rig are sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostSizes {
+    /// Cores drawn from a quarter to twice the mean, then nudged to the capacity target.
+    Mixed,
+    /// Every host has the same cores (interchangeable hosts, as in a rack of one model).
+    Equal,
+}
+
+impl HostSizes {
+    pub const ALL: [HostSizes; 2] = [HostSizes::Mixed, HostSizes::Equal];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HostSizes::Mixed => "mixed",
+            HostSizes::Equal => "equal",
+        }
     }
 }
 
@@ -145,30 +184,96 @@ pub fn generate(
     pinned_fraction: f64,
 ) -> Problem {
     let hosts = hosts.max(1);
-    let mut rng = Rng::new(seed ^ (family as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = family_rng(family, seed);
+    let mut g = orchestra(family, blocks, &mut rng);
+    let cpu: u64 = g.units.iter().map(|u| u.cpu as u64).sum();
+    let cores = draw_cores(&mut rng, hosts, ROOMY_SIZES);
+    let headroom = if rng.chance(1.0 / 8.0) {
+        0.9 + 0.1 * rng.unit()
+    } else {
+        1.1 + 0.2 * rng.unit()
+    };
+    let target = (cpu as f64 * headroom).round() as u64;
+    let host_slots = nudge(&mut rng, cores, target, ROOMY_SIZES);
+    pin(&mut g.units, &mut rng, hosts, pinned_fraction);
+    g.into_problem(host_slots)
+}
+
+/// The orchestra `generate` makes, on a tight rig: its total cpu is 90–100 % of the total
+/// cores (drawn from the seed), on hosts of `sizes`. Where equal hosts cannot hit that range
+/// (a whole core per host is a coarse step on few blocks), blocks get a second core until they
+/// do.
+pub fn generate_tight(
+    family: Family,
+    blocks: usize,
+    hosts: usize,
+    seed: u64,
+    sizes: HostSizes,
+    pinned_fraction: f64,
+) -> Problem {
+    let hosts = hosts.max(1);
+    let mut rng = family_rng(family, seed ^ 0x7167_4854);
+    let mut g = orchestra(family, blocks, &mut rng);
+    let fraction = 0.9 + 0.1 * rng.unit();
+    let mut cpu: u64 = g.units.iter().map(|u| u.cpu as u64).sum();
+    let host_slots = match sizes {
+        HostSizes::Mixed => {
+            let target = ((cpu as f64 / fraction).round() as u64).clamp(cpu, cpu * 10 / 9);
+            // From a quarter to twice the mean host (4..=16 on ten blocks a host), so that the
+            // target is always reachable.
+            let mean = target.div_ceil(hosts as u64).max(1) as u32;
+            let sizes = (mean.div_ceil(4), 2 * mean);
+            let cores = draw_cores(&mut rng, hosts, sizes);
+            nudge(&mut rng, cores, target, sizes)
+        }
+        HostSizes::Equal => {
+            let each = ((cpu as f64 / fraction / hosts as f64).round() as u64)
+                .max(cpu.div_ceil(hosts as u64))
+                .max(1);
+            let cores = each * hosts as u64;
+            // Too coarse a step: give single-core blocks a second core until within range.
+            let mut singles: Vec<usize> = (0..g.units.len())
+                .filter(|&u| g.units[u].cpu == 1)
+                .collect();
+            while cpu * 10 < cores * 9 && !singles.is_empty() {
+                let u = singles.swap_remove(rng.below(singles.len()));
+                g.units[u].cpu = 2;
+                cpu += 1;
+            }
+            (0..hosts)
+                .map(|h| HostSlot {
+                    name: format!("host{h}"),
+                    cores: each as u32,
+                })
+                .collect()
+        }
+    };
+    pin(&mut g.units, &mut rng, hosts, pinned_fraction);
+    g.into_problem(host_slots)
+}
+
+fn family_rng(family: Family, seed: u64) -> Rng {
+    Rng::new(seed ^ (family as u64).wrapping_mul(0xA24B_AED4_963E_E407))
+}
+
+/// The units and connections of one orchestra of `family`, the dac last.
+fn orchestra(family: Family, blocks: usize, rng: &mut Rng) -> Graph {
     let mut g = Graph::new();
     if blocks > 0 {
         let body = blocks - 1;
         let outputs = match family {
-            Family::Chain => chain(&mut g, &mut rng, body),
-            Family::FanIn => fan_in(&mut g, &mut rng, body),
-            Family::Tree => tree(&mut g, &mut rng, body),
-            Family::RandomDag => random_dag(&mut g, &mut rng, body),
-            Family::ParallelVoices => parallel_voices(&mut g, &mut rng, body),
+            Family::Chain => chain(&mut g, rng, body),
+            Family::FanIn => fan_in(&mut g, rng, body),
+            Family::Tree => tree(&mut g, rng, body),
+            Family::RandomDag => random_dag(&mut g, rng, body),
+            Family::ParallelVoices => parallel_voices(&mut g, rng, body),
         };
         let dac = g.add("dac".to_string(), 0);
         for out in outputs {
-            g.connect(&mut rng, out, dac);
+            g.connect(rng, out, dac);
         }
     }
-    let cpu: u64 = g.units.iter().map(|u| u.cpu as u64).sum();
-    let host_slots = draw_hosts(&mut rng, hosts, cpu);
-    pin(&mut g.units, &mut rng, hosts, pinned_fraction);
-    Problem {
-        hosts: host_slots,
-        units: g.units,
-        edges: g.edges.into_iter().map(|((a, b), w)| (a, b, w)).collect(),
-    }
+    g
 }
 
 /// Returns the units that feed the dac.
@@ -311,22 +416,25 @@ fn parallel_voices(g: &mut Graph, rng: &mut Rng, n: usize) -> Vec<usize> {
     vec![last]
 }
 
-/// Cores per host in 1..=16 adding up to the capacity target (see the module doc).
-fn draw_hosts(rng: &mut Rng, hosts: usize, cpu: u64) -> Vec<HostSlot> {
-    let mut cores: Vec<u32> = (0..hosts).map(|_| rng.between(1, 16) as u32).collect();
-    let headroom = if rng.chance(1.0 / 8.0) {
-        0.9 + 0.1 * rng.unit()
-    } else {
-        1.1 + 0.2 * rng.unit()
-    };
-    let target = ((cpu as f64 * headroom).round() as u64).clamp(hosts as u64, 16 * hosts as u64);
+/// Cores per host drawn uniformly from `sizes`, before `nudge` fits them to a total.
+fn draw_cores(rng: &mut Rng, hosts: usize, sizes: (u32, u32)) -> Vec<u32> {
+    (0..hosts)
+        .map(|_| rng.between(sizes.0 as usize, sizes.1 as usize) as u32)
+        .collect()
+}
+
+/// Nudges random hosts one core at a time, within `sizes`, until the cores add up to `target`
+/// (clamped to what the sizes allow).
+fn nudge(rng: &mut Rng, mut cores: Vec<u32>, target: u64, sizes: (u32, u32)) -> Vec<HostSlot> {
+    let hosts = cores.len();
+    let target = target.clamp(sizes.0 as u64 * hosts as u64, sizes.1 as u64 * hosts as u64);
     let mut total: u64 = cores.iter().map(|&c| c as u64).sum();
     while total != target {
         let h = rng.below(hosts);
-        if total < target && cores[h] < 16 {
+        if total < target && cores[h] < sizes.1 {
             cores[h] += 1;
             total += 1;
-        } else if total > target && cores[h] > 1 {
+        } else if total > target && cores[h] > sizes.0 {
             cores[h] -= 1;
             total -= 1;
         }
@@ -609,6 +717,45 @@ mod tests {
         assert!(
             (48..64).contains(&roomy),
             "most seeds have room, some are over-committed: {roomy}"
+        );
+    }
+
+    #[test]
+    fn tight_rigs_hold_90_to_100_percent_cpu() {
+        for family in Family::ALL {
+            for sizes in HostSizes::ALL {
+                for (blocks, hosts) in [(30, 4), (60, 8), (150, 15), (500, 40), (7, 3)] {
+                    for seed in 0..8 {
+                        let p = generate_tight(family, blocks, hosts, seed, sizes, 0.1);
+                        let what =
+                            format!("{family} {} {blocks}x{hosts} seed {seed}", sizes.name());
+                        assert_eq!((p.units.len(), p.hosts.len()), (blocks, hosts), "{what}");
+                        let cpu: u64 = p.units.iter().map(|u| u.cpu as u64).sum();
+                        let cores: u64 = p.hosts.iter().map(|h| h.cores as u64).sum();
+                        assert!(
+                            cpu * 10 >= cores * 9 && cpu <= cores,
+                            "{what}: cpu {cpu} of {cores} cores"
+                        );
+                        assert!(p.hosts.iter().all(|h| h.cores > 0), "{what}");
+                        if sizes == HostSizes::Equal {
+                            assert!(
+                                p.hosts.iter().all(|h| h.cores == p.hosts[0].cores),
+                                "{what}"
+                            );
+                        }
+                        let pinned = p.units.iter().filter(|u| u.pin.is_some()).count();
+                        assert_eq!(pinned, (blocks as f64 * 0.1).round() as usize, "{what}");
+                    }
+                }
+            }
+        }
+        let mixed = generate_tight(Family::Tree, 150, 15, 1, HostSizes::Mixed, 0.1);
+        let sizes: std::collections::BTreeSet<u32> = mixed.hosts.iter().map(|h| h.cores).collect();
+        assert!(sizes.len() > 3, "mixed hosts differ: {sizes:?}");
+        assert_eq!(
+            generate_tight(Family::Tree, 150, 15, 1, HostSizes::Mixed, 0.1),
+            mixed,
+            "deterministic"
         );
     }
 

@@ -496,6 +496,11 @@ fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
     out
 }
 
+/// Units in the groups of hosts re-solved: small groups are mostly proved within their nodes,
+/// large ones find what needs three or more hosts to change at once.
+pub const SMALL_GROUP_UNITS: usize = 24;
+pub const LARGE_GROUP_UNITS: usize = 36;
+
 /// Large-neighbourhood search: re-solve groups of hosts exactly, keep what improves, until a
 /// round improves nothing, `rounds` or the node budget run out, or the deadline passes.
 /// `node_budget` bounds the branch-and-bound work of the whole search (so the result does not
@@ -503,16 +508,16 @@ fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
 pub fn neighbourhoods(
     state: &mut State,
     rounds: usize,
+    max_units: usize,
     mut node_budget: u64,
     deadline: Option<Instant>,
 ) -> f64 {
-    // Larger groups find more on large orchestras, which have the time; small orchestras and
-    // incremental re-plans (some units held still) keep to pairs of hosts.
+    // Incremental re-plans (some units held still) keep to small groups.
     let holding_still = state.movable.iter().any(|m| !m);
-    let max_units = if state.problem.units.len() > 200 && !holding_still {
-        36
+    let max_units = if holding_still {
+        max_units.min(SMALL_GROUP_UNITS)
     } else {
-        24
+        max_units
     };
     const GROUP_NODES: u64 = 3_000;
     let mut improvement = 0.0;

@@ -1,13 +1,16 @@
 //! Placement: which host runs each block, minimizing `alpha·overflow + cut + beta·moved`
 //! (the report's Eq. 1 plus a migration term). Pure and deterministic.
 //!
-//! `problem` states it in indices; `exact` proves small instances by branch and bound;
+//! `problem` states it in indices; `exact` proves small instances by branch and bound (with
+//! the bound of `pieces`), and `star` bounds fan-ins of any size;
 //! `heuristic` handles the rest (construction, FM refinement, swaps, and re-solving small
 //! groups of hosts exactly), helped by `multilevel` (contraction and V-cycles), `ejection`
 //! and `ejection_dfs` (segment and subtree moves passed along rows of full hosts); `explain`
 //! says why blocks sit where they do.
 
 mod branch;
+#[cfg(test)]
+mod brute;
 mod ejection;
 mod ejection_dfs;
 mod exact;
@@ -18,7 +21,9 @@ pub(crate) mod explain;
 mod generate;
 mod heuristic;
 mod multilevel;
+mod pieces;
 pub mod problem;
+mod star;
 
 use crate::resolve::Resolved;
 pub use problem::Problem;
@@ -117,14 +122,34 @@ pub struct Solution {
     pub optimal: bool,
 }
 
-/// Largest instance handed to the exact solver whole, and its node budget (about 75 ms here:
-/// well inside the default time limit, so the budget, not the clock, ends an unproven search).
+/// Largest instance handed to the exact solver whole right after a quick start too.
 const EXACT_UNITS: usize = 32;
-const EXACT_NODES: u64 = 150_000;
+/// Largest orchestra whose heuristic placement the exact search then tries to prove (or
+/// improve on).
+const PROOF_UNITS: usize = 80;
+/// Work of one exact search, in nodes × units (a node's bounds cost 40–80 ns a unit here on
+/// up to 8 hosts, more on more hosts): 50–100 ms, well inside the default time limit, so the
+/// budget, not the clock, ends an unproven search.
+const EXACT_WORK: u64 = 1_200_000;
 
-/// Branch-and-bound nodes the large-neighbourhood search may spend in all (at most 100 per
-/// unit, so small orchestras stay fast).
+fn exact_nodes(problem: &Problem) -> u64 {
+    let hosts = problem.hosts.len().max(8) as u64;
+    EXACT_WORK * 8 / hosts / problem.units.len().max(1) as u64
+}
+
+/// Branch-and-bound nodes the large-neighbourhood search may spend in all (at most a few
+/// hundred per unit, so small orchestras stay fast).
 const NEIGHBOURHOOD_NODES: u64 = 150_000;
+fn neighbourhood_nodes(units: usize) -> u64 {
+    // Medium orchestras have most of their time left here; on large ones the V-cycles and the
+    // ejection chains need theirs.
+    let per_unit = if units <= MEDIUM_UNITS { 300 } else { 80 };
+    NEIGHBOURHOOD_NODES.min(per_unit * units as u64)
+}
+
+/// Largest orchestra that runs the large-neighbourhood search twice (a second opinion) with a
+/// larger budget: its counted work stays within about 100 ms here (150 ms on a busy machine).
+const MEDIUM_UNITS: usize = 150;
 
 /// Work (units visited, path states expanded) the ejection-chain path search may spend, about
 /// 15–40 ns each. Small orchestras get what fits in their 5 ms (the 100-block chain and tree
@@ -174,8 +199,14 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         }
     }
     if problem.units.len() <= EXACT_UNITS {
-        let found = exact::solve(problem, weights, &state.at, EXACT_NODES, deadline);
-        return (found.assignment, found.proven);
+        // Most small orchestras are proved in a fraction of the budget; the others go on with
+        // the full heuristic and are searched again from its (better) placement.
+        let nodes = exact_nodes(problem) / 4;
+        let found = exact::solve(problem, weights, &state.at, nodes, deadline);
+        if found.proven {
+            return (found.assignment, true);
+        }
+        state = heuristic::State::new(problem, weights, found.assignment);
     }
     // V-cycles pay off on large orchestras; on small ones they cost more time than they gain.
     if incremental.is_none() && problem.units.len() > 200 {
@@ -184,8 +215,29 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
             state = heuristic::State::new(problem, weights, at);
         }
     }
-    let budget = NEIGHBOURHOOD_NODES.min(100 * problem.units.len() as u64);
-    heuristic::neighbourhoods(&mut state, 6, budget, deadline);
+    let mut budget = neighbourhood_nodes(problem.units.len());
+    let large = heuristic::LARGE_GROUP_UNITS;
+    let mut second_opinion = None;
+    if problem.units.len() <= 200 {
+        if incremental.is_none() && problem.units.len() <= MEDIUM_UNITS {
+            second_opinion = Some(state.at.clone());
+        }
+        // Pairs of hosts first (cheap, mostly proved), then larger groups.
+        let small = heuristic::SMALL_GROUP_UNITS;
+        heuristic::neighbourhoods(&mut state, 6, small, budget / 2, deadline);
+        budget -= budget / 2;
+    }
+    heuristic::neighbourhoods(&mut state, 6, large, budget, deadline);
+    if let Some(at) = second_opinion {
+        // Larger groups from the start get out of other local optima (random patches, voices
+        // over full hosts); medium orchestras have the time for both. Keep the better.
+        let mut other = heuristic::State::new(problem, weights, at);
+        let budget = neighbourhood_nodes(problem.units.len());
+        heuristic::neighbourhoods(&mut other, 6, large, budget, deadline);
+        if other.total() < state.total() - 1e-9 {
+            state = other;
+        }
+    }
     heuristic::refine(&mut state, 4, deadline);
     if incremental.is_none() {
         // Segment and subtree moves passed along rows of full hosts (chains and trees).
@@ -196,7 +248,25 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         }
     }
     let total = state.total();
-    (state.at, total <= lower_bound(problem, weights) + 1e-9)
+    // The star bound proves fan-ins of any size.
+    let bound = lower_bound(problem, weights).max(star::bound(problem, weights));
+    if total <= bound + 1e-9 {
+        return (state.at, true);
+    }
+    if problem.units.len() <= PROOF_UNITS {
+        // Try to prove the heuristic's placement optimal (or find the better one). Small
+        // orchestras where the pieces bound did not prove it quickly are dense patches, whose
+        // nodes are cheap without it: they get twice the nodes.
+        let dense = if problem.units.len() <= EXACT_UNITS {
+            2
+        } else {
+            1
+        };
+        let nodes = dense * exact_nodes(problem);
+        let found = exact::solve(problem, weights, &state.at, nodes, deadline);
+        return (found.assignment, found.proven);
+    }
+    (state.at, false)
 }
 
 /// The greedy construction alone, before any search improves it (a yardstick for tests).
