@@ -62,6 +62,8 @@ struct Agent {
     link_runs: xruns::LinkMeter,
     /// Whether the host's lack of real-time scheduling was said (once per agent).
     realtime_said: bool,
+    /// Held open while the agent lives: the CPUs kept out of deep idle states.
+    cpus_awake: Option<std::fs::File>,
 }
 
 impl Agent {
@@ -146,6 +148,12 @@ impl Agent {
                 graph.intend_only(intended.into_iter().collect());
                 graph.set_exclusive(jack.exclusive);
                 let sample_rate = graph.sample_rate();
+                if self.cpus_awake.is_none() {
+                    match realtime::keep_cpus_awake() {
+                        Ok(held) => self.cpus_awake = Some(held),
+                        Err(why) => tracing::info!("CPUs may sleep between JACK cycles: {why}"),
+                    }
+                }
                 if !self.realtime_said {
                     let pid = self.jackd.as_ref().map(|s| s.pid);
                     let server = jackd::server_name();
@@ -475,6 +483,7 @@ pub async fn serve() -> Result<()> {
         xruns: xruns::XrunMeter::new(Instant::now()),
         link_runs: xruns::LinkMeter::new(Instant::now()),
         realtime_said: false,
+        cpus_awake: None,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut watch = tokio::time::interval(WATCH_SERVER_EVERY);

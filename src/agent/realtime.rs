@@ -1,6 +1,7 @@
 //! Whether this host gives its audio real-time scheduling: jackd asked for it (`-R`, its
 //! default) and the kernel granted it to jackd's threads. Without it any busy process can
-//! delay a JACK cycle into a click, so the agent says so once.
+//! delay a JACK cycle into a click, so the agent says so once. And keeping the CPUs out of
+//! deep idle states while the agent plays, where the system lets it.
 
 use std::path::Path;
 
@@ -77,6 +78,23 @@ fn server_of(args: &[String]) -> String {
         }
     }
     "default".to_string()
+}
+
+/// Ask the kernel to keep every CPU out of idle states slower to leave than 0 µs (a PM QoS
+/// request on `/dev/cpu_dma_latency`), for as long as the returned file stays open. An idle
+/// CPU that halts (a VM's vCPU above all) wakes late for the next JACK cycle: on the lab,
+/// with nothing else running, that alone cost a period several times a minute. Needs root
+/// (or write access to the device); `Err` says why not.
+pub fn keep_cpus_awake() -> Result<std::fs::File, String> {
+    use std::io::Write;
+    let path = "/dev/cpu_dma_latency";
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    file.write_all(&0i32.to_ne_bytes())
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok(file)
 }
 
 #[cfg(test)]
