@@ -26,10 +26,9 @@ pub struct Latency {
     pub paths: Vec<PathLatency>,
 }
 
-/// What a path's estimate is made of, per host it crosses and per link.
-#[derive(Debug, Clone, Copy)]
-struct Costs {
-    period_ms: f64,
+/// One JACK period of the orchestra, in milliseconds.
+fn period_ms(audio: crate::audio::AudioSettings) -> f64 {
+    audio.period as f64 * 1000.0 / audio.rate as f64
 }
 
 /// How far from a block the worst way to a `dac` is (`None`: no `dac` is reached).
@@ -63,9 +62,7 @@ pub fn estimate(resolved: &Resolved, placement: &Placement) -> Latency {
         .iter()
         .map(|n| resolved.blocks[*n].module.name() == "dac")
         .collect();
-    let costs = Costs {
-        period_ms: resolved.audio.period as f64 * 1000.0 / resolved.audio.rate as f64,
-    };
+    let period_ms = period_ms(resolved.audio);
     // Going from block a to block b: nothing on one host; across hosts, the link's queue of
     // periods and one more period on the host it reaches.
     let step = |a: usize, b: usize| -> f64 {
@@ -73,7 +70,7 @@ pub fn estimate(resolved: &Resolved, placement: &Placement) -> Latency {
             0.0
         } else {
             let queue = resolved.network.buffers(host[a], host[b]).queue;
-            (queue as f64 + 1.0) * costs.period_ms
+            (queue as f64 + 1.0) * period_ms
         }
     };
 
@@ -95,8 +92,7 @@ pub fn estimate(resolved: &Resolved, placement: &Placement) -> Latency {
                 }
                 continue;
             }
-            let mut best: Option<(f64, Option<usize>)> =
-                is_dac[block].then_some((costs.period_ms, None));
+            let mut best: Option<(f64, Option<usize>)> = is_dac[block].then_some((period_ms, None));
             for &succ in &next[block] {
                 if let Some(Visit::Done(Some((ms, _)))) = visit[succ] {
                     let through = ms + step(block, succ);
@@ -147,7 +143,7 @@ impl Latency {
     pub fn explain(&self, resolved: &Resolved, shown: usize) -> String {
         let mut out = String::new();
         let audio = resolved.audio;
-        let period_ms = audio.period as f64 * 1000.0 / audio.rate as f64;
+        let period_ms = period_ms(audio);
         let Some(worst) = self.worst() else {
             let _ = writeln!(out, "latency: no source reaches a dac");
             return out;

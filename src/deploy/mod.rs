@@ -343,21 +343,34 @@ pub fn redeploy(
         .map(|(name, e)| (name.clone(), e.clone()))
         .collect();
     let with_old_ports = blocks_context(&kept)?;
-    // Kept blocks rendered with their old ports, to see whether their spec stays the same.
+    let mut old_keys = RenderKeys {
+        resolved,
+        fingerprints: &fingerprints,
+        blocks: &with_old_ports,
+        hosts: &hosts_context,
+        others: None,
+    };
+    // Kept blocks rendered with their old ports (when their render key does not already
+    // say so), to see whether their spec stays the same.
     let mut prebuilt: BTreeMap<String, Built> = BTreeMap::new();
     let mut osc = BTreeMap::new();
     for block in resolved.blocks.values().filter(|b| b.module.manifest.osc) {
         let host = host_of(&block.name)?;
         let unchanged = match kept.get(&block.name) {
             Some(old) => {
-                let built = build(block, &with_old_ports, engines)?;
-                let same = previous
+                let before = previous
                     .hosts
                     .get(&old.host)
-                    .and_then(|h| h.processes.get(&block.name))
-                    .is_some_and(|p| p.spec_hash == built.hash);
-                prebuilt.insert(block.name.clone(), built);
-                same
+                    .and_then(|h| h.processes.get(&block.name));
+                let key = old_keys.of(block, &host.name, Some(old.port))?;
+                if before.is_some_and(|p| p.render_key == key) {
+                    true
+                } else {
+                    let built = build(block, &with_old_ports, engines)?;
+                    let same = before.is_some_and(|p| p.spec_hash == built.hash);
+                    prebuilt.insert(block.name.clone(), built);
+                    same
+                }
             }
             None => false,
         };
