@@ -95,6 +95,23 @@ pub struct Manifest {
     /// Free text, as the prototype's manifests sometimes carry.
     #[serde(default)]
     pub comment: Option<String>,
+    /// For the `command` engine: the program to run and its arguments, each with `{client}`
+    /// and `{<param>}` filled in (see lua/engines/command.lua).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// For the `command` engine: the JACK ports the program registers, filled in the same way.
+    #[serde(default)]
+    pub ports: Option<CommandPorts>,
+}
+
+/// The port names a `command` module's program registers, port 1 first.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandPorts {
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub outputs: Vec<String>,
 }
 
 /// A module: its manifest and every file of its folder.
@@ -532,6 +549,16 @@ impl Engines {
         ctx.set("audio", audio_t).map_err(lua_err)?;
         let params_v = mlua::LuaSerdeExt::to_value(&self.lua, params).map_err(lua_err)?;
         ctx.set("params", params_v).map_err(lua_err)?;
+        ctx.set("module", module.name()).map_err(lua_err)?;
+        if let Some(command) = &module.manifest.command {
+            ctx.set("command", command.clone()).map_err(lua_err)?;
+        }
+        if let Some(ports) = &module.manifest.ports {
+            let t = self.lua.create_table().map_err(lua_err)?;
+            t.set("inputs", ports.inputs.clone()).map_err(lua_err)?;
+            t.set("outputs", ports.outputs.clone()).map_err(lua_err)?;
+            ctx.set("ports", t).map_err(lua_err)?;
+        }
         let owned = table
             .get::<Option<Vec<String>>>("owned_csoptions")
             .map_err(lua_err)?;

@@ -409,3 +409,44 @@ fn status_from_another_terminal_shows_what_plays_and_changes_nothing() {
         )
     );
 }
+
+/// A block of the `command` engine: JACK's own `jack_metro`, run as the metro module's manifest
+/// says, beeps at the DAC at the frequency, tempo and length the script gave it, connected to
+/// nothing else, and leaves nothing running.
+#[test]
+fn a_command_block_plays_what_its_params_say() {
+    let stage = Stage::with_script(
+        "metro",
+        "metro.lua",
+        r#"block "beat" { module = "metro", bpm = 600, freq = 440, duration = 50 } >> block "out" { module = "dac" }
+"#,
+    );
+    let (server, script, dir) = (&stage.server, &stage.script, &stage.dir);
+    let (cmd, wav) = run_recorded(server, script, dir.path(), &["--seconds", "3"]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing: 1 synth(s)", Duration::from_secs(60));
+    let edges = jack_connections(server);
+    let beat: Vec<_> = edges
+        .iter()
+        .filter(|(from, to)| from.starts_with("beat-") && !to.starts_with("orchestra-rec:"))
+        .collect();
+    assert_eq!(beat.len(), 1, "connected to the DAC only (and the recorder): {edges:?}");
+    assert_eq!(beat[0].1, "system:playback_1", "{edges:?}");
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let report = analyze(&left, rate);
+    assert!(
+        (report.frequency_hz - 440.0).abs() < 4.4,
+        "440 Hz: {report:?}"
+    );
+    assert!(report.peak > 0.2 && report.peak < 0.4, "amp 0.3: {report:?}");
+    // 600 bpm: a 50 ms beep every 100 ms, so about 10 stretches a second with 50 ms between.
+    assert!(report.stretches >= 15, "beats, not one tone: {report:?}");
+    assert!(
+        report.longest_gap_ms > 30.0 && report.longest_gap_ms < 80.0,
+        "50 ms between beats: {report:?}"
+    );
+    assert_no_leftovers(server, dir.path());
+}

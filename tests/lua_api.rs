@@ -43,7 +43,10 @@ fn built_in_modules_render_and_launch() {
     let names: Vec<&str> = library.names().collect();
     assert_eq!(
         names,
-        ["adc", "dac", "fm", "gain", "lp", "mixer", "noise", "osc_ctl", "sine", "sine_osc"]
+        [
+            "adc", "dac", "fm", "gain", "lp", "metro", "mixer", "noise", "osc_ctl", "sine",
+            "sine_osc"
+        ]
     );
     let mut engines = Engines::new();
     for module in library.modules() {
@@ -92,6 +95,11 @@ fn built_in_modules_render_and_launch() {
                 assert_eq!(command.last(), Some(&main));
             }
             "system" => assert!(launch.command.is_none()),
+            "command" => {
+                let command = launch.command.unwrap();
+                assert_eq!(command[..3], ["jack_metro", "--name", "b-0000"], "{command:?}");
+                assert_eq!(launch.outputs, ["b-0000:120_bpm"]);
+            }
             other => panic!("unexpected engine {other}"),
         }
     }
@@ -191,4 +199,90 @@ fn the_csound_engine_fits_a_prototype_module_to_the_orchestra() {
         "{command:?}"
     );
     assert!(command.contains(&"--ksmps=8".to_string()), "{command:?}");
+}
+
+/// A user module of the `command` engine: `{client}` and `{param}` filled into each word of
+/// its command and port names, a text param staying one argument whatever it holds, and the
+/// manifest's mistakes said in one line.
+#[test]
+fn the_command_engine_runs_what_the_manifest_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, manifest: &str| {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("manifest.json"), manifest).unwrap();
+    };
+    write(
+        "tone",
+        r#"{"module": "tone", "synth": "command", "inputs": 1, "outputs": 1,
+            "command": ["my-synth", "-n", "{client}", "--freq={freq}", "{label}"],
+            "ports": {"inputs": ["{client}:in"], "outputs": ["{client}:out_{freq}"]},
+            "params": {"freq": 440, "label": "x"}}"#,
+    );
+    write(
+        "typo",
+        r#"{"module": "typo", "synth": "command", "inputs": 0, "outputs": 1,
+            "command": ["my-synth", "{frq}"], "ports": {"outputs": ["{client}:out"]},
+            "params": {"freq": 440, "amp": 0.5}}"#,
+    );
+    write(
+        "portless",
+        r#"{"module": "portless", "synth": "command", "inputs": 0, "outputs": 2,
+            "command": ["my-synth"], "ports": {"outputs": ["{client}:out"]}}"#,
+    );
+    write(
+        "nothing",
+        r#"{"module": "nothing", "synth": "command", "inputs": 0, "outputs": 1}"#,
+    );
+    let mut library = ModuleLibrary::builtin();
+    library.add_dir(dir.path()).unwrap();
+    let mut engines = Engines::new();
+    let mut launch = |name: &str, params: serde_json::Value| {
+        let module = library.get(name).unwrap().clone();
+        let m = &module.manifest;
+        let mut values = m.defaults();
+        for (k, v) in params.as_object().unwrap() {
+            values.insert(k.clone(), v.clone());
+        }
+        let ports = (
+            m.inputs.resolve(&values).unwrap(),
+            m.outputs.resolve(&values).unwrap(),
+        );
+        let audio = Default::default();
+        engines
+            .launch(
+                &library,
+                &module,
+                "b-1234",
+                ports,
+                &audio,
+                &values,
+                &Default::default(),
+            )
+            .map_err(|e| e.to_string())
+    };
+
+    let tone = launch(
+        "tone",
+        serde_json::json!({"freq": 660.0, "label": "a b; rm -rf /"}),
+    )
+    .unwrap();
+    assert_eq!(
+        tone.command.unwrap(),
+        ["my-synth", "-n", "b-1234", "--freq=660", "a b; rm -rf /"]
+    );
+    assert_eq!(tone.inputs, ["b-1234:in"]);
+    assert_eq!(tone.outputs, ["b-1234:out_660"]);
+
+    assert_eq!(
+        launch("typo", serde_json::json!({})).unwrap_err(),
+        "engine `command`: module typo: manifest.json \"command\" names {frq}, which is not one of {client}, {amp}, {freq}"
+    );
+    assert_eq!(
+        launch("portless", serde_json::json!({})).unwrap_err(),
+        "engine `command`: module portless: manifest.json \"ports\" names 1 outputs, but the module has 2; name each one (e.g. \"{client}:out_2\")"
+    );
+    assert_eq!(
+        launch("nothing", serde_json::json!({})).unwrap_err(),
+        "engine `command`: module nothing: manifest.json has no \"command\" (the program the command engine runs, e.g. [\"jack_metro\", \"--name\", \"{client}\", \"--bpm\", \"{bpm}\"])"
+    );
 }
