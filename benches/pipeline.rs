@@ -110,6 +110,7 @@ fn once(
         orchestra,
         library,
         resolved,
+        round_trips: Default::default(),
     };
     let resolved_at = Instant::now();
     let empty = Deployment::default();

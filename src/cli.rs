@@ -319,7 +319,8 @@ fn plan(
     let dir = crate::state::state_dir(&source.script, state_dir.as_deref());
     let layer =
         crate::script::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
-    let loaded = runtime::load_with(&source, &layer, None)?;
+    let mut loaded = runtime::load_with(&source, &layer, None)?;
+    loaded.round_trips = crate::state::load_round_trips(&dir, &loaded.resolved.name);
     let applied = crate::state::load(&dir, &loaded.resolved.name)?;
     let previous_placement = match &previous {
         Some(path) => {
@@ -395,7 +396,11 @@ fn plan(
                 );
                 print!(
                     "{}",
-                    desired.latency.explain(&loaded.resolved, WORST_PATHS_SHOWN)
+                    desired.latency.explain(
+                        &loaded.resolved,
+                        &loaded.round_trips,
+                        WORST_PATHS_SHOWN
+                    )
                 );
                 let links = &desired.deployment.links;
                 if !links.is_empty() {

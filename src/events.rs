@@ -262,6 +262,12 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
         Event::Xruns { .. } | Event::LinkRuns { .. } | Event::NoRealtime { .. } => {
             write!(f, "{}", crate::xruns::line(host, event).unwrap_or_default())
         }
+        Event::LinkRtt { end, peer, rtt_us } => write!(
+            f,
+            "link {} from {host} to {peer}: round trip {:.2} ms",
+            end.split('.').next().unwrap_or(end),
+            *rtt_us as f64 / 1000.0
+        ),
         Event::JackFailed { reason, error } => write!(
             f,
             "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"

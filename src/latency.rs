@@ -1,6 +1,7 @@
 //! Latency per path: how late each source's sound reaches a `dac`, estimated from the
 //! placement and the buffers (one JACK period per host the path crosses and, per network link,
-//! jacktrip's receive queue of periods), so `plan --explain` can say what a placement and a
+//! jacktrip's receive queue of periods and half the link's round trip where one was measured
+//! while it played), so `plan --explain` can say what a placement and a
 //! buffer choice cost and `latency { max_ms = … }` can hold a placement to it.
 
 use crate::placement::Placement;
@@ -26,6 +27,10 @@ pub struct Latency {
     pub paths: Vec<PathLatency>,
 }
 
+/// Round trips measured between hosts while links played (`agent::link_rtt`), in ms, by
+/// (sending host, receiving host).
+pub type RoundTrips = BTreeMap<(String, String), f64>;
+
 /// One JACK period of the orchestra, in milliseconds.
 fn period_ms(audio: crate::audio::AudioSettings) -> f64 {
     audio.period as f64 * 1000.0 / audio.rate as f64
@@ -40,7 +45,7 @@ enum Visit {
 
 /// Each source's (a block nothing feeds) worst path to any `dac` (a block of module `dac`).
 /// A feedback connection (one back to a block already on the way) adds nothing.
-pub fn estimate(resolved: &Resolved, placement: &Placement) -> Latency {
+pub fn estimate(resolved: &Resolved, placement: &Placement, round_trips: &RoundTrips) -> Latency {
     let names: Vec<&str> = resolved.blocks.keys().map(String::as_str).collect();
     let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut next: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
@@ -64,13 +69,16 @@ pub fn estimate(resolved: &Resolved, placement: &Placement) -> Latency {
         .collect();
     let period_ms = period_ms(resolved.audio);
     // Going from block a to block b: nothing on one host; across hosts, the link's queue of
-    // periods and one more period on the host it reaches.
+    // periods, one more period on the host it reaches, and half the measured round trip.
     let step = |a: usize, b: usize| -> f64 {
         if host[a] == host[b] {
             0.0
         } else {
             let queue = resolved.network.buffers(host[a], host[b]).queue;
-            (queue as f64 + 1.0) * period_ms
+            let one_way = round_trips
+                .get(&(host[a].to_string(), host[b].to_string()))
+                .map_or(0.0, |rtt| rtt / 2.0);
+            (queue as f64 + 1.0) * period_ms + one_way
         }
     };
 
@@ -140,7 +148,7 @@ impl Latency {
     }
 
     /// `plan --explain`'s part: the worst paths (at most `shown`) and what one costs.
-    pub fn explain(&self, resolved: &Resolved, shown: usize) -> String {
+    pub fn explain(&self, resolved: &Resolved, round_trips: &RoundTrips, shown: usize) -> String {
         let mut out = String::new();
         let audio = resolved.audio;
         let period_ms = period_ms(audio);
@@ -156,6 +164,17 @@ impl Latency {
             audio.rate,
             queues(resolved)
         );
+        if !round_trips.is_empty() {
+            let measured: Vec<String> = round_trips
+                .iter()
+                .map(|((from, to), ms)| format!("{from} → {to} {ms:.2} ms"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  and half the round trip measured while it last played: {}",
+                measured.join(", ")
+            );
+        }
         for path in self.paths.iter().take(shown) {
             let _ = writeln!(out, "  {:.1} ms: {}", path.ms, path.route());
         }
@@ -240,13 +259,43 @@ host "h3" { address = "10.0.0.13" }
 "#;
 
     #[test]
+    fn a_measured_round_trip_adds_half_of_itself_to_each_path_over_its_link() {
+        let r = resolved(&format!(
+            "{HOSTS}\naudio {{ rate = 51200, period = 512 }}\nnetwork {{ queue = 4 }}\n\
+             block \"osc\" {{ module = \"sine\" }}\nblock \"filt\" {{ module = \"lp\" }}\n\
+             block \"out\" {{ module = \"dac\" }}\nconnect(\"osc\", \"filt\")\nconnect(\"filt\", \"out\")\n"
+        ));
+        let placement = placed(&[("osc", "h1"), ("filt", "h2"), ("out", "h3")]);
+        let measured: RoundTrips = [
+            (("h1".to_string(), "h2".to_string()), 30.0),
+            // Not on the path: the other direction.
+            (("h3".to_string(), "h2".to_string()), 100.0),
+        ]
+        .into();
+        // 3 periods of 10 ms, two links of 4 periods, and half of 30 ms.
+        let l = estimate(&r, &placement, &measured);
+        assert_eq!(l.paths[0].ms, 30.0 + 80.0 + 15.0);
+        let explained = l.explain(&r, &measured, 5);
+        assert!(
+            explained.contains(
+                "  and half the round trip measured while it last played: h1 → h2 30.00 ms, h3 → h2 100.00 ms\n"
+            ),
+            "{explained}"
+        );
+    }
+
+    #[test]
     fn a_chain_over_three_hosts_costs_a_period_per_host_and_a_queue_per_link() {
         let r = resolved(&format!(
             "{HOSTS}\naudio {{ rate = 51200, period = 512 }}\nnetwork {{ queue = 4, links = {{ {{ to = \"h3\", queue = 9 }} }} }}\n\
              block \"osc\" {{ module = \"sine\" }}\nblock \"filt\" {{ module = \"lp\" }}\nblock \"out\" {{ module = \"dac\" }}\n\
              connect(\"osc\", \"filt\")\nconnect(\"filt\", \"out\")\n"
         ));
-        let l = estimate(&r, &placed(&[("osc", "h1"), ("filt", "h2"), ("out", "h3")]));
+        let l = estimate(
+            &r,
+            &placed(&[("osc", "h1"), ("filt", "h2"), ("out", "h3")]),
+            &RoundTrips::new(),
+        );
         // 10 ms a period: 3 hosts, the link into h2 queues 4 periods, the one into h3 9.
         assert_eq!(l.paths.len(), 1);
         let p = &l.paths[0];
@@ -255,7 +304,11 @@ host "h3" { address = "10.0.0.13" }
         assert!((p.ms - (30.0 + 40.0 + 90.0)).abs() < 1e-9, "{}", p.ms);
         assert_eq!(p.route(), "osc (h1) → filt (h2) → out (h3)");
         // All on one host: one period.
-        let l = estimate(&r, &placed(&[("osc", "h1"), ("filt", "h1"), ("out", "h1")]));
+        let l = estimate(
+            &r,
+            &placed(&[("osc", "h1"), ("filt", "h1"), ("out", "h1")]),
+            &RoundTrips::new(),
+        );
         assert!((l.paths[0].ms - 10.0).abs() < 1e-9);
         assert_eq!(l.paths[0].route(), "osc → filt → out (h1)");
     }
@@ -282,6 +335,7 @@ host "h3" { address = "10.0.0.13" }
                 ("out", "h3"),
                 ("lonely", "h2"),
             ]),
+            &RoundTrips::new(),
         );
         let routes: Vec<(String, f64)> = l.paths.iter().map(|p| (p.route(), p.ms)).collect();
         // a: through far (h2) is two links (60 + 10 per host = 110 ms), through near one (60).
@@ -317,7 +371,7 @@ host "h3" { address = "10.0.0.13" }
                 .map(|b| (b.clone(), "localhost".to_string()))
                 .collect(),
         );
-        let l = estimate(&r, &placement);
+        let l = estimate(&r, &placement, &RoundTrips::new());
         assert_eq!(l.paths.len(), 1);
         assert_eq!(l.paths[0].blocks.len(), n + 1);
     }
@@ -328,7 +382,11 @@ host "h3" { address = "10.0.0.13" }
             "{HOSTS}\naudio {{ rate = 51200, period = 512 }}\n\
              block \"osc\" {{ module = \"sine\" }}\nblock \"out\" {{ module = \"dac\" }}\nconnect(\"osc\", \"out\")\n"
         ));
-        let l = estimate(&r, &placed(&[("osc", "h1"), ("out", "h2")]));
+        let l = estimate(
+            &r,
+            &placed(&[("osc", "h1"), ("out", "h2")]),
+            &RoundTrips::new(),
+        );
         assert_eq!(over_limit(&r, &l), None, "no limit set");
         r.latency_max_ms = Some(60.0);
         assert_eq!(over_limit(&r, &l), None, "60 ms is within 60");

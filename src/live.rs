@@ -55,6 +55,9 @@ pub struct Live<H> {
     /// What the router last told each block (none without OSC): told again to the synths a
     /// host's agent restarted with its JACK server.
     osc_memory: Option<OscMemory>,
+    /// Round trips the agents measured on the links, by (sending host, receiving host): each
+    /// reload's latency estimate counts them, and they are kept for the next `plan`.
+    round_trips: crate::latency::RoundTrips,
 }
 
 /// What asked for an evaluation, and so what its outcome means.
@@ -109,7 +112,6 @@ impl<H: Hosts> Live<H> {
         Live {
             source,
             conductor,
-            loaded,
             watcher: None,
             unreachable: BTreeMap::new(),
             layer: LiveLayer::default(),
@@ -119,6 +121,8 @@ impl<H: Hosts> Live<H> {
             latency_said,
             record_offset: None,
             osc_memory: None,
+            round_trips: loaded.round_trips.clone(),
+            loaded,
         }
     }
 
@@ -372,6 +376,7 @@ impl<H: Hosts> Live<H> {
         // A host that did not answer lately is not waited for again on every save.
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
+        loaded.round_trips = self.round_trips.clone();
         loop {
             let left_out = self.left_out_now();
             let applied = self.conductor.applied();
@@ -484,8 +489,14 @@ impl<H: Hosts> Live<H> {
     }
 
     /// An agent's event: the first sound is told against the run's start (when recording).
-    fn tell_host_event(&self, host: String, event: Event) {
+    fn tell_host_event(&mut self, host: String, event: Event) {
         match event {
+            Event::LinkRtt {
+                ref end, rtt_us, ..
+            } => {
+                self.note_round_trip(end, rtt_us);
+                self.tell(Happening::Host { host, event });
+            }
             Event::FirstSound { after_ms } => {
                 if let Some(offset) = self.record_offset {
                     self.tell(Happening::FirstSound {
@@ -501,6 +512,28 @@ impl<H: Hosts> Live<H> {
                 self.replay_on(&host);
             }
             event => self.tell(Happening::Host { host, event }),
+        }
+    }
+
+    /// Keep a link's measured round trip by its hosts (for the next estimates, in this run
+    /// and the next `plan`).
+    fn note_round_trip(&mut self, end: &str, rtt_us: u64) {
+        let id = end.split('.').next().unwrap_or(end);
+        let applied = &self.conductor.applied().deployment;
+        let Some(link) = applied.links.iter().find(|l| l.id == id) else {
+            return;
+        };
+        let hosts = (link.from_host.clone(), link.to_host.clone());
+        self.round_trips.insert(hosts, rtt_us as f64 / 1000.0);
+        if self.conductor.mode() == crate::conductor::Mode::Play {
+            let saved = crate::state::save_round_trips(
+                self.conductor.dir(),
+                &applied.orchestra,
+                &self.round_trips,
+            );
+            if let Err(e) = saved {
+                tracing::warn!("cannot keep the measured round trips: {e:#}");
+            }
         }
     }
 

@@ -31,6 +31,9 @@ pub struct Loaded {
     pub orchestra: Orchestra,
     pub library: ModuleLibrary,
     pub resolved: Resolved,
+    /// Round trips measured between its hosts while it last played (none until then): the
+    /// latency estimate adds half of each link's.
+    pub round_trips: crate::latency::RoundTrips,
 }
 
 /// Read and check everything; nothing runs yet. Errors are one `file:line: message` line.
@@ -88,6 +91,7 @@ fn finish_load(source: &Source, orchestra: Orchestra) -> Result<Loaded> {
         orchestra,
         library,
         resolved,
+        round_trips: Default::default(),
     })
 }
 
@@ -123,7 +127,7 @@ pub fn desire(
         &mut engines,
         running,
     )?;
-    let latency = crate::latency::estimate(&loaded.resolved, &placement);
+    let latency = crate::latency::estimate(&loaded.resolved, &placement, &loaded.round_trips);
     Ok(Desired {
         placement,
         cost,

@@ -63,7 +63,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
             layer.ops.len()
         );
     }
-    let loaded = load_with(&options.source, &layer, None).map_err(|e| {
+    let mut loaded = load_with(&options.source, &layer, None).map_err(|e| {
         if layer.is_empty() {
             e
         } else {
@@ -73,6 +73,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
             )
         }
     })?;
+    loaded.round_trips = state::load_round_trips(&dir, &loaded.resolved.name);
     let previous = state::load(&dir, &loaded.resolved.name)?;
     let current = previous
         .as_ref()

@@ -53,6 +53,52 @@ pub fn load(dir: &Path, orchestra: &str) -> Result<Option<AppliedState>> {
     }
 }
 
+/// Where the round trips measured while `orchestra` last played are kept in `dir`: unlike
+/// the state, kept after teardown (the network is still there for the next plan).
+pub fn round_trips_file(dir: &Path, orchestra: &str) -> PathBuf {
+    dir.join(format!("{orchestra}.round-trips.json"))
+}
+
+/// One measured round trip, as kept on disk.
+#[derive(Serialize, Deserialize)]
+struct RoundTrip {
+    from: String,
+    to: String,
+    ms: f64,
+}
+
+/// The round trips last measured (none when the file is missing or unreadable: they only
+/// refine an estimate).
+pub fn load_round_trips(dir: &Path, orchestra: &str) -> crate::latency::RoundTrips {
+    std::fs::read(round_trips_file(dir, orchestra))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Vec<RoundTrip>>(&bytes).ok())
+        .into_iter()
+        .flatten()
+        .map(|r| ((r.from, r.to), r.ms))
+        .collect()
+}
+
+pub fn save_round_trips(
+    dir: &Path,
+    orchestra: &str,
+    round_trips: &crate::latency::RoundTrips,
+) -> Result<()> {
+    let list: Vec<RoundTrip> = round_trips
+        .iter()
+        .map(|((from, to), ms)| RoundTrip {
+            from: from.clone(),
+            to: to.clone(),
+            ms: *ms,
+        })
+        .collect();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomically(
+        &round_trips_file(dir, orchestra),
+        &serde_json::to_vec_pretty(&list)?,
+    )
+}
+
 pub fn save(dir: &Path, state: &AppliedState) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let hosts: Vec<Host> = state

@@ -174,9 +174,19 @@ fn report(
                 .map(|p| state_of(host, &p.client))
                 .unwrap_or_else(|| "not applied".to_string())
         };
+        // The sending end's agent measures the round trip to the receiving end.
+        let round_trip = match seen.get(&link.from_host) {
+            Some(Ok(instances)) => instances
+                .iter()
+                .find(|i| i.client == link.id && i.alive)
+                .and_then(|i| i.rtt_us)
+                .map(|us| format!(", round trip {:.2} ms", us as f64 / 1000.0))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {} → {} ({}, udp {}, {}): sender {}, receiver {}",
+            "  {} → {} ({}, udp {}, {}): sender {}, receiver {}{round_trip}",
             link.from_host,
             link.to_host,
             link.id,

@@ -46,8 +46,13 @@ impl Show {
 
     /// A show whose script is `text` in a file called `name`, on hosts of `cores` cores.
     fn with_file(tag: &str, name: &str, text: &str, cores: u32) -> Show {
+        Show::on_hosts(tag, &["h1", "h2", "h3"], name, text, cores)
+    }
+
+    /// A show on a lab of `hosts`.
+    fn on_hosts(tag: &str, hosts: &[&str], name: &str, text: &str, cores: u32) -> Show {
         let turn = common::audio_turn();
-        let lab = Lab::build(tag, &["h1", "h2", "h3"]);
+        let lab = Lab::build(tag, hosts);
         let dir = tempfile::tempdir_in(lab.dir()).unwrap();
         let script_path = dir.path().join(name);
         std::fs::write(&script_path, text).unwrap();
@@ -83,8 +88,9 @@ impl Show {
     }
 
     fn only_sshd_everywhere(&self) {
-        for host in ["h1", "h2", "h3"] {
-            self.lab.wait_until_only_sshd(host, Duration::from_secs(10));
+        for host in self.lab.hosts() {
+            self.lab
+                .wait_until_only_sshd(&host.name, Duration::from_secs(10));
         }
     }
 
@@ -127,9 +133,45 @@ fn a_chain_over_three_hosts_plays_440_hz_at_the_dac_host() {
     );
     assert_eq!(h3.len(), 1, "h3: {h3:?}");
     assert!(h3[0].contains(" -s ") && h3[0].contains(" -q 6 "), "{h3:?}");
-    let _ = stop_after_sounding(run);
+
+    // Each link's round trip, measured by its sending host while it plays: said on the
+    // terminal, shown by `status` from another terminal, kept for the next plan's estimate.
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    let h2_address = &show.lab.host("h2").address;
+    let said = run.said("from h1 to", Duration::from_secs(10));
+    assert!(
+        said.starts_with("link link-")
+            && said.contains(&format!(" from h1 to {h2_address}: round trip ")),
+        "{said}"
+    );
+    run.said("from h2 to", Duration::from_secs(10));
+    let status = show.orchestra("status").output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let links: Vec<&str> = status.lines().filter(|l| l.contains(" → ")).collect();
+    assert_eq!(links.len(), 2, "{status}");
+    assert!(
+        links
+            .iter()
+            .all(|l| l.contains(", round trip ") && l.ends_with(" ms")),
+        "{status}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stopped(run);
     common::assert_tone_440(&wav, 2.0);
     show.only_sshd_everywhere();
+    let plan = Command::new(env!("CARGO_BIN_EXE_orchestra"))
+        .arg("plan")
+        .arg(&show.script)
+        .arg("--hosts")
+        .arg(&show.hosts)
+        .arg("--explain")
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        explained.contains("  and half the round trip measured while it last played: h1 → h2 "),
+        "{explained}"
+    );
 }
 
 /// A sending jacktrip end that stalls for moments (as on a starved host) leaves the receiving
@@ -1069,4 +1111,243 @@ src:out(1) >> out:input(2)
         best / energy,
         estimated_ms - period_ms,
     );
+}
+
+/// The scale lab's hosts: h1 … h20.
+fn twenty_hosts() -> Vec<String> {
+    (1..=20).map(|i| format!("h{i}")).collect()
+}
+
+/// 200 metros (light blocks: jack_metro) in 20 groups of 10, each group into the DAC of its
+/// own host (`outN` on hN: a sound system in every room), placed wherever they fit; metro `i`
+/// beeps at 300 + 3i Hz. The first metro of groups 2–5 also plays into h1's DAC: four links.
+/// `wiring` is where metro `i` goes in its room (a Lua expression of `i` and `out`), `pin` a
+/// host field for metro `i` (a Lua expression giving a host name or nil). A period of 1024:
+/// on this 2-core machine 20 JACK servers, 200 clients and the links' jacktrip ends (about
+/// 3 % of a core each, whatever the period) must leave the control plane some CPU.
+fn metros(wiring: &str, pin: &str) -> String {
+    format!(
+        r#"audio {{ period = 1024 }}
+local hall = block "out1" {{ module = "dac", host = "h1" }}
+for h = 1, 20 do
+  local out = h == 1 and hall or block("out" .. h) {{ module = "dac", host = "h" .. h }}
+  for v = 1, 10 do
+    local i = (h - 1) * 10 + v
+    local m = block("m" .. i) {{ module = "metro", bpm = 100 + i, freq = 300 + 3 * i, amp = 0.02, duration = 30, host = {pin} }}
+    m >> {wiring}
+    if h >= 2 and h <= 5 and v == 1 then
+      m >> hall
+    end
+  end
+end
+"#
+    )
+}
+
+/// Which host runs each metro (its jack_metro's `--name NAME-hash`), and its pid.
+fn metro_pids(show: &Show) -> std::collections::BTreeMap<String, (String, u32)> {
+    let mut found = std::collections::BTreeMap::new();
+    for host in show.lab.hosts() {
+        for p in show.lab.processes(&host.name) {
+            if p.comm != "jack_metro" {
+                continue;
+            }
+            let client = p.args.split("--name ").nth(1).unwrap_or_default();
+            let block = client.split('-').next().unwrap_or_default().to_string();
+            found.insert(block, (host.name.clone(), p.pid));
+        }
+    }
+    found
+}
+
+/// The host with the fewest metros (a move target with room).
+fn emptiest_host(pids: &std::collections::BTreeMap<String, (String, u32)>) -> String {
+    let mut count: std::collections::BTreeMap<String, usize> =
+        twenty_hosts().into_iter().map(|h| (h, 0)).collect();
+    for (host, _) in pids.values() {
+        *count.entry(host.clone()).or_default() += 1;
+    }
+    let (host, _) = count.iter().min_by_key(|(_, n)| **n).unwrap();
+    host.clone()
+}
+
+/// 200 light blocks on a lab of 20 hosts: they all play, the four wires between rooms are
+/// four links, a connection edit restarts nothing, a move restarts only the moved
+/// block, and teardown leaves only sshd. Metro 21 is rewired to h1's second input: what the
+/// right channel records after the edit is its 363 Hz.
+#[test]
+fn two_hundred_light_blocks_on_twenty_hosts_play_and_change_in_place() {
+    let hosts = twenty_hosts();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let show = Show::on_hosts("scale", &hosts, "song.lua", &metros("out", "nil"), 11);
+    let (cmd, wav) = show.run_recorded(&[]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing: 200 synth(s)", Duration::from_secs(180));
+    run.wait_for("first sound at the DAC", Duration::from_secs(30));
+    let before = metro_pids(&show);
+    assert_eq!(before.len(), 200, "every metro runs: {before:?}");
+    // m11–m41 play in two rooms each: wherever the placement put them, four links.
+    let ends: Vec<String> = hosts.iter().flat_map(|h| show.jacktrips(h)).collect();
+    assert_eq!(ends.len(), 8, "four links, nothing else crosses: {ends:?}");
+    assert_eq!(
+        ends.iter().filter(|e| e.contains(" -s ")).count(),
+        4,
+        "{ends:?}"
+    );
+
+    let rewired = "(i == 21 and hall:input(2) or out)";
+    save(&show.script, &metros(rewired, "nil"));
+    let line = run.wait_for("applied in", Duration::from_secs(30));
+    assert!(
+        !line.contains("replaced") && !line.contains("started"),
+        "{line}"
+    );
+    assert_eq!(
+        metro_pids(&show),
+        before,
+        "a connection edit restarts nothing"
+    );
+
+    let (from, _) = before["m7"].clone();
+    let to = emptiest_host(&before);
+    assert_ne!(from, to);
+    save(
+        &show.script,
+        &metros(rewired, &format!("i == 7 and {to:?} or nil")),
+    );
+    run.wait_for(
+        &format!("~ move m7 (metro) from {from} to {to}"),
+        Duration::from_secs(30),
+    );
+    run.wait_for("applied in", Duration::from_secs(30));
+    let after = metro_pids(&show);
+    assert_eq!(after["m7"].0, to, "m7 moved");
+    for (block, was) in &before {
+        if block != "m7" {
+            assert_eq!(&after[block], was, "{block} kept its process");
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stopped(run);
+    let (right, rate) = cloud_orchestra::analysis::read_channel(&wav, 1).unwrap();
+    let tail = cloud_orchestra::analysis::analyze(&right[right.len() - 2 * rate as usize..], rate);
+    assert!(
+        (tail.frequency_hz - 363.0).abs() < 3.7,
+        "m21's 363 Hz on the second input: {tail:?}"
+    );
+    show.only_sshd_everywhere();
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) and resident memory (kB) of a process.
+fn cpu_and_memory(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
+    (ticks(11) + ticks(12), rss)
+}
+
+/// Benchmark (`cargo test --release --test lab_play bench_scale -- --ignored --nocapture`):
+/// the 200 metros on 20 hosts. Cold start (the agent binary already on the hosts, as on any
+/// run after the first) to all playing and to the first sound; connection edits and moves,
+/// save → applied; the controller's CPU and memory while nothing changes; teardown.
+#[test]
+#[ignore = "benchmark: prints figures, asserts no timing"]
+fn bench_scale_on_twenty_hosts() {
+    let hosts = twenty_hosts();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let show = Show::on_hosts("bench-scale", &hosts, "song.lua", &metros("out", "nil"), 11);
+    for round in 0..2 {
+        let started = std::time::Instant::now();
+        let (cmd, _wav) = show.run_recorded(&[]);
+        let mut run = Running::spawn(cmd);
+        let playing = run.wait_for("playing: 200 synth(s)", Duration::from_secs(300));
+        let to_playing = started.elapsed();
+        run.wait_for("first sound at the DAC", Duration::from_secs(60));
+        eprintln!(
+            "{} run: all 200 playing after {:.2} s, first sound at {:.2} s; {playing}",
+            if round == 0 {
+                "first (uploads the agent)"
+            } else {
+                "cold start"
+            },
+            to_playing.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        if round == 0 {
+            let stopping = std::time::Instant::now();
+            stopped(run);
+            eprintln!("teardown: {:.2} s", stopping.elapsed().as_secs_f64());
+            show.only_sshd_everywhere();
+            continue;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let pid = run.child.id();
+        let (ticks_before, _) = cpu_and_memory(pid);
+        std::thread::sleep(Duration::from_secs(10));
+        let (ticks_after, rss) = cpu_and_memory(pid);
+        eprintln!(
+            "controller while nothing changes: {:.1} % of a core over 10 s, {} MB resident",
+            (ticks_after - ticks_before) as f64 / 10.0,
+            rss / 1024
+        );
+
+        let mut edits = Vec::new();
+        for i in 0..10 {
+            let wiring = if i % 2 == 0 {
+                "(i == 21 and hall:input(2) or out)"
+            } else {
+                "out"
+            };
+            let saved = std::time::Instant::now();
+            save(&show.script, &metros(wiring, "nil"));
+            let line = run.wait_for("applied in", Duration::from_secs(30));
+            edits.push(saved.elapsed().as_secs_f64() * 1000.0);
+            if i == 0 {
+                eprintln!("connection edit: {line}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        common::print_summary("connection edit on 20 hosts, save → applied", &edits);
+
+        let mut moves = Vec::new();
+        let homes = metro_pids(&show);
+        let (home, _) = homes["m7"].clone();
+        let away = emptiest_host(&homes);
+        for i in 0..4 {
+            let pin = if i % 2 == 0 {
+                format!("i == 7 and {away:?} or nil")
+            } else {
+                format!("i == 7 and {home:?} or nil")
+            };
+            let saved = std::time::Instant::now();
+            save(&show.script, &metros("out", &pin));
+            let line = run.wait_for("applied in", Duration::from_secs(30));
+            moves.push(saved.elapsed().as_secs_f64() * 1000.0);
+            if i == 0 {
+                eprintln!("move: {line}");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        common::print_summary("move of one metro between rooms, save → applied", &moves);
+
+        let stopping = std::time::Instant::now();
+        stopped(run);
+        eprintln!("teardown: {:.2} s", stopping.elapsed().as_secs_f64());
+        show.only_sshd_everywhere();
+    }
 }

@@ -430,7 +430,11 @@ fn a_command_block_plays_what_its_params_say() {
         .iter()
         .filter(|(from, to)| from.starts_with("beat-") && !to.starts_with("orchestra-rec:"))
         .collect();
-    assert_eq!(beat.len(), 1, "connected to the DAC only (and the recorder): {edges:?}");
+    assert_eq!(
+        beat.len(),
+        1,
+        "connected to the DAC only (and the recorder): {edges:?}"
+    );
     assert_eq!(beat[0].1, "system:playback_1", "{edges:?}");
     let (code, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
@@ -441,7 +445,10 @@ fn a_command_block_plays_what_its_params_say() {
         (report.frequency_hz - 440.0).abs() < 4.4,
         "440 Hz: {report:?}"
     );
-    assert!(report.peak > 0.2 && report.peak < 0.4, "amp 0.3: {report:?}");
+    assert!(
+        report.peak > 0.2 && report.peak < 0.4,
+        "amp 0.3: {report:?}"
+    );
     // 600 bpm: a 50 ms beep every 100 ms, so about 10 stretches a second with 50 ms between.
     assert!(report.stretches >= 15, "beats, not one tone: {report:?}");
     assert!(

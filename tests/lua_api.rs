@@ -97,7 +97,11 @@ fn built_in_modules_render_and_launch() {
             "system" => assert!(launch.command.is_none()),
             "command" => {
                 let command = launch.command.unwrap();
-                assert_eq!(command[..3], ["jack_metro", "--name", "b-0000"], "{command:?}");
+                assert_eq!(
+                    command[..3],
+                    ["jack_metro", "--name", "b-0000"],
+                    "{command:?}"
+                );
                 assert_eq!(launch.outputs, ["b-0000:120_bpm"]);
             }
             other => panic!("unexpected engine {other}"),

@@ -4,6 +4,7 @@
 pub mod graph;
 pub mod jackd;
 pub mod link_health;
+pub mod link_rtt;
 pub mod protocol;
 mod realtime;
 pub mod recorder;
@@ -45,6 +46,8 @@ struct Agent {
     pending_events: Vec<Event>,
     /// What the receiving ends of links said lately.
     link_health: link_health::LinkHealth,
+    /// Round trips of the links sent from here (started with the first upkeep after hello).
+    round_trips: Option<link_rtt::RoundTrips>,
     /// Clients that exited: edges to them will not appear, so nobody waits for them.
     dead_clients: std::collections::BTreeSet<String>,
     /// The synth started last, until it has finished registering with JACK.
@@ -421,6 +424,13 @@ impl Agent {
         self.reconcile();
         if let Some(sup) = &self.supervisor {
             events.extend(self.link_health.check(sup.link_receivers(), Instant::now()));
+            let senders = sup.link_senders();
+            if !senders.is_empty() || self.round_trips.is_some() {
+                let round_trips = self
+                    .round_trips
+                    .get_or_insert_with(link_rtt::RoundTrips::start);
+                events.extend(round_trips.update(senders));
+            }
         }
         if let Some(rec) = &self.recorder {
             if !self.first_sound_sent {
@@ -476,6 +486,7 @@ pub async fn serve() -> Result<()> {
         starting: None,
         pending_events: Vec::new(),
         link_health: Default::default(),
+        round_trips: None,
         dead_clients: Default::default(),
         jack_settings: None,
         jackd: None,

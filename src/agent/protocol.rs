@@ -120,6 +120,9 @@ pub struct ProcessStatus {
     pub client: String,
     pub pid: u32,
     pub alive: bool,
+    /// A sending link end's last measured round trip to its peer, in µs (`link_rtt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +188,13 @@ pub enum Event {
         underruns: u64,
         overruns: u64,
         window_ms: u64,
+    },
+    /// The round trip from this host to the receiving end of a link it sends on (`end`:
+    /// `link-….send`), measured while it plays: its first, and whenever it moved by half.
+    LinkRtt {
+        end: String,
+        peer: String,
+        rtt_us: u64,
     },
     /// The host cannot give the audio real-time scheduling, and why; said once per agent.
     NoRealtime { reason: String },

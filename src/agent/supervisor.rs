@@ -77,7 +77,8 @@ fn still_runs(record: &InstanceRecord) -> bool {
 pub fn inspect(workdir: &Path) -> Vec<ProcessStatus> {
     instance_records(workdir)
         .into_iter()
-        .map(|(_, record)| ProcessStatus {
+        .map(|(dir, record)| ProcessStatus {
+            rtt_us: crate::agent::link_rtt::read(&dir),
             alive: still_runs(&record),
             block: record.block,
             client: record.client,
@@ -403,6 +404,7 @@ impl Supervisor {
                 client: m.record.client.clone(),
                 pid: m.record.pid,
                 alive: process_alive(m.record.pid),
+                rtt_us: crate::agent::link_rtt::read(&m.dir),
             })
             .collect()
     }
@@ -421,6 +423,21 @@ impl Supervisor {
                         log: m.dir.join("log"),
                     }
                 })
+            })
+            .collect()
+    }
+
+    /// The sending jacktrip ends running here, for their round trips.
+    pub fn link_senders(&self) -> Vec<crate::agent::link_rtt::Sender> {
+        self.running
+            .values()
+            .filter_map(|m| {
+                let spec = m.record.spec.as_ref().filter(|s| s.module == "jacktrip")?;
+                crate::agent::link_rtt::Sender::from_command(
+                    &m.record.block,
+                    m.dir.clone(),
+                    &spec.command,
+                )
             })
             .collect()
     }

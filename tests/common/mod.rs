@@ -114,6 +114,15 @@ impl Running {
         );
     }
 
+    /// A line containing `needle` said at any time so far (even one an earlier `wait_for`
+    /// read past), or the next one within `timeout`.
+    pub fn said(&mut self, needle: &str, timeout: Duration) -> String {
+        match self.stderr.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(needle, timeout),
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
