@@ -492,6 +492,11 @@ impl Engines {
         }
     }
 
+    /// Take what another set of engines adapted (a deploy worker's, see [`Engines::adapted`]).
+    pub fn absorb(&mut self, adapted: Vec<String>) {
+        self.adapted.extend(adapted);
+    }
+
     fn table(&mut self, library: &ModuleLibrary, engine: &str) -> Result<mlua::Table, ModuleError> {
         if let Some(t) = self.loaded.get(engine) {
             return Ok(t.clone());

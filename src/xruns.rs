@@ -42,8 +42,12 @@ pub fn xruns_line(host: &str, count: u64, total: u64, window_ms: u64) -> String 
 /// One line per host that had xruns during the run: `xruns on h2: 12 during the run`. Asked
 /// of the agents before teardown (a host that does not answer is left out: teardown says why).
 pub async fn print_totals(fleet: &Fleet) {
-    for (host, session) in &fleet.sessions {
-        let Ok(reply) = session.call(Request::Status).await else {
+    let asked = fleet
+        .sessions
+        .iter()
+        .map(|(host, session)| async move { (host, session.call(Request::Status).await) });
+    for (host, reply) in futures::future::join_all(asked).await {
+        let Ok(reply) = reply else {
             continue;
         };
         let Ok(status) = serde_json::from_value::<StatusReply>(reply) else {

@@ -518,3 +518,31 @@ fn a_block_whose_templates_read_where_others_run_is_rendered_again_when_they_mov
         "tone reads nothing of the others: reused"
     );
 }
+
+/// A deployment with enough blocks to be built on several threads gives each block the
+/// instance it gets when deployed with nothing else (spec, client, files, command): how the
+/// work is split changes nothing.
+#[test]
+fn many_blocks_built_in_parallel_are_what_each_is_alone() {
+    let many = r#"
+local out = block "out" { module = "dac" }
+for i = 1, 400 do
+  block("v" .. i) { module = "sine", freq = 100 + i, amp = 0.001 } >> out
+end
+"#;
+    let (all, _) = deployment_of(many, None, None);
+    let processes = &all.hosts["localhost"].processes;
+    assert_eq!(processes.len(), 400);
+    for i in [1, 137, 255, 256, 400] {
+        let alone = format!(
+            "block \"v{i}\" {{ module = \"sine\", freq = {}, amp = 0.001 }} >> block \"out\" {{ module = \"dac\" }}\n",
+            100 + i
+        );
+        let (one, _) = deployment_of(&alone, None, None);
+        let name = format!("v{i}");
+        assert_eq!(
+            processes[&name], one.hosts["localhost"].processes[&name],
+            "{name}"
+        );
+    }
+}

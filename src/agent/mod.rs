@@ -50,8 +50,8 @@ struct Agent {
     round_trips: Option<link_rtt::RoundTrips>,
     /// Clients that exited: edges to them will not appear, so nobody waits for them.
     dead_clients: std::collections::BTreeSet<String>,
-    /// The synth started last, until it has finished registering with JACK.
-    starting: Option<startup::Starting>,
+    /// Synths started that have not yet finished registering with JACK.
+    starting: Vec<startup::Starting>,
     /// How the controller wants this host's JACK server (from the hello): a server that dies
     /// is started again with these.
     jack_settings: Option<JackSettings>,
@@ -196,19 +196,19 @@ impl Agent {
                         jackd::server_name()
                     );
                 }
-                self.wait_for_previous_start().await;
+                let alone = process.ready_line.is_some();
+                self.wait_for_starts(alone).await;
                 let pid = self.supervisor()?.start(&process)?;
                 let workdir = self.workdir.clone().context("no hello yet")?;
-                let starting = startup::Starting::new(&process, pid, &workdir);
-                if process.ready_line.is_none() {
-                    self.starting = Some(starting);
+                self.starting
+                    .push(startup::Starting::new(&process, pid, &workdir));
+                if !alone {
                     return Ok(json!({ "pid": pid }));
                 }
                 // An engine that says when it is ready is waited for, so the controller knows
                 // the new instance plays before it takes the old one's place
                 // (make-before-break), and a start that fails is an error, not an event.
-                self.starting = Some(starting);
-                self.wait_for_previous_start().await;
+                self.wait_for_starts(true).await;
                 if !supervisor::process_alive(pid) {
                     return Err(self.failed_start(&process));
                 }
@@ -391,18 +391,20 @@ impl Agent {
         )
     }
 
-    /// One synth registers with JACK at a time (see `startup`).
-    async fn wait_for_previous_start(&mut self) {
-        while let Some(starting) = &self.starting {
-            let settled = match &self.graph {
-                Some(graph) => starting.settled(|port| graph.port_exists(port)),
-                None => true,
-            };
-            if settled {
-                self.starting = None;
-            } else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+    /// The start gate (see `startup`): a synth whose engine names a ready line registers with
+    /// JACK alone (`alone`: wait until every start has settled); any other waits only for
+    /// those, and starts beside others like it.
+    async fn wait_for_starts(&mut self, alone: bool) {
+        loop {
+            let graph = self.graph.as_ref();
+            self.starting.retain(|starting| match graph {
+                Some(graph) => !starting.settled(|port| graph.port_exists(port)),
+                None => false,
+            });
+            if !self.starting.iter().any(|s| alone || s.needs_quiet()) {
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -483,7 +485,7 @@ pub async fn serve() -> Result<()> {
         graph_events: None,
         recorder: None,
         first_sound_sent: false,
-        starting: None,
+        starting: Vec::new(),
         pending_events: Vec::new(),
         link_health: Default::default(),
         round_trips: None,

@@ -185,15 +185,17 @@ impl Agent {
         let mut synths = 0;
         let mut exited = Vec::new();
         for client in down {
-            // One synth registers with JACK at a time (see `startup`).
-            self.wait_for_previous_start().await;
+            // One synth registers with JACK at a time here (see `startup`): a server that came
+            // back is no time to find out what else might race.
+            self.wait_for_starts(true).await;
             match self.supervisor()?.restart(&client)? {
                 Ok(pid) => {
                     synths += 1;
                     self.dead_clients.remove(&client);
                     let spec = self.supervisor()?.spec(&client).cloned();
                     if let Some(spec) = spec {
-                        self.starting = Some(startup::Starting::new(&spec, pid, &workdir));
+                        self.starting
+                            .push(startup::Starting::new(&spec, pid, &workdir));
                     }
                 }
                 Err(event) => {
@@ -202,7 +204,7 @@ impl Agent {
                 }
             }
         }
-        self.wait_for_previous_start().await;
+        self.wait_for_starts(true).await;
         let synths_up = began.elapsed();
 
         // Sound is back when the intended edges are.

@@ -1,11 +1,13 @@
-//! The start gate: on one JACK server, a new synth starts only once the previous one has
-//! finished registering with JACK.
+//! The start gate: on one JACK server, a synth whose engine names a ready line starts only
+//! when nothing else is registering with JACK, and nothing starts until it is past that.
 //!
 //! Why: csound's rtjack counts the server's ports and then lists them into a buffer of that
 //! size; a port registered in between (by another synth starting at the same moment)
 //! overflows the buffer, csound aborts inside its own abort handler and stalls the whole
 //! graph. Engines name the log line that says a process is past that point
-//! (`ready_line`); engines without one are done once their ports exist.
+//! (`ready_line`); engines without one are done once their ports exist, and start beside
+//! each other (jacktrip ends, `command` programs such as jack_metro: ten on one server took
+//! ten times one start when each waited for the one before).
 
 use crate::deploy::ProcessSpec;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,11 @@ impl Starting {
             ports: spec.inputs.iter().chain(&spec.outputs).cloned().collect(),
             since: Instant::now(),
         }
+    }
+
+    /// It must register with JACK while nothing else does (its engine names a ready line).
+    pub fn needs_quiet(&self) -> bool {
+        self.ready_line.is_some()
     }
 
     /// True once the process no longer races with others starting: it said so, its ports

@@ -202,6 +202,53 @@ pub(crate) fn short_digest(bytes: &[u8]) -> String {
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Below this many blocks to build, one thread builds them: a thread of its own needs a Lua
+/// state of its own, which costs about as much as building a hundred blocks.
+const PARALLEL_FROM: usize = 256;
+
+/// Build `blocks` (render, hash, ask the engine), in their order. Many are built on a few
+/// threads, each with its engines in a Lua state of its own (a Lua state is not shared
+/// between threads); what those engines adapted joins `engines`. Every build is pure, so
+/// the result is the same however the work is split.
+fn build_all(
+    blocks: &[&crate::resolve::ResolvedBlock],
+    build: &(dyn Fn(&crate::resolve::ResolvedBlock, &mut Engines) -> Result<Built, DeployError>
+          + Sync),
+    engines: &mut Engines,
+) -> Result<Vec<Built>, DeployError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    if blocks.len() < PARALLEL_FROM || threads < 2 {
+        return blocks.iter().map(|b| build(b, engines)).collect();
+    }
+    let chunk = blocks.len().div_ceil(threads);
+    // Each worker's builds, and what its engines adapted (a Lua state stays on its thread).
+    type Done = (Result<Vec<Built>, DeployError>, Vec<String>);
+    let done: Vec<Done> = std::thread::scope(|scope| {
+        let workers: Vec<_> = blocks
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut own = Engines::new();
+                    let built = part.iter().map(|b| build(b, &mut own)).collect();
+                    (built, own.adapted().map(str::to_string).collect())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a deploy worker panicked"))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(blocks.len());
+    for (built, adapted) in done {
+        engines.absorb(adapted);
+        all.extend(built?);
+    }
+    Ok(all)
+}
+
 /// Derive the deployment. Pure: the same inputs give the same deployment, hashes included.
 pub fn deploy(
     resolved: &Resolved,
@@ -419,10 +466,30 @@ pub fn redeploy(
         hosts: &hosts_context,
         others: None,
     };
+    // Each block's render key; those rendered from the same inputs before are the same
+    // instance, as it was, and the rest are built (in parallel when there are many).
+    let mut keyed = Vec::with_capacity(resolved.blocks.len());
+    let mut to_build = Vec::new();
     for block in resolved.blocks.values() {
         let host = host_of(&block.name)?;
         let osc_port = deployment.osc.get(&block.name).map(|e| e.port);
         let render_key = keys.of(block, &host.name, osc_port)?;
+        let same = previous
+            .hosts
+            .get(&host.name)
+            .and_then(|h| h.processes.get(&block.name))
+            .filter(|p| p.render_key == render_key);
+        if same.is_none() && !prebuilt.contains_key(&block.name) {
+            to_build.push(block);
+        }
+        keyed.push((block, host, osc_port, render_key, same));
+    }
+    let mut built_now: BTreeMap<&str, Built> = to_build
+        .iter()
+        .map(|b| b.name.as_str())
+        .zip(build_all(&to_build, &|b, e| build(b, &blocks, e), engines)?)
+        .collect();
+    for (block, host, osc_port, render_key, same) in keyed {
         let host_deployment = deployment
             .hosts
             .entry(host.name.clone())
@@ -431,13 +498,7 @@ pub fn redeploy(
                 processes: BTreeMap::new(),
                 edges: BTreeSet::new(),
             });
-        // Rendered from the same inputs before: the same instance, as it was.
-        if let Some(same) = previous
-            .hosts
-            .get(&host.name)
-            .and_then(|h| h.processes.get(&block.name))
-            .filter(|p| p.render_key == render_key)
-        {
+        if let Some(same) = same {
             ports.insert(&block.name, (same.inputs.clone(), same.outputs.clone()));
             host_deployment
                 .processes
@@ -446,7 +507,9 @@ pub fn redeploy(
         }
         let built = match prebuilt.remove(&block.name) {
             Some(built) => built,
-            None => build(block, &blocks, engines)?,
+            None => built_now
+                .remove(block.name.as_str())
+                .expect("every block without an instance was built"),
         };
         let real = built.launch;
         if real.command.is_none() {
