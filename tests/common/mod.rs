@@ -152,6 +152,17 @@ impl Running {
     }
 }
 
+/// A test that fails while `orchestra run` still runs must not leave it running (it would
+/// go on repairing a lab or a JACK server that is being taken down).
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// `jack_lsp -c` on this test's server: port → its connections.
 pub fn jack_connections(server: &str) -> Vec<(String, String)> {
     let out = Command::new("jack_lsp")
