@@ -219,7 +219,7 @@ impl JackGraph {
         let _ = self.client.disconnect_ports_by_name(&edge.from, &edge.to);
     }
 
-    fn connected(&self, edge: &Edge) -> bool {
+    pub fn connected(&self, edge: &Edge) -> bool {
         self.client
             .port_by_name(&edge.from)
             .and_then(|p| p.is_connected_to(&edge.to).ok())

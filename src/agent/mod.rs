@@ -246,9 +246,10 @@ impl Agent {
                 Ok(json!({}))
             }
             Request::Connect { edge } => {
-                self.graph()?.intend(edge, true);
+                self.graph()?.intend(edge.clone(), true);
                 self.reconcile();
-                Ok(json!({}))
+                // Said when it is made already (its ports exist): nobody need wait for it.
+                Ok(json!({ "connected": self.graph()?.connected(&edge) }))
             }
             Request::Disconnect { edge } => {
                 let graph = self.graph()?;

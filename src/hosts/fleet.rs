@@ -147,6 +147,9 @@ pub struct Fleet {
     setup: AgentSetup,
     /// What the router last told each block, replayed to new instances.
     osc_memory: Option<OscMemory>,
+    /// Edges an agent said were made at once when asked to connect them (by host): waiting
+    /// for them is no round trip (`missing_edges`), which a connection edit otherwise pays.
+    made: Mutex<std::collections::BTreeSet<(String, Edge)>>,
 }
 
 /// The work directory of an orchestra on a remote host, relative to the login directory.
@@ -254,6 +257,7 @@ impl Fleet {
             timings: Mutex::default(),
             setup,
             osc_memory: None,
+            made: Mutex::default(),
         }
     }
 
@@ -482,10 +486,23 @@ fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
 impl executor::Hosts for Fleet {
     fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
-            self.get(action.host())?
+            let reply = self
+                .get(action.host())?
                 .call(request_of(action, self.osc_memory.as_ref()))
-                .await
-                .map(|_| ())
+                .await?;
+            // Kept only from the latest word on each edge: a later connect that is not made
+            // at once, or a disconnect, takes it back.
+            let mut made = self.made.lock().expect("lock");
+            match action {
+                Action::Connect { host, edge } if reply["connected"].as_bool() == Some(true) => {
+                    made.insert((host.clone(), edge.clone()));
+                }
+                Action::Connect { host, edge } | Action::Disconnect { host, edge } => {
+                    made.remove(&(host.clone(), edge.clone()));
+                }
+                _ => {}
+            }
+            Ok(())
         }
         .boxed()
     }
@@ -497,6 +514,16 @@ impl executor::Hosts for Fleet {
         timeout: Duration,
     ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
         async move {
+            let edges: Vec<Edge> = {
+                let mut made = self.made.lock().expect("lock");
+                edges
+                    .into_iter()
+                    .filter(|e| !made.remove(&(host.to_string(), e.clone())))
+                    .collect()
+            };
+            if edges.is_empty() {
+                return Ok(Vec::new());
+            }
             let reply = self
                 .get(host)?
                 .call(Request::WaitEdges {
