@@ -6,8 +6,11 @@
 //! the other unplaced units join the cells by breadth-first search, so each cell is a tree
 //! of connections hanging off its host. A cell not wholly on its host cuts one of its tree's
 //! connections at least; one whose cpu, beyond what it keeps on its host, needs `p` other hosts
-//! cuts `p` of them (the tree then spans `p + 1` hosts). Per host, its free cores are shared
-//! out among its cells at the least total cost (a small knapsack over cores). Cells share no
+//! cuts `p` of them (the tree then spans `p + 1` hosts). And whatever it keeps on its host,
+//! every piece of it must fit on some host: a knapsack over each cell's tree gives the least
+//! weight it cuts when the piece holding its root takes at most `k` cores of the host (or when
+//! that piece goes elsewhere, cutting the root's connections too). Per host, its free cores
+//! are shared out among its cells at the least total cost (a small knapsack). Cells share no
 //! unit, so their trees share no connection; the connections that root the cells are left out
 //! of each unit's cheapest increment, which counts the rest of its connections to placed
 //! units. That holds when nothing more overflows; otherwise the cost is at least `alpha` above
@@ -18,12 +21,29 @@ use super::Weights;
 
 const NONE: usize = usize::MAX;
 
+/// A tree of unplaced units hanging off a host.
+struct Cell {
+    host: usize,
+    cpu: u64,
+    /// Lightest connection of its tree, and the weight of its root's connections to the host.
+    lightest: u32,
+    root_weight: u32,
+    root: usize,
+}
+
 /// Scratch for the bound, kept across calls so that a search allocates once.
 pub struct Cells {
     /// Per unit: its cell, or `NONE`.
     cell: Vec<usize>,
-    /// Per cell: (host, cpu, lightest connection of its tree).
-    cells: Vec<(usize, u64, u32)>,
+    cells: Vec<Cell>,
+    /// Per unit: the unit of its cell it was reached from, and that connection's weight.
+    parent: Vec<(usize, u32)>,
+    /// Per unit, by cores `s` up to `span`: the least weight its subtree (in its cell's tree)
+    /// cuts when the piece holding the unit takes `s` cores and every other piece fits on a
+    /// host; then, per cell root, the least for `s` or fewer.
+    pieces: Vec<f64>,
+    merged: Vec<f64>,
+    span: usize,
     queue: Vec<usize>,
     /// Per host: least cost of its cells so far, by cores of it they keep.
     table: Vec<f64>,
@@ -49,6 +69,10 @@ impl Cells {
         Cells {
             cell: vec![NONE; problem.units.len()],
             cells: Vec::new(),
+            parent: vec![(NONE, 0); problem.units.len()],
+            pieces: Vec::new(),
+            merged: Vec::new(),
+            span: 0,
             queue: Vec::new(),
             table: Vec::new(),
             next: Vec::new(),
@@ -87,7 +111,14 @@ impl Cells {
                 .max_by_key(|&h| (row[h], std::cmp::Reverse(partial.free[h])))
                 .expect("a host");
             self.cell[u] = self.cells.len();
-            self.cells.push((host, 0, row[host]));
+            self.cells.push(Cell {
+                host,
+                cpu: 0,
+                lightest: row[host],
+                root_weight: row[host],
+                root: u,
+            });
+            self.parent[u] = (NONE, 0);
             self.queue.push(u);
         }
         let mut i = 0;
@@ -95,15 +126,17 @@ impl Cells {
             let x = self.queue[i];
             i += 1;
             let c = self.cell[x];
-            self.cells[c].1 += problem.units[x].cpu as u64;
+            self.cells[c].cpu += problem.units[x].cpu as u64;
             for &(v, w) in &adjacency[x] {
                 if partial.at[v] == NONE && self.cell[v] == NONE && w > 0 {
                     self.cell[v] = c;
-                    self.cells[c].2 = self.cells[c].2.min(w);
+                    self.cells[c].lightest = self.cells[c].lightest.min(w);
+                    self.parent[v] = (x, w);
                     self.queue.push(v);
                 }
             }
         }
+        self.subtrees(problem, partial.free);
         // Each unit's cheapest increment without its cell's root connections, and the least
         // increment with them (for the overflowing alternative).
         let (mut without_roots, mut cheapest) = (0.0, 0.0);
@@ -111,7 +144,7 @@ impl Cells {
             let unit = &problem.units[u];
             let row = &partial.links[u * hosts..(u + 1) * hosts];
             let root = (self.cell[u] != NONE && partial.placed_links[u] > 0)
-                .then(|| self.cells[self.cell[u]].0);
+                .then(|| self.cells[self.cell[u]].host);
             let (mut best, mut best_all) = (f64::INFINITY, f64::INFINITY);
             for h in 0..hosts {
                 let moved = unit.moved_if_on(h) as f64 * weights.beta;
@@ -142,9 +175,53 @@ impl Cells {
         without_roots + packing
     }
 
+    /// Fills `pieces`: children before parents (the queue backwards), each unit's table is
+    /// merged into its parent's, the connection between them cut or not (a knapsack over the
+    /// cores of the parent's piece); pieces hold at most the free cores of the roomiest host.
+    fn subtrees(&mut self, problem: &Problem, free: &[u64]) {
+        let span = free.iter().copied().max().unwrap_or(0) as usize;
+        let width = span + 1;
+        self.span = span;
+        self.pieces
+            .resize(problem.units.len() * width, f64::INFINITY);
+        for &x in &self.queue {
+            let row = &mut self.pieces[x * width..(x + 1) * width];
+            row.fill(f64::INFINITY);
+            let cpu = problem.units[x].cpu as usize;
+            if cpu <= span {
+                row[cpu] = 0.0;
+            }
+        }
+        self.merged.resize(width, f64::INFINITY);
+        for i in (0..self.queue.len()).rev() {
+            let x = self.queue[i];
+            let (p, w) = self.parent[x];
+            let child = &self.pieces[x * width..(x + 1) * width];
+            let cut_off = child.iter().copied().fold(f64::INFINITY, f64::min) + w as f64;
+            if p != NONE {
+                let merged = &mut self.merged;
+                merged.fill(f64::INFINITY);
+                let parent = &self.pieces[p * width..(p + 1) * width];
+                for (a, &pa) in parent.iter().enumerate().filter(|(_, c)| c.is_finite()) {
+                    merged[a] = merged[a].min(pa + cut_off);
+                    for (b, &cb) in child[..width - a].iter().enumerate() {
+                        merged[a + b] = merged[a + b].min(pa + cb);
+                    }
+                }
+                self.pieces[p * width..(p + 1) * width].copy_from_slice(merged);
+            } else {
+                // A cell root: the least for `s` cores or fewer.
+                let row = &mut self.pieces[x * width..(x + 1) * width];
+                for s in 1..width {
+                    row[s] = row[s].min(row[s - 1]);
+                }
+            }
+        }
+    }
+
     /// Least cut the cells of host `h` make when its free cores are shared out among them.
     fn host(&mut self, h: usize, free: &[u64]) -> f64 {
-        if !self.cells.iter().any(|c| c.0 == h) {
+        if !self.cells.iter().any(|c| c.host == h) {
             return 0.0;
         }
         // What the `k` roomiest other hosts hold (`roomiest` is sorted by free cores).
@@ -165,10 +242,15 @@ impl Cells {
         self.table.clear();
         self.table.resize(room + 1, f64::INFINITY);
         self.table[0] = 0.0;
-        for &(host, cpu, lightest) in &self.cells {
-            if host != h {
+        let span = self.span;
+        for cell in &self.cells {
+            if cell.host != h {
                 continue;
             }
+            let (cpu, lightest) = (cell.cpu, cell.lightest as f64);
+            let least = &self.pieces[cell.root * (span + 1)..(cell.root + 1) * (span + 1)];
+            // Off the host, the root's connections to it are cut, and its pieces still fit.
+            let off = cell.root_weight as f64 + least[span];
             self.next.clear();
             self.next.resize(room + 1, f64::INFINITY);
             for used in 0..=room {
@@ -180,7 +262,9 @@ impl Cells {
                     let cost = if keep as u64 == cpu {
                         0.0
                     } else {
-                        needed(&self.reach, cpu - keep as u64) * lightest as f64
+                        // On the host, the root's piece takes `keep` cores at most.
+                        let tree = off.min(least[keep.min(span)]);
+                        tree.max(needed(&self.reach, cpu - keep as u64) * lightest)
                     };
                     let total = self.table[used] + cost;
                     if total < self.next[used + keep] {
