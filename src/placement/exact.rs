@@ -4,8 +4,10 @@
 //! each remaining unit's cheapest increment against what is placed, the cut/move part plus
 //! the overflow the remaining cpu cannot avoid, and the pieces bound of `pieces`. Used whole
 //! on orchestras up to 80 units and on small groups of hosts inside the large-neighbourhood
-//! search.
+//! search; searches of a whole orchestra (`Scope::Whole`) also use the cells bound of `cells` and
+//! place twin units (same cpu and connections) on hosts in order.
 
+use super::cells::{Cells, Partial};
 use super::pieces::Pieces;
 use super::problem::Problem;
 use super::Weights;
@@ -32,6 +34,10 @@ struct Search<'a> {
     /// Interchangeability class of each host: hosts with the same class and no units are
     /// the same choice (same cores, nothing pinned to or previously on them).
     class: Vec<usize>,
+    /// Per unit, the twin placed before it (same cpu, same connections, nothing pinned or
+    /// previous), or `UNSET`: twins are interchangeable, so a unit goes to a host no lower than
+    /// its twin's (the symmetry of equal units, as of equal hosts). Whole orchestras only.
+    twin_before: Vec<usize>,
     at: Vec<usize>,
     load: Vec<u64>,
     units_on: Vec<u32>,
@@ -51,6 +57,10 @@ struct Search<'a> {
     /// hardly ever does (dense patches: one big component) it is dropped, by count.
     pieces_tried: u64,
     pieces_pruned: u64,
+    /// The cells bound, in searches of a whole orchestra only, with its counts.
+    cells: Option<Cells>,
+    cells_tried: u64,
+    cells_pruned: u64,
     /// Scratch: free cores per host, and the units drawn to each host.
     free: Vec<u64>,
     drawn: Vec<Vec<(f64, u64)>>,
@@ -61,6 +71,20 @@ struct Search<'a> {
 const PIECES_RATE: u64 = 50;
 const PIECES_TRIAL: u64 = 2_000;
 
+/// The cells bound costs more: it is kept while it prunes one node in ten of those it is
+/// computed for (trees and voices: a third to a half; dense patches much less).
+const CELLS_RATE: u64 = 10;
+const CELLS_TRIAL: u64 = 500;
+
+/// What a search covers, which decides the bounds worth their cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A small group of hosts inside a larger search: the bounds of every node.
+    Part,
+    /// A whole orchestra to prove: the cells bound and the symmetry of twin units too.
+    Whole,
+}
+
 /// Find an optimal assignment, starting from `incumbent` (a complete assignment) as the
 /// upper bound. Stops early, unproven, after `node_limit` nodes or at `deadline`.
 pub fn solve(
@@ -69,7 +93,9 @@ pub fn solve(
     incumbent: &[usize],
     node_limit: u64,
     deadline: Option<Instant>,
+    scope: Scope,
 ) -> Exact {
+    let whole = scope == Scope::Whole;
     let n = problem.units.len();
     let hosts = problem.hosts.len();
     let adjacency = problem.adjacency();
@@ -93,12 +119,19 @@ pub fn solve(
             }
         })
         .collect();
+    let order = branching_order(problem, &adjacency);
+    let twin_before = if whole {
+        twins(problem, &adjacency, &order)
+    } else {
+        vec![UNSET; n]
+    };
     let mut search = Search {
         problem,
         weights: *weights,
-        order: branching_order(problem, &adjacency),
+        order,
         adjacency,
         class,
+        twin_before,
         at: vec![UNSET; n],
         load: vec![0; hosts],
         units_on: vec![0; hosts],
@@ -114,16 +147,49 @@ pub fn solve(
         pieces: Pieces::new(problem),
         pieces_tried: 0,
         pieces_pruned: 0,
+        cells: whole.then(|| Cells::new(problem)),
+        cells_tried: 0,
+        cells_pruned: 0,
         free: vec![0; hosts],
         drawn: vec![Vec::new(); hosts],
     };
     search.descend(0, 0.0);
+    if std::env::var("STATS").is_ok() {
+        eprintln!(
+            "stats: nodes {} pieces {}/{} cells {}/{}",
+            search.nodes,
+            search.pieces_pruned,
+            search.pieces_tried,
+            search.cells_pruned,
+            search.cells_tried
+        );
+    }
     Exact {
         proven: !search.stopped,
         assignment: search.best,
         total: search.best_total,
         nodes: search.nodes,
     }
+}
+
+/// For each unit, the last unit before it in `order` that is its twin: same cpu, neither
+/// pinned nor previously anywhere, and the same connections (with weights) to the same units.
+fn twins(problem: &Problem, adjacency: &[Vec<(usize, u32)>], order: &[usize]) -> Vec<usize> {
+    let mut twin_before = vec![UNSET; problem.units.len()];
+    let mut last: std::collections::HashMap<(u32, Vec<(usize, u32)>), usize> =
+        std::collections::HashMap::new();
+    for &u in order {
+        let unit = &problem.units[u];
+        if unit.pin.is_some() || unit.previous_total > 0 {
+            continue;
+        }
+        let mut around = adjacency[u].clone();
+        around.sort_unstable();
+        if let Some(before) = last.insert((unit.cpu, around), u) {
+            twin_before[u] = before;
+        }
+    }
+    twin_before
 }
 
 /// Pinned units first, then repeatedly the unit most connected to those already ordered
@@ -176,9 +242,14 @@ impl Search<'_> {
         if let Some(p) = self.problem.units[u].pin {
             return vec![p];
         }
-        // Of interchangeable empty hosts, only the first is a distinct choice.
+        // Of interchangeable empty hosts, only the first is a distinct choice; of twins, the
+        // hosts in order.
         let mut offered_empty: Vec<usize> = Vec::new();
-        (0..self.problem.hosts.len())
+        let lowest = match self.twin_before[u] {
+            UNSET => 0,
+            twin => self.at[twin],
+        };
+        (lowest..self.problem.hosts.len())
             .filter(|&h| {
                 if self.units_on[h] > 0 {
                     return true;
@@ -261,25 +332,54 @@ impl Search<'_> {
         let unavoidable = self.remaining_cpu.saturating_sub(free) as f64 * self.weights.alpha;
         self.drawn = drawn;
         let simple = partial + (separate + crowding).max(cut_move + unavoidable);
-        let useless = self.pieces_tried >= PIECES_TRIAL
-            && self.pieces_pruned * PIECES_RATE < self.pieces_tried;
-        if simple + EPS >= self.best_total || useless {
+        if simple + EPS >= self.best_total {
             return simple;
         }
         for h in 0..hosts {
             self.free[h] = (self.problem.hosts[h].cores as u64).saturating_sub(self.load[h]);
         }
-        let pieces = self.pieces.bound(
-            self.problem,
-            &self.adjacency,
-            &self.at,
-            &self.order[depth..],
-            &self.free,
-            self.weights.alpha,
-        );
-        let bound = simple.max(partial + pieces + moves);
-        self.pieces_tried += 1;
-        self.pieces_pruned += (bound + EPS >= self.best_total) as u64;
+        let mut bound = simple;
+        let pieces_useless = self.pieces_tried >= PIECES_TRIAL
+            && self.pieces_pruned * PIECES_RATE < self.pieces_tried;
+        if !pieces_useless {
+            let pieces = self.pieces.bound(
+                self.problem,
+                &self.adjacency,
+                &self.at,
+                &self.order[depth..],
+                &self.free,
+                self.weights.alpha,
+            );
+            bound = bound.max(partial + pieces + moves);
+            self.pieces_tried += 1;
+            self.pieces_pruned += (bound + EPS >= self.best_total) as u64;
+        }
+        let cells_useless =
+            self.cells_tried >= CELLS_TRIAL && self.cells_pruned * CELLS_RATE < self.cells_tried;
+        if bound + EPS >= self.best_total || cells_useless {
+            return bound;
+        }
+        if let Some(cells) = self.cells.as_mut() {
+            // It costs about what a node's other bounds do: counted as a node of work.
+            self.nodes += 1;
+            let state = Partial {
+                at: &self.at,
+                links: &self.links,
+                placed_links: &self.placed_links,
+                free: &self.free,
+            };
+            let unplaced = &self.order[depth..];
+            let more = cells.bound(
+                self.problem,
+                &self.adjacency,
+                &state,
+                unplaced,
+                &self.weights,
+            );
+            bound = bound.max(partial + more);
+            self.cells_tried += 1;
+            self.cells_pruned += (bound + EPS >= self.best_total) as u64;
+        }
         bound
     }
 
@@ -394,16 +494,20 @@ mod tests {
                 .zip(&problem.units)
                 .map(|(h, u)| u.pin.unwrap_or(*h))
                 .collect();
-            let found = solve(&problem, &weights, &start, u64::MAX, None);
-            assert!(found.proven);
             let optimum = brute::optimum(&problem, &weights);
-            assert!(
-                (found.total - optimum).abs() < 1e-9,
-                "{problem:?}: {} vs brute force {optimum}",
-                found.total
-            );
-            assert!((problem.cost(&found.assignment, &weights).total - found.total).abs() < 1e-9);
-            assert!(problem.pins_hold(&found.assignment));
+            // With and without the cells bound and the symmetry of twins.
+            for scope in [Scope::Part, Scope::Whole] {
+                let found = solve(&problem, &weights, &start, u64::MAX, None, scope);
+                assert!(found.proven);
+                assert!(
+                    (found.total - optimum).abs() < 1e-9,
+                    "{problem:?}: {} vs brute force {optimum}",
+                    found.total
+                );
+                let cost = problem.cost(&found.assignment, &weights).total;
+                assert!((cost - found.total).abs() < 1e-9);
+                assert!(problem.pins_hold(&found.assignment));
+            }
         }
     }
 
@@ -414,7 +518,14 @@ mod tests {
         let mut problem = generate_tight(Family::Chain, 8, 4, 3, HostSizes::Equal, 0.0);
         problem.hosts.iter_mut().for_each(|h| h.cores = 16);
         let start: Vec<usize> = (0..8).map(|u| u % 4).collect();
-        let found = solve(&problem, &Weights::default(), &start, u64::MAX, None);
+        let found = solve(
+            &problem,
+            &Weights::default(),
+            &start,
+            u64::MAX,
+            None,
+            Scope::Part,
+        );
         assert!(found.proven);
         assert_eq!(found.total, 0.0);
         assert!(found.nodes <= 20, "{} nodes", found.nodes);

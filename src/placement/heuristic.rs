@@ -553,6 +553,7 @@ pub fn neighbourhoods(
                 &incumbent,
                 GROUP_NODES.min(node_budget),
                 deadline,
+                exact::Scope::Part,
             );
             node_budget = node_budget.saturating_sub(found.nodes);
             if found.total < before - EPS {

@@ -2,7 +2,7 @@
 //! (the report's Eq. 1 plus a migration term). Pure and deterministic.
 //!
 //! `problem` states it in indices; `exact` proves small instances by branch and bound (with
-//! the bound of `pieces`), and `star` bounds fan-ins of any size;
+//! the bounds of `pieces` and `cells`), and `star` bounds fan-ins of any size;
 //! `heuristic` handles the rest (construction, FM refinement, swaps, and re-solving small
 //! groups of hosts exactly), helped by `multilevel` (contraction and V-cycles), `ejection`
 //! and `ejection_dfs` (segment and subtree moves passed along rows of full hosts); `explain`
@@ -11,6 +11,7 @@
 mod branch;
 #[cfg(test)]
 mod brute;
+mod cells;
 mod ejection;
 mod ejection_dfs;
 mod exact;
@@ -26,6 +27,7 @@ pub mod problem;
 mod star;
 
 use crate::resolve::Resolved;
+use exact::Scope::Whole;
 pub use problem::Problem;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -202,7 +204,7 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         // Most small orchestras are proved in a fraction of the budget; the others go on with
         // the full heuristic and are searched again from its (better) placement.
         let nodes = exact_nodes(problem) / 4;
-        let found = exact::solve(problem, weights, &state.at, nodes, deadline);
+        let found = exact::solve(problem, weights, &state.at, nodes, deadline, Whole);
         if found.proven {
             return (found.assignment, true);
         }
@@ -263,7 +265,7 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
             1
         };
         let nodes = dense * exact_nodes(problem);
-        let found = exact::solve(problem, weights, &state.at, nodes, deadline);
+        let found = exact::solve(problem, weights, &state.at, nodes, deadline, Whole);
         return (found.assignment, found.proven);
     }
     (state.at, false)

@@ -218,7 +218,15 @@ fn coarsest(
 ) -> Vec<usize> {
     let at = polish(problem, weights, at, deadline);
     if problem.units.len() <= COARSEST {
-        return exact::solve(problem, weights, &at, COARSEST_NODES, deadline).assignment;
+        return exact::solve(
+            problem,
+            weights,
+            &at,
+            COARSEST_NODES,
+            deadline,
+            exact::Scope::Part,
+        )
+        .assignment;
     }
     at
 }

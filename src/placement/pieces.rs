@@ -191,65 +191,20 @@ mod tests {
     #[test]
     fn never_above_the_best_completion() {
         let weights = Weights::default();
-        let mut checked = 0;
-        for family in Family::ALL {
-            for sizes in HostSizes::ALL {
-                for seed in 0..8 {
-                    let problem = generate_tight(family, 8, 3, seed, sizes, 0.15);
-                    let n = problem.units.len();
-                    let adjacency = problem.adjacency();
-                    let mut pieces = Pieces::new(&problem);
-                    // Place a growing prefix of the units, each on a host drawn from the seed.
-                    for placed in 0..=n {
-                        let mut at = vec![usize::MAX; n];
-                        let mut load = vec![0u64; problem.hosts.len()];
-                        for (u, slot) in at.iter_mut().enumerate().take(placed) {
-                            let unit = &problem.units[u];
-                            *slot = unit
-                                .pin
-                                .unwrap_or((u * 5 + seed as usize) % problem.hosts.len());
-                            load[*slot] += unit.cpu as u64;
-                        }
-                        let free: Vec<u64> = problem
-                            .hosts
-                            .iter()
-                            .zip(&load)
-                            .map(|(h, l)| (h.cores as u64).saturating_sub(*l))
-                            .collect();
-                        let unplaced: Vec<usize> = (placed..n).collect();
-                        let bound = pieces.bound(
-                            &problem,
-                            &adjacency,
-                            &at,
-                            &unplaced,
-                            &free,
-                            weights.alpha,
-                        );
-                        // What the placed units cost among themselves.
-                        let fixed: Vec<Option<usize>> = at
-                            .iter()
-                            .map(|h| (*h != usize::MAX).then_some(*h))
-                            .collect();
-                        let mut sub = problem.clone();
-                        sub.units.truncate(placed);
-                        sub.edges.retain(|e| e.1 < placed);
-                        let placed_cost = if placed == 0 {
-                            0.0
-                        } else {
-                            sub.cost(&at[..placed], &weights).total
-                        };
-                        let best = brute::best_completion(&problem, &weights, &fixed);
-                        assert!(
-                            placed_cost + bound <= best + 1e-9,
-                            "{family} {} seed {seed}, {placed} placed: {placed_cost} + {bound} > {best}",
-                            sizes.name()
-                        );
-                        checked += 1;
-                    }
-                }
-            }
+        let cases = brute::partial_cases(&weights);
+        for case in &cases {
+            let problem = &case.problem;
+            let bound = Pieces::new(problem).bound(
+                problem,
+                &problem.adjacency(),
+                &case.at,
+                &case.unplaced,
+                &case.free,
+                weights.alpha,
+            );
+            case.assert_below_best(bound);
         }
-        assert!(checked > 100);
+        assert!(cases.len() > 100);
     }
 
     #[test]
