@@ -242,6 +242,7 @@ impl<H: Hosts> Conductor<H> {
             Converge::Edit => self.edit(plan, next, started, planned).await,
             Converge::First => self.first(plan, next).await,
             Converge::Teardown => {
+                let plan = plan.without_edges_of_stopped();
                 let failures = executor::apply(&self.hosts, &plan).await;
                 self.tell_failures(&failures, false);
                 self.applied = next;

@@ -162,6 +162,36 @@ impl Plan {
         self.actions.is_empty()
     }
 
+    /// For a teardown: without the disconnects of edges that a stop in the plan takes away
+    /// anyway (a stopped client's edges go with it). Each disconnect is a request to the host;
+    /// on 20 hosts of 200 synths they were most of the teardown.
+    pub fn without_edges_of_stopped(self) -> Plan {
+        let stopped: BTreeSet<(String, String)> = self
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop { host, client, .. } => Some((host.clone(), client.clone())),
+                _ => None,
+            })
+            .collect();
+        let goes = |host: &str, port: &str| {
+            let client = port.split(':').next().unwrap_or(port);
+            stopped.contains(&(host.to_string(), client.to_string()))
+        };
+        Plan {
+            actions: self
+                .actions
+                .into_iter()
+                .filter(|a| match a {
+                    Action::Disconnect { host, edge } => {
+                        !goes(host, &edge.from) && !goes(host, &edge.to)
+                    }
+                    _ => true,
+                })
+                .collect(),
+        }
+    }
+
     /// The plan that takes this one back: each action's undo, last first (edges go before
     /// the instances they joined). Stops have no undo and are left out.
     pub fn undo(&self) -> Plan {

@@ -92,6 +92,26 @@ fn teardown_is_the_diff_to_nothing() {
     let (running, _) = deployment_of(SINE_LP, None, None);
     let plan = diff(&running, &Deployment::default());
     insta::assert_snapshot!(plan.to_text());
+    // Applied as a teardown, the stops take the edges with them: no request per edge.
+    let (osc, filt) = (
+        &running.hosts["localhost"].processes["osc"].client,
+        &running.hosts["localhost"].processes["filt"].client,
+    );
+    assert_eq!(
+        plan.without_edges_of_stopped().to_text(),
+        format!("- stop filt ({filt}) on localhost\n- stop osc ({osc}) on localhost\n")
+    );
+    // An edge between clients that stay is still cut.
+    let rewired = SINE_LP.replace("osc >> filt >> out", "osc >> out");
+    let (bypassed, _) = deployment_of(&rewired, None, None);
+    let edit = diff(&running, &bypassed).without_edges_of_stopped();
+    assert!(
+        edit.to_text().contains(&format!(
+            "- disconnect {osc}:output1 → {filt}:input1 on localhost\n"
+        )),
+        "{}",
+        edit.to_text()
+    );
 }
 
 #[test]

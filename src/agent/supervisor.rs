@@ -147,7 +147,8 @@ pub fn terminate_group(pid: u32, grace: Duration) {
         if !process_alive(pid) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Most synths are gone within a few ms of SIGTERM; a stop is waited for.
+        std::thread::sleep(Duration::from_millis(5));
     }
     if process_alive(pid) {
         unsafe { libc::kill(pgid, libc::SIGKILL) };
