@@ -126,6 +126,9 @@ fn last_line(log: &Path) -> String {
     said[said.len().saturating_sub(2)..].join("; ")
 }
 
+/// How long a jackd that runs may take to answer.
+const STARTS_WITHIN: Duration = Duration::from_secs(30);
+
 /// Start jackd (the dummy driver unless the host says otherwise) with the orchestra's rate
 /// and period, and wait until it answers. What a killed server of the same name left behind
 /// is cleared first.
@@ -148,7 +151,9 @@ pub fn start(workdir: &Path, jack: &JackSettings) -> Result<Server> {
     let pid = child.id();
     std::fs::write(pid_file(workdir), pid.to_string())
         .with_context(|| format!("cannot write {}", pid_file(workdir).display()))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A host starting many servers at once (a lab of 20 on 2 cores) can take several
+    // seconds; a server that fails says so at once (it exits).
+    let deadline = Instant::now() + STARTS_WITHIN;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
             let _ = std::fs::remove_file(pid_file(workdir));
@@ -170,8 +175,10 @@ pub fn start(workdir: &Path, jack: &JackSettings) -> Result<Server> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!(
-        "jackd did not answer within 10 s (see {})",
-        log_path.display()
+        "jackd did not answer within {} s; {} ends: {}",
+        STARTS_WITHIN.as_secs(),
+        log_path.display(),
+        last_line(&log_path)
     )
 }
 

@@ -1,6 +1,7 @@
 //! A lab of hosts on one machine (DESIGN.md, "A lab of hosts on one machine"): each host is a
-//! network namespace with its own sshd, `/dev/shm` (so its own JACK server), `/tmp`, home and
-//! hostname; a bridge in a "switch" namespace joins the hosts and a controller namespace.
+//! network namespace with its own sshd, `/dev/shm` (so its own JACK server), `/tmp`, home,
+//! hostname and System V IPC (JACK locks its registry with a System V semaphore: shared, every
+//! JACK process of 20 hosts would queue on one lock); a bridge in a "switch" namespace joins the hosts and a controller namespace.
 //!
 //! Include it from a test crate with `#[path = "lab/mod.rs"] mod lab;`. Needs root, `ip`
 //! (iproute2), `unshare`/`nsenter` (util-linux), `ssh`, `ssh-keygen` and `/usr/sbin/sshd`.
@@ -368,7 +369,8 @@ impl Lab {
     }
 
     /// Run `cmd` (with `sh -c`, as root, in `/`) directly inside `host`, without ssh: in its
-    /// network, mount (its `/dev/shm`, `/tmp`, home) and UTS namespaces, i.e. those of its sshd.
+    /// network, mount (its `/dev/shm`, `/tmp`, home), UTS and IPC namespaces, i.e. those of
+    /// its sshd.
     /// Returns the output whatever the exit status; panics after [`COMMAND_TIMEOUT`].
     pub fn exec(&self, host: &str, cmd: &str) -> Output {
         let pid = self.sshd_pid(self.host(host));
@@ -379,6 +381,7 @@ impl Lab {
             "-m",
             "-n",
             "-u",
+            "-i",
             "--",
             "sh",
             "-c",
@@ -632,7 +635,9 @@ impl Lab {
         );
         let out = output_within(
             Command::new("ip")
-                .args(["netns", "exec", &h.netns, "unshare", "--uts", "sh", "-c"])
+                .args([
+                    "netns", "exec", &h.netns, "unshare", "--uts", "--ipc", "sh", "-c",
+                ])
                 .arg(&script)
                 .stdin(Stdio::null()),
             Duration::from_secs(20),
