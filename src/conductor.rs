@@ -542,8 +542,8 @@ impl<H: Hosts> Conductor<H> {
 pub struct Paper;
 
 impl Hosts for Paper {
-    fn act<'a>(&'a self, _: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
-        async { Ok(()) }.boxed()
+    fn act<'a>(&'a self, _: &'a Action) -> BoxFuture<'a, anyhow::Result<executor::Acted>> {
+        async { Ok(executor::Acted::Done) }.boxed()
     }
 
     fn missing_edges<'a>(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// What the executor needs of the hosts.
 pub trait Hosts: Sync {
     /// Carry out one action on its host.
-    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<Acted>>;
     /// Wait up to `timeout` until `edges` exist on `host`; the ones still missing.
     fn missing_edges<'a>(
         &'a self,
@@ -50,6 +50,16 @@ pub trait Hosts: Sync {
     ) -> BoxFuture<'a, anyhow::Result<usize>>;
     /// How long a step took on a host (for the per-host summary); nothing by default.
     fn time(&self, _host: &str, _step: &'static str, _took: Duration) {}
+}
+
+/// What a host said of an action it carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acted {
+    #[default]
+    Done,
+    /// A connect whose edge exists already (its ports were there): nobody need wait for it,
+    /// which spares a live connection edit a round trip per host.
+    Connected,
 }
 
 /// Hosts dialled and brought up while playing.
@@ -105,7 +115,11 @@ fn of_phase<'a>(plan: &'a Plan, phase: &str) -> Vec<&'a Action> {
 pub async fn apply<H: Hosts + ?Sized>(hosts: &H, plan: &Plan) -> Failures {
     let mut failures = Vec::new();
     for phase in PHASES {
-        failures.extend(run_phase(hosts, phase, &of_phase(plan, phase)).await);
+        failures.extend(
+            run_phase(hosts, phase, &of_phase(plan, phase))
+                .await
+                .failures,
+        );
     }
     failures
 }
@@ -120,17 +134,23 @@ pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
     plan: &Plan,
 ) -> Result<Failures, Failures> {
     let starts = of_phase(plan, "start");
-    let failed = run_phase(hosts, "start", &starts).await;
+    let failed = run_phase(hosts, "start", &starts).await.failures;
     if !failed.is_empty() {
         return Err(roll_back(hosts, &starts, &[], failed).await);
     }
     let connects = of_phase(plan, "wire");
-    let failed = run_phase(hosts, "wire", &connects).await;
+    let wired = run_phase(hosts, "wire", &connects).await;
+    let failed = wired.failures;
     let breaks = of_phase(plan, "unwire");
     let stops = of_phase(plan, "stop");
     if !breaks.is_empty() || !stops.is_empty() {
         // The old path is cut only once the new one carries audio.
-        let missing = wait_for(hosts, &connects).await;
+        let unmade: Vec<&Action> = connects
+            .iter()
+            .filter(|a| !wired.connected.contains(**a))
+            .copied()
+            .collect();
+        let missing = wait_for(hosts, &unmade).await;
         if !failed.is_empty() || !missing.is_empty() {
             let mut all = failed;
             all.extend(missing);
@@ -138,8 +158,8 @@ pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
         }
     }
     let mut failures = failed;
-    failures.extend(run_phase(hosts, "unwire", &breaks).await);
-    failures.extend(run_phase(hosts, "stop", &stops).await);
+    failures.extend(run_phase(hosts, "unwire", &breaks).await.failures);
+    failures.extend(run_phase(hosts, "stop", &stops).await.failures);
     Ok(failures)
 }
 
@@ -197,12 +217,22 @@ async fn wait_for<H: Hosts + ?Sized>(hosts: &H, connects: &[&Action]) -> Failure
     join_all(work).await.into_iter().flatten().collect()
 }
 
-/// One phase: each host works through its actions in order, the hosts in parallel.
+/// What one phase did.
+struct Phase {
+    failures: Failures,
+    /// Connects whose edge their host said exists already.
+    connected: Vec<Action>,
+}
+
+/// One phase: each host works through its actions in order, the hosts in parallel. A host's
+/// actions are sent without waiting for each answer (an agent serves its requests one after
+/// the other, in the order they were sent: the futures are polled, and queue for the
+/// session's input, in order), so a phase of ten stops costs one round trip, not ten.
 async fn run_phase<H: Hosts + ?Sized>(
     hosts: &H,
     phase: &'static str,
     actions: &[&Action],
-) -> Failures {
+) -> Phase {
     let mut by_host: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
     for action in actions {
         by_host.entry(action.host()).or_default().push(action);
@@ -210,19 +240,27 @@ async fn run_phase<H: Hosts + ?Sized>(
     let work = by_host.into_iter().map(|(host, actions)| async move {
         let started = Instant::now();
         let mut failed = Vec::new();
-        for action in actions {
-            if let Err(e) = hosts.act(action).await {
-                failed.push((action.clone(), e));
+        let mut connected = Vec::new();
+        let answers = join_all(actions.iter().map(|action| hosts.act(action))).await;
+        for (action, answer) in actions.into_iter().zip(answers) {
+            match answer {
+                Ok(Acted::Connected) => connected.push(action.clone()),
+                Ok(Acted::Done) => {}
+                Err(e) => failed.push((action.clone(), e)),
             }
         }
-        (host, started.elapsed(), failed)
+        (host, started.elapsed(), failed, connected)
     });
-    let mut failures = Vec::new();
-    for (host, took, failed) in join_all(work).await {
+    let mut done = Phase {
+        failures: Vec::new(),
+        connected: Vec::new(),
+    };
+    for (host, took, failed, connected) in join_all(work).await {
         hosts.time(host, phase, took);
-        failures.extend(failed);
+        done.failures.extend(failed);
+        done.connected.extend(connected);
     }
-    failures
+    done
 }
 
 /// What one repair found and did.

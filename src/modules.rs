@@ -555,6 +555,9 @@ impl Engines {
         let params_v = mlua::LuaSerdeExt::to_value(&self.lua, params).map_err(lua_err)?;
         ctx.set("params", params_v).map_err(lua_err)?;
         ctx.set("module", module.name()).map_err(lua_err)?;
+        // Where an engine that reads the manifest's own fields says a mistake in them is.
+        ctx.set("manifest", format!("{}/manifest.json", module.origin))
+            .map_err(lua_err)?;
         if let Some(command) = &module.manifest.command {
             ctx.set("command", command.clone()).map_err(lua_err)?;
         }

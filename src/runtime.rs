@@ -544,6 +544,44 @@ async fn dry_run(
 /// A recording on a remote host, fetched at the end: (host, its path there, the local path).
 type RemoteRecording = (String, String, PathBuf);
 
+/// How long each step of a teardown took, for the line that ends a run.
+struct TeardownSteps {
+    started: Instant,
+    last: Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl TeardownSteps {
+    fn new() -> TeardownSteps {
+        let now = Instant::now();
+        TeardownSteps {
+            started: now,
+            last: now,
+            steps: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.steps.push((step, now - self.last));
+        self.last = now;
+    }
+
+    /// `stopped in 1.42 s: recording 12 ms · synths and links 840 ms · …`
+    fn line(&self) -> String {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(step, took)| format!("{step} {} ms", took.as_millis()))
+            .collect();
+        format!(
+            "stopped in {:.2} s: {}",
+            self.started.elapsed().as_secs_f64(),
+            steps.join(" · ")
+        )
+    }
+}
+
 /// Converge to the empty deployment, then let each agent stop the jackd it started. The
 /// recording stops first, so it ends with the music and not with the synths stopping, and a
 /// remote one is fetched before the sessions close. The state file goes only when everything
@@ -555,6 +593,7 @@ async fn teardown(
 ) -> Result<()> {
     // Every host at once: one after the other, 20 hosts took seconds.
     let mut failures = 0;
+    let mut steps = TeardownSteps::new();
     let sessions = conductor.hosts().sessions.values();
     let stopped = futures::future::join_all(sessions.map(|s| s.call(Request::StopRecording)));
     for result in stopped.await {
@@ -563,6 +602,7 @@ async fn teardown(
             failures += 1;
         }
     }
+    steps.done("recording");
     let orchestra = conductor.applied().deployment.orchestra.clone();
     let converged = conductor
         .converge(AppliedState::default(), Converge::Teardown, Instant::now())
@@ -570,6 +610,7 @@ async fn teardown(
     if let Converged::Applied { failures: f, .. } = &converged {
         failures += f.len();
     }
+    steps.done("synths and links");
     let dir = conductor.dir().to_path_buf();
     let fleet = conductor.into_hosts();
     let shut = fleet
@@ -582,12 +623,16 @@ async fn teardown(
             failures += 1;
         }
     }
+    steps.done("JACK servers");
     if let Some((host, remote, local)) = recording {
         if let Err(e) = fleet.download(host, remote, local).await {
             eprintln!("error: cannot fetch the recording from {host}: {e:#}");
         }
+        steps.done("fetching the recording");
     }
     fleet.close().await;
+    steps.done("sessions");
+    eprintln!("{}", steps.line());
     if failures > 0 {
         bail!(
             "teardown incomplete ({failures} step(s) failed); the state is kept in {}: run `orchestra down` to finish it",

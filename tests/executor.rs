@@ -7,7 +7,9 @@
 use cloud_orchestra::conductor::{Conductor, Converge};
 use cloud_orchestra::deploy::{deploy, Deployment, Edge};
 use cloud_orchestra::events::{Events, Happening};
-use cloud_orchestra::executor::{apply, apply_or_roll_back, repair, Hosts, Reached, Unanswered};
+use cloud_orchestra::executor::{
+    apply, apply_or_roll_back, repair, Acted, Hosts, Reached, Unanswered,
+};
 use cloud_orchestra::live::{play, Inputs, Live};
 use cloud_orchestra::model::Host;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
@@ -47,6 +49,10 @@ struct Inner {
     fail_start: Mutex<BTreeSet<String>>,
     /// Edges an agent holds but whose ports never appear.
     never_appear: Mutex<BTreeSet<Edge>>,
+    /// Whether a connect answers that its edge exists at once (its ports were there).
+    made_at_once: AtomicBool,
+    /// The hosts asked to wait for edges, with how many, in order.
+    waits: Mutex<Vec<(String, usize)>>,
     /// Hosts whose agent does not answer (a new agent does not help while `stay_lost`).
     lost: Mutex<BTreeSet<String>>,
     stay_lost: AtomicBool,
@@ -74,6 +80,8 @@ impl FakeHosts {
             hosts: Mutex::new(hosts),
             fail_start: Mutex::default(),
             never_appear: Mutex::default(),
+            made_at_once: AtomicBool::new(false),
+            waits: Mutex::default(),
             lost: Mutex::default(),
             stay_lost: AtomicBool::new(false),
             log: Mutex::default(),
@@ -99,7 +107,7 @@ impl FakeHosts {
 }
 
 impl Hosts for FakeHosts {
-    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<Acted>> {
         async move {
             let mut open = self.0.open.subscribe();
             open.wait_for(|open| *open).await?;
@@ -121,23 +129,33 @@ impl Hosts for FakeHosts {
                 }
                 Action::Connect { edge, .. } => {
                     host.edges.insert(edge.clone());
+                    if self.0.made_at_once.load(Ordering::SeqCst)
+                        && !self.0.never_appear.lock().unwrap().contains(edge)
+                    {
+                        return Ok(Acted::Connected);
+                    }
                 }
                 Action::Disconnect { edge, .. } => {
                     host.edges.remove(edge);
                 }
             }
-            Ok(())
+            Ok(Acted::Done)
         }
         .boxed()
     }
 
     fn missing_edges<'a>(
         &'a self,
-        _host: &'a str,
+        host: &'a str,
         edges: Vec<Edge>,
         _timeout: Duration,
     ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
         async move {
+            self.0
+                .waits
+                .lock()
+                .unwrap()
+                .push((host.to_string(), edges.len()));
             let never = self.0.never_appear.lock().unwrap();
             Ok(edges.into_iter().filter(|e| never.contains(e)).collect())
         }
@@ -295,6 +313,55 @@ async fn a_change_whose_new_edges_never_appear_is_undone_before_the_old_path_is_
     assert!(
         !log.contains(&format!("({})", client_of(&applied, "filt"))),
         "{log}"
+    );
+}
+
+#[tokio::test]
+async fn only_the_edges_not_made_at_once_are_waited_for_before_the_old_path_is_cut() {
+    let edit = |hosts: &FakeHosts, applied: &Deployment| {
+        // The filter replaced: its two new edges.
+        let edited = deployment(&SONG.replace("cutoff = 2000", "cutoff = 900"));
+        let plan = diff(applied, &edited);
+        let connects = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Connect { .. }))
+            .count();
+        hosts.0.waits.lock().unwrap().clear();
+        (plan, connects)
+    };
+    // An agent that cannot tell: every new edge is waited for.
+    let (hosts, applied) = playing().await;
+    let (plan, connects) = edit(&hosts, &applied);
+    assert!(connects >= 2, "{plan:?}");
+    apply_or_roll_back(&hosts, &plan).await.unwrap();
+    assert_eq!(
+        *hosts.0.waits.lock().unwrap(),
+        vec![("localhost".to_string(), connects)]
+    );
+    // Edges their agent made at once are not waited for; one whose port is missing is.
+    let (hosts, applied) = playing().await;
+    hosts.0.made_at_once.store(true, Ordering::SeqCst);
+    let (plan, connects) = edit(&hosts, &applied);
+    apply_or_roll_back(&hosts, &plan).await.unwrap();
+    assert!(hosts.0.waits.lock().unwrap().is_empty());
+    let (hosts, applied) = playing().await;
+    hosts.0.made_at_once.store(true, Ordering::SeqCst);
+    let (plan, _) = edit(&hosts, &applied);
+    let late = plan
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Connect { edge, .. } => Some(edge.clone()),
+            _ => None,
+        })
+        .unwrap();
+    hosts.0.never_appear.lock().unwrap().insert(late);
+    apply_or_roll_back(&hosts, &plan).await.unwrap_err();
+    assert_eq!(
+        *hosts.0.waits.lock().unwrap(),
+        vec![("localhost".to_string(), 1)],
+        "{connects} connects"
     );
 }
 

@@ -1261,6 +1261,60 @@ fn cpu_and_memory(pid: u32) -> (u64, u64) {
     (ticks(11) + ticks(12), rss)
 }
 
+/// CPU ticks (user + system, 1/100 s) of every process now, by pid, with its program name.
+fn cpu_by_process() -> std::collections::BTreeMap<u32, (String, u64)> {
+    let mut found = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        found.insert(pid, (comm, cpu_and_memory(pid).0));
+    }
+    found
+}
+
+/// The CPU time spent between two [`cpu_by_process`] snapshots, by program, most first;
+/// processes that ended in between are not counted.
+fn cpu_spent(
+    before: &std::collections::BTreeMap<u32, (String, u64)>,
+    after: &std::collections::BTreeMap<u32, (String, u64)>,
+) -> Vec<(String, f64)> {
+    let mut by_program: std::collections::BTreeMap<String, u64> = Default::default();
+    for (pid, (comm, ticks)) in after {
+        let earlier = match before.get(pid) {
+            Some((was, t)) if was == comm => *t,
+            _ => 0,
+        };
+        *by_program.entry(comm.clone()).or_default() += ticks.saturating_sub(earlier);
+    }
+    let mut spent: Vec<(String, f64)> = by_program
+        .into_iter()
+        .filter(|(_, t)| *t > 0)
+        .map(|(comm, t)| (comm, t as f64 / 100.0))
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    spent
+}
+
+fn say_cpu_spent(what: &str, spent: &[(String, f64)], seconds: f64) {
+    let total: f64 = spent.iter().map(|(_, s)| s).sum();
+    let top: Vec<String> = spent
+        .iter()
+        .take(8)
+        .map(|(comm, s)| format!("{comm} {s:.2}"))
+        .collect();
+    eprintln!(
+        "CPU {what}: {total:.2} s in {seconds:.2} s on 2 cores ({:.0} % of them): {}",
+        100.0 * total / (2.0 * seconds),
+        top.join(", ")
+    );
+}
+
 /// Benchmark (`cargo test --release --test lab_play bench_scale -- --ignored --nocapture`):
 /// the 200 metros on 20 hosts. Cold start (the agent binary already on the hosts, as on any
 /// run after the first) to all playing and to the first sound; connection edits and moves,
@@ -1272,11 +1326,17 @@ fn bench_scale_on_twenty_hosts() {
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let show = Show::on_hosts("bench-scale", &hosts, "song.lua", &metros("out", "nil"), 11);
     for round in 0..2 {
+        let cpu_before = cpu_by_process();
         let started = std::time::Instant::now();
         let (cmd, _wav) = show.run_recorded(&[]);
         let mut run = Running::spawn(cmd);
         let playing = run.wait_for("playing: 200 synth(s)", Duration::from_secs(300));
         let to_playing = started.elapsed();
+        say_cpu_spent(
+            "up to all playing",
+            &cpu_spent(&cpu_before, &cpu_by_process()),
+            to_playing.as_secs_f64(),
+        );
         run.wait_for("first sound at the DAC", Duration::from_secs(60));
         eprintln!(
             "{} run: all 200 playing after {:.2} s, first sound at {:.2} s; {playing}",
@@ -1298,8 +1358,14 @@ fn bench_scale_on_twenty_hosts() {
         std::thread::sleep(Duration::from_secs(3));
         let pid = run.child.id();
         let (ticks_before, _) = cpu_and_memory(pid);
+        let cpu_before = cpu_by_process();
         std::thread::sleep(Duration::from_secs(10));
         let (ticks_after, rss) = cpu_and_memory(pid);
+        say_cpu_spent(
+            "while nothing changes",
+            &cpu_spent(&cpu_before, &cpu_by_process()),
+            10.0,
+        );
         eprintln!(
             "controller while nothing changes: {:.1} % of a core over 10 s, {} MB resident",
             (ticks_after - ticks_before) as f64 / 10.0,

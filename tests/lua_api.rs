@@ -277,16 +277,17 @@ fn the_command_engine_runs_what_the_manifest_names() {
     assert_eq!(tone.inputs, ["b-1234:in"]);
     assert_eq!(tone.outputs, ["b-1234:out_660"]);
 
+    let folder = dir.path().display();
     assert_eq!(
         launch("typo", serde_json::json!({})).unwrap_err(),
-        "engine `command`: module typo: manifest.json \"command\" names {frq}, which is not one of {client}, {amp}, {freq}"
+        format!("engine `command`: {folder}/typo/manifest.json: \"command\" names {{frq}}, which is not one of {{client}}, {{amp}}, {{freq}}")
     );
     assert_eq!(
         launch("portless", serde_json::json!({})).unwrap_err(),
-        "engine `command`: module portless: manifest.json \"ports\" names 1 outputs, but the module has 2; name each one (e.g. \"{client}:out_2\")"
+        format!("engine `command`: {folder}/portless/manifest.json: \"ports\" names 1 outputs, but the module has 2; name each one (e.g. \"{{client}}:out_2\")")
     );
     assert_eq!(
         launch("nothing", serde_json::json!({})).unwrap_err(),
-        "engine `command`: module nothing: manifest.json has no \"command\" (the program the command engine runs, e.g. [\"jack_metro\", \"--name\", \"{client}\", \"--bpm\", \"{bpm}\"])"
+        format!("engine `command`: {folder}/nothing/manifest.json: no \"command\" (the program the command engine runs, e.g. [\"jack_metro\", \"--name\", \"{{client}}\", \"--bpm\", \"{{bpm}}\"])")
     );
 }

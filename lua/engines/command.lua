@@ -34,8 +34,8 @@ local function fill(ctx, word, field)
       end
       table.sort(known)
       table.insert(known, 1, "{client}")
-      error(string.format("module %s: manifest.json \"%s\" names {%s}, which is not one of %s",
-        ctx.module, field, name, table.concat(known, ", ")), 0)
+      error(string.format("%s: \"%s\" names {%s}, which is not one of %s",
+        ctx.manifest, field, name, table.concat(known, ", ")), 0)
     end
     return text(value)
   end))
@@ -45,8 +45,8 @@ local function port(ctx, kind, i)
   local names = ctx.ports and ctx.ports[kind] or {}
   if names[i] == nil then
     error(string.format(
-      "module %s: manifest.json \"ports\" names %d %s, but the module has %d; name each one (e.g. \"{client}:%s_%d\")",
-      ctx.module, #names, kind, ctx[kind], kind == "inputs" and "in" or "out", i), 0)
+      "%s: \"ports\" names %d %s, but the module has %d; name each one (e.g. \"{client}:%s_%d\")",
+      ctx.manifest, #names, kind, ctx[kind], kind == "inputs" and "in" or "out", i), 0)
   end
   return fill(ctx, names[i], "ports")
 end
@@ -55,8 +55,8 @@ return {
   command = function(ctx)
     if ctx.command == nil or #ctx.command == 0 then
       error(string.format(
-        "module %s: manifest.json has no \"command\" (the program the command engine runs, e.g. [\"jack_metro\", \"--name\", \"{client}\", \"--bpm\", \"{bpm}\"])",
-        ctx.module), 0)
+        "%s: no \"command\" (the program the command engine runs, e.g. [\"jack_metro\", \"--name\", \"{client}\", \"--bpm\", \"{bpm}\"])",
+        ctx.manifest), 0)
     end
     local argv = {}
     for i, word in ipairs(ctx.command) do

@@ -215,8 +215,51 @@ impl JackGraph {
         self.client.port_by_name(name).is_some()
     }
 
+    /// Remove `edge` now, and its copy into the recorder. Only writes to the graph (see
+    /// [`JackGraph::connect_now`]).
     pub fn disconnect(&self, edge: &Edge) {
         let _ = self.client.disconnect_ports_by_name(&edge.from, &edge.to);
+        if let Some(rec) = self.recorder_input_of(&edge.to) {
+            let _ = self.client.disconnect_ports_by_name(&edge.from, rec);
+        }
+    }
+
+    /// Make `edge` now when both its clients have settled by what the last look at the graph
+    /// saw, with its copy into the recorder; whether it exists. It only writes to the graph:
+    /// JACK2 switches to a changed graph at the next cycle, and a client's read of the graph
+    /// while a change is pending waits for that switch — a period, 21 ms at 1024 frames, and
+    /// a connection edit's connect and disconnect each paid it twice when they reconciled.
+    /// The full reconcile is left to the upkeep. When it cannot tell (a new client), false,
+    /// and the edge is made as the reconcile finds its ports ready.
+    pub fn connect_now(&self, edge: &Edge) -> bool {
+        let settled = |port: &str| {
+            let client = port.split(':').next().unwrap_or("");
+            client == "system"
+                || self
+                    .first_seen
+                    .borrow()
+                    .get(client)
+                    .is_some_and(|seen| seen.elapsed() >= SETTLE)
+        };
+        if !settled(&edge.from) || !settled(&edge.to) {
+            return false;
+        }
+        let made = match self.client.connect_ports_by_name(&edge.from, &edge.to) {
+            Ok(()) | Err(jack::Error::PortAlreadyConnected(..)) => true,
+            Err(_) => false,
+        };
+        if let (true, Some(rec)) = (made, self.recorder_input_of(&edge.to)) {
+            let _ = self.client.connect_ports_by_name(&edge.from, rec);
+        }
+        made
+    }
+
+    /// The recorder's input that mirrors `port`, when it is a DAC channel being recorded.
+    fn recorder_input_of(&self, port: &str) -> Option<&str> {
+        let channel: usize = port.strip_prefix(PLAYBACK_PREFIX)?.parse().ok()?;
+        self.recorder_inputs
+            .get(channel.checked_sub(1)?)
+            .map(String::as_str)
     }
 
     pub fn connected(&self, edge: &Edge) -> bool {
@@ -262,6 +305,9 @@ impl JackGraph {
     /// `our_clients` nobody intended (e.g. a synth that connected itself), mirror the DAC.
     /// An unplanned edge to a program that is not the orchestra's (a recorder or a meter the
     /// musician connected) stays, unless exclusive: the musician's JACK graph is theirs too.
+    /// Everything is read first and written after: a read while a write is pending waits
+    /// for JACK's next cycle (see [`JackGraph::connect_now`]), so reading between writes cost
+    /// a period per edge — 10 new synths' edges took a fifth of a second at 1024 frames.
     pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a str>) {
         let client = &self.client;
         let ours: BTreeSet<&str> = our_clients.collect();
@@ -270,13 +316,12 @@ impl JackGraph {
             owner == "system" || ours.contains(owner)
         };
         self.note_clients();
-        for edge in &self.intended {
-            if self.ready(&edge.from) && self.ready(&edge.to) && !self.connected(edge) {
-                if let Err(e) = client.connect_ports_by_name(&edge.from, &edge.to) {
-                    tracing::warn!("connect {} → {}: {e:?}", edge.from, edge.to);
-                }
-            }
-        }
+        let to_connect: Vec<&Edge> = self
+            .intended
+            .iter()
+            .filter(|e| self.ready(&e.from) && self.ready(&e.to) && !self.connected(e))
+            .collect();
+        let mut to_disconnect = Vec::new();
         for name in &ours {
             for port_name in
                 client.ports(Some(&format!("^{name}:")), None, jack::PortFlags::empty())
@@ -301,35 +346,63 @@ impl JackGraph {
                     if !self.intended.contains(&edge)
                         && !self.recorder_inputs.contains(&edge.to)
                         && !theirs
+                        && !to_disconnect.contains(&edge)
                     {
-                        let _ = client.disconnect_ports_by_name(&edge.from, &edge.to);
+                        to_disconnect.push(edge);
                     }
                 }
             }
         }
-        self.mirror_playback();
+        let mirror = self.mirror_changes(&to_connect, &to_disconnect);
+        for edge in to_connect {
+            if let Err(e) = client.connect_ports_by_name(&edge.from, &edge.to) {
+                tracing::warn!("connect {} → {}: {e:?}", edge.from, edge.to);
+            }
+        }
+        for edge in &to_disconnect {
+            let _ = client.disconnect_ports_by_name(&edge.from, &edge.to);
+        }
+        for (edge, on) in mirror {
+            let _ = if on {
+                client.connect_ports_by_name(&edge.from, &edge.to)
+            } else {
+                client.disconnect_ports_by_name(&edge.from, &edge.to)
+            };
+        }
     }
 
-    /// Connect to each recorder input exactly what is connected to the matching playback port.
-    fn mirror_playback(&self) {
+    /// What makes each recorder input hear exactly what its playback port will once
+    /// `connecting` and `disconnecting` are done: (edge into the recorder, connect or not).
+    fn mirror_changes(&self, connecting: &[&Edge], disconnecting: &[Edge]) -> Vec<(Edge, bool)> {
         let client = &self.client;
+        let mut changes = Vec::new();
         for (i, rec) in self.recorder_inputs.iter().enumerate() {
             let playback = format!("{PLAYBACK_PREFIX}{}", i + 1);
-            let sources: BTreeSet<String> = client
+            let mut sources: BTreeSet<String> = client
                 .port_by_name(&playback)
                 .map(|p| p.get_connections().into_iter().collect())
                 .unwrap_or_default();
+            sources.extend(
+                connecting
+                    .iter()
+                    .filter(|e| e.to == playback)
+                    .map(|e| e.from.clone()),
+            );
+            for gone in disconnecting.iter().filter(|e| e.to == playback) {
+                sources.remove(&gone.from);
+            }
             let current: BTreeSet<String> = client
                 .port_by_name(rec)
                 .map(|p| p.get_connections().into_iter().collect())
                 .unwrap_or_default();
-            for s in sources.difference(&current) {
-                let _ = client.connect_ports_by_name(s, rec);
-            }
-            for s in current.difference(&sources) {
-                let _ = client.disconnect_ports_by_name(s, rec);
-            }
+            let edge = |from: &String| Edge {
+                from: from.clone(),
+                to: rec.clone(),
+            };
+            changes.extend(sources.difference(&current).map(|s| (edge(s), true)));
+            changes.extend(current.difference(&sources).map(|s| (edge(s), false)));
         }
+        changes
     }
 
     /// Intended edges that are connected, and those that are not.

@@ -77,6 +77,9 @@ pub struct RoundTrips {
     measured: Arc<Mutex<BTreeMap<String, Duration>>>,
     /// Per end, the round trip last reported to the controller.
     reported: BTreeMap<String, Duration>,
+    /// Per end, the round trip last written into its [`RTT_FILE`]: a file is written when a
+    /// probe measured something new, not at every upkeep.
+    written: BTreeMap<String, Duration>,
 }
 
 impl RoundTrips {
@@ -110,6 +113,7 @@ impl RoundTrips {
             senders,
             measured,
             reported: BTreeMap::new(),
+            written: BTreeMap::new(),
         }
     }
 
@@ -123,7 +127,10 @@ impl RoundTrips {
             let Some(&rtt) = measured.get(&sender.block) else {
                 continue;
             };
-            let _ = std::fs::write(sender.dir.join(RTT_FILE), rtt.as_micros().to_string());
+            if self.written.get(&sender.block) != Some(&rtt) {
+                let _ = std::fs::write(sender.dir.join(RTT_FILE), rtt.as_micros().to_string());
+                self.written.insert(sender.block.clone(), rtt);
+            }
             if worth_saying(self.reported.get(&sender.block).copied(), rtt) {
                 self.reported.insert(sender.block.clone(), rtt);
                 events.push(Event::LinkRtt {
@@ -133,8 +140,9 @@ impl RoundTrips {
                 });
             }
         }
-        self.reported
-            .retain(|block, _| senders.iter().any(|s| &s.block == block));
+        let running = |block: &String| senders.iter().any(|s| &s.block == block);
+        self.reported.retain(|block, _| running(block));
+        self.written.retain(|block, _| running(block));
         *self.senders.lock().expect("lock") = senders;
         events
     }
@@ -193,6 +201,35 @@ mod tests {
         let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listening.local_addr().unwrap().port();
         assert!(probe("127.0.0.1", port).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_ends_file_is_written_when_a_probe_measured_something_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let sender = Sender {
+            block: "link-a-2.send".into(),
+            dir: dir.path().to_path_buf(),
+            peer: "127.0.0.1".into(),
+            port: 9,
+        };
+        let mut trips = RoundTrips::start();
+        let measure = |trips: &RoundTrips, us: u64| {
+            trips
+                .measured
+                .lock()
+                .unwrap()
+                .insert(sender.block.clone(), Duration::from_micros(us));
+        };
+        measure(&trips, 180);
+        assert_eq!(trips.update(vec![sender.clone()]).len(), 1);
+        assert_eq!(read(dir.path()), Some(180));
+        // The same measurement at the next upkeep: the file is left alone.
+        std::fs::remove_file(dir.path().join(RTT_FILE)).unwrap();
+        assert!(trips.update(vec![sender.clone()]).is_empty());
+        assert_eq!(read(dir.path()), None);
+        measure(&trips, 190);
+        trips.update(vec![sender.clone()]);
+        assert_eq!(read(dir.path()), Some(190));
     }
 
     #[test]

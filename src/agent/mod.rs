@@ -100,7 +100,10 @@ impl Agent {
         let exited = self
             .supervisor
             .as_mut()
-            .map(|s| s.sweep())
+            .map(|s| {
+                s.reap_stopping();
+                s.sweep()
+            })
             .unwrap_or_default();
         for event in exited {
             if let Event::Exited { client, .. } = &event {
@@ -186,6 +189,12 @@ impl Agent {
                 })?)
             }
             Request::Start { process, replay } => {
+                // The same instance stopped a moment ago (moved away and back): its old
+                // program still holds the JACK name until it ends.
+                while self.supervisor()?.is_stopping(&process.client) {
+                    self.supervisor()?.reap_stopping();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let ours = self.supervisor()?.clients().any(|c| c == process.client);
                 // JACK silently renames a second `NAME` to `NAME-01`: its ports would never
                 // be found. Refuse instead.
@@ -223,6 +232,7 @@ impl Agent {
                 }
                 Ok(json!({ "pid": pid }))
             }
+            // `serve` tells stops and answers them as they end; here, one stop on its own.
             Request::Stop { client } => {
                 self.supervisor()?.stop(&client)?;
                 Ok(json!({}))
@@ -245,18 +255,21 @@ impl Agent {
                     .remove(&edge);
                 Ok(json!({}))
             }
+            // Both write to the graph and read nothing (see `JackGraph::connect_now`); the
+            // reconcile (upkeep's, or the `WaitEdges` that follows) makes an edge of a
+            // client too new to connect, and catches up with the rest.
             Request::Connect { edge } => {
-                self.graph()?.intend(edge.clone(), true);
-                self.reconcile();
-                // Said when it is made already (its ports exist): nobody need wait for it.
-                Ok(json!({ "connected": self.graph()?.connected(&edge) }))
+                let graph = self.graph()?;
+                graph.intend(edge.clone(), true);
+                let connected = graph.connect_now(&edge);
+                // Said when it is made (its ports exist): nobody need wait for it.
+                Ok(json!({ "connected": connected }))
             }
             Request::Disconnect { edge } => {
                 let graph = self.graph()?;
                 graph.intend(edge.clone(), false);
                 // The edge may be between ports of no client we manage: remove it directly.
                 graph.disconnect(&edge);
-                self.reconcile();
                 Ok(json!({}))
             }
             Request::Record { path, channels } => {
@@ -326,6 +339,11 @@ impl Agent {
             Request::Shutdown { stop_jack } => {
                 if let Some(recorder) = self.recorder.take() {
                     recorder.finish()?;
+                }
+                if let Some(sup) = self.supervisor.as_mut() {
+                    while !sup.reap_stopping() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
                 self.graph = None;
                 let mut stopped_jack = false;
@@ -397,16 +415,25 @@ impl Agent {
     /// those, and starts beside others like it.
     async fn wait_for_starts(&mut self, alone: bool) {
         loop {
-            let graph = self.graph.as_ref();
-            self.starting.retain(|starting| match graph {
-                Some(graph) => !starting.settled(|port| graph.port_exists(port)),
-                None => false,
-            });
+            // Nothing to wait for: no JACK read (it would wait for the cycle that applies
+            // the last start's registration, a period per start of a host's ten metros).
+            if !self.starting.iter().any(|s| alone || s.needs_quiet()) {
+                return;
+            }
+            self.forget_settled_starts();
             if !self.starting.iter().any(|s| alone || s.needs_quiet()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    fn forget_settled_starts(&mut self) {
+        let graph = self.graph.as_ref();
+        self.starting.retain(|starting| match graph {
+            Some(graph) => !starting.settled(|port| graph.port_exists(port)),
+            None => false,
+        });
     }
 
     /// Take the xruns the JACK client counted into the meter.
@@ -424,7 +451,17 @@ impl Agent {
         if let Some(sup) = &self.supervisor {
             events.extend(self.link_runs.read(&sup.link_logs(), Instant::now()));
         }
-        self.reconcile();
+        // Not while programs are closing their JACK clients: each close changes the graph,
+        // every read waits for the cycle that applies it, and a reconcile's reads then held
+        // a teardown's requests for most of a second. The next upkeep catches up.
+        if !self
+            .supervisor
+            .as_ref()
+            .is_some_and(Supervisor::stops_pending)
+        {
+            self.reconcile();
+            self.forget_settled_starts();
+        }
         if let Some(sup) = &self.supervisor {
             events.extend(self.link_health.check(sup.link_receivers(), Instant::now()));
             let senders = sup.link_senders();
@@ -500,12 +537,20 @@ pub async fn serve() -> Result<()> {
         cpus_awake: None,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    // Stops told and not answered yet (request id, client), and how often their ends are
+    // looked for.
+    let mut stops_awaited: Vec<(u64, String)> = Vec::new();
+    let mut stops_checked = tokio::time::interval(Duration::from_millis(5));
+    stops_checked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = tokio::time::interval(WATCH_SERVER_EVERY);
     loop {
         let mut out: Vec<AgentLine> = Vec::new();
         let mut shutdown = false;
         let mut upkeep = false;
+        // Requests first: a change's requests arrive together (see `executor::run_phase`),
+        // and an upkeep between two of them would make the rest wait for its JACK reads.
         tokio::select! {
+            biased;
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
                 if line.trim().is_empty() { continue; }
@@ -517,17 +562,52 @@ pub async fn serve() -> Result<()> {
                         if !matches!(request, Request::Shutdown { .. } | Request::Hello { .. } | Request::Down { .. } | Request::Inspect { .. }) {
                             out.extend(agent.restore_jack().await.into_iter().map(|event| AgentLine::Event { event }));
                         }
-                        let reply = match agent.handle(request).await {
-                            Ok(ok) => AgentLine::Reply { id, ok: Some(ok), error: None },
-                            Err(e) => AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) },
-                        };
-                        out.push(reply);
+                        // A stop is told at once and answered when its program ended: the
+                        // stops of one change arrive together and end together, where each
+                        // waiting for its own end made a host's ten stops take ten closes
+                        // of a JACK client (two periods each) one after the other.
+                        if let Request::Stop { client } = &request {
+                            match agent.supervisor() {
+                                Ok(sup) => {
+                                    sup.begin_stop(client);
+                                    if sup.is_stopping(client) {
+                                        stops_awaited.push((id, client.clone()));
+                                    } else {
+                                        out.push(AgentLine::Reply { id, ok: Some(json!({})), error: None });
+                                    }
+                                }
+                                Err(e) => out.push(AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) }),
+                            }
+                        } else {
+                            let reply = match agent.handle(request).await {
+                                Ok(ok) => AgentLine::Reply { id, ok: Some(ok), error: None },
+                                Err(e) => AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) },
+                            };
+                            out.push(reply);
+                        }
                     }
                     Err(e) => out.push(AgentLine::Reply { id: 0, ok: None, error: Some(format!("bad request: {e}")) }),
                 }
             }
             _ = sweep.tick() => upkeep = true,
             _ = watch.tick() => upkeep = agent.graph.as_ref().is_some_and(JackGraph::server_gone),
+            _ = stops_checked.tick(), if !stops_awaited.is_empty() => {}
+        }
+        if !stops_awaited.is_empty() {
+            if let Some(sup) = agent.supervisor.as_mut() {
+                sup.reap_stopping();
+                stops_awaited.retain(|(id, client)| {
+                    let ended = !sup.is_stopping(client);
+                    if ended {
+                        out.push(AgentLine::Reply {
+                            id: *id,
+                            ok: Some(json!({})),
+                            error: None,
+                        });
+                    }
+                    !ended
+                });
+            }
         }
         // Upkeep (JACK queries for every client) runs on its own tick, not before each reply:
         // a live edit is a few requests in a row, each answered at once.

@@ -147,9 +147,6 @@ pub struct Fleet {
     setup: AgentSetup,
     /// What the router last told each block, replayed to new instances.
     osc_memory: Option<OscMemory>,
-    /// Edges an agent said were made at once when asked to connect them (by host): waiting
-    /// for them is no round trip (`missing_edges`), which a connection edit otherwise pays.
-    made: Mutex<std::collections::BTreeSet<(String, Edge)>>,
 }
 
 /// The work directory of an orchestra on a remote host, relative to the login directory.
@@ -257,7 +254,6 @@ impl Fleet {
             timings: Mutex::default(),
             setup,
             osc_memory: None,
-            made: Mutex::default(),
         }
     }
 
@@ -484,25 +480,18 @@ fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
 
 /// The real hosts, for the executor: each action is one request to the host's agent.
 impl executor::Hosts for Fleet {
-    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<executor::Acted>> {
         async move {
             let reply = self
                 .get(action.host())?
                 .call(request_of(action, self.osc_memory.as_ref()))
                 .await?;
-            // Kept only from the latest word on each edge: a later connect that is not made
-            // at once, or a disconnect, takes it back.
-            let mut made = self.made.lock().expect("lock");
-            match action {
-                Action::Connect { host, edge } if reply["connected"].as_bool() == Some(true) => {
-                    made.insert((host.clone(), edge.clone()));
+            Ok(match action {
+                Action::Connect { .. } if reply["connected"].as_bool() == Some(true) => {
+                    executor::Acted::Connected
                 }
-                Action::Connect { host, edge } | Action::Disconnect { host, edge } => {
-                    made.remove(&(host.clone(), edge.clone()));
-                }
-                _ => {}
-            }
-            Ok(())
+                _ => executor::Acted::Done,
+            })
         }
         .boxed()
     }
@@ -514,16 +503,6 @@ impl executor::Hosts for Fleet {
         timeout: Duration,
     ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
         async move {
-            let edges: Vec<Edge> = {
-                let mut made = self.made.lock().expect("lock");
-                edges
-                    .into_iter()
-                    .filter(|e| !made.remove(&(host.to_string(), e.clone())))
-                    .collect()
-            };
-            if edges.is_empty() {
-                return Ok(Vec::new());
-            }
             let reply = self
                 .get(host)?
                 .call(Request::WaitEdges {

@@ -132,8 +132,15 @@ impl Running {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.stderr.push(line);
+                // Up to the end of stderr (the reader ends there), not up to the first pause:
+                // on a busy machine the last line came after one and was lost. Bounded, for a
+                // child of ours that holds stderr open.
+                let drained = Instant::now() + Duration::from_secs(10);
+                while let Some(left) = drained.checked_duration_since(Instant::now()) {
+                    match self.lines.recv_timeout(left) {
+                        Ok(line) => self.stderr.push(line),
+                        Err(_) => break,
+                    }
                 }
                 return (status.code(), self.stderr.join("\n"));
             }
