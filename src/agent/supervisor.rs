@@ -547,3 +547,64 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(block: &str, script: &str) -> ProcessSpec {
+        ProcessSpec {
+            block: block.into(),
+            module: "test".into(),
+            client: format!("{block}-00000000"),
+            dir: format!("blocks/{block}-test/00000000"),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            files: Default::default(),
+            spec_hash: "00000000".into(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            ready_line: None,
+            osc_port: None,
+            render_key: String::new(),
+        }
+    }
+
+    /// Stops told together are all under way before any has ended, each is finished (reaped,
+    /// its directory gone) once it ended, and one that ignores SIGTERM is killed after the
+    /// grace.
+    #[test]
+    fn stops_told_together_end_together_and_a_deaf_one_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sup = Supervisor::new(dir.path());
+        let mut pids = Vec::new();
+        for block in ["a", "b", "c"] {
+            pids.push(sup.start(&spec(block, "exec sleep 30")).unwrap());
+        }
+        pids.push(
+            sup.start(&spec("deaf", "trap '' TERM; sleep 30 & wait"))
+                .unwrap(),
+        );
+        // The shell must have set its trap before it is told to stop.
+        std::thread::sleep(Duration::from_millis(200));
+        for block in ["a", "b", "c", "deaf"] {
+            sup.begin_stop(&format!("{block}-00000000"));
+        }
+        assert!(sup.stops_pending());
+        assert!(sup.clients().next().is_none(), "none counts as running");
+        while !sup.reap_stopping() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for pid in pids {
+            assert!(!process_alive(pid), "{pid} still runs");
+        }
+        for block in ["a", "b", "c", "deaf"] {
+            assert!(!dir
+                .path()
+                .join(format!("blocks/{block}-test/00000000"))
+                .exists());
+        }
+        // Unknown and already stopped: nothing to do.
+        sup.begin_stop("a-00000000");
+        assert!(!sup.stops_pending());
+    }
+}
