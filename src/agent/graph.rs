@@ -286,12 +286,10 @@ impl JackGraph {
     /// Start each new client's settle time when its ports first show up, not when an edge
     /// first asks for them (a synth started long ago and wired now needs no wait), and forget
     /// clients that left (one that comes back under its name settles again).
-    fn note_clients(&self) {
+    fn note_clients(&self, all_ports: &[String]) {
         let now = Instant::now();
-        let present: BTreeSet<String> = self
-            .client
-            .ports(None, None, jack::PortFlags::empty())
-            .into_iter()
+        let present: BTreeSet<String> = all_ports
+            .iter()
             .filter_map(|p| p.split_once(':').map(|(c, _)| c.to_string()))
             .collect();
         let mut seen = self.first_seen.borrow_mut();
@@ -315,41 +313,44 @@ impl JackGraph {
             let owner = port.split(':').next().unwrap_or("");
             owner == "system" || ours.contains(owner)
         };
-        self.note_clients();
+        // One listing of every port, shared below: a query per client compiled a regex and
+        // scanned every port each time, five times a second.
+        let all_ports = client.ports(None, None, jack::PortFlags::empty());
+        self.note_clients(&all_ports);
         let to_connect: Vec<&Edge> = self
             .intended
             .iter()
             .filter(|e| self.ready(&e.from) && self.ready(&e.to) && !self.connected(e))
             .collect();
         let mut to_disconnect = Vec::new();
-        for name in &ours {
-            for port_name in
-                client.ports(Some(&format!("^{name}:")), None, jack::PortFlags::empty())
-            {
-                let Some(port) = client.port_by_name(&port_name) else {
-                    continue;
-                };
-                let is_output = port.flags().contains(jack::PortFlags::IS_OUTPUT);
-                for other in port.get_connections() {
-                    let edge = if is_output {
-                        Edge {
-                            from: port_name.clone(),
-                            to: other.clone(),
-                        }
-                    } else {
-                        Edge {
-                            from: other.clone(),
-                            to: port_name.clone(),
-                        }
-                    };
-                    let theirs = !self.exclusive && !managed(&other);
-                    if !self.intended.contains(&edge)
-                        && !self.recorder_inputs.contains(&edge.to)
-                        && !theirs
-                        && !to_disconnect.contains(&edge)
-                    {
-                        to_disconnect.push(edge);
+        let of_ours = all_ports.iter().filter(|port| {
+            port.split_once(':')
+                .is_some_and(|(owner, _)| ours.contains(owner))
+        });
+        for port_name in of_ours {
+            let Some(port) = client.port_by_name(port_name) else {
+                continue;
+            };
+            let is_output = port.flags().contains(jack::PortFlags::IS_OUTPUT);
+            for other in port.get_connections() {
+                let edge = if is_output {
+                    Edge {
+                        from: port_name.clone(),
+                        to: other.clone(),
                     }
+                } else {
+                    Edge {
+                        from: other.clone(),
+                        to: port_name.clone(),
+                    }
+                };
+                let theirs = !self.exclusive && !managed(&other);
+                if !self.intended.contains(&edge)
+                    && !self.recorder_inputs.contains(&edge.to)
+                    && !theirs
+                    && !to_disconnect.contains(&edge)
+                {
+                    to_disconnect.push(edge);
                 }
             }
         }
