@@ -375,17 +375,96 @@ pub fn swaps(state: &mut State, deadline: Option<Instant>) -> f64 {
     improvement
 }
 
-/// Units on a group of hosts, as a problem of its own: their internal connections, the
+/// Per unit, the representative of its chain segment: the units of one host joined by
+/// connections whose two ends have at most two connections each (a voice's osc → filter →
+/// gain, a run of a chain) are one segment.
+fn segments(state: &State) -> Vec<usize> {
+    let n = state.problem.units.len();
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn root(parent: &mut [usize], mut u: usize) -> usize {
+        while parent[u] != u {
+            parent[u] = parent[parent[u]];
+            u = parent[u];
+        }
+        u
+    }
+    let thin = |u: usize| state.adjacency[u].len() <= 2;
+    for &(a, b, _) in &state.problem.edges {
+        if state.at[a] == state.at[b] && thin(a) && thin(b) {
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            parent[ra.max(rb)] = ra.min(rb);
+        }
+    }
+    (0..n).map(|u| root(&mut parent, u)).collect()
+}
+
+/// Units on a group of hosts, as a problem of its own: one unit per segment there (see
+/// `segments`; without them every unit is its own), their connections between segments, the
 /// group's cores, their pins and previous hosts mapped into the group. Connections leaving the
-/// group cost the same wherever inside it the units go, so the sub-problem is exact.
-fn subproblem(state: &State, group: &[usize]) -> (Problem, Vec<usize>) {
+/// group cost the same wherever inside it the units go, and those inside a segment are never
+/// cut, so the sub-problem is exact for moves of whole segments. Returns the members of each
+/// of its units.
+fn subproblem(
+    state: &State,
+    group: &[usize],
+    segment: Option<&[usize]>,
+) -> (Problem, Vec<Vec<usize>>) {
+    let of = |u: usize| segment.map_or(u, |s| s[u]);
     let local_host: BTreeMap<usize, usize> =
         group.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-    let units: Vec<usize> = (0..state.problem.units.len())
-        .filter(|u| local_host.contains_key(&state.at[*u]))
+    let mut local_unit: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    for u in (0..state.problem.units.len()).filter(|u| local_host.contains_key(&state.at[*u])) {
+        let next = members.len();
+        let i = *local_unit.entry(of(u)).or_insert(next);
+        if i == next {
+            members.push(Vec::new());
+        }
+        members[i].push(u);
+    }
+    let units = members
+        .iter()
+        .map(|part| {
+            let mut unit = Unit {
+                blocks: Vec::new(),
+                cpu: 0,
+                pin: None,
+                previous: Vec::new(),
+                previous_total: 0,
+            };
+            for &u in part {
+                let fine = &state.problem.units[u];
+                unit.cpu += fine.cpu;
+                // Units the search may not move are pinned where they are (a pinned unit is on
+                // its host, and a segment is on one host: its pins agree).
+                if fine.pin.is_some() || !state.movable[u] {
+                    unit.pin = Some(local_host[&state.at[u]]);
+                }
+                for (h, c) in &fine.previous {
+                    let Some(&l) = local_host.get(h) else {
+                        continue;
+                    };
+                    match unit.previous.iter_mut().find(|(k, _)| *k == l) {
+                        Some((_, n)) => *n += c,
+                        None => unit.previous.push((l, *c)),
+                    }
+                }
+                unit.previous_total += fine.previous_total;
+            }
+            unit
+        })
         .collect();
-    let local_unit: BTreeMap<usize, usize> =
-        units.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+    // In the original order (the search's tie-breaks follow it); connections inside a
+    // segment are never cut, and parallel ones between two segments simply add up.
+    let mut edges = Vec::new();
+    for (a, b, w) in &state.problem.edges {
+        // A segment is on one host: its representative is in the group exactly when it is.
+        if let (Some(&i), Some(&j)) = (local_unit.get(&of(*a)), local_unit.get(&of(*b))) {
+            if i != j {
+                edges.push((i, j, *w));
+            }
+        }
+    }
     let problem = Problem {
         hosts: group
             .iter()
@@ -394,42 +473,21 @@ fn subproblem(state: &State, group: &[usize]) -> (Problem, Vec<usize>) {
                 cores: state.problem.hosts[*h].cores,
             })
             .collect(),
-        units: units
-            .iter()
-            .map(|u| {
-                let unit = &state.problem.units[*u];
-                // Units the search may not move are pinned where they are.
-                let pin = if state.movable[*u] {
-                    unit.pin
-                } else {
-                    Some(state.at[*u])
-                };
-                Unit {
-                    blocks: Vec::new(),
-                    cpu: unit.cpu,
-                    pin: pin.and_then(|p| local_host.get(&p).copied()),
-                    previous: unit
-                        .previous
-                        .iter()
-                        .filter_map(|(h, c)| local_host.get(h).map(|l| (*l, *c)))
-                        .collect(),
-                    previous_total: unit.previous_total,
-                }
-            })
-            .collect(),
-        edges: state
-            .problem
-            .edges
-            .iter()
-            .filter_map(|(a, b, w)| Some((*local_unit.get(a)?, *local_unit.get(b)?, *w)))
-            .collect(),
+        units,
+        edges,
     };
-    (problem, units)
+    (problem, members)
 }
 
 /// Groups of 2–5 hosts to re-solve: pairs joined by the most cut weight, grown by the host
-/// most connected to the group while the group stays small enough to solve.
-fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
+/// most connected to the group while the group stays small enough to solve (`max_units` units
+/// of the sub-problem, one per segment), in up to `variants` ways per pair.
+fn groups(
+    state: &State,
+    max_units: usize,
+    segment: Option<&[usize]>,
+    variants: usize,
+) -> Vec<Vec<usize>> {
     let hosts = state.problem.hosts.len();
     let mut between: BTreeMap<(usize, usize), u64> = BTreeMap::new();
     for &(a, b, w) in &state.problem.edges {
@@ -438,9 +496,10 @@ fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
             *between.entry((ha.min(hb), ha.max(hb))).or_default() += w as u64;
         }
     }
+    // Units of the sub-problem each host brings: its segments.
     let mut count = vec![0usize; hosts];
-    for h in &state.at {
-        count[*h] += 1;
+    for (u, h) in state.at.iter().enumerate() {
+        count[*h] += segment.is_none_or(|s| s[u] == u) as usize;
     }
     // Overloaded hosts pair with the roomiest one as well.
     for h in 0..hosts {
@@ -461,36 +520,50 @@ fn groups(state: &State, max_units: usize) -> Vec<Vec<usize>> {
     pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut out = Vec::new();
     for ((a, b), _) in pairs {
-        let mut group = vec![a, b];
-        let mut size = count[a] + count[b];
-        if size > max_units {
-            continue;
-        }
-        while group.len() < 5 {
-            let mut pull: BTreeMap<usize, u64> = BTreeMap::new();
-            for g in &group {
-                for &(h, w) in &host_links[*g] {
-                    if !group.contains(&h) {
-                        *pull.entry(h).or_default() += w;
+        // Each variant leaves out the hosts the earlier ones grew by first: where every host is
+        // linked to one hub (voices into a mixer), the strongest links would otherwise pick the
+        // same few hosts for every group.
+        let mut left_out: Vec<usize> = Vec::new();
+        for _ in 0..variants {
+            let mut group = vec![a, b];
+            let mut size = count[a] + count[b];
+            if size > max_units {
+                break;
+            }
+            while group.len() < 5 {
+                let mut pull: BTreeMap<usize, u64> = BTreeMap::new();
+                for g in &group {
+                    for &(h, w) in &host_links[*g] {
+                        if !group.contains(&h) && !left_out.contains(&h) {
+                            *pull.entry(h).or_default() += w;
+                        }
                     }
                 }
-            }
-            let next = pull
-                .iter()
-                .filter(|(h, _)| size + count[**h] <= max_units)
-                .max_by_key(|(h, w)| (**w, std::cmp::Reverse(**h)))
-                .map(|(h, _)| *h);
-            match next {
-                Some(h) => {
-                    size += count[h];
-                    group.push(h);
+                let next = pull
+                    .iter()
+                    .filter(|(h, _)| size + count[**h] <= max_units)
+                    .max_by_key(|(h, w)| (**w, std::cmp::Reverse(**h)))
+                    .map(|(h, _)| *h);
+                match next {
+                    Some(h) => {
+                        size += count[h];
+                        group.push(h);
+                    }
+                    None => break,
                 }
-                None => break,
             }
-        }
-        group.sort_unstable();
-        if !out.contains(&group) {
-            out.push(group);
+            let Some(&first) = group.get(2) else {
+                // Grown by nothing: no variant differs.
+                if !out.contains(&group) {
+                    out.push(group);
+                }
+                break;
+            };
+            left_out.push(first);
+            group.sort_unstable();
+            if !out.contains(&group) {
+                out.push(group);
+            }
         }
     }
     out
@@ -502,13 +575,15 @@ pub const SMALL_GROUP_UNITS: usize = 24;
 pub const LARGE_GROUP_UNITS: usize = 36;
 
 /// Large-neighbourhood search: re-solve groups of hosts exactly, keep what improves, until a
-/// round improves nothing, `rounds` or the node budget run out, or the deadline passes.
+/// round improves nothing, `rounds` or the node budget run out, or the deadline passes. With
+/// `contract`, each chain segment of a host moves as one unit (see `segments`).
 /// `node_budget` bounds the branch-and-bound work of the whole search (so the result does not
 /// depend on the machine's speed).
 pub fn neighbourhoods(
     state: &mut State,
     rounds: usize,
     max_units: usize,
+    contract: bool,
     mut node_budget: u64,
     deadline: Option<Instant>,
 ) -> f64 {
@@ -523,18 +598,24 @@ pub fn neighbourhoods(
     let mut improvement = 0.0;
     for _ in 0..rounds {
         let mut improved = false;
-        for group in groups(state, max_units) {
+        // Searches of contracted groups are small: they can afford more groups.
+        let variants = if contract { 3 } else { 1 };
+        let segment = contract.then(|| segments(state));
+        for group in groups(state, max_units, segment.as_deref(), variants) {
             if node_budget == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 return improvement;
             }
-            let (sub, units) = subproblem(state, &group);
-            if !units.iter().any(|u| state.movable[*u]) {
+            // Segments as they are now (an earlier group may have moved some).
+            let segment = contract.then(|| segments(state));
+            let (sub, members) = subproblem(state, &group, segment.as_deref());
+            if !members.iter().flatten().any(|u| state.movable[*u]) {
                 continue;
             }
             if sub.edges.is_empty()
                 && sub.hosts.iter().zip(0..).all(|(h, i)| {
-                    units
+                    members
                         .iter()
+                        .flatten()
                         .filter(|u| state.at[**u] == group[i])
                         .map(|u| state.problem.units[*u].cpu as u64)
                         .sum::<u64>()
@@ -545,7 +626,10 @@ pub fn neighbourhoods(
             }
             let local_host: BTreeMap<usize, usize> =
                 group.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-            let incumbent: Vec<usize> = units.iter().map(|u| local_host[&state.at[*u]]).collect();
+            let incumbent: Vec<usize> = members
+                .iter()
+                .map(|part| local_host[&state.at[part[0]]])
+                .collect();
             let before = sub.cost(&incumbent, &state.weights).total;
             let found = exact::solve(
                 &sub,
@@ -553,12 +637,20 @@ pub fn neighbourhoods(
                 &incumbent,
                 GROUP_NODES.min(node_budget),
                 deadline,
-                exact::Scope::Part,
+                // Contracted segments are often twins (whole voices into one mixer): the
+                // symmetry of twins and the cells bound keep those searches small.
+                if contract {
+                    exact::Scope::Whole
+                } else {
+                    exact::Scope::Part
+                },
             );
             node_budget = node_budget.saturating_sub(found.nodes);
             if found.total < before - EPS {
-                for (i, u) in units.iter().enumerate() {
-                    state.apply(*u, group[found.assignment[i]]);
+                for (i, part) in members.iter().enumerate() {
+                    for u in part {
+                        state.apply(*u, group[found.assignment[i]]);
+                    }
                 }
                 improvement += before - found.total;
                 improved = true;
@@ -634,4 +726,50 @@ pub fn changed_region(state: &State) -> Option<Vec<bool>> {
     }
     let count = movable.iter().filter(|m| **m).count();
     (count * 3 <= n).then_some(movable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::generate::{generate_tight, Family, HostSizes};
+
+    #[test]
+    fn contracted_groups_move_whole_voices() {
+        // Tight voices on four equal hosts: re-solving groups unit by unit stops one above the
+        // optimum, which packs whole voices differently; with each voice's chain one unit the
+        // groups' searches find it.
+        let problem = generate_tight(Family::ParallelVoices, 30, 4, 9, HostSizes::Equal, 0.0);
+        let weights = Weights::default();
+        let mut state = State::new(&problem, &weights, construct(&problem, &weights));
+        refine(&mut state, 8, None);
+        let large = LARGE_GROUP_UNITS;
+        neighbourhoods(&mut state, 6, large, false, 1_000_000, None);
+        let plain = state.total();
+
+        let segment = segments(&state);
+        for (u, s) in segment.iter().enumerate() {
+            assert_eq!(state.at[u], state.at[*s], "a segment sits on one host");
+        }
+        let mixer = (0..problem.units.len())
+            .find(|&u| problem.units[u].blocks[0] == "mixer")
+            .expect("a mixer");
+        assert!(
+            (0..problem.units.len()).all(|u| (u == mixer) == (segment[u] == segment[mixer])),
+            "the hub stays a unit of its own"
+        );
+
+        neighbourhoods(&mut state, 6, large, true, 1_000_000, None);
+        let optimum = exact::solve(
+            &problem,
+            &weights,
+            &state.at,
+            u64::MAX,
+            None,
+            exact::Scope::Whole,
+        );
+        assert!(optimum.proven);
+        assert!(plain > optimum.total + 0.5, "plain groups: {plain}");
+        assert_eq!(state.total(), optimum.total);
+        assert!(problem.pins_hold(&state.at));
+    }
 }

@@ -153,6 +153,9 @@ fn neighbourhood_nodes(units: usize) -> u64 {
 /// larger budget: its counted work stays within about 100 ms here (150 ms on a busy machine).
 const MEDIUM_UNITS: usize = 150;
 
+/// Largest orchestra whose groups of hosts are also re-solved with chain segments contracted.
+const COARSE_GROUPS_UNITS: usize = 200;
+
 /// Work (units visited, path states expanded) the ejection-chain path search may spend, about
 /// 15–40 ns each. Small orchestras get what fits in their 5 ms (the 100-block chain and tree
 /// of the benchmark find their chains within 30 000), medium ones enough to finish; large ones
@@ -226,19 +229,27 @@ pub fn solve(problem: &Problem, options: &Options) -> (Vec<usize>, bool) {
         }
         // Pairs of hosts first (cheap, mostly proved), then larger groups.
         let small = heuristic::SMALL_GROUP_UNITS;
-        heuristic::neighbourhoods(&mut state, 6, small, budget / 2, deadline);
+        heuristic::neighbourhoods(&mut state, 6, small, false, budget / 2, deadline);
         budget -= budget / 2;
     }
-    heuristic::neighbourhoods(&mut state, 6, large, budget, deadline);
+    heuristic::neighbourhoods(&mut state, 6, large, false, budget, deadline);
     if let Some(at) = second_opinion {
         // Larger groups from the start get out of other local optima (random patches, voices
         // over full hosts); medium orchestras have the time for both. Keep the better.
         let mut other = heuristic::State::new(problem, weights, at);
         let budget = neighbourhood_nodes(problem.units.len());
-        heuristic::neighbourhoods(&mut other, 6, large, budget, deadline);
+        heuristic::neighbourhoods(&mut other, 6, large, false, budget, deadline);
         if other.total() < state.total() - 1e-9 {
             state = other;
         }
+    }
+    if incremental.is_none() && problem.units.len() <= COARSE_GROUPS_UNITS {
+        // Groups of hosts again, each chain segment one unit: the same number of units then
+        // spans more hosts, so the free cores of a row of full hosts can be re-packed (equal
+        // hosts full of voices, where a better plan moves whole voices over five hosts at once,
+        // a change no group of single units that the search can solve holds).
+        let budget = neighbourhood_nodes(problem.units.len()) / 2;
+        heuristic::neighbourhoods(&mut state, 6, large, true, budget, deadline);
     }
     heuristic::refine(&mut state, 4, deadline);
     if incremental.is_none() {
