@@ -412,15 +412,18 @@ fn subproblem(
     let of = |u: usize| segment.map_or(u, |s| s[u]);
     let local_host: BTreeMap<usize, usize> =
         group.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-    let mut local_unit: BTreeMap<usize, usize> = BTreeMap::new();
+    // Per unit of the whole problem, its unit here (by its segment's representative), or
+    // `OUTSIDE`: a plain array, as this runs for every group and every connection is looked up.
+    const OUTSIDE: usize = usize::MAX;
+    let mut local_unit = vec![OUTSIDE; state.problem.units.len()];
     let mut members: Vec<Vec<usize>> = Vec::new();
     for u in (0..state.problem.units.len()).filter(|u| local_host.contains_key(&state.at[*u])) {
-        let next = members.len();
-        let i = *local_unit.entry(of(u)).or_insert(next);
-        if i == next {
+        let slot = &mut local_unit[of(u)];
+        if *slot == OUTSIDE {
+            *slot = members.len();
             members.push(Vec::new());
         }
-        members[i].push(u);
+        members[*slot].push(u);
     }
     let units = members
         .iter()
@@ -459,10 +462,9 @@ fn subproblem(
     let mut edges = Vec::new();
     for (a, b, w) in &state.problem.edges {
         // A segment is on one host: its representative is in the group exactly when it is.
-        if let (Some(&i), Some(&j)) = (local_unit.get(&of(*a)), local_unit.get(&of(*b))) {
-            if i != j {
-                edges.push((i, j, *w));
-            }
+        let (i, j) = (local_unit[of(*a)], local_unit[of(*b)]);
+        if i != OUTSIDE && j != OUTSIDE && i != j {
+            edges.push((i, j, *w));
         }
     }
     let problem = Problem {
