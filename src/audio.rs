@@ -10,6 +10,13 @@ pub struct AudioSettings {
     pub period: u32,
 }
 
+impl AudioSettings {
+    /// How long `n` periods last.
+    pub fn periods(&self, n: u32) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(f64::from(n * self.period) / f64::from(self.rate.max(1)))
+    }
+}
+
 impl Default for AudioSettings {
     /// 512 frames (10.7 ms): on the lab's hosts (JACK's dummy driver on a 2-vCPU VM, three
     /// servers) a period of 256 missed its deadline about 5 times a second and left gaps in

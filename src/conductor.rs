@@ -19,6 +19,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Periods a live change's new instances play into their new edges before an old path is
+/// cut (see `executor::apply_or_roll_back`): csound's own buffer is two, and one more for
+/// the cycle that makes the edges live.
+const WARM_UP_PERIODS: u32 = 3;
+
 /// Whether changes are carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -258,7 +263,8 @@ impl<H: Hosts> Conductor<H> {
         started: Instant,
         planned: Duration,
     ) -> Converged {
-        let failures = match executor::apply_or_roll_back(&self.hosts, &plan).await {
+        let warm_up = next.deployment.audio.periods(WARM_UP_PERIODS);
+        let failures = match executor::apply_or_roll_back(&self.hosts, &plan, warm_up).await {
             Err(failures) => {
                 self.tell_failures(&failures, false);
                 self.events.emit(Happening::RolledBack {

@@ -129,9 +129,15 @@ pub async fn apply<H: Hosts + ?Sized>(hosts: &H, plan: &Plan) -> Failures {
 /// When an instance fails to start, or the new path does not come up, what this change made
 /// is undone and nothing else is touched: `Err` with the failures, and what played before
 /// plays on. Failures of the breaking half come back in `Ok` (a repair retries them).
+///
+/// `warm_up` is how long new instances' edges carry audio before an old path is cut: a
+/// synth just started and wired hears its input and sounds it only after its own buffer
+/// (csound's `-B`, two periods), and an old path cut sooner left a period of silence at the
+/// DAC. Connection-only changes (no new instance) do not wait.
 pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
     hosts: &H,
     plan: &Plan,
+    warm_up: Duration,
 ) -> Result<Failures, Failures> {
     let starts = of_phase(plan, "start");
     let failed = run_phase(hosts, "start", &starts).await.failures;
@@ -155,6 +161,9 @@ pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
             let mut all = failed;
             all.extend(missing);
             return Err(roll_back(hosts, &starts, &connects, all).await);
+        }
+        if !starts.is_empty() {
+            tokio::time::sleep(warm_up).await;
         }
     }
     let mut failures = failed;

@@ -279,7 +279,7 @@ async fn a_change_whose_new_instance_fails_to_start_is_undone_and_nothing_else_i
         .lock()
         .unwrap()
         .insert(client_of(&edited, "osc"));
-    let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited))
+    let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited), Duration::ZERO)
         .await
         .unwrap_err();
     assert_eq!(failures.len(), 1, "{failures:?}");
@@ -298,7 +298,7 @@ async fn a_change_whose_new_edges_never_appear_is_undone_before_the_old_path_is_
         .collect();
     assert!(!new_edges.is_empty());
     *hosts.0.never_appear.lock().unwrap() = new_edges;
-    let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited))
+    let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited), Duration::ZERO)
         .await
         .unwrap_err();
     assert!(
@@ -334,7 +334,9 @@ async fn only_the_edges_not_made_at_once_are_waited_for_before_the_old_path_is_c
     let (hosts, applied) = playing().await;
     let (plan, connects) = edit(&hosts, &applied);
     assert!(connects >= 2, "{plan:?}");
-    apply_or_roll_back(&hosts, &plan).await.unwrap();
+    apply_or_roll_back(&hosts, &plan, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(
         *hosts.0.waits.lock().unwrap(),
         vec![("localhost".to_string(), connects)]
@@ -343,7 +345,9 @@ async fn only_the_edges_not_made_at_once_are_waited_for_before_the_old_path_is_c
     let (hosts, applied) = playing().await;
     hosts.0.made_at_once.store(true, Ordering::SeqCst);
     let (plan, connects) = edit(&hosts, &applied);
-    apply_or_roll_back(&hosts, &plan).await.unwrap();
+    apply_or_roll_back(&hosts, &plan, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(hosts.0.waits.lock().unwrap().is_empty());
     let (hosts, applied) = playing().await;
     hosts.0.made_at_once.store(true, Ordering::SeqCst);
@@ -357,7 +361,9 @@ async fn only_the_edges_not_made_at_once_are_waited_for_before_the_old_path_is_c
         })
         .unwrap();
     hosts.0.never_appear.lock().unwrap().insert(late);
-    apply_or_roll_back(&hosts, &plan).await.unwrap_err();
+    apply_or_roll_back(&hosts, &plan, Duration::ZERO)
+        .await
+        .unwrap_err();
     assert_eq!(
         *hosts.0.waits.lock().unwrap(),
         vec![("localhost".to_string(), 1)],
@@ -369,7 +375,7 @@ async fn only_the_edges_not_made_at_once_are_waited_for_before_the_old_path_is_c
 async fn a_change_that_works_is_applied_make_before_break() {
     let (hosts, applied) = playing().await;
     let edited = deployment(&SONG.replace("freq = 440", "freq = 660"));
-    let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited))
+    let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited), Duration::ZERO)
         .await
         .unwrap();
     assert!(failures.is_empty());

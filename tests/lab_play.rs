@@ -1261,6 +1261,23 @@ fn cpu_and_memory(pid: u32) -> (u64, u64) {
     (ticks(11) + ticks(12), rss)
 }
 
+/// Save each version of the script in turn and time save → "applied in", pausing after
+/// each; prints the first change's line and a summary.
+fn time_saves(run: &mut Running, script: &Path, what: &str, versions: &[String], pause: Duration) {
+    let mut took = Vec::new();
+    for (i, version) in versions.iter().enumerate() {
+        let saved = std::time::Instant::now();
+        save(script, version);
+        let line = run.wait_for("applied in", Duration::from_secs(30));
+        took.push(saved.elapsed().as_secs_f64() * 1000.0);
+        if i == 0 {
+            eprintln!("{what}: {line}");
+        }
+        std::thread::sleep(pause);
+    }
+    common::print_summary(&format!("{what}, save → applied"), &took);
+}
+
 /// CPU ticks (user + system, 1/100 s) of every process now, by pid, with its program name.
 fn cpu_by_process() -> std::collections::BTreeMap<u32, (String, u64)> {
     let mut found = std::collections::BTreeMap::new();
@@ -1372,44 +1389,40 @@ fn bench_scale_on_twenty_hosts() {
             rss / 1024
         );
 
-        let mut edits = Vec::new();
-        for i in 0..10 {
-            let wiring = if i % 2 == 0 {
-                "(i == 21 and hall:input(2) or out)"
-            } else {
-                "out"
-            };
-            let saved = std::time::Instant::now();
-            save(&show.script, &metros(wiring, "nil"));
-            let line = run.wait_for("applied in", Duration::from_secs(30));
-            edits.push(saved.elapsed().as_secs_f64() * 1000.0);
-            if i == 0 {
-                eprintln!("connection edit: {line}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        common::print_summary("connection edit on 20 hosts, save → applied", &edits);
+        let edits: Vec<String> = (0..10)
+            .map(|i| {
+                let wiring = if i % 2 == 0 {
+                    "(i == 21 and hall:input(2) or out)"
+                } else {
+                    "out"
+                };
+                metros(wiring, "nil")
+            })
+            .collect();
+        time_saves(
+            &mut run,
+            &show.script,
+            "connection edit on 20 hosts",
+            &edits,
+            Duration::from_millis(500),
+        );
 
-        let mut moves = Vec::new();
         let homes = metro_pids(&show);
         let (home, _) = homes["m7"].clone();
         let away = emptiest_host(&homes);
-        for i in 0..4 {
-            let pin = if i % 2 == 0 {
-                format!("i == 7 and {away:?} or nil")
-            } else {
-                format!("i == 7 and {home:?} or nil")
-            };
-            let saved = std::time::Instant::now();
-            save(&show.script, &metros("out", &pin));
-            let line = run.wait_for("applied in", Duration::from_secs(30));
-            moves.push(saved.elapsed().as_secs_f64() * 1000.0);
-            if i == 0 {
-                eprintln!("move: {line}");
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        common::print_summary("move of one metro between rooms, save → applied", &moves);
+        let moves: Vec<String> = (0..4)
+            .map(|i| {
+                let to = if i % 2 == 0 { &away } else { &home };
+                metros("out", &format!("i == 7 and {to:?} or nil"))
+            })
+            .collect();
+        time_saves(
+            &mut run,
+            &show.script,
+            "move of one metro between rooms",
+            &moves,
+            Duration::from_secs(1),
+        );
 
         let stopping = std::time::Instant::now();
         stopped(run);

@@ -262,7 +262,7 @@ impl JackGraph {
             .map(String::as_str)
     }
 
-    pub fn connected(&self, edge: &Edge) -> bool {
+    fn connected(&self, edge: &Edge) -> bool {
         self.client
             .port_by_name(&edge.from)
             .and_then(|p| p.is_connected_to(&edge.to).ok())

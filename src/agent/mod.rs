@@ -191,10 +191,7 @@ impl Agent {
             Request::Start { process, replay } => {
                 // The same instance stopped a moment ago (moved away and back): its old
                 // program still holds the JACK name until it ends.
-                while self.supervisor()?.is_stopping(&process.client) {
-                    self.supervisor()?.reap_stopping();
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                self.supervisor()?.wait_ended(Some(&process.client));
                 let ours = self.supervisor()?.clients().any(|c| c == process.client);
                 // JACK silently renames a second `NAME` to `NAME-01`: its ports would never
                 // be found. Refuse instead.
@@ -232,9 +229,9 @@ impl Agent {
                 }
                 Ok(json!({ "pid": pid }))
             }
-            // `serve` tells stops and answers them as they end; here, one stop on its own.
+            // Told only: `serve` answers a stop when its program has ended.
             Request::Stop { client } => {
-                self.supervisor()?.stop(&client)?;
+                self.supervisor()?.begin_stop(&client);
                 Ok(json!({}))
             }
             // While the JACK server is down the intention is kept for when it is back (and
@@ -341,9 +338,7 @@ impl Agent {
                     recorder.finish()?;
                 }
                 if let Some(sup) = self.supervisor.as_mut() {
-                    while !sup.reap_stopping() {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
+                    sup.wait_ended(None);
                 }
                 self.graph = None;
                 let mut stopped_jack = false;
@@ -566,24 +561,16 @@ pub async fn serve() -> Result<()> {
                         // stops of one change arrive together and end together, where each
                         // waiting for its own end made a host's ten stops take ten closes
                         // of a JACK client (two periods each) one after the other.
-                        if let Request::Stop { client } = &request {
-                            match agent.supervisor() {
-                                Ok(sup) => {
-                                    sup.begin_stop(client);
-                                    if sup.is_stopping(client) {
-                                        stops_awaited.push((id, client.clone()));
-                                    } else {
-                                        out.push(AgentLine::Reply { id, ok: Some(json!({})), error: None });
-                                    }
-                                }
-                                Err(e) => out.push(AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) }),
+                        let stopped = match &request {
+                            Request::Stop { client } => Some(client.clone()),
+                            _ => None,
+                        };
+                        match (agent.handle(request).await, stopped) {
+                            (Ok(_), Some(client)) if agent.supervisor.as_ref().is_some_and(|s| s.is_stopping(&client)) => {
+                                stops_awaited.push((id, client));
                             }
-                        } else {
-                            let reply = match agent.handle(request).await {
-                                Ok(ok) => AgentLine::Reply { id, ok: Some(ok), error: None },
-                                Err(e) => AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) },
-                            };
-                            out.push(reply);
+                            (Ok(ok), _) => out.push(AgentLine::Reply { id, ok: Some(ok), error: None }),
+                            (Err(e), _) => out.push(AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) }),
                         }
                     }
                     Err(e) => out.push(AgentLine::Reply { id: 0, ok: None, error: Some(format!("bad request: {e}")) }),

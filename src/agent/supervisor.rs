@@ -142,11 +142,7 @@ pub fn command_name(pid: u32) -> Option<String> {
 
 /// SIGTERM the process group `pid` leads, then SIGKILL it if it outlives `grace`.
 pub fn terminate_group(pid: u32, grace: Duration) {
-    let pgid = -(pid as i32);
-    // SAFETY: plain syscalls on a process group we created.
-    unsafe { libc::kill(pgid, libc::SIGTERM) };
-    // A stopped process (SIGSTOP, ^Z) would hold the SIGTERM until the grace ran out.
-    unsafe { libc::kill(pgid, libc::SIGCONT) };
+    signal_group(pid, libc::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if !process_alive(pid) {
@@ -156,7 +152,7 @@ pub fn terminate_group(pid: u32, grace: Duration) {
         std::thread::sleep(Duration::from_millis(5));
     }
     if process_alive(pid) {
-        unsafe { libc::kill(pgid, libc::SIGKILL) };
+        signal_group(pid, libc::SIGKILL);
     }
     // Reap it if it is our child (jackd started by this agent); harmless otherwise.
     unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
@@ -261,10 +257,7 @@ impl Supervisor {
         // Stopped a moment ago and started again (a block moved away and back): the old
         // program goes first, or JACK would rename the new client and the old one's end
         // would remove the new one's directory.
-        while self.is_stopping(&spec.client) {
-            self.reap_stopping();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_ended(Some(&spec.client));
         if let Some(m) = self.running.get(&spec.client) {
             if process_alive(m.record.pid) {
                 return Ok(m.record.pid);
@@ -372,14 +365,16 @@ impl Supervisor {
         self.stopping.iter().any(|(m, _)| m.record.client == client)
     }
 
-    /// Stop an instance and wait for its end (at most its grace, then SIGKILL).
-    pub fn stop(&mut self, client: &str) -> Result<()> {
-        self.begin_stop(client);
-        while self.is_stopping(client) {
-            self.reap_stopping();
+    /// Wait until `client` (every instance told to stop, for `None`) has ended: at most the
+    /// grace, then SIGKILL.
+    pub fn wait_ended(&mut self, client: Option<&str>) {
+        loop {
+            let all_ended = self.reap_stopping();
+            if all_ended || client.is_some_and(|c| !self.is_stopping(c)) {
+                return;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(())
     }
 
     /// Instances that ended since the last sweep, each with its log tail; they are forgotten
@@ -542,9 +537,7 @@ impl Supervisor {
         for client in clients {
             self.begin_stop(&client);
         }
-        while !self.reap_stopping() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_ended(None);
     }
 }
 
@@ -591,9 +584,7 @@ mod tests {
         }
         assert!(sup.stops_pending());
         assert!(sup.clients().next().is_none(), "none counts as running");
-        while !sup.reap_stopping() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        sup.wait_ended(None);
         for pid in pids {
             assert!(!process_alive(pid), "{pid} still runs");
         }

@@ -349,15 +349,6 @@ impl Fleet {
         executor::apply(self, plan).await
     }
 
-    /// Apply a live change make-before-break, undone when it fails (see
-    /// [`executor::apply_or_roll_back`]).
-    pub async fn apply_or_roll_back(
-        &self,
-        plan: &Plan,
-    ) -> Result<executor::Failures, executor::Failures> {
-        executor::apply_or_roll_back(self, plan).await
-    }
-
     /// Replace a host's agent that went away (crashed, killed, its channel closed): the new
     /// one adopts the synths still running there and the edges last applied.
     pub async fn respawn(&mut self, host: &Host, running: &Deployment) -> Result<HelloReply> {
