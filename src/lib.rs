@@ -11,7 +11,8 @@
 //! - [`placement`]: block → host, minimizing `alpha·overflow + cut + beta·moved`;
 //!   [`latency`]: each source's worst path to a `dac` under a placement and its buffers.
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
-//!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports.
+//!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports;
+//!   [`deploy::jack_ports`] sizes each host's JACK server to the orchestra.
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
 //!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
 //! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break

@@ -4,7 +4,7 @@
 
 use crate::agent::protocol::{DownReply, Request};
 use crate::conductor::{Conductor, Converge, Converged, Paper};
-use crate::deploy::Deployment;
+use crate::deploy::{jack_ports, Deployment};
 use crate::events::Events;
 use crate::first_run::BroughtUp;
 use crate::hosts::fleet::{self, AgentSetup, ConnectOptions, Fleet};
@@ -152,7 +152,13 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     }
     let remote = !connected.ssh.is_empty();
     fleet
-        .bring_up(&involved, connected, &current, desired.deployment.audio)
+        .bring_up(
+            &involved,
+            connected,
+            &current,
+            desired.deployment.audio,
+            jack_ports::room(&desired.deployment),
+        )
         .await?;
     for (host, hello) in &fleet.hellos {
         if !hello.adopted.is_empty() {

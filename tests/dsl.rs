@@ -138,4 +138,23 @@ fn hosts_carry_their_own_jack_driver() {
         err.contains("hosts.lua:1:") && err.contains("jack_device"),
         "{err}"
     );
+    std::fs::write(
+        &hosts,
+        "host \"small\" { address = \"10.0.0.11\", jack_ports = 512 }\nhost \"tiny\" { address = \"10.0.0.12\", jack_ports = 8 }\n",
+    )
+    .unwrap();
+    let err = cloud_orchestra::script::load_hosts(&hosts, &mut warnings)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!("{}:2: host `tiny`: `jack_ports` 8 leaves no room for a sound card; give at least 16 (or leave it out: sized to the orchestra)", hosts.display())
+    );
+    std::fs::write(
+        &hosts,
+        "host \"small\" { address = \"10.0.0.11\", jack_ports = 512 }\n",
+    )
+    .unwrap();
+    let (list, _) = cloud_orchestra::script::load_hosts(&hosts, &mut warnings).unwrap();
+    assert_eq!(list[0].jack.ports, Some(512));
 }

@@ -95,10 +95,15 @@ impl Show {
     }
 
     fn jacktrips(&self, host: &str) -> Vec<String> {
+        self.command_lines(host, "jacktrip")
+    }
+
+    /// The command lines of `program`'s processes on `host`.
+    fn command_lines(&self, host: &str, program: &str) -> Vec<String> {
         self.lab
             .processes(host)
             .into_iter()
-            .filter(|p| p.comm == "jacktrip")
+            .filter(|p| p.comm == program)
             .map(|p| p.args)
             .collect()
     }
@@ -362,6 +367,7 @@ fn bench_agent_command_over_ssh() {
                         start_if_missing: true,
                         driver: None,
                         device: None,
+                        port_max: None,
                         exclusive: false,
                     },
                     intended: vec![],
@@ -1186,6 +1192,14 @@ fn two_hundred_light_blocks_on_twenty_hosts_play_and_change_in_place() {
     run.wait_for("first sound at the DAC", Duration::from_secs(30));
     let before = metro_pids(&show);
     assert_eq!(before.len(), 200, "every metro runs: {before:?}");
+    // Every server has room for four times the busiest host's ports, not JACK's 2048.
+    for host in &hosts {
+        let jackd = show.command_lines(host, "jackd");
+        assert!(
+            jackd.len() == 1 && jackd[0].contains(" --port-max 256 "),
+            "{host}: {jackd:?}"
+        );
+    }
     // m11–m41 play in two rooms each: wherever the placement put them, four links.
     let ends: Vec<String> = hosts.iter().flat_map(|h| show.jacktrips(h)).collect();
     assert_eq!(ends.len(), 8, "four links, nothing else crosses: {ends:?}");
@@ -1429,4 +1443,62 @@ fn bench_scale_on_twenty_hosts() {
         eprintln!("teardown: {:.2} s", stopping.elapsed().as_secs_f64());
         show.only_sshd_everywhere();
     }
+}
+
+/// `n` metros on h1 into its DAC.
+fn metros_on_h1(n: usize) -> String {
+    format!(
+        r#"audio {{ period = 1024 }}
+local out = block "out" {{ module = "dac", host = "h1" }}
+for i = 1, {n} do
+  block("m" .. i) {{ module = "metro", bpm = 100 + i, freq = 300 + 3 * i, amp = 0.02, duration = 30, host = "h1" }} >> out
+end
+"#
+    )
+}
+
+/// The hosts file's `jack_ports` is the room of the JACK server the agent starts
+/// (`--port-max`); an edit whose programs need more ports than are left is refused with the
+/// reason, and what played plays on. (Room for 16: the dummy card's 4 ports, the recorder's
+/// 2, and the first 2 metros; 12 more do not fit.)
+#[test]
+fn a_full_jack_server_refuses_an_edit_with_the_reason_and_the_rest_plays_on() {
+    let show = Show::on_hosts("ports", &["h1"], "song.lua", &metros_on_h1(2), 4);
+    let hosts = std::fs::read_to_string(&show.hosts).unwrap();
+    std::fs::write(&show.hosts, hosts.replace(" }\n", ", jack_ports = 16 }\n")).unwrap();
+    let (cmd, wav) = show.run_recorded(&[]);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("playing: 2 synth(s)", Duration::from_secs(90));
+    let jackd = show.command_lines("h1", "jackd");
+    assert!(
+        jackd.len() == 1 && jackd[0].contains(" --port-max 16 "),
+        "{jackd:?}"
+    );
+    let before = metro_pids(&show);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    save(&show.script, &metros_on_h1(14));
+    let refused = run.wait_for("is full:", Duration::from_secs(30));
+    assert!(
+        refused.contains("JACK server `")
+            && refused.ends_with(
+                "needs 1 more; set a bigger `jack_ports` for this host in the hosts file, then stop the orchestra and start it again"
+            )
+            && refused.contains(" of its 16 ports"),
+        "{refused}"
+    );
+    run.wait_for(
+        "nothing changed: still playing the last good orchestra",
+        Duration::from_secs(30),
+    );
+    assert_eq!(metro_pids(&show), before, "what played plays on");
+    std::thread::sleep(Duration::from_secs(3));
+    stopped(run);
+    let (left, rate) = cloud_orchestra::analysis::read_channel(&wav, 0).unwrap();
+    let end = cloud_orchestra::analysis::analyze(&left[left.len() - 2 * rate as usize..], rate);
+    assert!(
+        end.rms > 0.001,
+        "the two metros still beep at the end: {end:?}"
+    );
+    show.only_sshd_everywhere();
 }

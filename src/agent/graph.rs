@@ -211,6 +211,13 @@ impl JackGraph {
             .is_empty()
     }
 
+    /// How many ports the server holds now, of every client.
+    pub fn port_count(&self) -> usize {
+        self.client
+            .ports(None, None, jack::PortFlags::empty())
+            .len()
+    }
+
     pub fn port_exists(&self, name: &str) -> bool {
         self.client.port_by_name(name).is_some()
     }

@@ -31,7 +31,11 @@ fn pid_file(workdir: &Path) -> std::path::PathBuf {
 /// the orchestra's rate and period.
 pub fn jackd_args(server: &str, jack: &JackSettings) -> Vec<String> {
     let driver = jack.driver.as_deref().unwrap_or("dummy");
-    let mut args: Vec<String> = vec!["-n".into(), server.into(), "-d".into(), driver.into()];
+    let mut args: Vec<String> = vec!["-n".into(), server.into()];
+    if let Some(ports) = jack.port_max {
+        args.extend(["--port-max".into(), ports.to_string()]);
+    }
+    args.extend(["-d".into(), driver.into()]);
     if let Some(device) = &jack.device {
         args.extend(["-d".into(), device.clone()]);
     }
@@ -59,6 +63,14 @@ pub struct Server {
 
 impl Server {
     /// The jackd an earlier agent started in this work dir, if it still runs.
+    /// How many ports this server holds (its `--port-max`), if it was started with one.
+    pub fn port_max(&self) -> Option<usize> {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).ok()?;
+        let mut args = cmdline.split(|b| *b == 0);
+        args.find(|a| *a == b"--port-max")?;
+        std::str::from_utf8(args.next()?).ok()?.parse().ok()
+    }
+
     pub fn adopt(workdir: &Path) -> Option<Server> {
         let pid: u32 = std::fs::read_to_string(pid_file(workdir))
             .ok()?
@@ -383,6 +395,7 @@ mod tests {
             start_if_missing: true,
             driver: driver.map(String::from),
             device: device.map(String::from),
+            port_max: None,
             exclusive: false,
         }
     }
@@ -454,6 +467,14 @@ mod tests {
         assert_eq!(
             jackd_args("s1", &settings(Some("alsa"), Some("hw:1"))).join(" "),
             "-n s1 -d alsa -d hw:1 -r 44100 -p 128"
+        );
+        let sized = JackSettings {
+            port_max: Some(256),
+            ..settings(None, None)
+        };
+        assert_eq!(
+            jackd_args("s2", &sized).join(" "),
+            "-n s2 --port-max 256 -d dummy -r 44100 -p 128 -C 2 -P 2"
         );
     }
 }

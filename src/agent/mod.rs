@@ -202,6 +202,7 @@ impl Agent {
                         jackd::server_name()
                     );
                 }
+                self.check_room(&process)?;
                 let alone = process.ready_line.is_some();
                 self.wait_for_starts(alone).await;
                 let pid = self.supervisor()?.start(&process)?;
@@ -364,6 +365,35 @@ impl Agent {
 
     /// Why a synth ended while it started: how it exited and the end of its log. It is
     /// forgotten (no `Exited` event follows: the error says it all).
+    /// Refuse a start whose ports the server has no room left for, saying why: JACK itself
+    /// would only make the program fail with "cannot register port".
+    fn check_room(&self, process: &crate::deploy::ProcessSpec) -> Result<()> {
+        let Some(room) = self.jackd.as_ref().and_then(|server| server.port_max()) else {
+            return Ok(());
+        };
+        let needed = process.inputs.len() + process.outputs.len();
+        let graph = self
+            .graph
+            .as_ref()
+            .context("no JACK client (say hello first)")?;
+        // Programs started a moment ago may not have registered theirs yet.
+        let promised = self
+            .starting
+            .iter()
+            .flat_map(|s| s.ports())
+            .filter(|port| !graph.port_exists(port))
+            .count();
+        let used = graph.port_count() + promised;
+        if used + needed > room {
+            bail!(
+                "JACK server `{}` is full: {used} of its {room} ports are in use and `{}` needs {needed} more; set a bigger `jack_ports` for this host in the hosts file, then stop the orchestra and start it again",
+                jackd::server_name(),
+                process.block
+            );
+        }
+        Ok(())
+    }
+
     fn failed_start(&mut self, process: &crate::deploy::ProcessSpec) -> anyhow::Error {
         let Some(sup) = self.supervisor.as_mut() else {
             return anyhow!("say hello first");

@@ -85,6 +85,9 @@ pub struct JackSettings {
     pub driver: Option<String>,
     #[serde(default)]
     pub device: Option<String>,
+    /// How many ports it holds (jackd's `--port-max`; `None`: JACK's own default).
+    #[serde(default)]
+    pub port_max: Option<u32>,
     /// Remove every edge of the orchestra's clients the plan did not ask for, even one to a
     /// program that is not the orchestra's (a recorder, a meter, a DAW); by default only
     /// those between the orchestra's own clients and the system ports go.

@@ -28,6 +28,11 @@ pub struct Starting {
 }
 
 impl Starting {
+    /// The ports it will register.
+    pub fn ports(&self) -> &[String] {
+        &self.ports
+    }
+
     pub fn new(spec: &ProcessSpec, pid: u32, workdir: &Path) -> Starting {
         Starting {
             client: spec.client.clone(),

@@ -1,6 +1,7 @@
 //! Deployment: from a resolved orchestra and its placement, exactly what must exist on each
 //! host — processes (each with a spec hash), JACK edges — and the wires that cross hosts.
 
+pub mod jack_ports;
 pub mod links;
 mod ports;
 

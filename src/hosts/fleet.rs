@@ -7,7 +7,7 @@
 use super::ssh::{self, SshError, SshHost};
 use super::AgentSession;
 use crate::agent::protocol::{Event, HelloReply, JackSettings, Request, StatusReply};
-use crate::deploy::{Deployment, Edge};
+use crate::deploy::{jack_ports, Deployment, Edge};
 use crate::executor::{self, Reached};
 use crate::model::{AudioSettings, Host};
 use crate::osc::memory::OscMemory;
@@ -219,6 +219,7 @@ impl AgentSetup {
         ssh: Option<&SshHost>,
         audio: AudioSettings,
         intended: Vec<Edge>,
+        port_room: u32,
         mut timings: Option<&mut Timings>,
     ) -> Result<(AgentSession, HelloReply)> {
         let (session, workdir) = self.open_agent(host, ssh, timings.as_deref_mut()).await?;
@@ -232,6 +233,7 @@ impl AgentSetup {
                     start_if_missing: true,
                     driver: host.jack.driver.clone(),
                     device: host.jack.device.clone(),
+                    port_max: Some(host.jack.ports.unwrap_or(port_room)),
                     exclusive: self.exclusive,
                 },
                 intended,
@@ -271,6 +273,7 @@ impl Fleet {
         connected: Connected,
         running: &Deployment,
         audio: AudioSettings,
+        port_room: u32,
     ) -> Result<()> {
         let progress = indicatif::MultiProgress::new();
         let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
@@ -296,7 +299,14 @@ impl Fleet {
                     timings.add("connect", took);
                 }
                 let (session, hello) = setup
-                    .start_agent(host, ssh.as_deref(), audio, intended, Some(&mut timings))
+                    .start_agent(
+                        host,
+                        ssh.as_deref(),
+                        audio,
+                        intended,
+                        port_room,
+                        Some(&mut timings),
+                    )
                     .await?;
                 Ok::<_, anyhow::Error>((host.name.clone(), session, hello, timings))
             }
@@ -360,6 +370,7 @@ impl Fleet {
                 ssh.as_deref(),
                 running.audio,
                 intended_on(running, &host.name),
+                jack_ports::room(running),
                 None,
             )
             .await?;
@@ -379,7 +390,8 @@ impl Fleet {
             .into_iter()
             .filter(|h| !left_out.iter().any(|(s, _)| *s == h.name))
             .collect();
-        self.bring_up(&reached, connected, running, running.audio)
+        let port_room = jack_ports::room(running);
+        self.bring_up(&reached, connected, running, running.audio, port_room)
             .await?;
         self.finish_progress();
         Ok(Reached {

@@ -77,6 +77,10 @@ pub struct JackHost {
     pub driver: Option<String>,
     /// The backend's device, e.g. `hw:1` for alsa.
     pub device: Option<String>,
+    /// How many ports a server the agent starts there holds (`None`: sized to the orchestra,
+    /// see [`crate::deploy::jack_ports`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<u32>,
 }
 
 impl Host {

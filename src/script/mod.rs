@@ -6,6 +6,7 @@ pub mod layer;
 pub mod prototype;
 pub mod sandbox;
 
+use crate::deploy::jack_ports;
 use crate::model::{
     AudioSettings, Block, Connection, Endpoint, Host, Location, ModelError, NetworkSettings,
     Orchestra,
@@ -673,6 +674,7 @@ const HOST_FIELDS: &[&str] = &[
     "identity",
     "jack_driver",
     "jack_device",
+    "jack_ports",
 ];
 
 fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value> {
@@ -744,9 +746,20 @@ fn define_host(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Value
         }
         Ok(value)
     };
+    let ports = match number("jack_ports", 0, i64::from(jack_ports::MOST))? {
+        0 => None,
+        n if n < 16 => {
+            return Err(script_error(
+                lua,
+                format!("host `{name}`: `jack_ports` {n} leaves no room for a sound card; give at least 16 (or leave it out: sized to the orchestra)"),
+            ))
+        }
+        n => Some(n as u32),
+    };
     let jack = crate::model::JackHost {
         driver: plain("jack_driver")?,
         device: plain("jack_device")?,
+        ports,
     };
     let host = Host {
         name: name.clone(),
