@@ -89,7 +89,7 @@ impl Browser {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--window-size=1100,760",
+            "--window-size=1100,900",
             &format!("--user-data-dir={}", self.profile.path().display()),
         ];
         let capabilities = json!({
@@ -263,6 +263,26 @@ async fn the_page_shows_the_blocks_on_their_host_and_follows_a_saved_edit() {
         "{log:?}"
     );
     assert!(log.iter().any(|l| l.starts_with("applied in ")), "{log:?}");
+
+    // A synth that dies is restarted by the repair: the page follows, and logs why.
+    let killed = after["osc"];
+    unsafe { libc::kill(killed as i32, libc::SIGKILL) };
+    let restarted = until_shown(
+        &page,
+        "osc playing again under a new pid",
+        |shown| match shown.get("localhost")?.get("osc")? {
+            (state, Some(pid)) if state == "playing" && *pid != killed => Some(*pid),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(pids(stage.dir.path())["osc"], restarted);
+    let log = log_lines(&page).await;
+    assert!(
+        log.iter().any(|l| l.starts_with("error: block `osc` (")
+            && l.contains(") on localhost was killed by signal 9; the rest keeps playing.")),
+        "{log:?}"
+    );
 
     // A screenshot of the page for the README (see docs/page.png).
     let png = page.screenshot().await.unwrap();
