@@ -117,7 +117,13 @@ async fn follow(
                 model.set_scene(scene.borrow_and_update().clone());
             }
             happening = happenings.recv() => match happening {
-                Ok(happening) => model.tell(&happening),
+                Ok(happening) => {
+                    model.tell(&happening);
+                    // A reload's lines come together: drawn once, not once per line.
+                    while let Ok(more) = happenings.try_recv() {
+                        model.tell(&more);
+                    }
+                }
                 // Some lines were missed (a burst of thousands): the scene is still true.
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,

@@ -523,4 +523,65 @@ mod tests {
         );
         assert_eq!(log.last().unwrap().kind, "reload");
     }
+
+    #[test]
+    fn links_start_come_up_measure_and_starve() {
+        let mut model = ViewModel::default();
+        let mut scene = scene();
+        let mut deployment = (*scene.deployment).clone();
+        deployment.links.push(crate::deploy::links::Link {
+            id: "link-0a1b2c3d-2".into(),
+            from_host: "localhost".into(),
+            to_host: "h2".into(),
+            channels: 2,
+            wires: Vec::new(),
+            server_port: 4464,
+            client_port: 4465,
+        });
+        scene.deployment = Arc::new(deployment);
+        model.set_scene(scene.clone());
+        let link = |model: &ViewModel| {
+            let l = model.view().links[0].clone();
+            (l.state, l.rtt_ms, l.wires, l.channels)
+        };
+        assert_eq!(link(&model), ("starting", None, 0, 2));
+        for host in ["localhost", "h2"] {
+            scene
+                .running
+                .entry(host.into())
+                .or_default()
+                .insert("link-0a1b2c3d-2".into(), 77);
+        }
+        model.set_scene(scene);
+        assert_eq!(link(&model), ("up", None, 0, 2));
+        let rtt = Happening::Host {
+            host: "localhost".into(),
+            event: Event::LinkRtt {
+                end: "link-0a1b2c3d-2.send".into(),
+                peer: "h2".into(),
+                rtt_us: 420,
+            },
+        };
+        model.tell(&rtt);
+        assert_eq!(link(&model), ("up", Some(0.42), 0, 2));
+        model.tell(&Happening::Host {
+            host: "h2".into(),
+            event: Event::LinkStarved {
+                block: "link-0a1b2c3d-2.recv".into(),
+                client: "link-0a1b2c3d-2".into(),
+                for_ms: 900,
+            },
+        });
+        assert_eq!(link(&model).0, "starved");
+        model.tell(&rtt);
+        assert_eq!(link(&model).0, "up", "measured again: it carries packets");
+        model.tell(&Happening::GaveUp {
+            client: "link-0a1b2c3d-2".into(),
+            exits: 5,
+            window_s: 30,
+        });
+        assert_eq!(link(&model).0, "failed");
+        // Round trips are shown on the link, not logged; the rest is.
+        assert_eq!(model.view().log.len(), 2);
+    }
 }
