@@ -288,9 +288,25 @@ async fn the_page_shows_the_blocks_on_their_host_and_follows_a_saved_edit() {
     let png = page.screenshot().await.unwrap();
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-page.png");
     std::fs::write(&shot, png).unwrap();
-    page.close().await.unwrap();
-    drop(browser);
+
+    // The run stops with the page open: it ends as it should, and the page says so.
     stop(run, &stage);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = page
+            .execute(
+                "return document.getElementById('connection').dataset.state",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if state == "lost" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the page still says {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    page.close().await.unwrap();
 }
 
 /// One HTTP/1.1 request from `from` to `to`; the status line and body of the answer.
