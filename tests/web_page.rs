@@ -190,8 +190,36 @@ async fn log_lines(page: &Client) -> Vec<String> {
 
 fn run_with_web(stage: &Stage, web: &[&str]) -> Running {
     let mut cmd = orchestra(&stage.server);
-    cmd.arg("run").arg(&stage.script).arg("--no-osc").args(web);
+    cmd.arg("run")
+        .arg(&stage.script)
+        .args(["--osc", "127.0.0.1:0"])
+        .args(web);
     Running::spawn(cmd)
+}
+
+/// Send `/orchestra/…` with one string to the runtime at `to`; its answer: (address, text).
+fn osc_command(to: SocketAddr, command: &str, arg: &str) -> (String, String) {
+    use rosc::{OscMessage, OscPacket, OscType};
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let packet = OscPacket::Message(OscMessage {
+        addr: command.into(),
+        args: vec![OscType::String(arg.into())],
+    });
+    socket
+        .send_to(&rosc::encoder::encode(&packet).unwrap(), to)
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    let (len, _) = socket.recv_from(&mut buffer).expect("an answer");
+    match rosc::decoder::decode_udp(&buffer[..len]).unwrap().1 {
+        OscPacket::Message(OscMessage { addr, args }) => match args.as_slice() {
+            [OscType::String(text)] => (addr, text.clone()),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
 }
 
 fn stop(run: Running, stage: &Stage) {
@@ -199,7 +227,7 @@ fn stop(run: Running, stage: &Stage) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_shows_the_blocks_on_their_host_and_follows_a_saved_edit() {
+async fn the_page_shows_the_blocks_on_their_host_and_follows_edits_commands_and_a_crash() {
     let stage = Stage::with_script("web-page", "song.lua", THREE_SYNTHS);
     let mut run = run_with_web(&stage, &["--web", "127.0.0.1:0"]);
     let (addr, url) = page_url(&mut run);
@@ -264,8 +292,23 @@ async fn the_page_shows_the_blocks_on_their_host_and_follows_a_saved_edit() {
     );
     assert!(log.iter().any(|l| l.starts_with("applied in ")), "{log:?}");
 
+    // An OSC command goes the same way.
+    let line = run.said("OSC control and router on ", Duration::from_secs(1));
+    assert_eq!(
+        osc_command(osc_address(&line), "/orchestra/remove", "osc3"),
+        ("/orchestra/ok".to_string(), "remove osc3".to_string())
+    );
+    let now = pids(stage.dir.path());
+    assert_eq!(now.len(), 3, "{now:?}");
+    until_shown(&page, "osc3 gone", playing_as(&now)).await;
+    let log = log_lines(&page).await;
+    assert!(
+        log.iter().any(|l| l == "reload: OSC remove osc3"),
+        "{log:?}"
+    );
+
     // A synth that dies is restarted by the repair: the page follows, and logs why.
-    let killed = after["osc"];
+    let killed = now["osc"];
     unsafe { libc::kill(killed as i32, libc::SIGKILL) };
     let restarted = until_shown(
         &page,
@@ -423,11 +466,6 @@ fn beyond_loopback_only_allowed_networks_with_the_token_get_in() {
         );
     }
     assert_eq!(what_plays(stage.dir.path()), before, "nothing changed");
-    assert!(
-        !run.stderr.iter().any(|l| l.starts_with("reload:")),
-        "{:?}",
-        run.stderr
-    );
 
     // With the token, from an allowed network or this machine: the page and its websocket.
     let (status, body) = request("127.0.0.2", to, &format!("/?token={token}"), "");
@@ -435,7 +473,14 @@ fn beyond_loopback_only_allowed_networks_with_the_token_get_in() {
     assert!(body.contains("<title>cloud-orchestra</title>"), "{body}");
     let (status, _) = request("127.0.0.1", to, &format!("/ws?token={token}"), UPGRADE);
     assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
-    stop(run, &stage);
+    run.signal(libc::SIGINT);
+    let (code, stderr) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("reload:"),
+        "nothing was reloaded: {stderr}"
+    );
+    assert_no_leftovers(&stage.server, stage.dir.path());
 }
 
 /// `orchestra run` of the stage's script with `--web ADDR` and more: it must fail at once,
