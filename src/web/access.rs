@@ -36,6 +36,10 @@ pub enum Refusal {
     WrongToken,
     /// A page of another site asked (its scripts could read the orchestra otherwise).
     ForeignOrigin(String),
+    /// Served on loopback without a token, the page answers only to this machine's own
+    /// names: a site whose name an attacker points at 127.0.0.1 (DNS rebinding) would
+    /// otherwise count as the page's own origin.
+    ForeignHost(String),
 }
 
 impl fmt::Display for Refusal {
@@ -56,6 +60,10 @@ impl fmt::Display for Refusal {
             Refusal::ForeignOrigin(origin) => write!(
                 f,
                 "forbidden: a page from {origin} may not open this orchestra; nothing was changed"
+            ),
+            Refusal::ForeignHost(host) => write!(
+                f,
+                "forbidden: on loopback the page answers to 127.0.0.1, [::1] or localhost, not to {host}; nothing was changed"
             ),
         }
     }
@@ -88,6 +96,11 @@ impl Access {
         if !this_machine && !self.allow.iter().any(|net| net.contains(&peer)) {
             return Err(Refusal::Outside(peer));
         }
+        if self.token.is_none() && !asking.host.is_some_and(names_this_machine) {
+            return Err(Refusal::ForeignHost(
+                asking.host.unwrap_or("no Host header").to_string(),
+            ));
+        }
         if let Some(token) = &self.token {
             match asking.token {
                 None | Some("") => return Err(Refusal::NoToken),
@@ -105,6 +118,18 @@ impl Access {
         }
         Ok(())
     }
+}
+
+/// `127.0.0.1:7780`, `[::1]:7780`, `localhost:7780`: a Host header that names this machine
+/// by its loopback address or name (with or without the port).
+fn names_this_machine(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Compare without an early exit, so the time taken says nothing about the token.
@@ -132,6 +157,12 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// `asking` from this machine is refused, saying exactly `why`.
+    fn refused(access: &Access, asking: Asking<'_>, why: &str) {
+        let refusal = access.admit(ip("127.0.0.1"), asking).unwrap_err();
+        assert_eq!(refusal.to_string(), why);
     }
 
     #[test]
@@ -188,7 +219,28 @@ mod tests {
     fn loopback_needs_no_token_but_a_foreign_page_is_refused() {
         let access = Access::for_bind("127.0.0.1:0".parse().unwrap(), vec![]).unwrap();
         assert_eq!(access.token, None);
-        assert_eq!(access.admit(ip("127.0.0.1"), Asking::default()), Ok(()));
+        let at = |host| Asking {
+            host: Some(host),
+            ..Asking::default()
+        };
+        for host in [
+            "127.0.0.1:7780",
+            "localhost:7780",
+            "[::1]:7780",
+            "127.0.0.1",
+        ] {
+            assert_eq!(access.admit(ip("127.0.0.1"), at(host)), Ok(()), "{host}");
+        }
+        // DNS rebinding: a site's own name pointed at 127.0.0.1.
+        refused(
+            &access,
+            at("rebind.example:7780"),
+            "forbidden: on loopback the page answers to 127.0.0.1, [::1] or localhost, not to rebind.example:7780; nothing was changed",
+        );
+        assert_eq!(
+            access.admit(ip("127.0.0.1"), Asking::default()),
+            Err(Refusal::ForeignHost("no Host header".into()))
+        );
         let from = |origin| Asking {
             origin: Some(origin),
             host: Some("127.0.0.1:7780"),
@@ -198,13 +250,10 @@ mod tests {
             access.admit(ip("127.0.0.1"), from("http://127.0.0.1:7780")),
             Ok(())
         );
-        assert_eq!(
-            access.admit(ip("127.0.0.1"), from("https://evil.example")),
-            Err(Refusal::ForeignOrigin("https://evil.example".into()))
-        );
-        assert_eq!(
-            Refusal::ForeignOrigin("https://evil.example".into()).to_string(),
-            "forbidden: a page from https://evil.example may not open this orchestra; nothing was changed"
+        refused(
+            &access,
+            from("https://evil.example"),
+            "forbidden: a page from https://evil.example may not open this orchestra; nothing was changed",
         );
         assert_eq!(
             Refusal::Outside(ip("10.0.0.5")).to_string(),
