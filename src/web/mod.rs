@@ -61,7 +61,9 @@ impl Web {
     /// Serve the page, drawn from `events` (what plays now and what happens from now on).
     pub fn serve(self, events: &Events) -> Result<Serving> {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
-        let (views_tx, views) = watch::channel(Arc::new(String::new()));
+        // A page that connects before the first scene gets an empty orchestra, never nothing.
+        let empty = serde_json::to_string(&ViewModel::default().view())?;
+        let (views_tx, views) = watch::channel(Arc::new(empty));
         let (stop, stopped) = oneshot::channel::<()>();
         let (done_tx, done) = watch::channel(false);
         let model = tokio::spawn(follow(events.clone(), views_tx, done));
