@@ -136,6 +136,17 @@ enum Command {
         /// No OSC control server or router.
         #[arg(long, conflicts_with_all = ["osc", "osc_allow", "osc_control_allow"])]
         no_osc: bool,
+        /// Where the browser page is served (default 127.0.0.1:7780; port 0: one the system
+        /// chooses, printed at start).
+        #[arg(long, value_name = "ADDR")]
+        web: Option<std::net::SocketAddr>,
+        /// Networks besides this machine that may open the page (needed to serve it beyond
+        /// loopback; then every request needs the token printed in the page's address).
+        #[arg(long = "web-allow", value_name = "CIDR", num_args = 1..)]
+        web_allow: Vec<ipnet::IpNet>,
+        /// No browser page.
+        #[arg(long, conflicts_with_all = ["web", "web_allow"])]
+        no_web: bool,
     },
     /// Show what `run` would do: placement, cost and the ordered actions.
     Plan {
@@ -218,6 +229,9 @@ pub async fn main(cli: Cli) -> Result<()> {
             osc_allow,
             osc_control_allow,
             no_osc,
+            web,
+            web_allow,
+            no_web,
         } => {
             // Installed before anything starts: a signal during start-up is not lost.
             let shutdown = runtime::shutdown_on_signals()?;
@@ -245,6 +259,11 @@ pub async fn main(cli: Cli) -> Result<()> {
                     }),
                     osc_explicit: osc.is_some(),
                     exclusive,
+                    web: (!no_web).then(|| crate::web::WebOptions {
+                        bind: web.unwrap_or(crate::web::DEFAULT_ADDR.into()),
+                        allow: web_allow,
+                    }),
+                    web_explicit: web.is_some(),
                 },
                 shutdown,
             )

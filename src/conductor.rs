@@ -358,6 +358,9 @@ impl<H: Hosts> Conductor<H> {
             started,
         )
         .await;
+        for (host, pids) in &repaired.running {
+            self.events.show_running(host, pids.clone());
+        }
         let policy = self.policies.restart;
         for client in repaired.given_up {
             self.avoid_if_link(&client, started);

@@ -1,11 +1,14 @@
 //! What the control loop tells the world, as data: each reload, applied change, repair and
 //! host event is one [`Happening`]. The terminal prints each at once, in order (its `Display`
-//! is the line a musician reads); anyone else — tests now, the web page later — subscribes to
-//! the same stream.
+//! is the line a musician reads); anyone else — the tests, the web page — subscribes to the
+//! same stream. What plays now, the [`Scene`], is kept beside it for those that draw it.
 
 use crate::agent::protocol::Event;
+use crate::deploy::Deployment;
+use std::collections::BTreeMap;
 use std::fmt;
-use tokio::sync::broadcast;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
 
 /// One thing that happened while the orchestra plays.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,29 +278,73 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
     }
 }
 
+/// What plays now, level-triggered: the state the happenings are changes of. A subscriber
+/// that comes late (a page opened mid-show) starts from it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scene {
+    /// What was applied last (empty before the first run has converged).
+    pub deployment: Arc<Deployment>,
+    /// Cores each host's blocks take (the script's `cpu`), to show against its cores.
+    pub loads: BTreeMap<String, u64>,
+    /// What each host's agent last reported running: client → pid.
+    pub running: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
 /// Where happenings go: printed on the terminal at once (so lines keep their order with the
 /// rest of the output), and sent to every subscriber.
 #[derive(Clone)]
 pub struct Events {
     print: bool,
     sender: broadcast::Sender<Happening>,
+    /// Shared by every clone: the conductor and the play loop both update it.
+    scene: Arc<watch::Sender<Scene>>,
 }
 
 impl Events {
     /// A stream printed on the terminal.
     pub fn printed() -> Events {
-        Events {
-            print: true,
-            sender: broadcast::channel(1024).0,
-        }
+        Events::new(true)
     }
 
     /// A stream only subscribers see (tests).
     pub fn quiet() -> Events {
+        Events::new(false)
+    }
+
+    fn new(print: bool) -> Events {
         Events {
-            print: false,
+            print,
             sender: broadcast::channel(1024).0,
+            scene: Arc::new(watch::channel(Scene::default()).0),
         }
+    }
+
+    /// A change was applied (or the placement moved): this is what plays now.
+    pub fn show_applied(&self, deployment: &Deployment, loads: BTreeMap<String, u64>) {
+        self.scene.send_if_modified(|scene| {
+            if *scene.deployment == *deployment && scene.loads == loads {
+                return false;
+            }
+            scene.deployment = Arc::new(deployment.clone());
+            scene.loads = loads;
+            true
+        });
+    }
+
+    /// What `host`'s agent reports running (subscribers hear of it only when it changed).
+    pub fn show_running(&self, host: &str, pids: BTreeMap<String, u32>) {
+        self.scene.send_if_modified(|scene| {
+            if scene.running.get(host) == Some(&pids) {
+                return false;
+            }
+            scene.running.insert(host.to_string(), pids);
+            true
+        });
+    }
+
+    /// What plays now, and each change of it from now on.
+    pub fn scene(&self) -> watch::Receiver<Scene> {
+        self.scene.subscribe()
     }
 
     pub fn emit(&self, happening: Happening) {

@@ -282,6 +282,8 @@ pub struct Repaired {
     pub given_up: Vec<String>,
     /// Hosts whose agent did not answer, with why: the caller replaces them.
     pub lost: Vec<(String, anyhow::Error)>,
+    /// What each host that answered runs now: client → pid.
+    pub running: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 /// Level-triggered repair: ask every host what runs, compare with `applied`, and make it so —
@@ -299,6 +301,7 @@ pub async fn repair<H: Hosts + ?Sized>(
     for (host, reply) in names.into_iter().zip(replies) {
         match reply {
             Ok(seen) => {
+                out.running.insert(host.clone(), seen.pids.clone());
                 observed.insert(host, seen);
             }
             Err(e) => out.lost.push((host, e)),

@@ -41,6 +41,9 @@
 //! - [`osc`]: the OSC control server and the router to blocks, which remembers what it told
 //!   each block for its new instances ([`osc::memory`]); the live layer its commands edit is
 //!   an input of the script stage ([`script::layer`]).
+//! - [`web`]: the browser page of a playing orchestra (`run --web`): who may open it
+//!   ([`web::access`]), what it shows ([`web::view`], folded from the [`events`]), and the server
+//!   that pushes every change over a websocket ([`web::server`]).
 //! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
@@ -72,4 +75,5 @@ pub mod script;
 pub mod state;
 pub mod status;
 pub mod watch;
+pub mod web;
 pub mod xruns;

@@ -109,7 +109,7 @@ impl<H: Hosts> Live<H> {
         first: &Desired,
     ) -> Live<H> {
         let latency_said = crate::latency::over_limit(&loaded.resolved, &first.latency);
-        Live {
+        let live = Live {
             source,
             conductor,
             watcher: None,
@@ -123,7 +123,18 @@ impl<H: Hosts> Live<H> {
             osc_memory: None,
             round_trips: loaded.round_trips.clone(),
             loaded,
-        }
+        };
+        live.show_scene();
+        live
+    }
+
+    /// Tell subscribers what plays now (after the first run and each applied reload).
+    fn show_scene(&self) {
+        let applied = self.conductor.applied();
+        let loads = crate::placement::host_loads(&self.loaded.resolved, &applied.placement);
+        self.conductor
+            .events()
+            .show_applied(&applied.deployment, loads);
     }
 
     /// Tell synths restarted with their host's JACK server what their block was last told.
@@ -355,6 +366,7 @@ impl<H: Hosts> Live<H> {
         match converged {
             Converged::Unchanged => {
                 self.loaded = loaded;
+                self.show_scene();
                 Reloaded::Unchanged
             }
             Converged::RolledBack { .. } => {
@@ -363,6 +375,7 @@ impl<H: Hosts> Live<H> {
             Converged::Applied { .. } => {
                 self.loaded = loaded;
                 self.publish_routes();
+                self.show_scene();
                 Reloaded::Applied
             }
         }

@@ -304,6 +304,8 @@ pub struct Observed {
     pub processes: Vec<(String, String)>,
     /// Edges the agent holds as intended (made or waiting for their ports).
     pub intended: BTreeSet<Edge>,
+    /// The pid of each running instance, by client (what the web page shows).
+    pub pids: BTreeMap<String, u32>,
 }
 
 /// The difference between what was applied and what the agents observe.

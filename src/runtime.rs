@@ -15,6 +15,7 @@ use crate::osc::server::{ControlRequest, OscOptions, OscServer, Serving, SharedR
 use crate::script::layer::LiveLayer;
 use crate::state::{self, AppliedState};
 use crate::watch::Change;
+use crate::web::{Web, WebOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::FutureExt;
 use std::collections::BTreeSet;
@@ -47,6 +48,10 @@ pub struct RunOptions {
     pub osc_explicit: bool,
     /// Agents remove unplanned edges to programs that are not the orchestra's too.
     pub exclusive: bool,
+    /// The browser page; `None` turns it off.
+    pub web: Option<WebOptions>,
+    /// The page's address was given: failing to bind it is an error (the default only warns).
+    pub web_explicit: bool,
 }
 
 /// `orchestra run`: play until `shutdown` resolves (Ctrl-C, SIGTERM, SIGHUP: see
@@ -79,8 +84,9 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         .as_ref()
         .map(|p| p.deployment.clone())
         .unwrap_or_default();
-    // The OSC address is claimed before anything starts: a bad one changes nothing.
+    // The OSC and web addresses are claimed before anything starts: a bad one changes nothing.
     let osc_server = bind_osc(&options).await?;
+    let web = bind_web(&options)?;
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let watcher = if options.watch {
         Some(crate::live::watch_files(
@@ -94,6 +100,9 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     if options.dry_run {
         return dry_run(&options, loaded, previous, shutdown, watcher, changes_rx).await;
     }
+    // The page is up from the start: it shows the orchestra as soon as it plays.
+    let events = Events::printed();
+    let page = web.map(|web| web.serve(&events)).transpose()?;
 
     // Every host is dialled and its key checked before anything starts anywhere.
     let mut all_hosts = loaded.resolved.hosts.clone();
@@ -208,12 +217,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         }
     }
 
-    let mut conductor = Conductor::new(
-        fleet,
-        previous.unwrap_or_default(),
-        dir.clone(),
-        Events::printed(),
-    );
+    let mut conductor = Conductor::new(fleet, previous.unwrap_or_default(), dir.clone(), events);
     let next = AppliedState {
         deployment: desired.deployment.clone(),
         placement: desired.placement.clone(),
@@ -275,6 +279,9 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
                 .unwrap_or_default();
             anyhow!("internal error ({what}); stopped everything it started")
         });
+    if let Some(page) = page {
+        page.stop().await;
+    }
     if let Some((server, serving)) = osc {
         serving.stop();
         if server
@@ -474,6 +481,28 @@ async fn bind_osc(options: &RunOptions) -> Result<Option<OscServer>> {
         Ok(server) => Ok(Some(server)),
         Err(e) if !options.osc_explicit => {
             eprintln!("warning: {e:#}; OSC control is off (choose another address with --osc)");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Claim the page's address and print where to open it. Failing on the default address is a
+/// warning (another orchestra may hold it); on an address given with `--web` it is an error.
+fn bind_web(options: &RunOptions) -> Result<Option<Web>> {
+    let Some(web) = &options.web else {
+        return Ok(None);
+    };
+    if options.dry_run {
+        return Ok(None);
+    }
+    match Web::bind(web) {
+        Ok(bound) => {
+            eprintln!("web page on {}", bound.url()?);
+            Ok(Some(bound))
+        }
+        Err(e) if !options.web_explicit => {
+            eprintln!("warning: {e:#}; the web page is off (choose another address with --web)");
             Ok(None)
         }
         Err(e) => Err(e),

@@ -179,6 +179,7 @@ impl Hosts for FakeHosts {
                     .map(|(client, block)| (block.clone(), client.clone()))
                     .collect(),
                 intended: seen.edges.clone(),
+                ..Default::default()
             })
         }
         .boxed()

@@ -342,6 +342,7 @@ fn repair_puts_back_edges_stops_leftovers_and_finds_the_dead() {
             ("old".into(), "old-12345678".into()),
         ],
         intended: [kept, stray].into_iter().collect(),
+        ..Default::default()
     };
     let found = repair(
         &applied,
@@ -358,6 +359,7 @@ fn repair_puts_back_edges_stops_leftovers_and_finds_the_dead() {
             .map(|p| (p.block.clone(), p.client.clone()))
             .collect(),
         intended: host.edges.clone(),
+        ..Default::default()
     };
     let calm = repair(
         &applied,

@@ -528,6 +528,12 @@ impl executor::Hosts for Fleet {
                 .map_err(|_| executor::Unanswered(grace))??;
             let status: StatusReply = serde_json::from_value(reply)?;
             Ok(Observed {
+                pids: status
+                    .processes
+                    .iter()
+                    .filter(|p| p.alive)
+                    .map(|p| (p.client.clone(), p.pid))
+                    .collect(),
                 processes: status
                     .processes
                     .into_iter()
