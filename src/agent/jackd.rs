@@ -57,20 +57,22 @@ pub fn jackd_args(server: &str, jack: &JackSettings) -> Vec<String> {
 /// earlier agent started, adopted from the pid file (reaped by whoever is its parent now).
 pub struct Server {
     pub pid: u32,
+    /// How many ports it holds (its `--port-max`), if it was started with one.
+    pub port_max: Option<usize>,
     child: Option<Child>,
     log: PathBuf,
 }
 
+/// The `--port-max` of the jackd `pid`, from its command line.
+fn port_max_of(pid: u32) -> Option<usize> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline.split(|b| *b == 0);
+    args.find(|a| *a == b"--port-max")?;
+    std::str::from_utf8(args.next()?).ok()?.parse().ok()
+}
+
 impl Server {
     /// The jackd an earlier agent started in this work dir, if it still runs.
-    /// How many ports this server holds (its `--port-max`), if it was started with one.
-    pub fn port_max(&self) -> Option<usize> {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).ok()?;
-        let mut args = cmdline.split(|b| *b == 0);
-        args.find(|a| *a == b"--port-max")?;
-        std::str::from_utf8(args.next()?).ok()?.parse().ok()
-    }
-
     pub fn adopt(workdir: &Path) -> Option<Server> {
         let pid: u32 = std::fs::read_to_string(pid_file(workdir))
             .ok()?
@@ -79,6 +81,7 @@ impl Server {
             .ok()?;
         (process_alive(pid) && command_name(pid).as_deref() == Some("jackd")).then(|| Server {
             pid,
+            port_max: port_max_of(pid),
             child: None,
             log: workdir.join("jackd.log"),
         })
@@ -180,6 +183,7 @@ pub fn start(workdir: &Path, jack: &JackSettings) -> Result<Server> {
             // lives it reaps jackd when it ends (`Server::ended`).
             return Ok(Server {
                 pid,
+                port_max: jack.port_max.map(|n| n as usize),
                 child: Some(child),
                 log: log_path,
             });

@@ -363,12 +363,10 @@ impl Agent {
         }
     }
 
-    /// Why a synth ended while it started: how it exited and the end of its log. It is
-    /// forgotten (no `Exited` event follows: the error says it all).
     /// Refuse a start whose ports the server has no room left for, saying why: JACK itself
     /// would only make the program fail with "cannot register port".
     fn check_room(&self, process: &crate::deploy::ProcessSpec) -> Result<()> {
-        let Some(room) = self.jackd.as_ref().and_then(|server| server.port_max()) else {
+        let Some(room) = self.jackd.as_ref().and_then(|server| server.port_max) else {
             return Ok(());
         };
         let needed = process.inputs.len() + process.outputs.len();
@@ -394,6 +392,8 @@ impl Agent {
         Ok(())
     }
 
+    /// Why a synth ended while it started: how it exited and the end of its log. It is
+    /// forgotten (no `Exited` event follows: the error says it all).
     fn failed_start(&mut self, process: &crate::deploy::ProcessSpec) -> anyhow::Error {
         let Some(sup) = self.supervisor.as_mut() else {
             return anyhow!("say hello first");
