@@ -271,6 +271,9 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
             end.split('.').next().unwrap_or(end),
             *rtt_us as f64 / 1000.0
         ),
+        // The pages draw these; the terminal has no use for them.
+        Event::Levels { levels, .. } => write!(f, "levels of {} port(s) on {host}", levels.len()),
+        Event::Sound { target, .. } => write!(f, "sound of {target} from {host}"),
         Event::JackFailed { reason, error } => write!(
             f,
             "error: jackd on {host} died ({reason}) and cannot be restarted: {error}; trying again"

@@ -5,6 +5,7 @@
 //! restarts dead synths as the [`Restarts`] policy allows. It talks to hosts only through the
 //! [`Hosts`] trait: the real fleet (SSH and local agents), or an in-memory fake in tests.
 
+use crate::agent::protocol::Request;
 use crate::deploy::{Deployment, Edge};
 use crate::model::Host;
 use crate::plan::{self, Action, Observed, Plan};
@@ -48,6 +49,11 @@ pub trait Hosts: Sync {
         host: &'a Host,
         running: &'a Deployment,
     ) -> BoxFuture<'a, anyhow::Result<usize>>;
+    /// Tell `host`'s agent what its taps are for (meters, listening); the reply is not
+    /// awaited. Hosts without taps (in memory) ignore it.
+    fn tell_taps<'a>(&'a self, _host: &'a str, _taps: Request) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
     /// How long a step took on a host (for the per-host summary); nothing by default.
     fn time(&self, _host: &str, _step: &'static str, _took: Duration) {}
 }

@@ -74,6 +74,7 @@ pub mod runtime;
 pub mod script;
 pub mod state;
 pub mod status;
+pub mod taps;
 pub mod watch;
 pub mod web;
 pub mod xruns;

@@ -58,7 +58,14 @@ pub struct Live<H> {
     /// Round trips the agents measured on the links, by (sending host, receiving host): each
     /// reload's latency estimate counts them, and they are kept for the next `plan`.
     round_trips: crate::latency::RoundTrips,
+    /// What the pages want of the hosts' taps, and what each host was last told and when.
+    taps_wanted: crate::taps::Wanted,
+    taps_told: BTreeMap<String, (String, Instant)>,
 }
+
+/// A host's taps are told again this often even when nothing changed: an agent that replaced
+/// one that went away knows nothing of them.
+const TAPS_AGAIN: Duration = Duration::from_secs(3);
 
 /// What asked for an evaluation, and so what its outcome means.
 #[derive(Debug)]
@@ -122,6 +129,8 @@ impl<H: Hosts> Live<H> {
             record_offset: None,
             osc_memory: None,
             round_trips: loaded.round_trips.clone(),
+            taps_wanted: Default::default(),
+            taps_told: BTreeMap::new(),
             loaded,
         };
         live.show_scene();
@@ -553,6 +562,35 @@ impl<H: Hosts> Live<H> {
     /// Send each OSC block on `host` what the router last told it. (A synth the agent
     /// restarts with its JACK server starts from the script's values; the controller's
     /// router is the one that knows better.)
+    /// Tell each host's taps what the pages want of them now (see `taps::requests`): a change
+    /// at once, the rest again every few seconds. A host never told anything and asked for
+    /// nothing is not told.
+    pub async fn sync_taps(&mut self) {
+        let asked = crate::taps::requests(&self.taps_wanted, &self.conductor.applied().deployment);
+        let now = Instant::now();
+        let mut telling = Vec::new();
+        for (host, request) in asked {
+            let text = serde_json::to_string(&request).unwrap_or_default();
+            let due = match self.taps_told.get(&host) {
+                Some((told, at)) => *told != text || now.duration_since(*at) >= TAPS_AGAIN,
+                None => {
+                    !matches!(&request, crate::agent::protocol::Request::Taps { meters: false, listen } if listen.is_empty())
+                }
+            };
+            if due {
+                self.taps_told.insert(host.clone(), (text, now));
+                telling.push((host, request));
+            }
+        }
+        let hosts = self.conductor.hosts();
+        futures::future::join_all(
+            telling
+                .into_iter()
+                .map(|(host, request)| async move { hosts.tell_taps(&host, request).await }),
+        )
+        .await;
+    }
+
     fn replay_on(&self, host: &str) {
         let Some(memory) = &self.osc_memory else {
             return;
@@ -607,6 +645,8 @@ pub struct Inputs<'a> {
     pub changes: mpsc::UnboundedReceiver<Change>,
     /// OSC commands.
     pub control: mpsc::UnboundedReceiver<ControlRequest>,
+    /// What the pages want of the hosts' taps (none without a page).
+    pub taps: Option<tokio::sync::watch::Receiver<crate::taps::Wanted>>,
 }
 
 /// What ends a run, resolving to why (for the "stopping (…)" line).
@@ -629,6 +669,7 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
         events,
         mut changes,
         mut control,
+        mut taps,
     } = inputs;
     let until = until.map(|d| tokio::time::Instant::now() + d);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
@@ -652,6 +693,12 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
                 None => std::future::pending().await,
             }
         };
+        let taps_changed = async {
+            match taps.as_mut() {
+                Some(wanted) => wanted.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             why = &mut shutdown => {
                 live.tell(Happening::Stopping { why });
@@ -661,6 +708,8 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
             loaded = evaluated => {
                 let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
                 let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
+                // A listened block that moved is listened to where it plays now.
+                live.sync_taps().await;
                 if let Some(reply) = reply {
                     if let Err(why) = &answer {
                         eprintln!("  OSC command refused: {why}");
@@ -695,7 +744,17 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
                     live.reconcile().await;
                 }
             }
-            _ = reconcile.tick() => live.reconcile().await,
+            _ = reconcile.tick() => {
+                live.reconcile().await;
+                live.sync_taps().await;
+            }
+            open = taps_changed => match (open, taps.as_mut()) {
+                (true, Some(wanted)) => {
+                    live.taps_wanted = wanted.borrow_and_update().clone();
+                    live.sync_taps().await;
+                }
+                _ => taps = None,
+            },
         }
     }
 }

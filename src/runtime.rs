@@ -2,7 +2,7 @@
 //! until a signal (Ctrl-C, SIGTERM, `--seconds`), and tear down by applying the diff to an
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
-use crate::agent::protocol::{DownReply, Request};
+use crate::agent::protocol::{DownReply, Event, Request};
 use crate::conductor::{Conductor, Converge, Converged, Paper};
 use crate::deploy::{jack_ports, Deployment};
 use crate::events::Events;
@@ -14,6 +14,7 @@ use crate::osc::memory::OscMemory;
 use crate::osc::server::{ControlRequest, OscOptions, OscServer, Serving, SharedRoutes};
 use crate::script::layer::LiveLayer;
 use crate::state::{self, AppliedState};
+use crate::taps::TapsHub;
 use crate::watch::Change;
 use crate::web::{Web, WebOptions};
 use anyhow::{anyhow, bail, Context, Result};
@@ -102,7 +103,11 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     }
     // The page is up from the start: it shows the orchestra as soon as it plays.
     let events = Events::printed();
-    let page = web.map(|web| web.serve(&events)).transpose()?;
+    // The meters and listeners of the page (their hosts' taps run only while a page is open).
+    let taps_hub = web.as_ref().map(|_| TapsHub::default());
+    let page = web
+        .map(|web| web.serve(&events, taps_hub.clone().unwrap_or_default()))
+        .transpose()?;
 
     // Every host is dialled and its key checked before anything starts anywhere.
     let mut all_hosts = loaded.resolved.hosts.clone();
@@ -136,7 +141,17 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     )?;
     judge(&loaded, &desired, options.source.strict)?;
 
-    let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let (event_tx, from_agents) = mpsc::unbounded_channel();
+    // The taps' levels and sound go straight to the pages, never waiting behind a change the
+    // play loop applies; every other event goes on to it.
+    let mut event_rx = match &taps_hub {
+        Some(hub) => {
+            let (to_play, event_rx) = mpsc::unbounded_channel();
+            tokio::spawn(forward_taps(hub.clone(), from_agents, to_play));
+            event_rx
+        }
+        None => from_agents,
+    };
     // Hosts that play now or played before (their leftovers are stopped by the plan).
     let involved: Vec<Host> = all_hosts
         .iter()
@@ -265,6 +280,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         events: &mut event_rx,
         changes: changes_rx,
         control: control_rx,
+        taps: taps_hub.as_ref().map(TapsHub::wanted),
     };
     // A bug that panics in the control loop still tears down: synths are never left playing
     // with nobody to stop them.
@@ -509,6 +525,21 @@ fn bind_web(options: &RunOptions) -> Result<Option<Web>> {
     }
 }
 
+/// Hand the agents' taps events to the pages' hub and the rest to the play loop.
+async fn forward_taps(
+    hub: TapsHub,
+    mut from_agents: mpsc::UnboundedReceiver<(String, Event)>,
+    to_play: mpsc::UnboundedSender<(String, Event)>,
+) {
+    while let Some((host, event)) = from_agents.recv().await {
+        if let Some(event) = hub.take(&host, event) {
+            if to_play.send((host, event)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Serve OSC: commands go to `control`, block messages are routed at once.
 fn serve_osc(
     server: OscServer,
@@ -571,6 +602,7 @@ async fn dry_run(
         events: &mut no_events,
         changes,
         control: no_control,
+        taps: None,
     };
     play(&mut live, inputs).await;
     Ok(())

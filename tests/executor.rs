@@ -581,6 +581,7 @@ async fn edits_saved_while_one_is_applied_are_merged_into_one_reload() {
         events: &mut events,
         changes,
         control,
+        taps: None,
     };
     let save = |freq: u32| {
         std::fs::write(&script, SONG.replace("440", &freq.to_string())).unwrap();

@@ -517,3 +517,156 @@ fn serving_beyond_loopback_without_allowed_networks_starts_nothing() {
     assert!(leftovers(&stage.server, stage.dir.path()).is_empty());
     assert!(!stage.dir.path().join(".orchestra/song.state.json").exists());
 }
+
+const LOUD_AND_MUTED: &str = r#"local tone = block "tone" { module = "sine", freq = 440, amp = 0.3 }
+local mute = block "mute" { module = "sine", freq = 660, amp = 0 }
+local out  = block "out"  { module = "dac" }
+tone >> out
+mute >> out
+"#;
+
+/// block → (peak, rms) of the meters the page draws on `host`, those measured so far.
+async fn meters(page: &Client, host: &str) -> BTreeMap<String, (f64, f64)> {
+    let value = page
+        .execute(
+            "return [...document.querySelectorAll(`[data-host='${arguments[0]}'] [data-meter]`)]
+               .filter(m => m.dataset.peak !== '')
+               .map(m => [m.dataset.meter, Number(m.dataset.peak), Number(m.dataset.rms)])",
+            vec![json!(host)],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value::<Vec<(String, f64, f64)>>(value)
+        .unwrap()
+        .into_iter()
+        .map(|(block, peak, rms)| (block, (peak, rms)))
+        .collect()
+}
+
+/// What the page's player says: (target, samples decoded, the loudest frequency heard, its
+/// delay behind the synth in ms).
+async fn listening(page: &Client) -> Option<(String, u64, Option<f64>, Option<f64>)> {
+    let value = page
+        .execute("return window.listening()", vec![])
+        .await
+        .unwrap();
+    if value.is_null() {
+        return None;
+    }
+    Some((
+        value["target"].as_str().unwrap_or_default().to_string(),
+        value["samples"].as_u64().unwrap_or(0),
+        value["peakHz"].as_f64(),
+        value["delayMs"].as_f64(),
+    ))
+}
+
+/// The ports of the agent's taps client on this test's server.
+fn taps_ports(server: &str) -> Vec<String> {
+    let out = Command::new("jack_lsp")
+        .env("JACK_DEFAULT_SERVER", server)
+        .output()
+        .expect("jack_lsp (jack-tools) is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|port| port.starts_with("orchestra-taps:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meters_show_what_plays_and_the_page_hears_what_it_listens_to() {
+    let stage = Stage::with_script("web-taps", "song.lua", LOUD_AND_MUTED);
+    let mut run = run_with_web(&stage, &["--web", "127.0.0.1:0"]);
+    let (_, url) = page_url(&mut run);
+    run.wait_for("playing:", Duration::from_secs(30));
+    assert_eq!(
+        taps_ports(&stage.server),
+        Vec::<String>::new(),
+        "no page, no taps"
+    );
+    let browser = Browser::start();
+    let page = browser.open(&url).await;
+
+    // The meters: the tone at amp 0.3 (a sine's RMS is its peak over √2), the muted block
+    // at zero, and the DAC, which hears the tone. The first window of a new tap may hold the
+    // silence before its edge was made: the meters are read until they settle.
+    let sine = |(peak, rms): (f64, f64)| {
+        (peak - 0.3).abs() < 0.02 && (rms - 0.3 / 2f64.sqrt()).abs() < 0.02
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let measured = loop {
+        let now = meters(&page, "localhost").await;
+        if ["tone", "mute", "dac"].iter().all(|b| now.contains_key(*b))
+            && sine(now["tone"])
+            && sine(now["dac"])
+        {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the meters never showed the tone at the level it plays: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(measured["mute"], (0.0, 0.0), "the block at amp 0");
+    let cost = page
+        .execute(
+            "return document.querySelector('[data-host=localhost] .taps-cpu').textContent",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        cost.as_str()
+            .is_some_and(|c| c.starts_with("meters ") && c.ends_with(" % of a core")),
+        "{cost}"
+    );
+    let tapped = taps_ports(&stage.server);
+    assert!(!tapped.is_empty(), "the page's meters tap the synths");
+
+    // Listening to the tone: the page decodes its sound and hears 440 Hz.
+    page.find(fantoccini::Locator::Css("[data-block=tone] button.listen"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let heard = loop {
+        let now = listening(&page).await;
+        if let Some((_, samples, Some(hz), Some(delay))) = &now {
+            // A second of sound, its spectrum settled on the tone.
+            if *samples >= 48_000 && (hz - 440.0).abs() < 12.0 {
+                break (*hz, *delay);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never heard 440 Hz: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "listening: {:.1} Hz heard, {:.0} ms behind the synth",
+        heard.0, heard.1
+    );
+    assert_eq!(
+        listening(&page).await.map(|l| l.0),
+        Some("tone".to_string())
+    );
+
+    // The page goes: its hosts' taps go with it.
+    page.close().await.unwrap();
+    drop(browser);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !taps_ports(&stage.server).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the taps stayed without a page: {:?}",
+            taps_ports(&stage.server)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(run, &stage);
+}

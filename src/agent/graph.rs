@@ -1,6 +1,7 @@
 //! The agent's JACK client: keeps the *intended* edges apart from the observed graph, connects
 //! them whenever their ports exist, removes edges of our clients that nobody intended, and
-//! mirrors what reaches `system:playback_N` into the recorder. Callbacks only send to a channel.
+//! mirrors what reaches `system:playback_N` into the recorder and the DAC's taps; the taps of
+//! synth outputs (see `taps`) are its own edges. Callbacks only send to a channel.
 
 use crate::deploy::Edge;
 use jack::jack_sys as j;
@@ -84,6 +85,11 @@ pub struct JackGraph {
     intended: BTreeSet<Edge>,
     /// Where the recorder listens: (its input ports, index 0 = DAC channel 1).
     recorder_inputs: Vec<String>,
+    /// Where the DAC's taps listen: (DAC channel from 1, the tap's input port).
+    dac_taps: Vec<(usize, String)>,
+    /// Synth outputs into their taps: made whenever their ports are ready, never reported as
+    /// intended (the controller did not ask for them), never removed as unplanned.
+    tap_edges: BTreeSet<Edge>,
     /// When each client's ports were first seen. A client registers its ports before it
     /// activates; connecting in that window fails ("inactive client") and was seen to leave
     /// csound stalled, so edges wait until a client has settled.
@@ -137,6 +143,8 @@ impl JackGraph {
                 gone,
                 intended: BTreeSet::new(),
                 recorder_inputs: Vec::new(),
+                dac_taps: Vec::new(),
+                tap_edges: BTreeSet::new(),
                 first_seen: RefCell::new(HashMap::new()),
                 exclusive: false,
             },
@@ -203,6 +211,26 @@ impl JackGraph {
         self.recorder_inputs = inputs;
     }
 
+    /// What the taps hear: synth outputs through `edges`, and DAC channels through the inputs
+    /// of `dac` that mirror them.
+    pub fn set_taps(&mut self, edges: BTreeSet<Edge>, dac: Vec<(usize, String)>) {
+        self.tap_edges = edges;
+        self.dac_taps = dac;
+    }
+
+    /// Every input that mirrors a DAC channel: (channel from 1, the input).
+    fn mirror_inputs(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.recorder_inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| (i + 1, input.as_str()))
+            .chain(self.dac_taps.iter().map(|(c, input)| (*c, input.as_str())))
+    }
+
+    fn is_mirror_input(&self, port: &str) -> bool {
+        self.mirror_inputs().any(|(_, input)| input == port)
+    }
+
     /// Whether any client called `name` has ports on the server.
     pub fn client_exists(&self, name: &str) -> bool {
         !self
@@ -222,12 +250,12 @@ impl JackGraph {
         self.client.port_by_name(name).is_some()
     }
 
-    /// Remove `edge` now, and its copy into the recorder. Only writes to the graph (see
-    /// [`JackGraph::connect_now`]).
+    /// Remove `edge` now, and its copies into the recorder and the DAC's taps. Only writes to
+    /// the graph (see [`JackGraph::connect_now`]).
     pub fn disconnect(&self, edge: &Edge) {
         let _ = self.client.disconnect_ports_by_name(&edge.from, &edge.to);
-        if let Some(rec) = self.recorder_input_of(&edge.to) {
-            let _ = self.client.disconnect_ports_by_name(&edge.from, rec);
+        for mirror in self.mirrors_of(&edge.to) {
+            let _ = self.client.disconnect_ports_by_name(&edge.from, mirror);
         }
     }
 
@@ -255,18 +283,27 @@ impl JackGraph {
             Ok(()) | Err(jack::Error::PortAlreadyConnected(..)) => true,
             Err(_) => false,
         };
-        if let (true, Some(rec)) = (made, self.recorder_input_of(&edge.to)) {
-            let _ = self.client.connect_ports_by_name(&edge.from, rec);
+        if made {
+            for mirror in self.mirrors_of(&edge.to) {
+                let _ = self.client.connect_ports_by_name(&edge.from, mirror);
+            }
         }
         made
     }
 
-    /// The recorder's input that mirrors `port`, when it is a DAC channel being recorded.
-    fn recorder_input_of(&self, port: &str) -> Option<&str> {
-        let channel: usize = port.strip_prefix(PLAYBACK_PREFIX)?.parse().ok()?;
-        self.recorder_inputs
-            .get(channel.checked_sub(1)?)
-            .map(String::as_str)
+    /// The inputs (the recorder's, the DAC's taps) that mirror `port`, when it is a DAC
+    /// channel.
+    fn mirrors_of(&self, port: &str) -> Vec<&str> {
+        let Some(channel) = port
+            .strip_prefix(PLAYBACK_PREFIX)
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return Vec::new();
+        };
+        self.mirror_inputs()
+            .filter(|(c, _)| *c == channel)
+            .map(|(_, input)| input)
+            .collect()
     }
 
     fn connected(&self, edge: &Edge) -> bool {
@@ -329,6 +366,11 @@ impl JackGraph {
             .iter()
             .filter(|e| self.ready(&e.from) && self.ready(&e.to) && !self.connected(e))
             .collect();
+        let taps_to_connect: Vec<&Edge> = self
+            .tap_edges
+            .iter()
+            .filter(|e| self.ready(&e.from) && self.ready(&e.to) && !self.connected(e))
+            .collect();
         let mut to_disconnect = Vec::new();
         let of_ours = all_ports.iter().filter(|port| {
             port.split_once(':')
@@ -353,7 +395,8 @@ impl JackGraph {
                 };
                 let theirs = !self.exclusive && !managed(&other);
                 if !self.intended.contains(&edge)
-                    && !self.recorder_inputs.contains(&edge.to)
+                    && !self.is_mirror_input(&edge.to)
+                    && !self.tap_edges.contains(&edge)
                     && !theirs
                     && !to_disconnect.contains(&edge)
                 {
@@ -367,6 +410,9 @@ impl JackGraph {
                 tracing::warn!("connect {} → {}: {e:?}", edge.from, edge.to);
             }
         }
+        for edge in taps_to_connect {
+            let _ = client.connect_ports_by_name(&edge.from, &edge.to);
+        }
         for edge in &to_disconnect {
             let _ = client.disconnect_ports_by_name(&edge.from, &edge.to);
         }
@@ -379,13 +425,14 @@ impl JackGraph {
         }
     }
 
-    /// What makes each recorder input hear exactly what its playback port will once
-    /// `connecting` and `disconnecting` are done: (edge into the recorder, connect or not).
+    /// What makes each mirroring input (the recorder's, the DAC's taps) hear exactly what its
+    /// playback port will once `connecting` and `disconnecting` are done: (edge into the
+    /// mirror, connect or not).
     fn mirror_changes(&self, connecting: &[&Edge], disconnecting: &[Edge]) -> Vec<(Edge, bool)> {
         let client = &self.client;
         let mut changes = Vec::new();
-        for (i, rec) in self.recorder_inputs.iter().enumerate() {
-            let playback = format!("{PLAYBACK_PREFIX}{}", i + 1);
+        for (channel, rec) in self.mirror_inputs() {
+            let playback = format!("{PLAYBACK_PREFIX}{channel}");
             let mut sources: BTreeSet<String> = client
                 .port_by_name(&playback)
                 .map(|p| p.get_connections().into_iter().collect())
@@ -405,7 +452,7 @@ impl JackGraph {
                 .unwrap_or_default();
             let edge = |from: &String| Edge {
                 from: from.clone(),
-                to: rec.clone(),
+                to: rec.to_string(),
             };
             changes.extend(sources.difference(&current).map(|s| (edge(s), true)));
             changes.extend(current.difference(&sources).map(|s| (edge(s), false)));

@@ -11,13 +11,15 @@ pub mod recorder;
 mod restore;
 pub mod startup;
 pub mod supervisor;
+pub mod taps;
 mod xruns;
 
 use crate::deploy::Edge;
 use anyhow::{anyhow, bail, Context, Result};
 use graph::{GraphEvent, JackGraph};
 use protocol::{
-    AgentLine, DownReply, Event, HelloReply, JackSettings, Request, RequestLine, StatusReply,
+    AgentLine, DownReply, Event, HelloReply, JackSettings, ListenTap, Request, RequestLine,
+    StatusReply,
 };
 use recorder::Recorder;
 use serde_json::{json, Value};
@@ -34,6 +36,17 @@ const SWEEP_EVERY: Duration = Duration::from_millis(200);
 /// How often the agent looks whether its JACK server shut it down (an atomic load), so a dead
 /// server is restored sooner than the next sweep.
 const WATCH_SERVER_EVERY: Duration = Duration::from_millis(20);
+
+/// How often the taps' levels are reported and their listened sound sent, while there are
+/// taps: the meters move about 20 times a second, and a listener's sound comes in 50 ms pieces.
+const TAPS_EVERY: Duration = Duration::from_millis(50);
+
+/// What the controller last asked this host's taps for (`Request::Taps`).
+#[derive(Debug, Default)]
+struct TapsWanted {
+    meters: bool,
+    listen: Vec<ListenTap>,
+}
 
 struct Agent {
     workdir: Option<PathBuf>,
@@ -67,6 +80,11 @@ struct Agent {
     realtime_said: bool,
     /// Held open while the agent lives: the CPUs kept out of deep idle states.
     cpus_awake: Option<std::fs::File>,
+    /// What the taps are asked for, and the taps client while anything is (see `taps`).
+    taps_wanted: TapsWanted,
+    taps: Option<taps::Taps>,
+    /// The DAC's channels on this server (`system:playback_N`), read when the taps open.
+    dac_ports: Vec<String>,
 }
 
 impl Agent {
@@ -111,6 +129,99 @@ impl Agent {
             }
             self.pending_events.push(event);
         }
+    }
+
+    /// Make the taps what is asked: every synth output and DAC channel while metering, and
+    /// the ports of what is listened to; no taps client when nothing is.
+    fn sync_taps(&mut self) {
+        let wanted = &self.taps_wanted;
+        if !wanted.meters && wanted.listen.is_empty() {
+            if self.taps.take().is_some() {
+                if let Some(graph) = self.graph.as_mut() {
+                    graph.set_taps(Default::default(), Vec::new());
+                }
+            }
+            return;
+        }
+        let (Some(graph), Some(sup)) = (self.graph.as_mut(), self.supervisor.as_ref()) else {
+            return;
+        };
+        if self.taps.is_none() {
+            match taps::Taps::open() {
+                Ok(opened) => {
+                    self.dac_ports = (1..=recorder::MAX_CHANNELS)
+                        .map(|n| format!("system:playback_{n}"))
+                        .filter(|port| graph.port_exists(port))
+                        .collect();
+                    self.taps = Some(opened);
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    return;
+                }
+            }
+        }
+        let mut ports = std::collections::BTreeMap::new();
+        if wanted.meters {
+            for client in sup.clients().filter(|c| !sup.is_link(c)) {
+                let Some(spec) = sup.spec(client) else {
+                    continue;
+                };
+                for output in &spec.outputs {
+                    ports.insert(
+                        output.clone(),
+                        taps::Wanted {
+                            block: spec.block.clone(),
+                            listened: false,
+                        },
+                    );
+                }
+            }
+            for port in &self.dac_ports {
+                ports.insert(
+                    port.clone(),
+                    taps::Wanted {
+                        block: taps::DAC.to_string(),
+                        listened: false,
+                    },
+                );
+            }
+        }
+        for target in &wanted.listen {
+            for port in &target.ports {
+                ports
+                    .entry(port.clone())
+                    .or_insert_with(|| taps::Wanted {
+                        block: target.target.clone(),
+                        listened: false,
+                    })
+                    .listened = true;
+            }
+        }
+        let taps = self.taps.as_mut().expect("opened above");
+        if let Err(e) = taps.set(&ports) {
+            tracing::warn!("{e:#}");
+        }
+        let (edges, dac) = taps.wiring();
+        graph.set_taps(edges, dac);
+    }
+
+    /// The taps' news: the levels (while metering) and the listened sound.
+    fn report_taps(&mut self) -> Vec<Event> {
+        let Some(taps) = self.taps.as_mut() else {
+            return Vec::new();
+        };
+        let mut events = taps.sound(&self.taps_wanted.listen);
+        if self.taps_wanted.meters {
+            let levels = taps.levels();
+            if !levels.is_empty() {
+                events.push(Event::Levels {
+                    levels,
+                    cpu_permille: taps.cpu_permille(),
+                });
+            }
+        }
+        events
     }
 
     fn reconcile(&self) {
@@ -328,6 +439,12 @@ impl Agent {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
+            Request::Taps { meters, listen } => {
+                self.taps_wanted = TapsWanted { meters, listen };
+                self.sync_taps();
+                self.reconcile();
+                Ok(json!({}))
+            }
             Request::StopRecording => {
                 if let Some(recorder) = self.recorder.take() {
                     recorder.finish()?;
@@ -341,6 +458,7 @@ impl Agent {
                 if let Some(sup) = self.supervisor.as_mut() {
                     sup.wait_ended(None);
                 }
+                self.taps = None;
                 self.graph = None;
                 let mut stopped_jack = false;
                 if stop_jack {
@@ -484,6 +602,7 @@ impl Agent {
             .as_ref()
             .is_some_and(Supervisor::stops_pending)
         {
+            self.sync_taps();
             self.reconcile();
             self.forget_settled_starts();
         }
@@ -560,6 +679,9 @@ pub async fn serve() -> Result<()> {
         link_runs: xruns::LinkMeter::new(Instant::now()),
         realtime_said: false,
         cpus_awake: None,
+        taps_wanted: TapsWanted::default(),
+        taps: None,
+        dac_ports: Vec::new(),
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     // Stops told and not answered yet (request id, client), and how often their ends are
@@ -568,6 +690,8 @@ pub async fn serve() -> Result<()> {
     let mut stops_checked = tokio::time::interval(Duration::from_millis(5));
     stops_checked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = tokio::time::interval(WATCH_SERVER_EVERY);
+    let mut taps_tick = tokio::time::interval(TAPS_EVERY);
+    taps_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut out: Vec<AgentLine> = Vec::new();
         let mut shutdown = false;
@@ -609,6 +733,9 @@ pub async fn serve() -> Result<()> {
             _ = sweep.tick() => upkeep = true,
             _ = watch.tick() => upkeep = agent.graph.as_ref().is_some_and(JackGraph::server_gone),
             _ = stops_checked.tick(), if !stops_awaited.is_empty() => {}
+            _ = taps_tick.tick(), if agent.taps.is_some() => {
+                out.extend(agent.report_taps().into_iter().map(|event| AgentLine::Event { event }));
+            }
         }
         if !stops_awaited.is_empty() {
             if let Some(sup) = agent.supervisor.as_mut() {

@@ -54,6 +54,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         only: Vec<Edge>,
     },
+    /// What this host's taps (see `agent::taps`) measure and stream, as a whole (level-
+    /// triggered: sent again now and then, and after any change): the meters of every synth's
+    /// outputs and of the DAC while `meters`, and each of `listen` streamed as sound.
+    Taps {
+        meters: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        listen: Vec<ListenTap>,
+    },
     /// Finish the recording now (at teardown, before any synth stops: the file ends with the
     /// music, not with the silence of the teardown).
     StopRecording,
@@ -93,6 +101,25 @@ pub struct JackSettings {
     /// those between the orchestra's own clients and the system ports go.
     #[serde(default)]
     pub exclusive: bool,
+}
+
+/// Something to stream to listeners: the sum of `ports` (a block's outputs, or the DAC's
+/// `system:playback_N`), as mono sound, named `target` for whoever asked.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ListenTap {
+    pub target: String,
+    pub ports: Vec<String>,
+}
+
+/// One port's level over the last window: peak and RMS of its samples (1.0 = full scale).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Level {
+    /// The block whose output it is, or `dac` for the DAC's channels.
+    pub block: String,
+    /// The port's own name (`out`, `playback_1`).
+    pub port: String,
+    pub peak: f32,
+    pub rms: f32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +228,21 @@ pub enum Event {
     },
     /// The host cannot give the audio real-time scheduling, and why; said once per agent.
     NoRealtime { reason: String },
+    /// The meters, about 20 times a second while they are on: each tapped port's level, and
+    /// the CPU the agent (with its taps) used since the last report, in thousandths of a core.
+    Levels {
+        levels: Vec<Level>,
+        cpu_permille: u32,
+    },
+    /// Sound of a listened target (see `Request::Taps`): `pcm` is base64 of 16-bit
+    /// little-endian mono samples at `rate`, the first of them heard by the tap at `at_ms`
+    /// (milliseconds since the Unix epoch, this host's clock).
+    Sound {
+        target: String,
+        rate: u32,
+        at_ms: u64,
+        pcm: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

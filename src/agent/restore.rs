@@ -68,6 +68,10 @@ impl Agent {
         if let Some(recorder) = self.recorder.as_mut() {
             recorder.server_lost();
         }
+        // Made again by the upkeep once the server is back.
+        if let Some(taps) = self.taps.take() {
+            taps.abandon();
+        }
         self.jack_lost = Some(Lost {
             reason,
             since,

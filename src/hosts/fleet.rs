@@ -549,6 +549,17 @@ impl executor::Hosts for Fleet {
         self.sessions.keys().cloned().collect()
     }
 
+    fn tell_taps<'a>(&'a self, host: &'a str, taps: Request) -> BoxFuture<'a, ()> {
+        async move {
+            if let Ok(session) = self.get(host) {
+                if let Err(e) = session.tell(taps, Duration::from_millis(200)).await {
+                    tracing::debug!("taps on {host}: {e:#}");
+                }
+            }
+        }
+        .boxed()
+    }
+
     fn reach<'a>(
         &'a mut self,
         hosts: Vec<Host>,

@@ -146,6 +146,25 @@ impl AgentSession {
             .with_context(|| format!("on {}", self.host))
     }
 
+    /// Send one request without waiting for its reply (nobody waits for its id: the reader
+    /// drops it), giving up if the agent's input does not take it within `within` (a host cut
+    /// off the network).
+    pub async fn tell(&self, request: Request, within: std::time::Duration) -> Result<()> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut line = serde_json::to_string(&RequestLine { id, request })?;
+        line.push('\n');
+        tokio::time::timeout(within, async {
+            let mut stdin = self.stdin.lock().await;
+            stdin.write_all(line.as_bytes()).await?;
+            stdin.flush().await
+        })
+        .await
+        .map_err(|_| anyhow!("the agent on {} takes nothing", self.host))?
+        .with_context(|| format!("the agent on {} is gone", self.host))
+    }
+
     /// Let go of an agent on a host that is down: nothing more is read from it (no late
     /// event of an old agent is taken for news), and nothing is waited for.
     pub fn abandon(self) {

@@ -1,12 +1,14 @@
 //! The browser page of a playing orchestra (`run --web`): [`access`] says who may open it,
 //! [`view`] what it shows (folded from the [`Events`]: the scene and its happenings), and
-//! [`server`] serves it over HTTP with a websocket that pushes every change.
+//! [`server`] serves it over HTTP with a websocket that pushes every change, the meters, and
+//! the sound of what the page listens to (from the [`TapsHub`]).
 
 pub mod access;
 pub mod server;
 pub mod view;
 
 use crate::events::Events;
+use crate::taps::TapsHub;
 use access::Access;
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -58,8 +60,9 @@ impl Web {
         })
     }
 
-    /// Serve the page, drawn from `events` (what plays now and what happens from now on).
-    pub fn serve(self, events: &Events) -> Result<Serving> {
+    /// Serve the page, drawn from `events` (what plays now and what happens from now on), with
+    /// the meters and sound of `taps`.
+    pub fn serve(self, events: &Events, taps: TapsHub) -> Result<Serving> {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         // A page that connects before the first scene gets an empty orchestra, never nothing.
         let empty = serde_json::to_string(&ViewModel::default().view())?;
@@ -73,7 +76,7 @@ impl Web {
                 // Dropped (a run that ends in an error) stops it too.
                 let _ = stopped.await;
             };
-            if let Err(e) = server::run(listener, access, views, shutdown).await {
+            if let Err(e) = server::run(listener, access, views, taps, shutdown).await {
                 tracing::warn!("the web page stopped: {e}");
             }
             // The model goes with the server, and open websockets with the model's sender.
