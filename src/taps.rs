@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
-/// What a listener may ask to hear: a block's outputs, or the DAC.
-pub const DAC_TARGET: &str = "dac";
+/// What a listener asks for to hear the DAC (a block's name is the other choice: no block
+/// name holds a `:`).
+pub const DAC_TARGET: &str = crate::agent::taps::DAC;
 
 /// What the pages want now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -308,7 +309,7 @@ mod tests {
     fn a_listened_block_and_the_dac_are_asked_of_the_hosts_they_play_on() {
         let wanted = Wanted {
             pages: 2,
-            listeners: [("tone".to_string(), 2), ("dac".to_string(), 1)].into(),
+            listeners: [("tone".to_string(), 2), (DAC_TARGET.to_string(), 1)].into(),
         };
         let asked = requests(&wanted, &deployment());
         assert_eq!(
@@ -326,7 +327,7 @@ mod tests {
             (
                 true,
                 vec![ListenTap {
-                    target: "dac".into(),
+                    target: DAC_TARGET.into(),
                     ports: vec!["system:playback_1".into(), "system:playback_2".into()]
                 }]
             )
@@ -341,11 +342,11 @@ mod tests {
         let mut second = hub.open_page();
         first.listen(Some("tone".into()));
         second.listen(Some("tone".into()));
-        second.listen(Some("dac".into()));
+        second.listen(Some(DAC_TARGET.into()));
         assert_eq!(wanted.borrow().pages, 2);
         assert_eq!(
             wanted.borrow().listeners,
-            [("tone".to_string(), 1), ("dac".to_string(), 1)].into()
+            [("tone".to_string(), 1), (DAC_TARGET.to_string(), 1)].into()
         );
         drop(first);
         drop(second);

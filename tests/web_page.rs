@@ -518,6 +518,9 @@ fn serving_beyond_loopback_without_allowed_networks_starts_nothing() {
     assert!(!stage.dir.path().join(".orchestra/song.state.json").exists());
 }
 
+/// What the page names the DAC's meter and listen button by.
+const DAC: &str = "system:playback";
+
 const LOUD_AND_MUTED: &str = r#"local tone = block "tone" { module = "sine", freq = 440, amp = 0.3 }
 local mute = block "mute" { module = "sine", freq = 660, amp = 0 }
 local out  = block "out"  { module = "dac" }
@@ -561,6 +564,25 @@ async fn listening(page: &Client) -> Option<(String, u64, Option<f64>, Option<f6
     ))
 }
 
+/// Wait until the page has decoded a second of `target`'s sound with its spectrum settled on
+/// 440 Hz: (the frequency heard, the delay behind the synth in ms).
+async fn hears_440(page: &Client, target: &str) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = listening(page).await;
+        if let Some((listened, samples, Some(hz), Some(delay))) = &now {
+            if listened == target && *samples >= 48_000 && (hz - 440.0).abs() < 12.0 {
+                return (*hz, *delay);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never heard 440 Hz from {target}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The ports of the agent's taps client on this test's server.
 fn taps_ports(server: &str) -> Vec<String> {
     let out = Command::new("jack_lsp")
@@ -597,9 +619,9 @@ async fn the_meters_show_what_plays_and_the_page_hears_what_it_listens_to() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let measured = loop {
         let now = meters(&page, "localhost").await;
-        if ["tone", "mute", "dac"].iter().all(|b| now.contains_key(*b))
+        if ["tone", "mute", DAC].iter().all(|b| now.contains_key(*b))
             && sine(now["tone"])
-            && sine(now["dac"])
+            && sine(now[DAC])
         {
             break now;
         }
@@ -625,36 +647,20 @@ async fn the_meters_show_what_plays_and_the_page_hears_what_it_listens_to() {
     let tapped = taps_ports(&stage.server);
     assert!(!tapped.is_empty(), "the page's meters tap the synths");
 
-    // Listening to the tone: the page decodes its sound and hears 440 Hz.
-    page.find(fantoccini::Locator::Css("[data-block=tone] button.listen"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let heard = loop {
-        let now = listening(&page).await;
-        if let Some((_, samples, Some(hz), Some(delay))) = &now {
-            // A second of sound, its spectrum settled on the tone.
-            if *samples >= 48_000 && (hz - 440.0).abs() < 12.0 {
-                break (*hz, *delay);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the page never heard 440 Hz: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    eprintln!(
-        "listening: {:.1} Hz heard, {:.0} ms behind the synth",
-        heard.0, heard.1
-    );
-    assert_eq!(
-        listening(&page).await.map(|l| l.0),
-        Some("tone".to_string())
-    );
+    // Listening to the tone, then to the DAC: the page decodes their sound and hears 440 Hz.
+    for (button, target) in [
+        ("[data-block=tone] button.listen", "tone"),
+        ("[data-port='system:playback'] button.listen", DAC),
+    ] {
+        page.find(fantoccini::Locator::Css(button))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let (hz, delay) = hears_440(&page, target).await;
+        eprintln!("listening to {target}: {hz:.1} Hz heard, {delay:.0} ms behind the synth");
+    }
 
     // The page goes: its hosts' taps go with it.
     page.close().await.unwrap();

@@ -114,7 +114,7 @@ pub struct ListenTap {
 /// One port's level over the last window: peak and RMS of its samples (1.0 = full scale).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Level {
-    /// The block whose output it is, or `dac` for the DAC's channels.
+    /// The block whose output it is, or `system:playback` for the DAC's channels.
     pub block: String,
     /// The port's own name (`out`, `playback_1`).
     pub port: String,

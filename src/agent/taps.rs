@@ -19,8 +19,9 @@ pub const WINDOWS_PER_SECOND: u32 = 20;
 /// How much sound a listened tap holds for the agent to drain (it drains every 50 ms).
 const LISTEN_RING_SECONDS: usize = 1;
 
-/// The block name the DAC's channels are metered under.
-pub const DAC: &str = "dac";
+/// What the DAC's channels are metered under, in place of a block name (which never holds a
+/// `:`), as the page names the DAC.
+pub const DAC: &str = "system:playback";
 
 /// What the process callback publishes of one tap: its last whole window's peak and RMS (as
 /// f32 bits), and how many windows it has measured.

@@ -2,7 +2,7 @@
 //! (its style and script embedded in the binary, inlined into it), `/ws` a websocket that
 //! sends the [`View`](super::view::View) whole on connect and on every change (`{"view": …}`),
 //! the hosts' meters (`{"levels": […]}`, at most 20 times a second), and, while the page
-//! listens (it sends `{"listen": "block"}`, `"dac"` or `null`), its sound as binary messages:
+//! listens (it sends `{"listen": "block"}`, `"system:playback"` for the DAC, or `null`), its sound as binary messages:
 //! the first sample's time (f64 ms since the Unix epoch), the rate (u32), then 16-bit mono
 //! samples, all little-endian.
 

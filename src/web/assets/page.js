@@ -68,7 +68,8 @@ function meter(key) {
 }
 
 function listenButton(target) {
-  const b = el("button", { type: "button", class: "listen", "data-listen": target, title: `listen to ${target}` }, "listen");
+  const what = target === "system:playback" ? "the DAC" : target;
+  const b = el("button", { type: "button", class: "listen", "data-listen": target, title: `listen to ${what}` }, "listen");
   b.addEventListener("click", () => listen(target));
   return b;
 }
@@ -92,7 +93,7 @@ function drawHost(host, links) {
     el("div", { class: "columns" }, ...columns.map((col) => el("div", { class: "column" },
       ...col.map((n) => {
         const e = n.block ? blockNode(n.block) : el("div", { class: "node port", "data-port": n.key }, n.label,
-          n.key === "system:playback" ? el("span", { class: "tap" }, meter("dac"), listenButton("dac")) : null);
+          n.key === "system:playback" ? el("span", { class: "tap" }, meter("system:playback"), listenButton("system:playback")) : null);
         e.dataset.node = n.key;
         return e;
       })))));
@@ -259,7 +260,8 @@ function showListening() {
   bar.dataset.samples = String(player.samples);
   bar.dataset.delayMs = player.delayMs === null ? "" : player.delayMs.toFixed(0);
   const delay = player.delayMs === null ? "waiting for sound…" : `${player.delayMs.toFixed(0)} ms behind the synth`;
-  $("listening-what").textContent = `listening to ${player.target}: ${delay}`;
+  const what = player.target === "system:playback" ? "the DAC" : player.target;
+  $("listening-what").textContent = `listening to ${what}: ${delay}`;
 }
 
 // For whoever checks what the page hears (the tests): what it listens to and what it decoded.
