@@ -102,7 +102,11 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     }
     // The page is up from the start: it shows the orchestra as soon as it plays.
     let events = Events::printed();
-    let page = web.map(|web| web.serve(&events)).transpose()?;
+    // The page's changes go to the live loop as OSC commands do, so its channel comes first.
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let page = web
+        .map(|web| web.serve(&events, Some(control_tx.clone())))
+        .transpose()?;
 
     // Every host is dialled and its key checked before anything starts anywhere.
     let mut all_hosts = loaded.resolved.hosts.clone();
@@ -254,7 +258,6 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         .left_out(left_out)
         .recording_from(record_offset)
         .replay_from(osc_memory.clone());
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let osc = osc_server.map(|server| serve_osc(server, &mut live, osc_memory, control_tx));
     if let Some(watcher) = watcher {
         live.watch_with(watcher);

@@ -1,8 +1,11 @@
 //! The HTTP side of the page: every request passes [`Access::admit`] first; `/` is the page
 //! (its style and script embedded in the binary, inlined into it), `/ws` a websocket that
-//! sends the [`View`](super::view::View) whole, as JSON, on connect and on every change.
+//! sends the [`View`](super::view::View) whole, as JSON, on connect and on every change, and
+//! takes the page's changes (see [`super::controls`]).
 
 use super::access::{Access, Asking};
+use super::controls::PageControls;
+use crate::osc::server::ControlRequest;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::LazyLock;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// The page's only source of network traffic is its own websocket: no CDN, no fonts, no
 /// images from elsewhere (and the browser is told to refuse any).
@@ -26,6 +29,8 @@ struct Shared {
     access: Access,
     /// The view as JSON, replaced on every change.
     views: watch::Receiver<Arc<String>>,
+    /// Where the pages' changes go: the live loop.
+    control: Option<mpsc::UnboundedSender<ControlRequest>>,
 }
 
 /// Serve on `listener` until `shutdown` resolves (as mini-redis's `server::run` does). Open
@@ -34,9 +39,14 @@ pub async fn run(
     listener: TcpListener,
     access: Access,
     views: watch::Receiver<Arc<String>>,
+    control: Option<mpsc::UnboundedSender<ControlRequest>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let shared = Arc::new(Shared { access, views });
+    let shared = Arc::new(Shared {
+        access,
+        views,
+        control,
+    });
     let app = Router::new()
         .route("/", get(page))
         .route("/ws", get(socket))
@@ -104,11 +114,17 @@ async fn page() -> Response {
 
 async fn socket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
     let views = shared.views.clone();
-    upgrade.on_upgrade(move |socket| push(socket, views))
+    let controls = PageControls::new(shared.control.clone());
+    upgrade.on_upgrade(move |socket| push(socket, views, controls))
 }
 
-/// Send the view now and after every change, until the page goes or the server stops.
-async fn push(mut socket: WebSocket, mut views: watch::Receiver<Arc<String>>) {
+/// Send the view now and after every change, until the page goes or the server stops; the
+/// page's changes go to `controls`, and their answers back to it.
+async fn push(
+    mut socket: WebSocket,
+    mut views: watch::Receiver<Arc<String>>,
+    mut controls: PageControls,
+) {
     loop {
         let json = views.borrow_and_update().clone();
         if socket
@@ -127,11 +143,17 @@ async fn push(mut socket: WebSocket, mut views: watch::Receiver<Arc<String>>) {
                     }
                     break;
                 }
-                // The page sends nothing yet; it closing is what is listened for.
                 incoming = socket.recv() => match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    // The page's controls (see super::controls).
+                    Some(Ok(Message::Text(text))) => controls.receive(text.as_str()),
                     Some(Ok(_)) => {}
                 },
+                answer = controls.answer() => {
+                    if socket.send(Message::Text(answer.into())).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

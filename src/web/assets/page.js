@@ -131,14 +131,36 @@ function draw(view) {
   drawLinks(view.links);
   drawLog(view.log);
   requestAnimationFrame(drawWires);
+  drawControls(view, send); // controls.js
 }
+
+// --- The page's controls (controls.js): what it sends, and the answers it gets. ---
+let openSocket = null;
+
+// Whether it went: not while the page is disconnected.
+function send(message) {
+  if (!openSocket || openSocket.readyState !== WebSocket.OPEN) return false;
+  openSocket.send(JSON.stringify(message));
+  return true;
+}
+
+// A message is {"view": …}, {"answer": …} (to a change this page sent), or a bare view.
+function receive(data) {
+  if (typeof data !== "string") return;
+  const message = JSON.parse(data);
+  if (message.view) draw(message.view);
+  else if (message.answer) controlAnswer(message.answer);
+  else draw(message);
+}
+// --- end of the controls' part ---
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}/ws${location.search}`);
   const status = $("connection");
+  openSocket = socket;
   socket.onopen = () => { status.dataset.state = "live"; status.textContent = "live"; };
-  socket.onmessage = (message) => draw(JSON.parse(message.data));
+  socket.onmessage = (message) => receive(message.data);
   socket.onclose = () => {
     status.dataset.state = "lost";
     status.textContent = "not connected (the run ended?); trying again…";
