@@ -1,7 +1,8 @@
 //! The page's controls, against real jackd and csound and a real browser (Debian's chromium,
 //! driven through chromedriver): a block's panel shows its params as they play; a slider moved
 //! and released changes the tone recorded at the DAC, the way `/orchestra/set` does; a refused
-//! change shows why and changes nothing; and the page fits a phone's screen.
+//! change shows why and changes nothing; what no control sends is ignored or refused as
+//! `/orchestra/set` would refuse it; and the page fits a phone's screen.
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -182,6 +183,13 @@ async fn a_slider_changes_the_tone_a_refusal_changes_nothing_and_the_page_fits_a
     );
     assert_eq!(pids(stage.dir.path()), after, "nothing was restarted");
 
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(
+        shots.join("web-controls.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
     // On a phone's screen: the panel is there, and nothing is wider than the screen.
     page.set_window_size(390, 844).await.unwrap();
     let fits = until(
@@ -204,8 +212,11 @@ async fn a_slider_changes_the_tone_a_refusal_changes_nothing_and_the_page_fits_a
         (&json!([true, true, true]), &json!([44, true])),
         "the panel fits the screen, its slider as tall as a finger needs (44 px) and wide: {fits}"
     );
-    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-controls-phone.png");
-    std::fs::write(&shot, page.screenshot().await.unwrap()).unwrap();
+    std::fs::write(
+        shots.join("web-controls-phone.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
 
     // The tone stays at 660 Hz to the end, after 440 Hz before the change.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -243,7 +254,7 @@ block "ctl" { module = "osc_ctl", target = "tone", every = 1 }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn block_params_choose_among_the_blocks_and_text_is_applied_on_enter() {
+async fn block_params_choose_among_blocks_text_is_applied_on_enter_and_garbage_is_ignored() {
     use fantoccini::Locator;
     let stage = Stage::with_script("web-controls-text", "song.lua", CONTROLLED);
     let (run, _browser, page) = playing_with_page(&stage, &[]).await;
@@ -323,6 +334,35 @@ async fn block_params_choose_among_the_blocks_and_text_is_applied_on_enter() {
         std::fs::read_to_string(stage.dir.path().join(".orchestra/song.live.json")).unwrap();
     assert!(live_layer.contains("\"value\": \"/amp\""), "{live_layer}");
     assert_ne!(pids(stage.dir.path())["ctl"], before["ctl"]);
+
+    // What no control sends: garbage is ignored and the page stays connected; a set of a
+    // block that does not exist is refused as `/orchestra/set` would refuse it.
+    let playing = pids(stage.dir.path());
+    page.execute(
+        "window.answers = [];
+         const shown = window.controlAnswer;
+         window.controlAnswer = (answer) => { window.answers.push(answer); shown(answer); };
+         openSocket.send('not json');
+         openSocket.send(JSON.stringify({set: {block: 5, param: 'freq', value: 1}}));
+         openSocket.send(JSON.stringify({set: {block: 'tone', param: 'freq', value: [1]}}));
+         send({set: {block: 'tnoe', param: 'freq', value: 550}});",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let answers = until(
+        &page,
+        "the answer about `tnoe`",
+        "return window.answers.length ? [window.answers,
+                document.getElementById('connection').dataset.state] : null;",
+    )
+    .await;
+    assert_eq!(
+        answers,
+        json!([[{"block": "tnoe", "param": "freq", "ok": false,
+            "text": "set tnoe.freq = 550: no block `tnoe` (did you mean `tone`?)"}], "live"])
+    );
+    assert_eq!(pids(stage.dir.path()), playing, "nothing was restarted");
 
     stop_cleanly(run, libc::SIGINT, &stage.server, stage.dir.path());
     page.close().await.unwrap();

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use tokio::sync::{mpsc, oneshot};
 
 /// The longest message a page may send: a set holding the longest text a param may hold.
-const MAX_MESSAGE: usize = crate::modules::params::MAX_TEXT + 1024;
+pub const MAX_MESSAGE: usize = crate::modules::params::MAX_TEXT + 1024;
 
 /// Changes of different params that may wait behind the one in flight, per page. A page
 /// changes one control at a time; more is a page gone wrong, refused rather than queued.

@@ -115,7 +115,10 @@ async fn page() -> Response {
 async fn socket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
     let views = shared.views.clone();
     let controls = PageControls::new(shared.control.clone());
-    upgrade.on_upgrade(move |socket| push(socket, views, controls))
+    // A page sends only its controls' changes: a bigger message is a page gone wrong.
+    upgrade
+        .max_message_size(super::controls::MAX_MESSAGE)
+        .on_upgrade(move |socket| push(socket, views, controls))
 }
 
 /// Send the view now and after every change, until the page goes or the server stops; the
