@@ -10,7 +10,7 @@
 "use strict";
 
 (() => {
-  // block → { key, panel, rows: param → row } where a row holds the control's elements.
+  // block → { shape, panel, rows: param → row }, a row holding its control's elements.
   const panels = new Map();
   let sendToServer = () => false;
   let shown = null;
