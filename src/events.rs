@@ -5,6 +5,7 @@
 
 use crate::agent::protocol::Event;
 use crate::deploy::Deployment;
+use crate::modules::params::ParamSpec;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -291,6 +292,46 @@ pub struct Scene {
     pub loads: BTreeMap<String, u64>,
     /// What each host's agent last reported running: client → pid.
     pub running: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Each block's params as it plays them (block → params), for the page's controls.
+    pub params: BTreeMap<String, Vec<BlockParam>>,
+}
+
+/// One param of a block as it plays now: its module's declaration and the value the block was
+/// last applied with (the script's, or its module's default, with the live layer over it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockParam {
+    pub name: String,
+    pub spec: ParamSpec,
+    pub value: serde_json::Value,
+}
+
+impl BlockParam {
+    /// Every block's params in `resolved`, by name.
+    pub fn of(resolved: &crate::resolve::Resolved) -> BTreeMap<String, Vec<BlockParam>> {
+        resolved
+            .blocks
+            .iter()
+            .map(|(name, block)| {
+                let params = block
+                    .module
+                    .manifest
+                    .params
+                    .iter()
+                    .map(|(param, spec)| BlockParam {
+                        name: param.clone(),
+                        spec: spec.clone(),
+                        // Resolved params hold every default; the fallback is never taken.
+                        value: block
+                            .params
+                            .get(param)
+                            .cloned()
+                            .unwrap_or_else(|| spec.default.clone()),
+                    })
+                    .collect();
+                (name.clone(), params)
+            })
+            .collect()
+    }
 }
 
 /// Where happenings go: printed on the terminal at once (so lines keep their order with the
@@ -322,14 +363,21 @@ impl Events {
         }
     }
 
-    /// A change was applied (or the placement moved): this is what plays now.
-    pub fn show_applied(&self, deployment: &Deployment, loads: BTreeMap<String, u64>) {
+    /// A change was applied (or the placement moved): this is what plays now, with each
+    /// block's params.
+    pub fn show_applied(
+        &self,
+        deployment: &Deployment,
+        loads: BTreeMap<String, u64>,
+        params: BTreeMap<String, Vec<BlockParam>>,
+    ) {
         self.scene.send_if_modified(|scene| {
-            if *scene.deployment == *deployment && scene.loads == loads {
+            if *scene.deployment == *deployment && scene.loads == loads && scene.params == params {
                 return false;
             }
             scene.deployment = Arc::new(deployment.clone());
             scene.loads = loads;
+            scene.params = params;
             true
         });
     }

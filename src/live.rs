@@ -141,9 +141,10 @@ impl<H: Hosts> Live<H> {
     fn show_scene(&self) {
         let applied = self.conductor.applied();
         let loads = crate::placement::host_loads(&self.loaded.resolved, &applied.placement);
+        let params = crate::events::BlockParam::of(&self.loaded.resolved);
         self.conductor
             .events()
-            .show_applied(&applied.deployment, loads);
+            .show_applied(&applied.deployment, loads, params);
     }
 
     /// Tell synths restarted with their host's JACK server what their block was last told.

@@ -105,8 +105,16 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     let events = Events::printed();
     // The meters and listeners of the page (their hosts' taps run only while a page is open).
     let taps_hub = web.as_ref().map(|_| TapsHub::default());
+    // The page's changes go to the live loop as OSC commands do, so its channel comes first.
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let page = web
-        .map(|web| web.serve(&events, taps_hub.clone().unwrap_or_default()))
+        .map(|web| {
+            web.serve(
+                &events,
+                taps_hub.clone().unwrap_or_default(),
+                Some(control_tx.clone()),
+            )
+        })
         .transpose()?;
 
     // Every host is dialled and its key checked before anything starts anywhere.
@@ -269,7 +277,6 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         .left_out(left_out)
         .recording_from(record_offset)
         .replay_from(osc_memory.clone());
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let osc = osc_server.map(|server| serve_osc(server, &mut live, osc_memory, control_tx));
     if let Some(watcher) = watcher {
         live.watch_with(watcher);

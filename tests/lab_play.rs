@@ -2,6 +2,8 @@
 //! JACK server and home), the controller in a namespace of its own, real jackd, csound and
 //! jacktrip. The tone is recorded at the DAC host and fetched back.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 #[path = "lab/mod.rs"]
 mod lab;
@@ -1500,5 +1502,59 @@ fn a_full_jack_server_refuses_an_edit_with_the_reason_and_the_rest_plays_on() {
         end.rms > 0.001,
         "the two metros still beep at the end: {end:?}"
     );
+    show.only_sshd_everywhere();
+}
+
+/// A tone on one host played at the DAC of another.
+const TONE_ACROSS: &str = r#"
+local tone = block "tone" { module = "sine", freq = 440, amp = 0.3, host = "h1" }
+local out  = block "out"  { module = "dac", host = "h2" }
+tone >> out
+"#;
+
+/// The page's meters and listening reach across hosts: a tone on h1 is metered there, the DAC
+/// on h2 hears it through the link, and the page hears both (each from its own host's agent,
+/// over SSH, through the controller). The browser runs in the controller's namespace, where
+/// the page is served on loopback.
+#[test]
+fn the_page_meters_and_hears_blocks_on_other_hosts() {
+    let show = Show::on_hosts("taps", &["h1", "h2"], "song.lua", TONE_ACROSS, 2);
+    let mut cmd = show.orchestra("run");
+    cmd.args(["--web", "127.0.0.1:0"]);
+    let mut run = Running::spawn(cmd);
+    let (_, url) = browser::page_url(&mut run);
+    run.wait_for("playing:", Duration::from_secs(90));
+    show.lab.in_controller_thread(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let browser = browser::Browser::start();
+            let page = browser.open(&url).await;
+            let tone = browser::meter_until(&page, "h1", "tone", |(peak, _)| peak > 0.25).await;
+            let dac =
+                browser::meter_until(&page, "h2", browser::DAC, |(peak, _)| peak > 0.25).await;
+            eprintln!("meters: tone on h1 {tone:?}, the DAC on h2 {dac:?}");
+            for (button, target) in [
+                ("[data-block=tone] button.listen", "tone"),
+                (
+                    "[data-host=h2] [data-port='system:playback'] button.listen",
+                    browser::DAC,
+                ),
+            ] {
+                page.find(fantoccini::Locator::Css(button))
+                    .await
+                    .unwrap()
+                    .click()
+                    .await
+                    .unwrap();
+                let (hz, delay) = browser::hears_440(&page, target).await;
+                eprintln!("listening to {target}: {hz:.1} Hz, {delay:.0} ms behind the synth");
+            }
+            page.close().await.unwrap();
+        })
+    });
+    stopped(run);
     show.only_sshd_everywhere();
 }

@@ -3,16 +3,19 @@
 //! saved edit without reloading; requests from outside `--web-allow` or without the token are
 //! refused and change nothing.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
+use browser::*;
 use common::*;
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const THREE_SYNTHS: &str = r#"local osc  = block "osc"  { module = "sine", freq = 440 }
@@ -22,106 +25,6 @@ local out  = block "out"  { module = "dac" }
 osc >> filt >> out
 osc2 >> filt
 "#;
-
-/// The address in the runtime's `web page on http://ADDR/…` line, and the whole URL.
-fn page_url(run: &mut Running) -> (SocketAddr, String) {
-    let line = run.wait_for("web page on ", Duration::from_secs(30));
-    let url = line
-        .split("web page on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_string();
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in `{line}`"));
-    (addr, url)
-}
-
-/// A chromedriver of this test's own (a free port, its own process group) and the headless
-/// Chromium it drives (a fresh profile); both go when this is dropped, even on a panic.
-struct Browser {
-    driver: Child,
-    port: u16,
-    profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn start() -> Browser {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = {
-            use std::os::unix::process::CommandExt;
-            Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("chromedriver (Debian's chromium-driver) is installed")
-        };
-        let browser = Browser {
-            driver,
-            port,
-            profile: tempfile::tempdir().unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        browser
-    }
-
-    async fn open(&self, url: &str) -> Client {
-        let args = [
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1100,900",
-            &format!("--user-data-dir={}", self.profile.path().display()),
-        ];
-        let capabilities = json!({
-            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
-        });
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities.as_object().unwrap().clone())
-            .connect(&format!("http://127.0.0.1:{}", self.port))
-            .await
-            .expect("a Chromium session");
-        client.goto(url).await.unwrap();
-        client
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // The group is chromedriver and the browsers it started.
-        unsafe { libc::kill(-(self.driver.id() as i32), libc::SIGKILL) };
-        let _ = self.driver.wait();
-        // Whatever left the group still names its profile.
-        let profile = self.profile.path().display().to_string();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&profile) {
-                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-    }
-}
 
 /// host → block → (state, pid), as the page shows them.
 type Shown = BTreeMap<String, BTreeMap<String, (String, Option<u32>)>>;
@@ -175,17 +78,6 @@ fn playing_as(pids: &BTreeMap<String, u32>) -> impl FnMut(&Shown) -> Option<()> 
             .collect();
         (shown.get("localhost") == Some(&expected) && shown.len() == 1).then_some(())
     }
-}
-
-async fn log_lines(page: &Client) -> Vec<String> {
-    let value = page
-        .execute(
-            "return [...document.querySelectorAll('#log li')].map(l => l.lastChild.textContent)",
-            vec![],
-        )
-        .await
-        .unwrap();
-    serde_json::from_value(value).unwrap()
 }
 
 fn run_with_web(stage: &Stage, web: &[&str]) -> Running {
@@ -518,70 +410,12 @@ fn serving_beyond_loopback_without_allowed_networks_starts_nothing() {
     assert!(!stage.dir.path().join(".orchestra/song.state.json").exists());
 }
 
-/// What the page names the DAC's meter and listen button by.
-const DAC: &str = "system:playback";
-
 const LOUD_AND_MUTED: &str = r#"local tone = block "tone" { module = "sine", freq = 440, amp = 0.3 }
 local mute = block "mute" { module = "sine", freq = 660, amp = 0 }
 local out  = block "out"  { module = "dac" }
 tone >> out
 mute >> out
 "#;
-
-/// block → (peak, rms) of the meters the page draws on `host`, those measured so far.
-async fn meters(page: &Client, host: &str) -> BTreeMap<String, (f64, f64)> {
-    let value = page
-        .execute(
-            "return [...document.querySelectorAll(`[data-host='${arguments[0]}'] [data-meter]`)]
-               .filter(m => m.dataset.peak !== '')
-               .map(m => [m.dataset.meter, Number(m.dataset.peak), Number(m.dataset.rms)])",
-            vec![json!(host)],
-        )
-        .await
-        .unwrap();
-    serde_json::from_value::<Vec<(String, f64, f64)>>(value)
-        .unwrap()
-        .into_iter()
-        .map(|(block, peak, rms)| (block, (peak, rms)))
-        .collect()
-}
-
-/// What the page's player says: (target, samples decoded, the loudest frequency heard, its
-/// delay behind the synth in ms).
-async fn listening(page: &Client) -> Option<(String, u64, Option<f64>, Option<f64>)> {
-    let value = page
-        .execute("return window.listening()", vec![])
-        .await
-        .unwrap();
-    if value.is_null() {
-        return None;
-    }
-    Some((
-        value["target"].as_str().unwrap_or_default().to_string(),
-        value["samples"].as_u64().unwrap_or(0),
-        value["peakHz"].as_f64(),
-        value["delayMs"].as_f64(),
-    ))
-}
-
-/// Wait until the page has decoded a second of `target`'s sound with its spectrum settled on
-/// 440 Hz: (the frequency heard, the delay behind the synth in ms).
-async fn hears_440(page: &Client, target: &str) -> (f64, f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = listening(page).await;
-        if let Some((listened, samples, Some(hz), Some(delay))) = &now {
-            if listened == target && *samples >= 48_000 && (hz - 440.0).abs() < 12.0 {
-                return (*hz, *delay);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the page never heard 440 Hz from {target}: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The ports of the agent's taps client on this test's server.
 fn taps_ports(server: &str) -> Vec<String> {

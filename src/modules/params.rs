@@ -3,14 +3,14 @@
 //! value against it, whoever sent it (script, `/orchestra/set`, live code); and escaping text
 //! for the language of the file it is rendered into.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The longest text a param may hold.
 pub const MAX_TEXT: usize = crate::script::MAX_TEXT_PARAM;
 
 /// What sort of value a param holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamKind {
     Number,

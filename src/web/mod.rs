@@ -1,20 +1,23 @@
 //! The browser page of a playing orchestra (`run --web`): [`access`] says who may open it,
 //! [`view`] what it shows (folded from the [`Events`]: the scene and its happenings), and
 //! [`server`] serves it over HTTP with a websocket that pushes every change, the meters, and
-//! the sound of what the page listens to (from the [`TapsHub`]).
+//! the sound of what the page listens to (from the [`TapsHub`]), and takes the page's
+//! [`controls`]' changes.
 
 pub mod access;
+pub mod controls;
 pub mod server;
 pub mod view;
 
 use crate::events::Events;
+use crate::osc::server::ControlRequest;
 use crate::taps::TapsHub;
 use access::Access;
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use view::ViewModel;
 
@@ -61,8 +64,14 @@ impl Web {
     }
 
     /// Serve the page, drawn from `events` (what plays now and what happens from now on), with
-    /// the meters and sound of `taps`.
-    pub fn serve(self, events: &Events, taps: TapsHub) -> Result<Serving> {
+    /// the meters and sound of `taps`; the page's changes go to `control`, the live loop's
+    /// (none: the page only shows).
+    pub fn serve(
+        self,
+        events: &Events,
+        taps: TapsHub,
+        control: Option<mpsc::UnboundedSender<ControlRequest>>,
+    ) -> Result<Serving> {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         // A page that connects before the first scene gets an empty orchestra, never nothing.
         let empty = serde_json::to_string(&ViewModel::default().view())?;
@@ -76,7 +85,7 @@ impl Web {
                 // Dropped (a run that ends in an error) stops it too.
                 let _ = stopped.await;
             };
-            if let Err(e) = server::run(listener, access, views, taps, shutdown).await {
+            if let Err(e) = server::run(listener, access, views, taps, control, shutdown).await {
                 tracing::warn!("the web page stopped: {e}");
             }
             // The model goes with the server, and open websockets with the model's sender.
@@ -137,10 +146,11 @@ async fn follow(
     }
 }
 
-/// The page as served: its style and script (embedded in the binary) inlined, so that opening
-/// it is one request and the token is needed only there and on the websocket.
+/// The page as served: its style and scripts (embedded in the binary) inlined, so that
+/// opening it is one request and the token is needed only there and on the websocket.
 pub fn page() -> String {
     include_str!("assets/page.html")
         .replace("/*STYLE*/", include_str!("assets/page.css"))
+        .replace("/*CONTROLS*/", include_str!("assets/controls.js"))
         .replace("/*SCRIPT*/", include_str!("assets/page.js"))
 }

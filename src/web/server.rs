@@ -2,11 +2,14 @@
 //! (its style and script embedded in the binary, inlined into it), `/ws` a websocket that
 //! sends the [`View`](super::view::View) whole on connect and on every change (`{"view": …}`),
 //! the hosts' meters (`{"levels": […]}`, at most 20 times a second), and, while the page
-//! listens (it sends `{"listen": "block"}`, `"system:playback"` for the DAC, or `null`), its sound as binary messages:
-//! the first sample's time (f64 ms since the Unix epoch), the rate (u32), then 16-bit mono
-//! samples, all little-endian.
+//! listens (it sends `{"listen": "block"}`, `"system:playback"` for the DAC, or `null`), its
+//! sound as binary messages: the first sample's time (f64 ms since the Unix epoch), the rate
+//! (u32), then 16-bit mono samples, all little-endian. It takes the page's changes too (see
+//! [`super::controls`]).
 
 use super::access::{Access, Asking};
+use super::controls::PageControls;
+use crate::osc::server::ControlRequest;
 use crate::taps::{HostLevels, SoundPiece, TapsHub};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// The page's only source of network traffic is its own websocket: no CDN, no fonts, no
 /// images from elsewhere (and the browser is told to refuse any).
@@ -34,6 +37,8 @@ struct Shared {
     /// The view as JSON, replaced on every change.
     views: watch::Receiver<Arc<String>>,
     taps: TapsHub,
+    /// Where the pages' changes go: the live loop.
+    control: Option<mpsc::UnboundedSender<ControlRequest>>,
 }
 
 /// How often a page gets the meters: the hosts' reports of the last while, together.
@@ -46,12 +51,14 @@ pub async fn run(
     access: Access,
     views: watch::Receiver<Arc<String>>,
     taps: TapsHub,
+    control: Option<mpsc::UnboundedSender<ControlRequest>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         access,
         views,
         taps,
+        control,
     });
     let app = Router::new()
         .route("/", get(page))
@@ -121,21 +128,31 @@ async fn page() -> Response {
 async fn socket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
     let views = shared.views.clone();
     let taps = shared.taps.clone();
-    upgrade.on_upgrade(move |socket| push(socket, views, taps))
+    let controls = PageControls::new(shared.control.clone());
+    // A page sends only its controls' changes and what it listens to: a bigger message is a
+    // page gone wrong.
+    upgrade
+        .max_message_size(super::controls::MAX_MESSAGE)
+        .on_upgrade(move |socket| push(socket, views, taps, controls))
 }
 
-/// What a page may send.
+/// What a page may send besides its controls' changes.
 #[derive(Debug, PartialEq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum FromPage {
-    /// Listen to a block's outputs, the DAC (`dac`), or nothing (`null`).
+    /// Listen to a block's outputs, the DAC (`system:playback`), or nothing (`null`).
     Listen(Option<String>),
 }
 
 /// Send the view now and after every change, the meters, and the sound listened to, until the
-/// page goes or the server stops. While the page is open, its hosts' taps meter (see
-/// [`TapsHub::open_page`]).
-async fn push(mut socket: WebSocket, mut views: watch::Receiver<Arc<String>>, taps: TapsHub) {
+/// page goes or the server stops; the page's changes go to `controls`, and their answers back
+/// to it. While the page is open, its hosts' taps meter (see [`TapsHub::open_page`]).
+async fn push(
+    mut socket: WebSocket,
+    mut views: watch::Receiver<Arc<String>>,
+    taps: TapsHub,
+    mut controls: PageControls,
+) {
     let mut hold = taps.open_page();
     let mut levels = taps.levels();
     let mut sound = taps.sound();
@@ -189,10 +206,16 @@ async fn push(mut socket: WebSocket, mut views: watch::Receiver<Arc<String>>, ta
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<FromPage>(&text) {
                     Ok(FromPage::Listen(target)) => hold.listen(target),
-                    Err(e) => tracing::debug!("web: a page sent what is not understood ({e})"),
+                    // The page's controls (see super::controls).
+                    Err(_) => controls.receive(text.as_str()),
                 },
                 Some(Ok(_)) => {}
             },
+            answer = controls.answer() => {
+                if socket.send(Message::Text(answer.into())).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

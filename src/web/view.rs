@@ -3,8 +3,10 @@
 //! hosts down, links' round trips, the log), folded into one [`View`] sent whole as JSON.
 
 use crate::agent::protocol::Event;
-use crate::events::{Happening, Scene};
+use crate::events::{BlockParam, Happening, Scene};
+use crate::modules::params::ParamKind;
 use serde::Serialize;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,6 +43,27 @@ pub struct BlockView {
     /// `starting`, `playing`, `restarting` or `failed`.
     pub state: &'static str,
     pub pid: Option<u32>,
+    /// Its module's params with the values it plays with now: the page's controls.
+    pub params: Vec<ParamView>,
+}
+
+/// One param as a control: a slider for numbers, a checkbox for booleans, a select when there
+/// are choices, a text field otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamView {
+    pub name: String,
+    /// `number`, `integer`, `boolean`, `text`, `osc_path`, `block` or `host`.
+    pub kind: ParamKind,
+    /// What the block plays with now.
+    pub value: Value,
+    /// A slider's range and step (numbers only): the manifest's, or derived (see [`slider`]);
+    /// no step: any value.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub step: Option<f64>,
+    pub unit: Option<String>,
+    /// What a select offers: the manifest's choices, or the orchestra's blocks or hosts.
+    pub choices: Option<Vec<String>>,
 }
 
 /// One JACK edge: `from`/`to` are a block, a link id or `system`, with the port.
@@ -205,6 +228,7 @@ impl ViewModel {
                             module: p.module.clone(),
                             state: self.state(&p.client, pid),
                             pid,
+                            params: self.params_of(&p.block),
                         }
                     })
                     .collect();
@@ -217,6 +241,7 @@ impl ViewModel {
                             module: module.clone(),
                             state: "failed",
                             pid: None,
+                            params: self.params_of(block),
                         }),
                 );
                 let clients: BTreeMap<&str, &str> = h
@@ -304,6 +329,24 @@ impl ViewModel {
         }
     }
 
+    /// `block`'s controls. Block and host params choose among the orchestra's own.
+    fn params_of(&self, block: &str) -> Vec<ParamView> {
+        let Some(params) = self.scene.params.get(block) else {
+            return Vec::new();
+        };
+        params
+            .iter()
+            .map(|param| {
+                let choices = match param.spec.kind {
+                    ParamKind::Block => Some(self.scene.params.keys().cloned().collect()),
+                    ParamKind::Host => Some(self.scene.deployment.hosts.keys().cloned().collect()),
+                    _ => param.spec.choices.clone(),
+                };
+                param_view(param, choices)
+            })
+            .collect()
+    }
+
     fn state(&self, client: &str, pid: Option<u32>) -> &'static str {
         if self.given_up.contains(client) {
             "failed"
@@ -315,6 +358,59 @@ impl ViewModel {
             "starting"
         }
     }
+}
+
+/// The control of one param; `choices` (those a select offers) get its value when they lack
+/// it, so that the control always shows what plays.
+fn param_view(param: &BlockParam, choices: Option<Vec<String>>) -> ParamView {
+    let spec = &param.spec;
+    let choices = choices.map(|mut choices| {
+        if let Some(value) = param.value.as_str() {
+            if !choices.iter().any(|c| c == value) {
+                choices.push(value.to_string());
+            }
+        }
+        choices
+    });
+    let (min, max, step) = match spec.kind {
+        ParamKind::Number | ParamKind::Integer => {
+            let (min, max, step) = slider(param);
+            (Some(min), Some(max), step)
+        }
+        _ => (None, None, None),
+    };
+    ParamView {
+        name: param.name.clone(),
+        kind: spec.kind,
+        value: param.value.clone(),
+        min,
+        max,
+        step,
+        unit: spec.unit.clone(),
+        choices,
+    }
+}
+
+/// A number's slider: the manifest's `min`, `max` and `step` where it declares them. Without a
+/// bound, 0 to twice the default (or the value, if further out; 0 to 1 for a default of 0);
+/// without a step, 1 for integers, else none: a derived step would snap the slider off the
+/// value that plays (`every` from 0.01 in steps of 0.1 cannot show 1), so the page rounds
+/// what it sends instead.
+pub fn slider(param: &BlockParam) -> (f64, f64, Option<f64>) {
+    let spec = &param.spec;
+    let default = spec.default.as_f64().unwrap_or(0.0);
+    let value = param.value.as_f64().unwrap_or(default);
+    let min = spec
+        .min
+        .unwrap_or_else(|| (2.0 * default).min(2.0 * value).min(0.0));
+    let max = spec
+        .max
+        .unwrap_or_else(|| (2.0 * default).max(2.0 * value).max(0.0));
+    let max = if max > min { max } else { min + 1.0 };
+    let step = spec
+        .step
+        .or((spec.kind == ParamKind::Integer).then_some(1.0));
+    (min, max, step)
 }
 
 /// `link-0a1b2c3d-2.send` → `link-0a1b2c3d-2`.
@@ -406,6 +502,7 @@ mod tests {
                 "localhost".to_string(),
                 BTreeMap::from([("osc-0000000a".to_string(), 4242)]),
             )]),
+            params: BTreeMap::new(),
         }
     }
 
@@ -583,5 +680,115 @@ mod tests {
         assert_eq!(link(&model).0, "failed");
         // Round trips are shown on the link, not logged; the rest is.
         assert_eq!(model.view().log.len(), 2);
+    }
+
+    fn param(name: &str, spec: serde_json::Value, value: Value) -> BlockParam {
+        BlockParam {
+            name: name.into(),
+            spec: serde_json::from_value(spec).unwrap(),
+            value,
+        }
+    }
+
+    #[test]
+    fn sliders_take_the_manifest_s_range_or_one_derived_from_the_default() {
+        let declared = param(
+            "freq",
+            serde_json::json!({"default": 440, "min": 0, "max": 20000, "unit": "Hz"}),
+            660.into(),
+        );
+        assert_eq!(slider(&declared), (0.0, 20000.0, None));
+        let stepped = param(
+            "gain",
+            serde_json::json!({"default": 1, "min": 0, "max": 10, "step": 0.5}),
+            1.into(),
+        );
+        assert_eq!(slider(&stepped), (0.0, 10.0, Some(0.5)));
+        // Undeclared: 0 to twice the default, or twice the value when it went further.
+        let free = |default: f64, value: f64| slider(&param("p", default.into(), value.into()));
+        assert_eq!(free(0.3, 0.3), (0.0, 0.6, None));
+        assert_eq!(free(440.0, 1000.0), (0.0, 2000.0, None));
+        assert_eq!(free(-6.0, -6.0), (-12.0, 0.0, None));
+        assert_eq!(free(0.0, 0.0), (0.0, 1.0, None));
+        let whole = param(
+            "bpm",
+            serde_json::json!({"default": 120, "type": "integer", "min": 1}),
+            120.into(),
+        );
+        assert_eq!(slider(&whole), (1.0, 240.0, Some(1.0)));
+    }
+
+    #[test]
+    fn blocks_carry_their_params_as_they_play_with_the_orchestra_s_blocks_to_choose_from() {
+        let mut scene = scene();
+        scene.params = BTreeMap::from([
+            (
+                "osc".to_string(),
+                vec![param(
+                    "freq",
+                    serde_json::json!({"default": 440, "min": 0, "max": 20000, "unit": "Hz"}),
+                    660.into(),
+                )],
+            ),
+            (
+                "ctl".to_string(),
+                vec![
+                    param(
+                        "target",
+                        serde_json::json!({"default": "osc", "type": "block"}),
+                        "osc".into(),
+                    ),
+                    param(
+                        "mode",
+                        serde_json::json!({"default": "lp", "choices": ["lp", "hp"]}),
+                        "hp".into(),
+                    ),
+                    param("on", true.into(), false.into()),
+                ],
+            ),
+        ]);
+        let mut model = ViewModel::default();
+        model.set_scene(scene);
+        let view = model.view();
+        let osc = &view.hosts[0]
+            .blocks
+            .iter()
+            .find(|b| b.name == "osc")
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&osc.params).unwrap(),
+            serde_json::json!([{"name": "freq", "kind": "number", "value": 660, "min": 0.0,
+                "max": 20000.0, "step": null, "unit": "Hz", "choices": null}])
+        );
+        // `ctl` is not in the deployment: params are drawn for the blocks that play.
+        assert!(view.hosts[0].blocks.iter().all(|b| b.name != "ctl"));
+        let views: Vec<ParamView> = model.params_of("ctl");
+        let kinds: Vec<(&str, ParamKind, Option<Vec<String>>, Value)> = views
+            .iter()
+            .map(|p| (p.name.as_str(), p.kind, p.choices.clone(), p.value.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (
+                    "target",
+                    ParamKind::Block,
+                    Some(vec!["ctl".into(), "osc".into()]),
+                    "osc".into()
+                ),
+                (
+                    "mode",
+                    ParamKind::Text,
+                    Some(vec!["lp".into(), "hp".into()]),
+                    "hp".into()
+                ),
+                ("on", ParamKind::Boolean, None, false.into()),
+            ]
+        );
+        assert_eq!(
+            model.params_of("filt"),
+            [],
+            "a block the scene has no params for"
+        );
     }
 }

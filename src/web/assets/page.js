@@ -152,6 +152,7 @@ function draw(view) {
   drawLog(view.log);
   requestAnimationFrame(drawWires);
   for (const host of levelsNow.keys()) drawLevels(host);
+  drawControls(view, send); // controls.js
 }
 
 // A report of each host whose taps measured since the last: its blocks' levels (the loudest
@@ -270,15 +271,22 @@ window.listening = () => player && ({
   peakHz: heardPeakHz(), state: player.ctx.state,
 });
 
+// What the page sends (what it listens to, its controls' changes); whether it went: not while
+// the page is disconnected.
 function send(message) {
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+  if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+  socket.send(JSON.stringify(message));
+  return true;
 }
 
-function receive(message) {
-  if (message.data instanceof ArrayBuffer) return playPiece(message.data);
-  const data = JSON.parse(message.data);
-  if (data.view) draw(data.view);
-  else if (data.levels) takeLevels(data.levels);
+// A message is sound (binary), {"view": …}, {"levels": […]}, or {"answer": …} (to a change
+// this page sent, see controls.js).
+function receive(data) {
+  if (data instanceof ArrayBuffer) return playPiece(data);
+  const message = JSON.parse(data);
+  if (message.view) draw(message.view);
+  else if (message.levels) takeLevels(message.levels);
+  else if (message.answer) controlAnswer(message.answer);
 }
 
 function connect() {
@@ -292,7 +300,7 @@ function connect() {
     // A page that reconnects (the run was restarted) goes on listening.
     if (player?.target) send({ listen: player.target });
   };
-  socket.onmessage = receive;
+  socket.onmessage = (message) => receive(message.data);
   socket.onclose = () => {
     status.dataset.state = "lost";
     status.textContent = "not connected (the run ended?); trying again…";
