@@ -14,7 +14,7 @@ use crate::events::Happening;
 use crate::executor::Hosts;
 use crate::osc::dispatch::Command;
 use crate::osc::memory::OscMemory;
-use crate::osc::server::{ControlRequest, SharedRoutes};
+use crate::osc::server::{ControlRequest, SharedRoutes, Via};
 use crate::pipeline::{
     desire, latency_verdict, load_with_async, warn_overflow, Desired, Loaded, Source,
 };
@@ -202,7 +202,7 @@ impl<H: Hosts> Live<H> {
 
     /// Carry out an OSC command through the same path as a save; the answer for the sender.
     pub async fn control(&mut self, command: Command) -> Result<String, String> {
-        let evaluation = self.begin_control(command);
+        let evaluation = self.begin_control(command, Via::Osc);
         let loaded = evaluation.future.await;
         self.finish(evaluation.asked, evaluation.started, loaded)
             .await
@@ -219,19 +219,20 @@ impl<H: Hosts> Live<H> {
         self.evaluate(self.layer.clone(), None, Asked::Files)
     }
 
-    /// Start carrying out an OSC command (see [`Live::begin_reload`]).
-    pub fn begin_control(&self, command: Command) -> Evaluation {
+    /// Start carrying out a command that came `via` OSC or the page (see
+    /// [`Live::begin_reload`]).
+    pub fn begin_control(&self, command: Command, via: Via) -> Evaluation {
         match command {
             Command::Reload => {
-                self.reload_started("asked over OSC".into());
+                self.reload_started(format!("asked over {via}"));
                 self.evaluate(self.layer.clone(), None, Asked::Reload)
             }
             Command::Reset => {
-                self.reload_started("live layer reset over OSC".into());
+                self.reload_started(format!("live layer reset over {via}"));
                 self.evaluate(LiveLayer::default(), None, Asked::Reset)
             }
             Command::Change(op) => {
-                self.reload_started(format!("OSC {op}"));
+                self.reload_started(format!("{via} {op}"));
                 self.evaluate(self.layer.clone(), Some(op.clone()), Asked::Change(op))
             }
         }
@@ -654,7 +655,7 @@ pub struct Inputs<'a> {
 pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 /// Where the answer to an OSC command goes once it is applied.
-type ControlReply = tokio::sync::oneshot::Sender<Result<String, String>>;
+type ControlReply = (Via, tokio::sync::oneshot::Sender<Result<String, String>>);
 
 /// How often what runs is compared with what was applied (exits repair at once); also how
 /// soon a host cut off the network is noticed.
@@ -711,9 +712,9 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
                 let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
                 // A listened block that moved is listened to where it plays now.
                 live.sync_taps().await;
-                if let Some(reply) = reply {
+                if let Some((via, reply)) = reply {
                     if let Err(why) = &answer {
-                        eprintln!("  OSC command refused: {why}");
+                        eprintln!("  {via} command refused: {why}");
                     }
                     let _ = reply.send(answer);
                 }
@@ -728,7 +729,10 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
                 evaluating = Some((live.begin_reload(&paths), None));
             }
             Some(request) = control.recv(), if !busy => {
-                evaluating = Some((live.begin_control(request.command), Some(request.reply)));
+                evaluating = Some((
+                    live.begin_control(request.command, request.via),
+                    Some((request.via, request.reply)),
+                ));
             }
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });

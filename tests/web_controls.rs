@@ -149,7 +149,7 @@ async fn a_slider_changes_the_tone_a_refusal_changes_nothing_and_the_page_fits_a
     assert_eq!(freq["value"], "660");
     let log = log_lines(&page).await;
     assert!(
-        log.iter().any(|l| l == "reload: OSC set tone.freq = 660"),
+        log.iter().any(|l| l == "reload: page set tone.freq = 660"),
         "{log:?}"
     );
     assert!(

@@ -25,10 +25,27 @@ pub struct OscOptions {
     pub control_allow: Vec<IpNet>,
 }
 
-/// A command for the control loop, and where its answer goes.
+/// A command for the control loop, where it came from, and where its answer goes.
 pub struct ControlRequest {
     pub command: Command,
+    pub via: Via,
     pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Where a command came from, as the log says it (`reload: OSC set …`, `reload: page set …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Osc,
+    Page,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Osc => "OSC",
+            Via::Page => "page",
+        })
+    }
 }
 
 /// What the server saw (printed when the run ends).
@@ -222,7 +239,7 @@ impl OscServer {
                         Dispatch::Control(command) => {
                             counters.commands.fetch_add(1, Ordering::Relaxed);
                             let (tx, rx) = oneshot::channel();
-                            if control.send(ControlRequest { command, reply: tx }).is_err() {
+                            if control.send(ControlRequest { command, via: Via::Osc, reply: tx }).is_err() {
                                 continue;
                             }
                             // Answered once applied; forwarding goes on meanwhile.

@@ -144,6 +144,7 @@ impl PageControls {
         let (reply, answered) = oneshot::channel();
         let request = ControlRequest {
             command: Command::Change(set.op()),
+            via: crate::osc::server::Via::Page,
             reply,
         };
         if control.send(request).is_err() {
