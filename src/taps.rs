@@ -75,8 +75,8 @@ pub fn requests(wanted: &Wanted, deployment: &Deployment) -> BTreeMap<String, Re
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostLevels {
     pub host: String,
-    /// The CPU of the host's taps (their process callback), in thousandths of a core.
-    pub cpu_permille: u32,
+    /// The CPU of the host's taps (their process callback), in percent of a core.
+    pub cpu_percent: f32,
     pub levels: Vec<Level>,
 }
 
@@ -144,11 +144,11 @@ impl TapsHub {
         match event {
             Event::Levels {
                 levels,
-                cpu_permille,
+                cpu_percent,
             } => {
                 let _ = self.levels.send(Arc::new(HostLevels {
                     host: host.to_string(),
-                    cpu_permille,
+                    cpu_percent,
                     levels,
                 }));
                 None
@@ -362,11 +362,11 @@ mod tests {
             "a",
             Event::Levels {
                 levels: vec![],
-                cpu_permille: 3,
+                cpu_percent: 0.03,
             },
         );
         assert_eq!(kept, None);
-        assert_eq!(levels.try_recv().expect("levels").cpu_permille, 3);
+        assert_eq!(levels.try_recv().expect("levels").cpu_percent, 0.03);
         hub.take(
             "a",
             Event::Sound {

@@ -217,7 +217,7 @@ impl Agent {
             if !levels.is_empty() {
                 events.push(Event::Levels {
                     levels,
-                    cpu_permille: taps.cpu_permille(),
+                    cpu_percent: taps.cpu_percent(),
                 });
             }
         }

@@ -229,10 +229,10 @@ pub enum Event {
     /// The host cannot give the audio real-time scheduling, and why; said once per agent.
     NoRealtime { reason: String },
     /// The meters, about 20 times a second while they are on: each tapped port's level, and
-    /// the CPU the agent (with its taps) used since the last report, in thousandths of a core.
+    /// the CPU of the taps' process thread over the last second, in percent of a core.
     Levels {
         levels: Vec<Level>,
-        cpu_permille: u32,
+        cpu_percent: f32,
     },
     /// Sound of a listened target (see `Request::Taps`): `pcm` is base64 of 16-bit
     /// little-endian mono samples at `rate`, the first of them heard by the tap at `at_ms`

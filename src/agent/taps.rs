@@ -140,10 +140,10 @@ pub struct Taps {
     /// it might linger.
     next_input: u64,
     thread: Arc<AtomicI32>,
-    /// The process thread's CPU ticks when last read, and when.
+    /// The process thread's CPU time (ns) when last read, and when.
     cpu_read: Option<(u64, Instant)>,
-    /// Its CPU over the last second or so, in thousandths of a core.
-    cpu_permille: u32,
+    /// Its CPU over the last second or so, in percent of a core.
+    cpu_percent: f32,
 }
 
 impl Taps {
@@ -173,7 +173,7 @@ impl Taps {
             next_input: 1,
             thread,
             cpu_read: None,
-            cpu_permille: 0,
+            cpu_percent: 0.0,
         })
     }
 
@@ -322,28 +322,25 @@ impl Taps {
         levels
     }
 
-    /// The process thread's CPU in thousandths of a core, over the last second or so (read
-    /// from /proc at most once a second: ticks are a hundredth of a second).
-    pub fn cpu_permille(&mut self) -> u32 {
+    /// The process thread's CPU in percent of a core (to a hundredth), over the last second
+    /// or so (read from /proc at most once a second).
+    pub fn cpu_percent(&mut self) -> f32 {
         let now = Instant::now();
         if self
             .cpu_read
             .is_some_and(|(_, at)| now.duration_since(at).as_secs_f64() < 1.0)
         {
-            return self.cpu_permille;
+            return self.cpu_percent;
         }
-        let Some(ticks) = thread_ticks(self.thread.load(Ordering::Relaxed)) else {
-            return 0;
+        let Some(ran) = thread_cpu_ns(self.thread.load(Ordering::Relaxed)) else {
+            return 0.0;
         };
-        if let Some((before, at)) = self.cpu_read.replace((ticks, now)) {
-            // SAFETY: sysconf has no preconditions.
-            let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        if let Some((before, at)) = self.cpu_read.replace((ran, now)) {
             let seconds = now.duration_since(at).as_secs_f64();
-            self.cpu_permille = (ticks.saturating_sub(before) as f64 / per_second / seconds
-                * 1000.0)
-                .round() as u32;
+            self.cpu_percent =
+                ((ran.saturating_sub(before) as f64 / 1e9 / seconds * 1e4).round() / 100.0) as f32;
         }
-        self.cpu_permille
+        self.cpu_percent
     }
 
     /// Drain the listened taps: one `Sound` event per target with sound ready, the mean of
@@ -395,18 +392,15 @@ pub fn dac_channel(port: &str) -> Option<usize> {
     port.strip_prefix("system:playback_")?.parse().ok()
 }
 
-/// A thread's user and system CPU ticks (`/proc/self/task/TID/stat`, fields 14 and 15).
-fn thread_ticks(tid: i32) -> Option<u64> {
+/// How long a thread of this process has run, in ns (`/proc/self/task/TID/schedstat`'s first
+/// field: exact, where `stat`'s ticks are a hundredth of a second, too coarse for a thread
+/// that runs a few hundred microseconds a second).
+fn thread_cpu_ns(tid: i32) -> Option<u64> {
     if tid <= 0 {
         return None;
     }
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // The command name may hold spaces: the fields that follow start after its `)`.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    Some(user + system)
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    stat.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -421,10 +415,15 @@ mod tests {
     }
 
     #[test]
-    fn this_threads_cpu_ticks_are_readable() {
+    fn this_threads_cpu_time_is_read_and_grows_as_it_works() {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
-        assert!(thread_ticks(tid).is_some());
-        assert_eq!(thread_ticks(0), None);
+        let before = thread_cpu_ns(tid).expect("schedstat");
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(thread_cpu_ns(tid).expect("schedstat") > before, "{x}");
+        assert_eq!(thread_cpu_ns(0), None);
     }
 }

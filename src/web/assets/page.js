@@ -70,7 +70,8 @@ function meter(key) {
 function listenButton(target) {
   const what = target === "system:playback" ? "the DAC" : target;
   const b = el("button", { type: "button", class: "listen", "data-listen": target, title: `listen to ${what}` }, "listen");
-  b.addEventListener("click", () => listen(target));
+  // Not also a click on the block (which brings its controls into view).
+  b.addEventListener("click", (event) => { event.stopPropagation(); listen(target); });
   return b;
 }
 
@@ -164,7 +165,7 @@ function takeLevels(reports) {
       const had = blocks.get(l.block);
       blocks.set(l.block, { peak: Math.max(l.peak, had?.peak ?? 0), rms: Math.max(l.rms, had?.rms ?? 0) });
     }
-    levelsNow.set(r.host, { cpu: r.cpu_permille, blocks });
+    levelsNow.set(r.host, { cpu: r.cpu_percent, blocks });
     drawLevels(r.host);
   }
 }
@@ -179,7 +180,7 @@ function drawLevels(host) {
   const region = document.querySelector(`.host[data-host="${CSS.escape(host)}"]`);
   const now = levelsNow.get(host);
   if (!region || !now) return;
-  region.querySelector(".taps-cpu").textContent = `meters ${(now.cpu / 10).toFixed(1)} % of a core`;
+  region.querySelector(".taps-cpu").textContent = `meters ${now.cpu.toFixed(2)} % of a core`;
   for (const m of region.querySelectorAll("[data-meter]")) {
     const level = now.blocks.get(m.dataset.meter);
     if (!level) continue;
