@@ -565,19 +565,23 @@ impl<H: Hosts> Live<H> {
     /// restarts with its JACK server starts from the script's values; the controller's
     /// router is the one that knows better.)
     /// Tell each host's taps what the pages want of them now (see `taps::requests`): a change
-    /// at once, the rest again every few seconds. A host never told anything and asked for
-    /// nothing is not told.
+    /// at once, and what is asked again every few seconds (a host asked for nothing is told so
+    /// once).
     pub async fn sync_taps(&mut self) {
         let asked = crate::taps::requests(&self.taps_wanted, &self.conductor.applied().deployment);
         let now = Instant::now();
         let mut telling = Vec::new();
         for (host, request) in asked {
             let text = serde_json::to_string(&request).unwrap_or_default();
+            let nothing = matches!(
+                &request,
+                crate::agent::protocol::Request::Taps { meters: false, listen } if listen.is_empty()
+            );
             let due = match self.taps_told.get(&host) {
-                Some((told, at)) => *told != text || now.duration_since(*at) >= TAPS_AGAIN,
-                None => {
-                    !matches!(&request, crate::agent::protocol::Request::Taps { meters: false, listen } if listen.is_empty())
+                Some((told, at)) => {
+                    *told != text || (!nothing && now.duration_since(*at) >= TAPS_AGAIN)
                 }
+                None => !nothing,
             };
             if due {
                 self.taps_told.insert(host.clone(), (text, now));
@@ -673,6 +677,11 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
         mut control,
         mut taps,
     } = inputs;
+    // A page opened before the play loop began (while the orchestra came up) is counted now:
+    // a watch tells its receiver only of changes after it was made.
+    if let Some(wanted) = taps.as_mut() {
+        live.taps_wanted = wanted.borrow_and_update().clone();
+    }
     let until = until.map(|d| tokio::time::Instant::now() + d);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
