@@ -42,8 +42,10 @@
 //!   each block for its new instances ([`osc::memory`]); the live layer its commands edit is
 //!   an input of the script stage ([`script::layer`]).
 //! - [`web`]: the browser page of a playing orchestra (`run --web`): who may open it
-//!   ([`web::access`]), what it shows ([`web::view`], folded from the [`events`]), and the server
-//!   that pushes every change over a websocket ([`web::server`]).
+//!   ([`web::access`]), what it shows ([`web::view`], folded from the [`events`]), the server
+//!   that pushes every change over a websocket ([`web::server`]), and the page's changes
+//!   ([`web::controls`], the same path as `/orchestra/set`); [`taps`]: the meters and listening
+//!   the pages want of the hosts, whose agents measure and stream them ([`agent::taps`]).
 //! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
 pub mod agent;
