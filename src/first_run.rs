@@ -242,6 +242,7 @@ mod tests {
             inputs: vec![format!("{client}:input1")],
             outputs: vec![format!("{client}:output1")],
             ready_line: None,
+            package: None,
             osc_port: None,
             render_key: String::new(),
         }

@@ -459,6 +459,9 @@ pub struct Launch {
     pub main_rewritten: Option<(String, String)>,
     /// What the engine changed to make the module fit the orchestra (`sr 44100 → 48000`).
     pub notes: Vec<String>,
+    /// The Debian package that provides the engine's program (`puredata-core`): named when
+    /// the program is not installed on a host.
+    pub package: Option<String>,
 }
 
 /// Engines loaded into one sandboxed Lua state, evaluated per block at deployment.
@@ -621,8 +624,10 @@ impl Engines {
                 .collect()
         };
         let ready_line = table.get::<Option<String>>("ready_line").map_err(lua_err)?;
+        let package = table.get::<Option<String>>("package").map_err(lua_err)?;
         Ok(Launch {
             ready_line,
+            package,
             main_rewritten,
             notes,
             inputs: port("input_port", inputs)?,

@@ -238,6 +238,7 @@ mod tests {
             inputs: Vec::new(),
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             ready_line: None,
+            package: None,
             osc_port: None,
             render_key: String::new(),
         }

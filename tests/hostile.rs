@@ -199,13 +199,12 @@ block "ctl" { module = "osc_ctl", path = '/freq", "f", kval\n ires system_i 1, "
     );
     // A free-text param is escaped for Csound: real csound prints the text and runs nothing.
     let modules = dir.path().join("mods");
-    std::fs::create_dir_all(modules.join("say")).unwrap();
-    std::fs::write(
-        modules.join("say/manifest.json"),
+    common::user_module(
+        &modules,
+        "say",
         r#"{ "module": "say", "synth": "csound", "main": "say.csd.j2", "inputs": 0, "outputs": 1,
              "params": { "text": "hello" } }"#,
-    )
-    .unwrap();
+    );
     std::fs::write(
         modules.join("say/say.csd.j2"),
         "<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\nksmps = 32\nnchnls = 1\n0dbfs = 1\ninstr 1\n  prints \"{{ params.text }}\\n\"\n  out a(0)\nendin\n</CsInstruments>\n<CsScore>\ni 1 0 0.01\n</CsScore>\n</CsoundSynthesizer>\n",

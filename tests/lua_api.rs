@@ -44,8 +44,8 @@ fn built_in_modules_render_and_launch() {
     assert_eq!(
         names,
         [
-            "adc", "dac", "fm", "gain", "lp", "metro", "mixer", "noise", "osc_ctl", "sine",
-            "sine_osc"
+            "adc", "dac", "fm", "gain", "lp", "metro", "mixer", "noise", "osc_ctl", "pd_lp",
+            "pd_sine", "sine", "sine_osc"
         ]
     );
     let mut engines = Engines::new();
@@ -93,6 +93,24 @@ fn built_in_modules_render_and_launch() {
                     "never auto-connect: {command:?}"
                 );
                 assert_eq!(command.last(), Some(&main));
+            }
+            "pd" => {
+                let main = module.rendered_main().unwrap();
+                assert!(main.ends_with(".pd"), "{main}");
+                let command = launch.command.unwrap();
+                assert!(
+                    command.contains(&"-nojackconnect".to_string()),
+                    "never auto-connect: {command:?}"
+                );
+                let no_inputs = command.contains(&"-noadc".to_string());
+                assert_eq!(
+                    no_inputs,
+                    inputs == 0,
+                    "input ports only for inputs: {command:?}"
+                );
+                assert!(command.contains(&"-callback".to_string()), "{command:?}");
+                assert_eq!(command.last(), Some(&main));
+                assert_eq!(launch.outputs, ["b-0000:output_1"]);
             }
             "system" => assert!(launch.command.is_none()),
             "command" => {
@@ -290,4 +308,38 @@ fn the_command_engine_runs_what_the_manifest_names() {
         launch("nothing", serde_json::json!({})).unwrap_err(),
         format!("engine `command`: {folder}/nothing/manifest.json: no \"command\" (the program the command engine runs, e.g. [\"jack_metro\", \"--name\", \"{{client}}\", \"--bpm\", \"{{bpm}}\"])")
     );
+}
+
+/// Pd computes audio in JACK's callback only in whole 64-frame blocks: with a shorter period
+/// the engine keeps Pd's polling mode, with a ring buffer of two blocks.
+#[test]
+fn the_pd_engine_polls_when_the_period_is_shorter_than_pd_s_block() {
+    let library = ModuleLibrary::builtin();
+    let module = library.get("pd_sine").unwrap();
+    let params = module.manifest.defaults();
+    let command_at = |period: u32| {
+        let audio = cloud_orchestra::audio::AudioSettings {
+            rate: 48000,
+            period,
+        };
+        let context = serde_json::json!({
+            "block": {"name": "b"}, "params": params, "audio": {"rate": 48000, "period": period},
+        });
+        let files = module.render(&context).unwrap();
+        Engines::new()
+            .launch(&library, module, "b-0000", (0, 1), &audio, &params, &files)
+            .unwrap()
+            .command
+            .unwrap()
+            .join(" ")
+    };
+    assert!(
+        command_at(64).contains(" -callback -send "),
+        "{}",
+        command_at(64)
+    );
+    let polling = command_at(32);
+    assert!(!polling.contains("-callback"), "{polling}");
+    // Two 64-frame blocks at 48 kHz: 2.7 ms, rounded up.
+    assert!(polling.contains(" -audiobuf 3 -send "), "{polling}");
 }

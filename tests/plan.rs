@@ -225,7 +225,7 @@ fn broken_json_is_one_line_with_its_line_number() {
 fn every_example_checks() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let library = ModuleLibrary::builtin();
-    for script in ["sine-lp.lua", "fm-lp.lua"] {
+    for script in ["sine-lp.lua", "fm-lp.lua", "pd-sine.lua", "csound-pd.lua"] {
         let o = load_orchestra(&examples.join(script), None).unwrap();
         resolve(&o, &library).unwrap();
     }

@@ -88,6 +88,7 @@ mod tests {
             inputs: vec![],
             outputs: vec!["osc-12345678:output1".into()],
             ready_line: ready_line.map(String::from),
+            package: None,
             osc_port: None,
             render_key: String::new(),
         }

@@ -295,9 +295,15 @@ impl Supervisor {
             .stdout(log.try_clone()?)
             .stderr(log);
         detach(&mut command);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start `{program}` for block `{}`", spec.block))?;
+        let child = command.spawn().map_err(|e| {
+            let cannot = format!("cannot start `{program}` for block `{}`", spec.block);
+            match &spec.package {
+                Some(package) if e.kind() == std::io::ErrorKind::NotFound => anyhow::anyhow!(
+                    "{cannot}: `{program}` is not installed on this host (install the Debian package {package}, as scripts/setup.sh does)"
+                ),
+                _ => anyhow::Error::new(e).context(cannot),
+            }
+        })?;
         let pid = child.id();
         let record = InstanceRecord {
             block: spec.block.clone(),
@@ -557,6 +563,7 @@ mod tests {
             inputs: Vec::new(),
             outputs: Vec::new(),
             ready_line: None,
+            package: None,
             osc_port: None,
             render_key: String::new(),
         }

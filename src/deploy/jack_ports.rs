@@ -62,6 +62,7 @@ mod tests {
                     inputs: (0..n / 2).map(|k| format!("in{k}")).collect(),
                     outputs: (0..n - n / 2).map(|k| format!("out{k}")).collect(),
                     ready_line: None,
+                    package: None,
                     osc_port: None,
                     render_key: String::new(),
                 };

@@ -287,6 +287,7 @@ pub fn ends(
             inputs: all("send"),
             outputs: all("receive"),
             ready_line: None,
+            package: None,
             osc_port: None,
             render_key: String::new(),
         }

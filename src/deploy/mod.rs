@@ -37,6 +37,9 @@ pub struct ProcessSpec {
     /// The engine's "done registering with JACK" log line (`Launch::ready_line`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_line: Option<String>,
+    /// The Debian package of the program (`Launch::package`), for the error when it is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
     /// Where an OSC block's instance listens on its host (what it was last told is replayed
     /// there before it is wired in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -537,6 +540,7 @@ pub fn redeploy(
                 inputs: real.inputs,
                 outputs: real.outputs,
                 ready_line: real.ready_line,
+                package: real.package,
                 osc_port,
                 render_key,
             },

@@ -459,6 +459,7 @@ mod tests {
             inputs: Vec::new(),
             outputs: Vec::new(),
             ready_line: None,
+            package: None,
             osc_port: None,
             render_key: String::new(),
         }

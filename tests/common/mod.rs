@@ -467,3 +467,11 @@ pub fn pids(dir: &Path) -> BTreeMap<String, u32> {
         })
         .collect()
 }
+
+/// A user module folder `MODULES/NAME` holding `manifest` as its manifest.json; its path.
+pub fn user_module(modules: &Path, name: &str, manifest: &str) -> PathBuf {
+    let dir = modules.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+    dir
+}
