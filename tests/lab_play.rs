@@ -1543,14 +1543,7 @@ fn the_page_meters_and_hears_blocks_on_other_hosts() {
                     browser::DAC,
                 ),
             ] {
-                page.find(fantoccini::Locator::Css(button))
-                    .await
-                    .unwrap()
-                    .click()
-                    .await
-                    .unwrap();
-                let (hz, delay) = browser::hears_440(&page, target).await;
-                eprintln!("listening to {target}: {hz:.1} Hz, {delay:.0} ms behind the synth");
+                browser::listen_for_440(&page, button, target).await;
             }
             page.close().await.unwrap();
         })

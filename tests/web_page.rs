@@ -483,14 +483,7 @@ async fn the_meters_show_what_plays_and_the_page_hears_what_it_listens_to() {
         ("[data-block=tone] button.listen", "tone"),
         ("[data-port='system:playback'] button.listen", DAC),
     ] {
-        page.find(fantoccini::Locator::Css(button))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let (hz, delay) = hears_440(&page, target).await;
-        eprintln!("listening to {target}: {hz:.1} Hz heard, {delay:.0} ms behind the synth");
+        listen_for_440(&page, button, target).await;
     }
 
     // The page goes: its hosts' taps go with it.

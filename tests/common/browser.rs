@@ -202,3 +202,16 @@ pub async fn hears_440(page: &Client, target: &str) -> (f64, f64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Click the listen button `button` and wait until the page hears `target` at 440 Hz (see
+/// [`hears_440`]); says what it heard and how far behind the synth.
+pub async fn listen_for_440(page: &Client, button: &str, target: &str) {
+    page.find(fantoccini::Locator::Css(button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let (hz, delay) = hears_440(page, target).await;
+    eprintln!("listening to {target}: {hz:.1} Hz heard, {delay:.0} ms behind the synth");
+}
