@@ -99,10 +99,12 @@ pub type Failures = Vec<(Action, anyhow::Error)>;
 /// How long a live change waits for its new edges before it is undone.
 pub const EDGE_WAIT: Duration = Duration::from_secs(5);
 
-const PHASES: [&str; 4] = ["start", "wire", "unwire", "stop"];
+/// Live values first: they need nothing else, and a performer hears them soonest.
+const PHASES: [&str; 5] = ["set", "start", "wire", "unwire", "stop"];
 
 fn phase_of(action: &Action) -> &'static str {
     match action {
+        Action::Set { .. } => "set",
         Action::Start { .. } => "start",
         Action::Connect { .. } => "wire",
         Action::Disconnect { .. } => "unwire",
@@ -145,10 +147,20 @@ pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
     plan: &Plan,
     warm_up: Duration,
 ) -> Result<Failures, Failures> {
+    let sets = of_phase(plan, "set");
+    let set_failures = run_phase(hosts, "set", &sets).await.failures;
+    // What this change made, to undo if it cannot be finished: the values set, the
+    // instances started and the edges asked for.
+    let mut made: Vec<&Action> = sets
+        .iter()
+        .filter(|a| !set_failures.iter().any(|(f, _)| f == **a))
+        .copied()
+        .collect();
     let starts = of_phase(plan, "start");
     let failed = run_phase(hosts, "start", &starts).await.failures;
+    made.extend(&starts);
     if !failed.is_empty() {
-        return Err(roll_back(hosts, &starts, &[], failed).await);
+        return Err(roll_back(hosts, &made, failed).await);
     }
     let connects = of_phase(plan, "wire");
     let wired = run_phase(hosts, "wire", &connects).await;
@@ -166,31 +178,35 @@ pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
         if !failed.is_empty() || !missing.is_empty() {
             let mut all = failed;
             all.extend(missing);
-            return Err(roll_back(hosts, &starts, &connects, all).await);
+            made.extend(&connects);
+            return Err(roll_back(hosts, &made, all).await);
         }
         if !starts.is_empty() {
             tokio::time::sleep(warm_up).await;
         }
     }
-    let mut failures = failed;
+    let mut failures = set_failures;
+    failures.extend(failed);
     failures.extend(run_phase(hosts, "unwire", &breaks).await.failures);
     failures.extend(run_phase(hosts, "stop", &stops).await.failures);
     Ok(failures)
 }
 
-/// Undo the making half of a change: what started (not what failed to) and the edges asked
-/// for. Returns the failures that caused it, and any of the undoing.
+/// Undo the making half of a change: the live values set, what started (not what failed
+/// to) and the edges asked for, in the order they were made. Returns the failures that
+/// caused it, and any of the undoing.
 async fn roll_back<H: Hosts + ?Sized>(
     hosts: &H,
-    starts: &[&Action],
-    connects: &[&Action],
+    made: &[&Action],
     mut failures: Failures,
 ) -> Failures {
     let made = Plan {
-        actions: starts
+        actions: made
             .iter()
-            .filter(|a| !failures.iter().any(|(f, _)| f == **a))
-            .chain(connects)
+            // An edge asked for is taken back even if it failed: it may still appear.
+            .filter(|a| {
+                matches!(a, Action::Connect { .. }) || !failures.iter().any(|(f, _)| f == **a)
+            })
             .map(|a| (*a).clone())
             .collect(),
     };

@@ -1,6 +1,7 @@
 //! Synth modules: manifests, the built-in library, user module folders, per-block template
 //! rendering (minijinja) and engines (`lua/engines/<synth>.lua`: launch command and port names).
 
+mod osc_message;
 pub mod params;
 
 pub use params::{ParamKind, ParamSpec};
@@ -141,6 +142,24 @@ struct Templates {
 struct TemplateFault(String, usize, String);
 
 impl Manifest {
+    /// The params marked `"live": true`: sent to the running instance, not restarting it.
+    pub fn live_params(&self) -> impl Iterator<Item = &str> {
+        self.params
+            .iter()
+            .filter(|(_, spec)| spec.live)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// `params` with each live one at its default: what the spec hash and the launch command
+    /// are made from, so that a live change leaves both as they are.
+    pub fn without_live_values(&self, params: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+        let mut masked = params.clone();
+        for (name, spec) in self.params.iter().filter(|(_, spec)| spec.live) {
+            masked.insert(name.clone(), spec.default.clone());
+        }
+        masked
+    }
+
     /// Every param's default value.
     pub fn defaults(&self) -> BTreeMap<String, Value> {
         self.params
@@ -170,6 +189,21 @@ impl Module {
                 path: format!("{origin}/manifest.json"),
                 message: crate::names::invalid_name_reason("module", &manifest.module),
             });
+        }
+        let mut manifest = manifest;
+        let first_live = manifest.live_params().next().map(str::to_string);
+        if let Some(live) = first_live {
+            // A live value is an OSC message to a command line's program, which has no port.
+            if manifest.synth == "command" {
+                return Err(ModuleError::Manifest {
+                    path: format!("{origin}/manifest.json"),
+                    message: format!(
+                        "param `{live}` cannot be \"live\": a `command` module's program takes its params on its command line, so a change restarts it"
+                    ),
+                });
+            }
+            // Live values reach the instance over OSC, so it gets a port.
+            manifest.osc = true;
         }
         if let Some(main) = &manifest.main {
             if !files.contains_key(main) {
@@ -462,6 +496,19 @@ pub struct Launch {
     /// The Debian package that provides the engine's program (`puredata-core`): named when
     /// the program is not installed on a host.
     pub package: Option<String>,
+    /// OSC packets the agent sends the instance once it is ready, before it is wired in (the
+    /// engine's `start_messages`: SuperCollider's `/s_new`, say).
+    pub start_osc: Vec<Vec<u8>>,
+    /// Each live param's value and the packet that sets it (the engine's `live_message`).
+    pub live: BTreeMap<String, LiveParam>,
+}
+
+/// A live param of an instance: its value, and the OSC packet that sets the running
+/// instance to it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LiveParam {
+    pub value: Value,
+    pub osc: Vec<u8>,
 }
 
 /// Engines loaded into one sandboxed Lua state, evaluated per block at deployment.
@@ -538,6 +585,7 @@ impl Engines {
         audio: &crate::audio::AudioSettings,
         params: &BTreeMap<String, Value>,
         files: &BTreeMap<String, String>,
+        osc_port: Option<u16>,
     ) -> Result<Launch, ModuleError> {
         let engine = module.manifest.synth.clone();
         let table = self.table(library, &engine)?;
@@ -555,8 +603,12 @@ impl Engines {
         audio_t.set("rate", audio.rate).map_err(lua_err)?;
         audio_t.set("period", audio.period).map_err(lua_err)?;
         ctx.set("audio", audio_t).map_err(lua_err)?;
-        let params_v = mlua::LuaSerdeExt::to_value(&self.lua, params).map_err(lua_err)?;
+        // The command is made with live params at their defaults (a live change must not
+        // change it); the messages below see the real values.
+        let masked = module.manifest.without_live_values(params);
+        let params_v = mlua::LuaSerdeExt::to_value(&self.lua, &masked).map_err(lua_err)?;
         ctx.set("params", params_v).map_err(lua_err)?;
+        ctx.set("osc_port", osc_port).map_err(lua_err)?;
         ctx.set("module", module.name()).map_err(lua_err)?;
         // Where an engine that reads the manifest's own fields says a mistake in them is.
         ctx.set("manifest", format!("{}/manifest.json", module.origin))
@@ -625,7 +677,49 @@ impl Engines {
         };
         let ready_line = table.get::<Option<String>>("ready_line").map_err(lua_err)?;
         let package = table.get::<Option<String>>("package").map_err(lua_err)?;
+        let params_v = mlua::LuaSerdeExt::to_value(&self.lua, params).map_err(lua_err)?;
+        ctx.set("params", params_v).map_err(lua_err)?;
+        let start_osc = match table
+            .get::<Option<mlua::Function>>("start_messages")
+            .map_err(lua_err)?
+        {
+            Some(f) => f
+                .call::<Vec<mlua::Table>>(ctx.clone())
+                .map_err(lua_err)?
+                .iter()
+                .map(|m| osc_message::encode(m).map_err(|e| fail(format!("start_messages: {e}"))))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let live_message = table
+            .get::<Option<mlua::Function>>("live_message")
+            .map_err(lua_err)?;
+        let mut live = BTreeMap::new();
+        for name in module.manifest.live_params() {
+            let Some(value) = params.get(name) else {
+                continue;
+            };
+            let osc = match &live_message {
+                Some(f) => {
+                    let v = mlua::LuaSerdeExt::to_value(&self.lua, value).map_err(lua_err)?;
+                    let message = f
+                        .call::<mlua::Table>((ctx.clone(), name, v))
+                        .map_err(lua_err)?;
+                    osc_message::encode(&message).map_err(|e| fail(format!("live_message: {e}")))?
+                }
+                None => osc_message::set(name, value),
+            };
+            live.insert(
+                name.to_string(),
+                LiveParam {
+                    value: value.clone(),
+                    osc,
+                },
+            );
+        }
         Ok(Launch {
+            start_osc,
+            live,
             ready_line,
             package,
             main_rewritten,

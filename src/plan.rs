@@ -4,7 +4,7 @@
 //! applied; and the plan as a musician reads it.
 
 use crate::deploy::links::Link;
-use crate::deploy::{Deployment, Edge, ProcessSpec};
+use crate::deploy::{Deployment, Edge, LiveParam, ProcessSpec};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -32,6 +32,17 @@ pub enum Action {
         /// True when a new instance took over (replace or move): not a removal of the block.
         replaced: bool,
     },
+    /// Live params sent to the running instance at its OSC port: the same process plays on.
+    Set {
+        host: String,
+        block: String,
+        client: String,
+        port: u16,
+        /// The params that change, at their new values.
+        to: BTreeMap<String, LiveParam>,
+        /// The same params at the values they had: what the undo sends.
+        from: BTreeMap<String, LiveParam>,
+    },
 }
 
 impl Action {
@@ -55,6 +66,21 @@ impl Action {
                 edge: edge.clone(),
             }),
             Action::Stop { .. } => None,
+            Action::Set {
+                host,
+                block,
+                client,
+                port,
+                to,
+                from,
+            } => Some(Action::Set {
+                host: host.clone(),
+                block: block.clone(),
+                client: client.clone(),
+                port: *port,
+                to: from.clone(),
+                from: to.clone(),
+            }),
         }
     }
 
@@ -63,7 +89,8 @@ impl Action {
             Action::Start { host, .. }
             | Action::Connect { host, .. }
             | Action::Disconnect { host, .. }
-            | Action::Stop { host, .. } => host,
+            | Action::Stop { host, .. }
+            | Action::Set { host, .. } => host,
         }
     }
 
@@ -116,6 +143,11 @@ impl Action {
             } => {
                 format!("- stop old {block} ({client}) on {host}")
             }
+            Action::Set {
+                host, block, to, ..
+            } => {
+                format!("= set {} on {host} (live)", set_text(block, to))
+            }
         }
     }
 
@@ -147,8 +179,27 @@ impl Action {
             } => json!({
                 "op": "stop", "host": host, "block": block, "client": client, "replaced": replaced,
             }),
+            Action::Set {
+                host,
+                block,
+                client,
+                to,
+                ..
+            } => json!({
+                "op": "set", "host": host, "block": block, "client": client,
+                "params": to.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect::<BTreeMap<_, _>>(),
+            }),
         }
     }
+}
+
+/// `tone.freq = 660, tone.amp = 0.2`.
+pub fn set_text(block: &str, params: &BTreeMap<String, LiveParam>) -> String {
+    params
+        .iter()
+        .map(|(name, p)| format!("{block}.{name} = {}", p.value))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Ordered actions; empty when what runs is already what is desired.
@@ -224,9 +275,18 @@ impl Plan {
                 Action::Stop { .. } => {}
                 Action::Connect { .. } => c[3] += 1,
                 Action::Disconnect { .. } => c[4] += 1,
+                Action::Set { .. } => {}
             }
         }
         c
+    }
+
+    /// How many instances are told new live values.
+    pub fn sets(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Set { .. }))
+            .count()
     }
 }
 
@@ -242,6 +302,25 @@ fn instances(d: &Deployment) -> BTreeMap<&str, (&str, &ProcessSpec)> {
         .collect()
 }
 
+/// The live params whose values differ between two specs of one instance: (new, old).
+type LiveChanges = (BTreeMap<String, LiveParam>, BTreeMap<String, LiveParam>);
+
+fn live_changes(old: &ProcessSpec, new: &ProcessSpec) -> Option<LiveChanges> {
+    let mut to = BTreeMap::new();
+    let mut from = BTreeMap::new();
+    for (name, wanted) in &new.live {
+        let before = old.live.get(name);
+        if before.is_some_and(|b| b.value == wanted.value) {
+            continue;
+        }
+        to.insert(name.clone(), wanted.clone());
+        if let Some(before) = before {
+            from.insert(name.clone(), before.clone());
+        }
+    }
+    (!to.is_empty()).then_some((to, from))
+}
+
 /// What to do to go from `current` to `desired`. Idempotent: `diff(d, d)` is empty.
 pub fn diff(current: &Deployment, desired: &Deployment) -> Plan {
     let now = instances(current);
@@ -251,7 +330,18 @@ pub fn diff(current: &Deployment, desired: &Deployment) -> Plan {
     let mut plan = Plan::default();
     for (block, wanted) in &want {
         let old = now.get(block);
-        if old.is_some_and(|o| same(o, wanted)) {
+        if let Some(old) = old.filter(|o| same(o, wanted)) {
+            // The same instance: only its live values may differ.
+            if let (Some(set), Some(port)) = (live_changes(old.1, wanted.1), wanted.1.osc_port) {
+                plan.actions.push(Action::Set {
+                    host: wanted.0.to_string(),
+                    block: block.to_string(),
+                    client: wanted.1.client.clone(),
+                    port,
+                    to: set.0,
+                    from: set.1,
+                });
+            }
             continue;
         }
         plan.actions.push(Action::Start {
@@ -402,6 +492,7 @@ pub fn describe(plan: &Plan, before: &Deployment, after: &Deployment) -> Vec<Str
             Action::Connect { edge, .. } | Action::Disconnect { edge, .. } => {
                 !is_link_port(&edge.from) && !is_link_port(&edge.to)
             }
+            Action::Set { .. } => true,
         })
         .map(Action::line)
         .collect();

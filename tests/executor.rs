@@ -138,6 +138,11 @@ impl Hosts for FakeHosts {
                 Action::Disconnect { edge, .. } => {
                     host.edges.remove(edge);
                 }
+                Action::Set { client, .. } => {
+                    if !host.processes.contains_key(client) {
+                        anyhow::bail!("no instance `{client}` runs here to tell");
+                    }
+                }
             }
             Ok(Acted::Done)
         }

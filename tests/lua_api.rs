@@ -75,6 +75,7 @@ fn built_in_modules_render_and_launch() {
                 &audio,
                 &params,
                 &files,
+                None,
             )
             .unwrap();
         // Built-ins are written for the orchestra: nothing to override, so their launch
@@ -168,6 +169,7 @@ fn the_csound_engine_fits_a_prototype_module_to_the_orchestra() {
                 &audio,
                 &Default::default(),
                 &files,
+                None,
             )
             .unwrap();
         let command = launch.command.unwrap();
@@ -213,6 +215,7 @@ fn the_csound_engine_fits_a_prototype_module_to_the_orchestra() {
             &Default::default(),
             &Default::default(),
             &files,
+            None,
         )
         .unwrap();
     let command = launch.command.unwrap();
@@ -279,6 +282,7 @@ fn the_command_engine_runs_what_the_manifest_names() {
                 &audio,
                 &values,
                 &Default::default(),
+                None,
             )
             .map_err(|e| e.to_string())
     };
@@ -327,7 +331,7 @@ fn the_pd_engine_polls_when_the_period_is_shorter_than_pd_s_block() {
         });
         let files = module.render(&context).unwrap();
         Engines::new()
-            .launch(&library, module, "b-0000", (0, 1), &audio, &params, &files)
+            .launch(&library, module, "b-0000", (0, 1), &audio, &params, &files, None)
             .unwrap()
             .command
             .unwrap()

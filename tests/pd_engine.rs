@@ -205,6 +205,7 @@ fn pd_as_the_engine_launches_it_connects_nothing_by_itself() {
             &audio,
             &params,
             &files,
+            None,
         )
         .unwrap();
     let mut jackd = std::process::Command::new("jackd")

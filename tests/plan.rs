@@ -63,6 +63,7 @@ fn param_edit_replaces_only_that_block_make_before_break() {
             Action::Connect { .. } => "connect",
             Action::Disconnect { .. } => "disconnect",
             Action::Stop { .. } => "stop",
+            Action::Set { .. } => "set",
         })
         .collect();
     assert_eq!(order, ["start", "connect", "disconnect", "stop"]);

@@ -330,16 +330,39 @@ impl Agent {
                 if !supervisor::process_alive(pid) {
                     return Err(self.failed_start(&process));
                 }
-                // Ready and not yet wired in: told what the block was last told, it joins
-                // sounding as the performer left it.
+                // Ready and not yet wired in: its engine's first messages (a SuperCollider
+                // node), then what the block was last told: it joins sounding as the
+                // performer left it.
+                if let (Some(port), false) = (process.osc_port, process.start_osc.is_empty()) {
+                    send_osc(port, &process.start_osc);
+                }
                 if let (Some(port), false) = (process.osc_port, replay.is_empty()) {
-                    let values = replay_osc(port, &replay);
+                    let values = send_osc(port, &replay);
                     self.pending_events.push(Event::Replayed {
                         block: process.block.clone(),
                         values,
                     });
                 }
                 Ok(json!({ "pid": pid }))
+            }
+            Request::Tell {
+                client,
+                port,
+                packets,
+            } => {
+                // Only to an instance this agent looks after, which is there to hear it.
+                let ours = self.supervisor()?.clients().any(|c| c == client);
+                if !ours {
+                    bail!("no instance `{client}` runs here to tell");
+                }
+                let sent = send_osc(port, &packets);
+                if sent < packets.len() {
+                    bail!(
+                        "`{client}` was sent {sent} of {} OSC messages on port {port}",
+                        packets.len()
+                    );
+                }
+                Ok(json!({ "sent": sent }))
             }
             // Told only: `serve` answers a stop when its program has ended.
             Request::Stop { client } => {
@@ -776,8 +799,8 @@ pub async fn serve() -> Result<()> {
     Ok(())
 }
 
-/// Send `packets` to the OSC port a new instance listens on here; how many went out.
-fn replay_osc(port: u16, packets: &[Vec<u8>]) -> usize {
+/// Send `packets` to the OSC port an instance listens on here; how many went out.
+fn send_osc(port: u16, packets: &[Vec<u8>]) -> usize {
     let Ok(socket) = std::net::UdpSocket::bind(("127.0.0.1", 0)) else {
         return 0;
     };

@@ -26,7 +26,7 @@ pub enum Request {
     },
     /// Write the instance's files and start it (idempotent for a running client).
     Start {
-        process: ProcessSpec,
+        process: Box<ProcessSpec>,
         /// OSC packets to send the instance once it is ready, before it is wired in: what
         /// the block was last told (see `osc::memory`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -34,6 +34,13 @@ pub enum Request {
     },
     Stop {
         client: String,
+    },
+    /// Send OSC packets to an instance of ours that listens on `port` of this host (its live
+    /// params): the same process plays on.
+    Tell {
+        client: String,
+        port: u16,
+        packets: Vec<Vec<u8>>,
     },
     Connect {
         edge: Edge,

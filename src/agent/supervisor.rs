@@ -566,6 +566,8 @@ mod tests {
             package: None,
             osc_port: None,
             render_key: String::new(),
+            start_osc: Vec::new(),
+            live: Default::default(),
         }
     }
 

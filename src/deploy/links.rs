@@ -290,6 +290,8 @@ pub fn ends(
             package: None,
             osc_port: None,
             render_key: String::new(),
+            start_osc: Vec::new(),
+            live: Default::default(),
         }
     };
     [

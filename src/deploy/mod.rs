@@ -8,6 +8,7 @@ mod ports;
 use ports::PortPool;
 
 use crate::model::{AudioSettings, Host};
+pub use crate::modules::LiveParam;
 use crate::modules::{Engines, ModuleError, ModuleLibrary};
 use crate::placement::Placement;
 use crate::resolve::Resolved;
@@ -50,6 +51,14 @@ pub struct ProcessSpec {
     /// rendering and launching it again.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub render_key: String,
+    /// OSC packets sent to the instance once it is ready, before it is wired in (the
+    /// engine's `start_messages`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_osc: Vec<Vec<u8>>,
+    /// The live params' values (outside the spec hash): a change of one alone is sent to the
+    /// running instance (`Action::Set`) instead of replacing it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub live: BTreeMap<String, LiveParam>,
 }
 
 /// One JACK connection, full port names.
@@ -345,12 +354,30 @@ pub fn redeploy(
             hosts => hosts_context.clone(),
         };
         let mut files = block.module.render(&context).map_err(fail)?;
+        // Live params are sent to a running instance, so the hash is made as if each were at
+        // its default: a change of one alone keeps the instance. (The instance's files have
+        // the real values: a replacement starts where the old one was.)
+        let masked = block.module.manifest.without_live_values(&block.params);
+        let masked_files = if masked == block.params {
+            None
+        } else {
+            let context = minijinja::context! {
+                block => minijinja::Value::from_serialize(json!({
+                    "name": block.name, "module": block.module.name(), "host": host.name,
+                    "inputs": block.inputs, "outputs": block.outputs, "params": masked,
+                    "osc_port": osc_port})),
+                params => minijinja::Value::from_serialize(&masked),
+                ..context
+            };
+            Some(block.module.render(&context).map_err(fail)?)
+        };
         // Hash what defines the process: what the engine is given (its files, params, ports
         // and audio) and the engine itself (in the module's fingerprint). The client name
         // carries the hash, so the engine is asked once, with that name.
         let hash = short_hash(&json!({
-            "block": block.name, "module": fingerprints.of(&block.module), "files": files,
-            "params": block.params, "ports": [block.inputs, block.outputs], "audio": resolved.audio,
+            "block": block.name, "module": fingerprints.of(&block.module),
+            "files": masked_files.as_ref().unwrap_or(&files),
+            "params": masked, "ports": [block.inputs, block.outputs], "audio": resolved.audio,
         }));
         let mut launch = engines
             .launch(
@@ -361,6 +388,7 @@ pub fn redeploy(
                 &resolved.audio,
                 &block.params,
                 &files,
+                osc_port.copied(),
             )
             .map_err(fail)?;
         engines.note_adapted(block.module.name(), &launch.notes);
@@ -543,6 +571,8 @@ pub fn redeploy(
                 package: real.package,
                 osc_port,
                 render_key,
+                start_osc: real.start_osc,
+                live: real.live,
             },
         );
     }

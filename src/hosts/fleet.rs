@@ -467,7 +467,7 @@ async fn agent_log_tail(ssh: &SshHost) -> String {
 fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
     match action {
         Action::Start { process, .. } => Request::Start {
-            process: (**process).clone(),
+            process: process.clone(),
             replay: match (process.osc_port, memory) {
                 (Some(_), Some(memory)) => memory.replay(&process.block),
                 _ => Vec::new(),
@@ -475,6 +475,13 @@ fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
         },
         Action::Stop { client, .. } => Request::Stop {
             client: client.clone(),
+        },
+        Action::Set {
+            client, port, to, ..
+        } => Request::Tell {
+            client: client.clone(),
+            port: *port,
+            packets: to.values().map(|p| p.osc.clone()).collect(),
         },
         Action::Connect { edge, .. } => Request::Connect { edge: edge.clone() },
         Action::Disconnect { edge, .. } => Request::Disconnect { edge: edge.clone() },

@@ -65,6 +65,9 @@ pub struct ParamSpec {
     pub choices: Option<Vec<String>>,
     /// For text: a regular expression the whole value must match.
     pub pattern: Option<String>,
+    /// Sent to the running instance when it changes (same process, no restart), rather than
+    /// starting a new instance: see `Launch::live`.
+    pub live: bool,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +82,8 @@ struct SpecFields {
     unit: Option<String>,
     choices: Option<Vec<String>>,
     pattern: Option<String>,
+    #[serde(default)]
+    live: bool,
 }
 
 impl<'de> Deserialize<'de> for ParamSpec {
@@ -96,6 +101,7 @@ impl<'de> Deserialize<'de> for ParamSpec {
                 unit: None,
                 choices: None,
                 pattern: None,
+                live: false,
             },
         };
         let kind = match fields.kind {
@@ -116,7 +122,15 @@ impl<'de> Deserialize<'de> for ParamSpec {
             unit: fields.unit,
             choices: fields.choices,
             pattern: fields.pattern,
+            live: fields.live,
         };
+        // A live value goes to the instance as one OSC number.
+        if spec.live && !matches!(spec.kind, ParamKind::Number | ParamKind::Integer) {
+            return Err(D::Error::custom(format!(
+                "only a number can be \"live\" (sent to the running instance), not a {}",
+                spec.kind.word()
+            )));
+        }
         if let Some(pattern) = &spec.pattern {
             regex::Regex::new(pattern)
                 .map_err(|e| D::Error::custom(format!("pattern `{pattern}`: {e}")))?;
