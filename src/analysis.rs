@@ -139,6 +139,33 @@ pub fn silences_ms(samples: &[f32], rate: u32, at_least_ms: f64) -> Vec<f64> {
         .collect()
 }
 
+/// Each cycle of a tone as (when it starts, in seconds, its frequency in Hz): the time
+/// between upward zero crossings, interpolated between samples. Where a tone changes pitch
+/// shows to within one cycle.
+pub fn cycles(samples: &[f32], rate: u32) -> Vec<(f64, f64)> {
+    let rate = rate as f64;
+    let crossings: Vec<f64> = samples
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0] < 0.0 && w[1] >= 0.0)
+        .map(|(i, w)| (i as f64 + f64::from(-w[0] / (w[1] - w[0]))) / rate)
+        .collect();
+    crossings
+        .windows(2)
+        .map(|w| (w[0], 1.0 / (w[1] - w[0])))
+        .collect()
+}
+
+/// When a tone at about `from` Hz went to about `to` Hz for good: the start of the first
+/// cycle after which every cycle is nearer `to` than `from`.
+pub fn pitch_change_at(samples: &[f32], rate: u32, from: f64, to: f64) -> Option<f64> {
+    let all = cycles(samples, rate);
+    let nearer_to = |hz: f64| (hz - to).abs() < (hz - from).abs();
+    let last_old = all.iter().rposition(|(_, hz)| !nearer_to(*hz));
+    let first_new = last_old.map_or(0, |i| i + 1);
+    all.get(first_new).map(|(t, _)| *t)
+}
+
 /// The sounding stretches of `sounding` (which starts and ends with sound), as half-open
 /// index ranges: split wherever silence lasts at least `min_gap` samples.
 fn stretches(sounding: &[f32], min_gap: usize) -> Vec<(usize, usize)> {
@@ -202,6 +229,26 @@ mod tests {
                 (0.3 * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as f32
             })
             .collect()
+    }
+
+    #[test]
+    fn a_pitch_change_is_found_within_a_cycle() {
+        // 0.5 s at 440 Hz, then 660 Hz (phase continuous, as an oscillator glides).
+        let rate = 48000;
+        let mut phase = 0.0f64;
+        let s: Vec<f32> = (0..rate)
+            .map(|i| {
+                let hz = if i < rate / 2 { 440.0 } else { 660.0 };
+                phase += 2.0 * std::f64::consts::PI * hz / rate as f64;
+                (0.3 * phase.sin()) as f32
+            })
+            .collect();
+        let at = pitch_change_at(&s, rate, 440.0, 660.0).expect("a change");
+        assert!((at - 0.5).abs() < 1.0 / 440.0, "{at}");
+        assert_eq!(
+            pitch_change_at(&sine(440.0, 1.0, rate), rate, 440.0, 660.0),
+            None
+        );
     }
 
     #[test]

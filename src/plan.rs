@@ -456,6 +456,7 @@ const MAX_LINES: usize = 40;
 pub fn counts_line(plan: &Plan) -> String {
     let [started, replaced, stopped, connected, disconnected] = plan.counts();
     let parts: Vec<String> = [
+        (plan.sets(), "set live"),
         (started, "started"),
         (replaced, "replaced or moved"),
         (stopped, "stopped"),

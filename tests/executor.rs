@@ -5,7 +5,7 @@
 //! while one is applied are merged into one reload.
 
 use cloud_orchestra::conductor::{Conductor, Converge};
-use cloud_orchestra::deploy::{deploy, Deployment, Edge};
+use cloud_orchestra::deploy::{redeploy, Deployment, Edge};
 use cloud_orchestra::events::{Events, Happening};
 use cloud_orchestra::executor::{
     apply, apply_or_roll_back, repair, Acted, Hosts, Reached, Unanswered,
@@ -251,14 +251,34 @@ local out  = block "out"  { module = "dac" }
 osc >> filt >> out
 "#;
 
+/// An edit that replaces `osc`: freq is live, but phase is not.
+const REPLACED_OSC: &str = "freq = 660, phase = 0.5";
+
+/// An edit that replaces `filt` (another module in its place: its cutoff is live).
+const LP: &str = r#"module = "lp", cutoff = 2000"#;
+const OTHER_FILTER: &str = r#"module = "gain", gain = 0.5"#;
+
 fn deployment(script: &str) -> Deployment {
+    deployment_after(script, &Deployment::default())
+}
+
+/// The deployment of `script` while `previous` plays (a replaced OSC block's new instance gets
+/// a port the old one does not hold, and so a client name of its own).
+fn deployment_after(script: &str, previous: &Deployment) -> Deployment {
     let orchestra = orchestra_from_text("song.lua", script, None).unwrap();
     let library = ModuleLibrary::builtin();
     let resolved = resolve(&orchestra, &library).unwrap();
     let placement = place(&resolved, None, &Options::default())
         .unwrap()
         .placement;
-    deploy(&resolved, &placement, &library, &mut Engines::new()).unwrap()
+    redeploy(
+        &resolved,
+        &placement,
+        &library,
+        &mut Engines::new(),
+        previous,
+    )
+    .unwrap()
 }
 
 /// Fake hosts playing `SONG`, and what was applied.
@@ -278,7 +298,7 @@ fn client_of(d: &Deployment, block: &str) -> String {
 async fn a_change_whose_new_instance_fails_to_start_is_undone_and_nothing_else_is_touched() {
     let (hosts, applied) = playing().await;
     let before = hosts.snapshot();
-    let edited = deployment(&SONG.replace("freq = 440", "freq = 660"));
+    let edited = deployment(&SONG.replace("freq = 440", REPLACED_OSC));
     hosts
         .0
         .fail_start
@@ -296,7 +316,7 @@ async fn a_change_whose_new_instance_fails_to_start_is_undone_and_nothing_else_i
 async fn a_change_whose_new_edges_never_appear_is_undone_before_the_old_path_is_cut() {
     let (hosts, applied) = playing().await;
     let before = hosts.snapshot();
-    let edited = deployment(&SONG.replace("cutoff = 2000", "cutoff = 900"));
+    let edited = deployment(&SONG.replace(LP, OTHER_FILTER));
     let new_edges: BTreeSet<Edge> = edited.hosts["localhost"]
         .edges
         .difference(&applied.hosts["localhost"].edges)
@@ -326,7 +346,7 @@ async fn a_change_whose_new_edges_never_appear_is_undone_before_the_old_path_is_
 async fn only_the_edges_not_made_at_once_are_waited_for_before_the_old_path_is_cut() {
     let edit = |hosts: &FakeHosts, applied: &Deployment| {
         // The filter replaced: its two new edges.
-        let edited = deployment(&SONG.replace("cutoff = 2000", "cutoff = 900"));
+        let edited = deployment(&SONG.replace(LP, OTHER_FILTER));
         let plan = diff(applied, &edited);
         let connects = plan
             .actions
@@ -380,7 +400,7 @@ async fn only_the_edges_not_made_at_once_are_waited_for_before_the_old_path_is_c
 #[tokio::test]
 async fn a_change_that_works_is_applied_make_before_break() {
     let (hosts, applied) = playing().await;
-    let edited = deployment(&SONG.replace("freq = 440", "freq = 660"));
+    let edited = deployment(&SONG.replace("freq = 440", REPLACED_OSC));
     let failures = apply_or_roll_back(&hosts, &diff(&applied, &edited), Duration::ZERO)
         .await
         .unwrap();
@@ -715,8 +735,11 @@ async fn a_reload_whose_start_fails_is_undone_and_the_state_kept_as_it_was() {
     let applied_before = live.conductor().applied().clone();
     let saved_before = state::load(dir.path(), "song").unwrap().unwrap();
     assert_eq!(saved_before.deployment, applied_before.deployment);
-    let edited = SONG.replace("freq = 440", "freq = 660");
-    let new_osc = client_of(&deployment(&edited), "osc");
+    let edited = SONG.replace("freq = 440", REPLACED_OSC);
+    let new_osc = client_of(
+        &deployment_after(&edited, &applied_before.deployment),
+        "osc",
+    );
     hosts.0.fail_start.lock().unwrap().insert(new_osc);
     std::fs::write(&script, &edited).unwrap();
     let mut seen = live.conductor().events().subscribe();
@@ -754,7 +777,7 @@ async fn a_dry_run_plans_each_change_and_touches_nothing() {
     );
     // An edit is planned from the first plan's result, and only said.
     let edited = AppliedState {
-        deployment: deployment(&SONG.replace("freq = 440", "freq = 660")),
+        deployment: deployment(&SONG.replace("freq = 440", REPLACED_OSC)),
         placement: Default::default(),
     };
     conductor

@@ -527,7 +527,10 @@ fn bench_save_to_applied_on_the_lab() {
         let saved = std::time::Instant::now();
         save(
             &show.script,
-            &SWITCHABLE.replace("freq = 440", &format!("freq = {}", 450 + 10 * i)),
+            &SWITCHABLE.replace(
+                "freq = 440",
+                &format!("freq = {}, phase = 0.{i}", 450 + 10 * i),
+            ),
         );
         let line = run.wait_for("applied in", Duration::from_secs(10));
         param.push(saved.elapsed().as_secs_f64() * 1000.0);

@@ -91,13 +91,15 @@ fn a_param_edit_restarts_only_that_block() {
         ["filt", "osc"],
         "{before:?}"
     );
-    edit(&stage.script, "cutoff = 2000", "cutoff = 1500");
-    run.wait_for("~ replace filt (lp) on localhost", Duration::from_secs(10));
+    // `phase` is not live: a new instance takes over (freq, cutoff and amp are live, see
+    // tests/live_params.rs).
+    edit(&stage.script, "freq = 440", "freq = 440, phase = 0.25");
+    run.wait_for("~ replace osc (sine) on localhost", Duration::from_secs(10));
     run.wait_for("applied in", Duration::from_secs(10));
     let after = pids(stage.dir.path());
-    assert_eq!(after["osc"], before["osc"], "osc untouched");
-    assert_ne!(after["filt"], before["filt"], "filt restarted");
-    assert!(!alive(before["filt"]), "the old filt is stopped");
+    assert_eq!(after["filt"], before["filt"], "filt untouched");
+    assert_ne!(after["osc"], before["osc"], "osc restarted");
+    assert!(!alive(before["osc"]), "the old osc is stopped");
     wait_for_graph(
         &stage.server,
         &pairs(&[
@@ -178,7 +180,10 @@ fn script_errors_change_nothing_and_a_fix_applies() {
     run.wait_for("nothing changed", Duration::from_secs(5));
     assert_eq!(pids(stage.dir.path()), before, "nothing was restarted");
 
-    save(&stage.script, &good.replace("freq = 440", "freq = 330"));
+    save(
+        &stage.script,
+        &good.replace("freq = 440", "freq = 330, phase = 0.5"),
+    );
     run.wait_for("~ replace osc (sine)", Duration::from_secs(10));
     run.wait_for("applied in", Duration::from_secs(10));
     let after = pids(stage.dir.path());
@@ -204,7 +209,7 @@ fn rapid_saves_converge_to_the_last_one() {
         current = freq;
         std::thread::sleep(Duration::from_millis(30));
     }
-    // Settled: one osc instance, started from the last save.
+    // Settled: one osc instance, set live to the last save's freq.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let state: serde_json::Value = serde_json::from_slice(
@@ -214,7 +219,7 @@ fn rapid_saves_converge_to_the_last_one() {
         let osc = &state["deployment"]["hosts"]["localhost"]["processes"]["osc"];
         let rendered = osc["files"]["sine.csd"].as_str().unwrap_or_default();
         let running = instances(stage.dir.path());
-        let settled = rendered.contains("poscil 0.3, 550")
+        let settled = rendered.contains("kfreq init 550")
             && running["osc"].len() == 1
             && running["osc"][0].0 == osc["client"].as_str().unwrap();
         if settled {
@@ -250,14 +255,12 @@ fn edits_off_the_recorded_path_leave_no_gap() {
     let (mut run, wav) = playing_recorded(&stage, &[]);
     let osc = pids(stage.dir.path())["osc"];
     std::thread::sleep(Duration::from_secs(1));
-    let mut current = 660;
-    for freq in [670, 680, 690] {
-        edit(
-            &stage.script,
-            &format!("freq = {current}"),
-            &format!("freq = {freq}"),
-        );
-        current = freq;
+    // Each edit changes osc2's phase (not live), so each replaces it.
+    let mut current = "freq = 660".to_string();
+    for (freq, phase) in [(670, 0.1), (680, 0.2), (690, 0.3)] {
+        let next = format!("freq = {freq}, phase = {phase}");
+        edit(&stage.script, &current, &next);
+        current = next;
         run.wait_for("~ replace osc2", Duration::from_secs(10));
         run.wait_for("applied in", Duration::from_secs(10));
     }
@@ -394,7 +397,7 @@ fn a_dry_run_prints_the_plans_and_starts_nothing() {
     let mut run = Running::spawn(cmd);
     run.wait_for("+ start osc (sine) on localhost", Duration::from_secs(10));
     run.wait_for("watching", Duration::from_secs(5));
-    edit(&stage.script, "freq = 440", "freq = 220");
+    edit(&stage.script, "freq = 440", "freq = 220, phase = 0.5");
     run.wait_for("~ replace osc (sine) on localhost", Duration::from_secs(10));
     run.wait_for("dry run: not applied", Duration::from_secs(5));
     let me = format!("{}:", run.child.id());
@@ -419,7 +422,8 @@ fn a_dry_run_prints_the_plans_and_starts_nothing() {
 /// Benchmark (`cargo test --release --test live_reload bench -- --ignored --nocapture`): time
 /// from saving the script to the edit applied, (a) a connection-only edit, (b) a param edit
 /// that restarts one csound block (applied = the new instance has registered with JACK, said
-/// it is ready, and its edges exist: it sounds from the next period on).
+/// it is ready, and its edges exist: it sounds from the next period on), (c) a live param
+/// edit (sent to the running instance).
 #[test]
 #[ignore = "benchmark: prints figures, asserts no timing"]
 fn bench_save_to_applied() {
@@ -447,7 +451,7 @@ fn bench_save_to_applied() {
         let saved = Instant::now();
         save(
             &stage.script,
-            &FOUR_BLOCKS.replace("freq = 440", &format!("freq = {freq}")),
+            &FOUR_BLOCKS.replace("freq = 440", &format!("freq = {freq}, phase = 0.{i}")),
         );
         let line = run.wait_for("applied in", Duration::from_secs(10));
         param.push(saved.elapsed().as_secs_f64() * 1000.0);
@@ -458,10 +462,24 @@ fn bench_save_to_applied() {
         "(b) param edit restarting one csound, save → applied",
         &param,
     );
+    let mut live = Vec::new();
+    for i in 0..10 {
+        let freq = 530 - 10 * i;
+        let saved = Instant::now();
+        save(
+            &stage.script,
+            &FOUR_BLOCKS.replace("freq = 440", &format!("freq = {freq}, phase = 0.9")),
+        );
+        let line = run.wait_for("applied in", Duration::from_secs(10));
+        live.push(saved.elapsed().as_secs_f64() * 1000.0);
+        assert!(line.contains("1 set live"), "{line}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    print_summary("(c) live param edit, save → applied", &live);
     stop(run, &stage);
     let tail = tail_tone(&wav, 0.2);
     eprintln!(
-        "last tone at the DAC: {:.1} Hz (expected 540)",
+        "last tone at the DAC: {:.1} Hz (expected 440)",
         tail.frequency_hz
     );
 }

@@ -327,11 +327,20 @@ fn the_pd_engine_polls_when_the_period_is_shorter_than_pd_s_block() {
             period,
         };
         let context = serde_json::json!({
-            "block": {"name": "b"}, "params": params, "audio": {"rate": 48000, "period": period},
+            "block": {"name": "b", "osc_port": 7800}, "params": params, "audio": {"rate": 48000, "period": period},
         });
         let files = module.render(&context).unwrap();
         Engines::new()
-            .launch(&library, module, "b-0000", (0, 1), &audio, &params, &files, None)
+            .launch(
+                &library,
+                module,
+                "b-0000",
+                (0, 1),
+                &audio,
+                &params,
+                &files,
+                None,
+            )
             .unwrap()
             .command
             .unwrap()

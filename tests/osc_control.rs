@@ -175,7 +175,11 @@ fn set_and_connect_go_through_the_same_path_as_an_edit_and_unknown_blocks_are_er
     assert!(plan.contains("live layer"), "{plan}");
     assert!(plan.contains("set osc.freq = 550"), "{plan}");
     let text = std::fs::read_to_string(&stage.script).unwrap();
-    save(&stage.script, &text.replace("freq = 330", "freq = 220"));
+    // phase is not live: osc2 is replaced (freq alone would be set live).
+    save(
+        &stage.script,
+        &text.replace("freq = 330", "freq = 220, phase = 0.5"),
+    );
     run.wait_for("~ replace osc2 (sine)", Duration::from_secs(10));
     run.wait_for("applied in", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1200));

@@ -131,12 +131,16 @@ fn a_csound_sine_through_pd_low_passes_plays_440_hz_and_the_low_cutoff_takes_it_
 }
 
 #[test]
-fn editing_pd_sine_freq_replaces_the_block_and_the_dac_ends_at_660_hz() {
+fn a_non_live_edit_replaces_the_pd_block_and_the_dac_ends_at_660_hz() {
     let stage = Stage::with_script("pd-edit", "pd.lua", PD_SINE);
     let (mut run, wav, _) = playing_recorded(&stage);
     std::thread::sleep(Duration::from_secs(1));
     let before = pids(stage.dir.path());
-    save(&stage.script, &PD_SINE.replace("freq = 440", "freq = 660"));
+    // phase is not live (freq is: tests/live_params.rs), so a new instance takes over.
+    save(
+        &stage.script,
+        &PD_SINE.replace("freq = 440", "freq = 660, phase = 0.5"),
+    );
     run.wait_for(
         "~ replace tone (pd_sine) on localhost",
         Duration::from_secs(10),

@@ -49,7 +49,7 @@ fn applying_the_same_deployment_twice_changes_nothing() {
 fn param_edit_replaces_only_that_block_make_before_break() {
     let (before, placement) = deployment_of(SINE_LP, None, None);
     let (after, _) = deployment_of(
-        &SINE_LP.replace("freq = 440", "freq = 660"),
+        &SINE_LP.replace("freq = 440", "freq = 660, phase = 0.5"),
         None,
         Some(&placement),
     );
@@ -71,6 +71,55 @@ fn param_edit_replaces_only_that_block_make_before_break() {
         plan.actions.iter().all(|a| !a.line().contains("filt (lp)")),
         "filt untouched"
     );
+}
+
+#[test]
+fn a_live_param_edit_is_one_set_of_the_running_instance_and_its_undo_sets_it_back() {
+    let (before, placement) = deployment_of(SINE_LP, None, None);
+    let (after, _) = deployment_of(
+        &SINE_LP.replace("freq = 440", "freq = 660"),
+        None,
+        Some(&placement),
+    );
+    let osc =
+        |d: &cloud_orchestra::deploy::Deployment| d.hosts["localhost"].processes["osc"].clone();
+    assert_eq!(osc(&after).client, osc(&before).client, "the same instance");
+    assert_eq!(osc(&after).spec_hash, osc(&before).spec_hash);
+    assert!(
+        osc(&after).files["sine.csd"].contains("kfreq init 660"),
+        "a replacement would start at 660"
+    );
+    let plan = diff(&before, &after);
+    assert_eq!(plan.to_text(), "= set osc.freq = 660 on localhost (live)\n");
+    let Action::Set { port, to, .. } = &plan.actions[0] else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(Some(*port), osc(&before).osc_port);
+    let packet = rosc::decoder::decode_udp(&to["freq"].osc).unwrap().1;
+    assert_eq!(
+        packet,
+        rosc::OscPacket::Message(rosc::OscMessage {
+            addr: "/freq".into(),
+            args: vec![rosc::OscType::Float(660.0)]
+        })
+    );
+    assert_eq!(
+        plan.undo().to_text(),
+        "= set osc.freq = 440 on localhost (live)\n"
+    );
+    // A live and a non-live change together: one new instance, already at the new value.
+    let (both, _) = deployment_of(
+        &SINE_LP.replace("freq = 440", "freq = 660, phase = 0.5"),
+        None,
+        Some(&placement),
+    );
+    let plan = diff(&before, &both);
+    assert!(
+        plan.to_text().starts_with("~ replace osc (sine)"),
+        "{}",
+        plan.to_text()
+    );
+    assert_eq!(plan.sets(), 0);
 }
 
 #[test]
@@ -503,8 +552,13 @@ fn an_instance_rendered_from_the_same_inputs_is_reused_not_rendered_again() {
         .map(|p| p.block.as_str())
         .collect();
     assert_eq!(reused, ["mix", "v1", "v3"].into(), "all but the edited v2");
+    // v2's freq is live: rendered again with its new value, but the same instance.
     let v2 = &again.hosts["h1"].processes["v2"];
-    assert_ne!(v2.spec_hash, first.hosts["h1"].processes["v2"].spec_hash);
+    assert_eq!(v2.spec_hash, first.hosts["h1"].processes["v2"].spec_hash);
+    assert_ne!(
+        v2.live["freq"],
+        first.hosts["h1"].processes["v2"].live["freq"]
+    );
 }
 
 #[test]
@@ -550,7 +604,7 @@ fn many_blocks_built_in_parallel_are_what_each_is_alone() {
     let many = r#"
 local out = block "out" { module = "dac" }
 for i = 1, 400 do
-  block("v" .. i) { module = "sine", freq = 100 + i, amp = 0.001 } >> out
+  block("v" .. i) { module = "fm", freq = 100 + i, amp = 0.001 } >> out
 end
 "#;
     let (all, _) = deployment_of(many, None, None);
@@ -558,7 +612,7 @@ end
     assert_eq!(processes.len(), 400);
     for i in [1, 137, 255, 256, 400] {
         let alone = format!(
-            "block \"v{i}\" {{ module = \"sine\", freq = {}, amp = 0.001 }} >> block \"out\" {{ module = \"dac\" }}\n",
+            "block \"v{i}\" {{ module = \"fm\", freq = {}, amp = 0.001 }} >> block \"out\" {{ module = \"dac\" }}\n",
             100 + i
         );
         let (one, _) = deployment_of(&alone, None, None);

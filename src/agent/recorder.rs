@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ struct Capture {
     /// in one run of six). The callback answers in `closed` once a cycle saw it.
     closing: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
+    /// JACK's time (µs of the monotonic clock) of the first cycle recorded, 0 until then:
+    /// what puts a moment of the recording on the same clock as the rest of the machine.
+    first_cycle_us: Arc<AtomicU64>,
 }
 
 impl jack::ProcessHandler for Capture {
@@ -37,6 +40,12 @@ impl jack::ProcessHandler for Capture {
         if self.closing.load(Ordering::Acquire) {
             self.closed.store(true, Ordering::Release);
             return jack::Control::Continue;
+        }
+        if self.first_cycle_us.load(Ordering::Relaxed) == 0 {
+            if let Ok(times) = scope.cycle_times() {
+                self.first_cycle_us
+                    .store(times.current_usecs.max(1), Ordering::Relaxed);
+            }
         }
         let mut inputs: [&[f32]; MAX_CHANNELS] = [&[]; MAX_CHANNELS];
         for (input, port) in inputs.iter_mut().zip(&self.ports) {
@@ -107,6 +116,9 @@ pub struct Recorder {
     writer: Option<std::thread::JoinHandle<Result<()>>>,
     /// When the first non-silent sample was written, relative to the start.
     pub first_sound: Arc<Mutex<Option<Duration>>>,
+    /// The first client's first cycle on JACK's clock (see `Capture::first_cycle_us`).
+    first_cycle_us: Arc<AtomicU64>,
+    path: PathBuf,
 }
 
 /// A recording JACK client: the client, its input port names, the server's rate, and the
@@ -117,6 +129,7 @@ struct Capturing {
     inputs: Vec<String>,
     rate: u32,
     ring: jack::RingBufferReader,
+    first_cycle_us: Arc<AtomicU64>,
 }
 
 /// A JACK client `orchestra-rec` with `channels` inputs, writing into a fresh ring buffer.
@@ -138,6 +151,7 @@ fn open_capture(channels: u32) -> Result<Capturing> {
         .map_err(|e| anyhow::anyhow!("ring buffer: {e:?}"))?
         .into_reader_writer();
     let closing = Closing::default();
+    let first_cycle_us = Arc::new(AtomicU64::new(0));
     let client = client
         .activate_async(
             (),
@@ -147,6 +161,7 @@ fn open_capture(channels: u32) -> Result<Capturing> {
                 interleaved: vec![0; period * channels as usize * 4],
                 closing: closing.asked.clone(),
                 closed: closing.seen.clone(),
+                first_cycle_us: first_cycle_us.clone(),
             },
         )
         .map_err(|e| anyhow::anyhow!("recorder: cannot activate: {e:?}"))?;
@@ -156,6 +171,7 @@ fn open_capture(channels: u32) -> Result<Capturing> {
         inputs,
         rate,
         ring: reader,
+        first_cycle_us,
     })
 }
 
@@ -170,6 +186,7 @@ impl Recorder {
             inputs,
             rate,
             ring: reader,
+            first_cycle_us,
         } = open_capture(channels)?;
         let spec = hound::WavSpec {
             channels: channels as u16,
@@ -198,6 +215,8 @@ impl Recorder {
             stop,
             writer: Some(writer),
             first_sound,
+            first_cycle_us,
+            path,
         })
     }
 
@@ -220,6 +239,8 @@ impl Recorder {
             inputs,
             rate,
             ring,
+            // The recording's timeline starts with the first client's.
+            first_cycle_us: _,
         } = open_capture(self.channels)?;
         if rate != self.rate {
             tracing::warn!(
@@ -241,6 +262,13 @@ impl Recorder {
 
     /// Stop the JACK client and finish the WAV file.
     pub fn finish(mut self) -> Result<()> {
+        // JACK keeps its own clock (jack2 reads CLOCK_MONOTONIC_RAW, measured 0.26 s apart
+        // from CLOCK_MONOTONIC after half an hour up): its time and the monotonic one, read
+        // together while the client is there, convert the first cycle's (see below).
+        let jack_to_monotonic = self
+            .client
+            .as_ref()
+            .map(|c| monotonic_us() as i128 - c.as_client().time() as i128);
         if self.client.is_some() {
             self.closing.close();
         }
@@ -249,6 +277,17 @@ impl Recorder {
         if let Some(w) = self.writer.take() {
             w.join()
                 .map_err(|_| anyhow::anyhow!("recorder thread panicked"))??;
+        }
+        // Beside the WAV: when its first frame was, on the machine's CLOCK_MONOTONIC, so a
+        // test or benchmark can tell when, after something it did, the sound changed.
+        let first_jack_us = self.first_cycle_us.load(Ordering::Relaxed);
+        if let (Some(offset), true) = (jack_to_monotonic, first_jack_us != 0) {
+            let first = (first_jack_us as i128 + offset).max(0) as u64;
+            let sidecar =
+                serde_json::json!({ "first_frame_monotonic_us": first, "rate": self.rate });
+            let path = self.path.with_extension("wav.start.json");
+            std::fs::write(&path, sidecar.to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
     }
@@ -302,4 +341,15 @@ fn write(
     }
     wav.finalize()?;
     Ok(())
+}
+
+/// The machine's CLOCK_MONOTONIC in µs: the clock of the recording's sidecar.
+pub fn monotonic_us() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
 }

@@ -224,7 +224,7 @@ impl Default for NetworkSettings {
             first_port: 4464,
             last_port: 4963,
             osc_first_port: 7800,
-            osc_last_port: 7999,
+            osc_last_port: 8799,
             links: Vec::new(),
         }
     }

@@ -94,7 +94,7 @@ mod tests {
                 "`/n_set` argument 1: a table is not an OSC value",
             ),
             (
-                r#"return {"/n_set", 2^40 // 1}"#,
+                r#"return {"/n_set", 1 << 40}"#,
                 "`/n_set` argument 1: 1099511627776 is beyond an int32",
             ),
         ];
