@@ -4,7 +4,7 @@
 //! (its JACK client is "ChucK", connected to the system ports by itself, and it takes code on
 //! a TCP port); and the built-in `ck_sine` and `ck_lp` sound as they should in that chuck once
 //! it is named and kept from connecting (a test-only LD_PRELOAD shim: what an engine would
-//! need, README "ChucK modules").
+//! need, README "ChucK modules"), and retune when sent their live params over OSC.
 
 mod common;
 
@@ -75,26 +75,23 @@ fn debians_chuck_is_a_client_the_agent_can_neither_name_nor_keep_unconnected() {
 /// 2000 (left) and at 110, two octaves below the tone (right), recorded with jack_rec.
 #[test]
 fn ck_sine_through_ck_lp_plays_440_hz_and_the_low_cutoff_takes_it_down() {
-    let stage = Stage::with_script("ck-chain", "unused.lua", "");
+    let (stage, shim, jackd) = shimmed_stage("ck-chain");
     let dir = stage.dir.path();
-    let shim = build_shim(dir);
-    let jackd = Jackd::start(&stage.server);
     let mut synths = Vec::new();
-    for (block, module, cutoff) in [
-        ("tone", "ck_sine", None),
-        ("filt", "ck_lp", Some(2000)),
-        ("dull", "ck_lp", Some(110)),
+    for (block, module, set) in [
+        ("tone", "ck_sine", &[][..]),
+        ("filt", "ck_lp", &[("cutoff", 2000.0)][..]),
+        ("dull", "ck_lp", &[("cutoff", 110.0)][..]),
     ] {
-        let block_dir = dir.join(block);
-        std::fs::create_dir(&block_dir).unwrap();
-        let main = render_with(&block_dir, module, block, cutoff);
-        let child = chuck_command(&stage.server, &block_dir, &main)
-            .arg(format!("--port:{}", free_tcp_port()))
-            .env("LD_PRELOAD", &shim)
-            .env("ORCHESTRA_JACK_CLIENT", block)
-            .spawn()
-            .unwrap();
-        synths.push(child);
+        synths.push(named_chuck(
+            &stage.server,
+            dir,
+            &shim,
+            block,
+            module,
+            set,
+            free_udp_port(),
+        ));
     }
     for port in ["tone:outport 0", "filt:outport 0", "dull:outport 0"] {
         wait_for_port(&stage.server, port);
@@ -152,6 +149,76 @@ fn ck_sine_through_ck_lp_plays_440_hz_and_the_low_cutoff_takes_it_down() {
     );
 }
 
+/// A live `freq` reaches the running `ck_sine` as the runtime sends it (`/freq ,f` to the
+/// block's OSC port): the same chuck retunes from 440 Hz to 660 Hz without a gap.
+#[test]
+fn a_freq_message_retunes_the_running_ck_sine_to_660_hz() {
+    let (stage, shim, jackd) = shimmed_stage("ck-live");
+    let dir = stage.dir.path();
+    let osc_port = free_udp_port();
+    let mut tone = named_chuck(&stage.server, dir, &shim, "tone", "ck_sine", &[], osc_port);
+    wait_for_port(&stage.server, "tone:outport 0");
+    let wav = dir.join("out.wav");
+    let mut recorder = Command::new("jack_rec")
+        .env("JACK_DEFAULT_SERVER", &stage.server)
+        .arg("-f")
+        .arg(&wav)
+        .args(["-d", "4", "tone:outport 0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let packet = rosc::encoder::encode(&rosc::OscPacket::Message(rosc::OscMessage {
+        addr: "/freq".into(),
+        args: vec![rosc::OscType::Float(660.0)],
+    }))
+    .unwrap();
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    socket.send_to(&packet, ("127.0.0.1", osc_port)).unwrap();
+    let recorded = recorder.wait().unwrap();
+    let still = alive(tone.id());
+    stop(&mut tone);
+    drop(jackd);
+    assert!(recorded.success());
+    assert!(still, "the same chuck plays on");
+    assert_no_leftovers(&stage.server, dir);
+
+    let (samples, rate) = read_channel(&wav, 0).unwrap();
+    let whole = analyze(&samples, rate);
+    assert!(whole.longest_gap_ms < 5.0, "no gap: {whole:?}");
+    let second = rate as usize;
+    let start = analyze(&samples[second / 2..3 * second / 2], rate);
+    assert!((start.frequency_hz - 440.0).abs() < 4.4, "{start:?}");
+    let end = tail_tone(&wav, 1.0);
+    assert!(
+        (end.frequency_hz - 660.0).abs() < 6.6,
+        "ends at 660 Hz: {end:?}"
+    );
+}
+
+/// A built-in ChucK module rendered into DIR/BLOCK and run there by Debian's chuck, named
+/// BLOCK and connected to nothing by the shim, listening for OSC on `osc_port`.
+fn named_chuck(
+    server: &str,
+    dir: &Path,
+    shim: &Path,
+    block: &str,
+    module: &str,
+    set: &[(&str, f64)],
+    osc_port: u16,
+) -> Child {
+    let block_dir = dir.join(block);
+    std::fs::create_dir(&block_dir).unwrap();
+    let main = render_with(&block_dir, module, block, set, osc_port);
+    chuck_command(server, &block_dir, &main)
+        .arg(format!("--port:{}", free_tcp_port()))
+        .env("LD_PRELOAD", shim)
+        .env("ORCHESTRA_JACK_CLIENT", block)
+        .spawn()
+        .unwrap()
+}
+
 /// Renames the JACK client chuck opens (always "ChucK") to $ORCHESTRA_JACK_CLIENT, exactly, and
 /// makes its connections (RtAudio's to the system ports) do nothing.
 const SHIM: &str = r#"#define _GNU_SOURCE
@@ -177,6 +244,14 @@ int jack_connect(void *client, const char *from, const char *to) {
 }
 "#;
 
+/// A stage with the shim built in its directory and a JACK server of its own.
+fn shimmed_stage(test: &str) -> (Stage, std::path::PathBuf, Jackd) {
+    let stage = Stage::with_script(test, "unused.lua", "");
+    let shim = build_shim(stage.dir.path());
+    let jackd = Jackd::start(&stage.server);
+    (stage, shim, jackd)
+}
+
 fn build_shim(dir: &Path) -> std::path::PathBuf {
     let source = dir.join("shim.c");
     let shim = dir.join("shim.so");
@@ -194,18 +269,25 @@ fn build_shim(dir: &Path) -> std::path::PathBuf {
 
 /// Render a built-in ChucK module's main file into `dir` with its defaults; its path.
 fn render(dir: &Path, module: &str, block: &str) -> String {
-    render_with(dir, module, block, None)
+    render_with(dir, module, block, &[], free_udp_port())
 }
 
-fn render_with(dir: &Path, module: &str, block: &str, cutoff: Option<u32>) -> String {
+/// Render with some params set and the OSC port the block listens on.
+fn render_with(
+    dir: &Path,
+    module: &str,
+    block: &str,
+    set: &[(&str, f64)],
+    osc_port: u16,
+) -> String {
     let library = ModuleLibrary::builtin();
     let module = library.get(module).unwrap();
     let mut params = module.manifest.defaults();
-    if let Some(cutoff) = cutoff {
-        params.insert("cutoff".into(), serde_json::json!(cutoff));
+    for (name, value) in set {
+        params.insert(name.to_string(), serde_json::json!(value));
     }
     let context = serde_json::json!({
-        "block": {"name": block}, "params": params,
+        "block": {"name": block, "osc_port": osc_port}, "params": params,
         "audio": {"rate": 48000, "period": 512},
     });
     let files = module.render(&context).unwrap();
@@ -283,6 +365,12 @@ fn jack_tool(server: &str, tool: &str, args: &[&str]) -> bool {
         .status()
         .unwrap()
         .success()
+}
+
+/// A UDP port nobody listens on now.
+fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    socket.local_addr().unwrap().port()
 }
 
 /// A TCP port nobody listens on now (chuck's listener binds every interface).
