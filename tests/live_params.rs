@@ -242,3 +242,23 @@ fn a_replaced_block_starts_at_its_live_values() {
 fn a_live_freq_edit_reaches_a_running_pd_patch() {
     a_live_freq_edit("live-pd", PD_SINE, "a live freq edit (pd)");
 }
+
+#[test]
+fn an_osc_port_another_program_holds_is_said_in_one_line() {
+    let stage = Stage::with_script("live-port-taken", "song.lua", SINE);
+    // The first port of the default range, held as another program would.
+    let holder = UdpSocket::bind("127.0.0.1:7800").expect("port 7800 free for this test");
+    let mut cmd = orchestra(&stage.server);
+    cmd.arg("run").arg(&stage.script).args(["--seconds", "1"]);
+    let run = Running::spawn(cmd);
+    let (code, stderr) = run.finish(Duration::from_secs(60));
+    drop(holder);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "block `tone` cannot have OSC port 7800 on this host: Address already in use (os error 98) (another program holds it; choose other ports with `network { osc_first_port = …, osc_last_port = … }`)"
+        ),
+        "{stderr}"
+    );
+    assert_no_leftovers(&stage.server, stage.dir.path());
+}

@@ -193,7 +193,7 @@ fn pd_as_the_engine_launches_it_connects_nothing_by_itself() {
     let params = module.manifest.defaults();
     let audio = cloud_orchestra::audio::AudioSettings::default();
     let context = serde_json::json!({
-        "block": {"name": "filt"}, "params": params,
+        "block": {"name": "filt", "osc_port": 7800}, "params": params,
         "audio": {"rate": audio.rate, "period": audio.period},
     });
     let files = module.render(&context).unwrap();

@@ -152,13 +152,17 @@ async fn a_slider_changes_the_tone_a_refusal_changes_nothing_and_the_page_fits_a
         log.iter().any(|l| l == "reload: page set tone.freq = 660"),
         "{log:?}"
     );
+    // freq is live: the running instance is told, not replaced.
     assert!(
         log.iter()
-            .any(|l| l == "  ~ replace tone (sine) on localhost"),
+            .any(|l| l == "  = set tone.freq = 660 on localhost (live)"),
         "{log:?}"
     );
     let after = pids(stage.dir.path());
-    assert_ne!(after["tone"], before["tone"], "a set restarts the block");
+    assert_eq!(
+        after["tone"], before["tone"],
+        "a live set keeps the process"
+    );
     let live_layer = std::fs::read_to_string(stage.dir.path().join(".orchestra/song.live.json"))
         .expect("the set is kept in the live layer");
     assert!(live_layer.contains("\"value\": 660"), "{live_layer}");

@@ -314,6 +314,9 @@ impl Agent {
                     );
                 }
                 self.check_room(&process)?;
+                if let (Some(port), false) = (process.osc_port, ours) {
+                    check_osc_port_free(port, &process.block)?;
+                }
                 let alone = process.ready_line.is_some();
                 self.wait_for_starts(alone).await;
                 let pid = self.supervisor()?.start(&process)?;
@@ -797,6 +800,18 @@ pub async fn serve() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new instance's OSC port must be free on this host: a synth that finds it taken fails
+/// to start with its own words (csound: `INIT ERROR … OSCinit`), or plays without hearing
+/// its live params (pd). Said here in one line instead.
+fn check_osc_port_free(port: u16, block: &str) -> Result<()> {
+    match std::net::UdpSocket::bind(("0.0.0.0", port)) {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "block `{block}` cannot have OSC port {port} on this host: {e} (another program holds it; choose other ports with `network {{ osc_first_port = …, osc_last_port = … }}`)"
+        ),
+    }
 }
 
 /// Send `packets` to the OSC port an instance listens on here; how many went out.
