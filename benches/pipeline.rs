@@ -111,6 +111,7 @@ fn once(
         library,
         resolved,
         round_trips: Default::default(),
+        ports_in_use: Default::default(),
     };
     let resolved_at = Instant::now();
     let empty = Deployment::default();

@@ -51,6 +51,12 @@ pub trait Hosts: Sync {
     ) -> BoxFuture<'a, anyhow::Result<usize>>;
     /// Tell `host`'s agent what its taps are for (meters, listening); the reply is not
     /// awaited. Hosts without taps (in memory) ignore it.
+    /// The UDP ports each host last said are bound there (see `agent::udp_ports`): a new OSC
+    /// port is none of them. None known by default.
+    fn ports_in_use(&self) -> crate::deploy::PortsInUse {
+        Default::default()
+    }
+
     fn tell_taps<'a>(&'a self, _host: &'a str, _taps: Request) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }

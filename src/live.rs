@@ -401,6 +401,7 @@ impl<H: Hosts> Live<H> {
         self.unreachable
             .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
         loaded.round_trips = self.round_trips.clone();
+        loaded.ports_in_use = self.conductor.hosts().ports_in_use();
         loop {
             let left_out = self.left_out_now();
             let applied = self.conductor.applied();

@@ -3,7 +3,7 @@
 //! deploy). `run`, each reload, `plan`, `check`, `--dry-run` and OSC commands all go through
 //! it; nothing here starts or contacts anything.
 
-use crate::deploy::{redeploy, Deployment};
+use crate::deploy::{redeploy_around, Deployment};
 use crate::latency::Latency;
 use crate::model::Orchestra;
 use crate::modules::{Engines, ModuleLibrary};
@@ -34,6 +34,9 @@ pub struct Loaded {
     /// Round trips measured between its hosts while it last played (none until then): the
     /// latency estimate adds half of each link's.
     pub round_trips: crate::latency::RoundTrips,
+    /// UDP ports the hosts say are bound (by other programs, or by what plays): a new OSC
+    /// port is none of them.
+    pub ports_in_use: crate::deploy::PortsInUse,
 }
 
 /// Read and check everything; nothing runs yet. Errors are one `file:line: message` line.
@@ -92,6 +95,7 @@ fn finish_load(source: &Source, orchestra: Orchestra) -> Result<Loaded> {
         library,
         resolved,
         round_trips: Default::default(),
+        ports_in_use: Default::default(),
     })
 }
 
@@ -120,12 +124,13 @@ pub fn desire(
     let solution = place_without(&loaded.resolved, previous, options, left_out)?;
     let (placement, cost, optimal) = (solution.placement, solution.cost, solution.optimal);
     let mut engines = Engines::new();
-    let deployment = redeploy(
+    let deployment = redeploy_around(
         &loaded.resolved,
         &placement,
         &loaded.library,
         &mut engines,
         running,
+        &loaded.ports_in_use,
     )?;
     let latency = crate::latency::estimate(&loaded.resolved, &placement, &loaded.round_trips);
     Ok(Desired {

@@ -6,6 +6,7 @@ use crate::agent::protocol::{DownReply, Event, Request};
 use crate::conductor::{Conductor, Converge, Converged, Paper};
 use crate::deploy::{jack_ports, Deployment};
 use crate::events::Events;
+use crate::executor;
 use crate::first_run::BroughtUp;
 use crate::hosts::fleet::{self, AgentSetup, ConnectOptions, Fleet};
 use crate::live::{play, Inputs, Live};
@@ -140,7 +141,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         }
         all_hosts.retain(|h| !left_out.contains(&h.name));
     }
-    let desired = desire(
+    let mut desired = desire(
         &loaded,
         previous.as_ref().map(|p| &p.placement),
         &current,
@@ -192,6 +193,18 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
             jack_ports::room(&desired.deployment),
         )
         .await?;
+    // The hosts now say which UDP ports are bound there: a new OSC port that another program
+    // holds is chosen again (the placement stays; bring-up did not depend on the ports).
+    loaded.ports_in_use = executor::Hosts::ports_in_use(&fleet);
+    if takes_a_port_in_use(&desired.deployment, &current, &loaded.ports_in_use) {
+        desired = desire(
+            &loaded,
+            previous.as_ref().map(|p| &p.placement),
+            &current,
+            &options.source.placement,
+            &left_out,
+        )?;
+    }
     for (host, hello) in &fleet.hellos {
         if !hello.adopted.is_empty() {
             eprintln!(
@@ -847,4 +860,19 @@ pub async fn trust(hosts_file: &Path, connect: &ConnectOptions) -> Result<()> {
         bail!("{failed} host(s) did not answer");
     }
     Ok(())
+}
+
+/// Some new OSC endpoint of `desired` (not one that plays in `current`) is on a port its host
+/// says is bound.
+fn takes_a_port_in_use(
+    desired: &Deployment,
+    current: &Deployment,
+    in_use: &crate::deploy::PortsInUse,
+) -> bool {
+    desired.osc.iter().any(|(block, endpoint)| {
+        current.osc.get(block) != Some(endpoint)
+            && in_use
+                .get(&endpoint.host)
+                .is_some_and(|ports| ports.contains(&endpoint.port))
+    })
 }

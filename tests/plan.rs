@@ -123,6 +123,30 @@ fn a_live_param_edit_is_one_set_of_the_running_instance_and_its_undo_sets_it_bac
 }
 
 #[test]
+fn a_new_osc_port_is_none_a_host_says_is_bound_and_a_kept_one_stays() {
+    let ports = |d: &Deployment| -> Vec<(String, u16)> {
+        d.osc.iter().map(|(b, e)| (b.clone(), e.port)).collect()
+    };
+    let busy = [("localhost".to_string(), [7800, 7802].into())].into();
+    let first = redeployed_around(SINE_LP, &Deployment::default(), &busy);
+    assert_eq!(
+        ports(&first),
+        [("filt".to_string(), 7801), ("osc".to_string(), 7803)]
+    );
+    // Its own ports now show as bound too: they stay theirs; a replacement takes a free one.
+    let now_busy = [("localhost".to_string(), [7800, 7801, 7802, 7803].into())].into();
+    let again = redeployed_around(
+        &SINE_LP.replace("freq = 440", "freq = 440, phase = 0.5"),
+        &first,
+        &now_busy,
+    );
+    assert_eq!(
+        ports(&again),
+        [("filt".to_string(), 7801), ("osc".to_string(), 7804)]
+    );
+}
+
+#[test]
 fn connection_edit_restarts_nothing() {
     let (before, placement) = deployment_of(SINE_LP, None, None);
     let (after, _) = deployment_of(
@@ -433,16 +457,26 @@ end
 "#;
 
 fn redeployed(script: &str, previous: &Deployment) -> Deployment {
+    redeployed_around(script, previous, &Default::default())
+}
+
+/// [`redeployed`] on hosts where `in_use` UDP ports are bound.
+fn redeployed_around(
+    script: &str,
+    previous: &Deployment,
+    in_use: &cloud_orchestra::deploy::PortsInUse,
+) -> Deployment {
     let orchestra = orchestra_from_text("song.lua", script, None).unwrap();
     let library = ModuleLibrary::builtin();
     let resolved = resolve(&orchestra, &library).unwrap();
     let Solution { placement, .. } = place(&resolved, None, &Options::default()).unwrap();
-    cloud_orchestra::deploy::redeploy(
+    cloud_orchestra::deploy::redeploy_around(
         &resolved,
         &placement,
         &library,
         &mut Engines::new(),
         previous,
+        in_use,
     )
     .unwrap()
 }

@@ -12,6 +12,7 @@ mod restore;
 pub mod startup;
 pub mod supervisor;
 pub mod taps;
+pub mod udp_ports;
 mod xruns;
 
 use crate::deploy::Edge;
@@ -297,6 +298,7 @@ impl Agent {
                     jack_started,
                     sample_rate,
                     adopted,
+                    udp_in_use: udp_ports::in_use(),
                 })?)
             }
             Request::Start { process, replay } => {
@@ -436,6 +438,7 @@ impl Agent {
                     missing,
                     xruns: self.xruns.total(),
                     link_runs: self.link_runs.total(),
+                    udp_in_use: udp_ports::in_use(),
                 })?)
             }
             Request::WaitEdges { timeout_ms, only } => {
@@ -857,5 +860,23 @@ fn take_over(workdir: &Path) {
     let _ = std::fs::create_dir_all(workdir);
     if let Some(ticks) = supervisor::start_ticks(me) {
         let _ = std::fs::write(&file, format!("{me} {ticks}\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_osc_port_is_said_in_one_line() {
+        let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let error = check_osc_port_free(port, "tone").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!("block `tone` cannot have OSC port {port} on this host: Address already in use (os error 98) (another program holds it; choose other ports with `network {{ osc_first_port = …, osc_last_port = … }}`)")
+        );
+        drop(holder);
+        assert!(check_osc_port_free(port, "tone").is_ok());
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::deploy::{Edge, ProcessSpec};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestLine {
@@ -138,6 +139,9 @@ pub struct HelloReply {
     pub sample_rate: u32,
     /// Clients of a previous agent found still running and adopted.
     pub adopted: Vec<String>,
+    /// UDP ports bound on the host (see `agent::udp_ports`): no new OSC port is one of them.
+    #[serde(default)]
+    pub udp_in_use: BTreeSet<u16>,
 }
 
 /// What `Down` found running and stopped.
@@ -175,6 +179,9 @@ pub struct StatusReply {
     /// Under- and over-runs of this host's jacktrip ends since this agent said hello.
     #[serde(default)]
     pub link_runs: (u64, u64),
+    /// UDP ports bound on the host now (see `HelloReply::udp_in_use`).
+    #[serde(default)]
+    pub udp_in_use: BTreeSet<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

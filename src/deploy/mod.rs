@@ -262,6 +262,9 @@ fn build_all(
     Ok(all)
 }
 
+/// UDP ports bound on each host, by host name: what a new OSC port must not be.
+pub type PortsInUse = BTreeMap<String, BTreeSet<u16>>;
+
 /// Derive the deployment. Pure: the same inputs give the same deployment, hashes included.
 pub fn deploy(
     resolved: &Resolved,
@@ -285,6 +288,26 @@ pub fn redeploy(
     library: &ModuleLibrary,
     engines: &mut Engines,
     previous: &Deployment,
+) -> Result<Deployment, DeployError> {
+    redeploy_around(
+        resolved,
+        placement,
+        library,
+        engines,
+        previous,
+        &PortsInUse::new(),
+    )
+}
+
+/// [`redeploy`] on hosts where `in_use` ports are bound by others: a new instance's OSC port
+/// is none of them (an instance that stays keeps its own, which is among them).
+pub fn redeploy_around(
+    resolved: &Resolved,
+    placement: &Placement,
+    library: &ModuleLibrary,
+    engines: &mut Engines,
+    previous: &Deployment,
+    in_use: &PortsInUse,
 ) -> Result<Deployment, DeployError> {
     let hosts_by_name: BTreeMap<&str, &Host> = resolved
         .hosts
@@ -342,18 +365,22 @@ pub fn redeploy(
             error,
         };
         let osc_port = blocks.osc_ports.get(&block.name);
-        let context = minijinja::context! {
-            block => minijinja::Value::from_serialize(json!({
-                "name": block.name, "module": block.module.name(), "host": host.name,
-                "inputs": block.inputs, "outputs": block.outputs, "params": block.params,
-                "osc_port": osc_port})),
-            params => minijinja::Value::from_serialize(&block.params),
-            audio => minijinja::Value::from_serialize(
-                json!({"rate": resolved.audio.rate, "period": resolved.audio.period})),
-            blocks => blocks.view.clone(),
-            hosts => hosts_context.clone(),
+        // The block's files rendered with these params.
+        let render = |params: &BTreeMap<String, serde_json::Value>| {
+            let context = minijinja::context! {
+                block => minijinja::Value::from_serialize(json!({
+                    "name": block.name, "module": block.module.name(), "host": host.name,
+                    "inputs": block.inputs, "outputs": block.outputs, "params": params,
+                    "osc_port": osc_port})),
+                params => minijinja::Value::from_serialize(params),
+                audio => minijinja::Value::from_serialize(
+                    json!({"rate": resolved.audio.rate, "period": resolved.audio.period})),
+                blocks => blocks.view.clone(),
+                hosts => hosts_context.clone(),
+            };
+            block.module.render(&context).map_err(fail)
         };
-        let mut files = block.module.render(&context).map_err(fail)?;
+        let mut files = render(&block.params)?;
         // Live params are sent to a running instance, so the hash is made as if each were at
         // its default: a change of one alone keeps the instance. (The instance's files have
         // the real values: a replacement starts where the old one was.)
@@ -361,15 +388,7 @@ pub fn redeploy(
         let masked_files = if masked == block.params {
             None
         } else {
-            let context = minijinja::context! {
-                block => minijinja::Value::from_serialize(json!({
-                    "name": block.name, "module": block.module.name(), "host": host.name,
-                    "inputs": block.inputs, "outputs": block.outputs, "params": masked,
-                    "osc_port": osc_port})),
-                params => minijinja::Value::from_serialize(&masked),
-                ..context
-            };
-            Some(block.module.render(&context).map_err(fail)?)
+            Some(render(&masked)?)
         };
         // Hash what defines the process: what the engine is given (its files, params, ports
         // and audio) and the engine itself (in the module's fingerprint). The client name
@@ -409,6 +428,11 @@ pub fn redeploy(
     let mut taken = PortPool::default();
     for endpoint in previous.osc.values() {
         taken.hold(&endpoint.host, endpoint.port);
+    }
+    for (host, ports) in in_use {
+        for port in ports {
+            taken.hold(host, *port);
+        }
     }
     let kept: BTreeMap<String, OscEndpoint> = previous
         .osc

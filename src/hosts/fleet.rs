@@ -147,6 +147,8 @@ pub struct Fleet {
     setup: AgentSetup,
     /// What the router last told each block, replayed to new instances.
     osc_memory: Option<OscMemory>,
+    /// The UDP ports each host's agent last said are bound there (hello, then each status).
+    udp_in_use: Mutex<crate::deploy::PortsInUse>,
 }
 
 /// The work directory of an orchestra on a remote host, relative to the login directory.
@@ -256,6 +258,7 @@ impl Fleet {
             timings: Mutex::default(),
             setup,
             osc_memory: None,
+            udp_in_use: Mutex::default(),
         }
     }
 
@@ -534,6 +537,10 @@ impl executor::Hosts for Fleet {
                 .await
                 .map_err(|_| executor::Unanswered(grace))??;
             let status: StatusReply = serde_json::from_value(reply)?;
+            self.udp_in_use
+                .lock()
+                .expect("lock")
+                .insert(host.to_string(), status.udp_in_use);
             Ok(Observed {
                 pids: status
                     .processes
@@ -554,6 +561,16 @@ impl executor::Hosts for Fleet {
 
     fn names(&self) -> Vec<String> {
         self.sessions.keys().cloned().collect()
+    }
+
+    fn ports_in_use(&self) -> crate::deploy::PortsInUse {
+        let mut known = self.udp_in_use.lock().expect("lock").clone();
+        for (host, hello) in &self.hellos {
+            known
+                .entry(host.clone())
+                .or_insert_with(|| hello.udp_in_use.clone());
+        }
+        known
     }
 
     fn tell_taps<'a>(&'a self, host: &'a str, taps: Request) -> BoxFuture<'a, ()> {
@@ -599,6 +616,7 @@ impl executor::Hosts for Fleet {
 
     fn forget(&mut self, host: &str) {
         self.hellos.remove(host);
+        self.udp_in_use.lock().expect("lock").remove(host);
         if let Some(session) = self.sessions.remove(host) {
             session.abandon();
         }
