@@ -141,13 +141,16 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         }
         all_hosts.retain(|h| !left_out.contains(&h.name));
     }
-    let mut desired = desire(
-        &loaded,
-        previous.as_ref().map(|p| &p.placement),
-        &current,
-        &options.source.placement,
-        &left_out,
-    )?;
+    let desire_now = |loaded: &Loaded| {
+        desire(
+            loaded,
+            previous.as_ref().map(|p| &p.placement),
+            &current,
+            &options.source.placement,
+            &left_out,
+        )
+    };
+    let mut desired = desire_now(&loaded)?;
     judge(&loaded, &desired, options.source.strict)?;
 
     let (event_tx, from_agents) = mpsc::unbounded_channel();
@@ -197,13 +200,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     // holds is chosen again (the placement stays; bring-up did not depend on the ports).
     loaded.ports_in_use = executor::Hosts::ports_in_use(&fleet);
     if takes_a_port_in_use(&desired.deployment, &current, &loaded.ports_in_use) {
-        desired = desire(
-            &loaded,
-            previous.as_ref().map(|p| &p.placement),
-            &current,
-            &options.source.placement,
-            &left_out,
-        )?;
+        desired = desire_now(&loaded)?;
     }
     for (host, hello) in &fleet.hellos {
         if !hello.adopted.is_empty() {
