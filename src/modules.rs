@@ -313,10 +313,18 @@ impl Module {
     ) -> Result<BTreeMap<String, String>, ModuleError> {
         let mut out = BTreeMap::new();
         for (path, bytes) in &self.files {
-            let text = std::str::from_utf8(bytes).map_err(|_| ModuleError::Manifest {
-                path: format!("{}/{path}", self.origin),
-                message: "binary module files are not supported yet".into(),
-            })?;
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                if path.ends_with(".j2") {
+                    return Err(ModuleError::Manifest {
+                        path: format!("{}/{path}", self.origin),
+                        message: "a template must be UTF-8 text".into(),
+                    });
+                }
+                use base64::Engine as _;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+                out.insert(format!("{path}{BINARY_FILE}"), encoded);
+                continue;
+            };
             match path.strip_suffix(".j2") {
                 Some(rendered) => {
                     let fail = |e: minijinja::Error| ModuleError::Template {
@@ -474,6 +482,28 @@ fn collect_disk(
         }
     }
     Ok(())
+}
+
+/// A module file that is not UTF-8 text (a SuperCollider `.scsyndef`) travels among the
+/// rendered files, which are text, as base64 under its path followed by this mark: no real
+/// path holds a NUL. The agent writes it back as bytes (see [`rendered_file`]).
+pub const BINARY_FILE: &str = "\0base64";
+
+/// A rendered file as the agent writes it: its path and its bytes (binary files decoded).
+pub fn rendered_file<'a>(
+    path: &'a str,
+    content: &'a str,
+) -> Result<(&'a str, std::borrow::Cow<'a, [u8]>), String> {
+    match path.strip_suffix(BINARY_FILE) {
+        Some(path) => {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(content)
+                .map_err(|e| format!("{path}: not base64: {e}"))?;
+            Ok((path, bytes.into()))
+        }
+        None => Ok((path, content.as_bytes().into())),
+    }
 }
 
 /// What an engine says about one block instance.

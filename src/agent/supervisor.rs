@@ -181,6 +181,26 @@ fn finish(mut managed: Managed) {
     }
 }
 
+/// An argv that starts `env NAME=value…` (how an engine sets its program's environment
+/// without a shell, `lua/engines/supercollider.lua`): those variables and the program's own
+/// argv. It is run as that program with them set, so its pid is the program's and a program
+/// that is not installed is named, with its package, rather than failing inside `env`.
+fn leading_env(argv: &[String]) -> (Vec<(&str, &str)>, &[String]) {
+    if argv.first().map(String::as_str) != Some("env") {
+        return (Vec::new(), argv);
+    }
+    let mut vars = Vec::new();
+    let mut rest = &argv[1..];
+    while let Some((word, after)) = rest.split_first() {
+        match word.split_once('=') {
+            Some((name, value)) if !name.is_empty() => vars.push((name, value)),
+            _ => break,
+        }
+        rest = after;
+    }
+    (vars, rest)
+}
+
 /// The last lines of a log, without terminal colour codes.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
@@ -276,6 +296,8 @@ impl Supervisor {
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         for (rel, content) in &spec.files {
+            let (rel, content) =
+                crate::modules::rendered_file(rel, content).map_err(anyhow::Error::msg)?;
             if rel.split('/').any(|part| part == ".." || part.is_empty()) {
                 bail!("module file `{rel}` is not a plain relative path");
             }
@@ -286,10 +308,12 @@ impl Supervisor {
             std::fs::write(&path, content).with_context(|| format!("write {}", path.display()))?;
         }
         let log = std::fs::File::create(dir.join("log"))?;
-        let (program, args) = spec.command.split_first().context("empty command")?;
+        let (vars, words) = leading_env(&spec.command);
+        let (program, args) = words.split_first().context("empty command")?;
         let mut command = Command::new(program);
         command
             .args(args)
+            .envs(vars)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -569,6 +593,46 @@ mod tests {
             start_osc: Vec::new(),
             live: Default::default(),
         }
+    }
+
+    /// `env NAME=value program…` runs the program itself with the variables set, and a
+    /// program that is not installed is named with its package.
+    #[test]
+    fn a_leading_env_sets_the_variables_and_names_a_missing_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sup = Supervisor::new(dir.path());
+        let mut said = spec(
+            "says",
+            "echo \"[$ORCHESTRA_A][$ORCHESTRA_B]\"; exec sleep 30",
+        );
+        let script = said.command.clone();
+        said.command = ["env", "ORCHESTRA_A=1 2", "ORCHESTRA_B="]
+            .iter()
+            .map(|w| w.to_string())
+            .chain(script)
+            .collect();
+        let pid = sup.start(&said).unwrap();
+        assert_ne!(command_name(pid).as_deref(), Some("env"), "no env process");
+        let log = dir.path().join("blocks/says-test/00000000/log");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            assert!(Instant::now() < deadline, "nothing said");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "[1 2][]\n");
+        sup.stop_all();
+
+        let mut missing = spec("gone", "");
+        missing.command = ["env", "A=1", "orchestra-no-such-program", "-x"]
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+        missing.package = Some("no-such-package".into());
+        let error = sup.start(&missing).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "cannot start `orchestra-no-such-program` for block `gone`: `orchestra-no-such-program` is not installed on this host (install the Debian package no-such-package, as scripts/setup.sh does)"
+        );
     }
 
     /// Stops told together are all under way before any has ended, each is finished (reaped,
