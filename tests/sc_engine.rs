@@ -1,0 +1,160 @@
+//! The SuperCollider engine against a real jackd (dummy driver, a server per test) and real
+//! `scsynth` processes: the built-in `sc_sine` and `sc_lp` at the DAC, alone and in a chain
+//! with a Csound block, wired only as planned, a live param set in the same process, torn
+//! down without a trace, and the error when `scsynth` is not installed.
+
+mod common;
+#[path = "common/engine.rs"]
+mod engine;
+
+use common::*;
+use engine::*;
+use std::time::Duration;
+
+const SC_SINE: &str = r#"local tone = block "tone" { module = "sc_sine", freq = 440 }
+local out  = block "out"  { module = "dac" }
+tone >> out
+"#;
+
+/// A Csound sine through two SuperCollider low-passes: cutoff 2000 (the 440 Hz passes) to the
+/// left, and cutoff 110 (two octaves below it) to the right.
+const CSOUND_INTO_SC: &str = r#"local osc    = block "osc"    { module = "sine", freq = 440 }
+local filt   = block "filt"   { module = "sc_lp", cutoff = 2000 }
+local dull   = block "dull"   { module = "sc_lp", cutoff = 110 }
+local out    = block "out"    { module = "dac" }
+osc >> filt >> out
+osc >> dull
+dull:out(1) >> out:input(2)
+"#;
+
+/// The scsynth processes of this test.
+fn scsynths_of(stage: &Stage) -> Vec<String> {
+    leftovers(&stage.server, stage.dir.path())
+        .into_iter()
+        .filter(|line| line.contains("scsynth"))
+        .collect()
+}
+
+#[test]
+fn sc_sine_plays_440_hz_at_the_dac_wired_only_as_planned() {
+    let stage = Stage::with_script("sc-sine", "sc.lua", SC_SINE);
+    // scsynth's own ports, as the engine names them, and nothing but the plan's one edge.
+    plays_440_alone_at_the_dac(&stage, "tone:out_1", || {
+        assert_eq!(scsynths_of(&stage).len(), 1, "one scsynth for one block")
+    });
+    assert_eq!(scsynths_of(&stage), Vec::<String>::new());
+}
+
+#[test]
+fn a_csound_sine_through_sc_low_passes_plays_440_hz_and_the_low_cutoff_takes_it_down() {
+    let stage = Stage::with_script("sc-mixed", "mixed.lua", CSOUND_INTO_SC);
+    low_passes_take_440_down_as_theory_says(
+        &stage,
+        &[
+            ("osc:output1", "filt:in_1"),
+            ("osc:output1", "dull:in_1"),
+            ("filt:out_1", "system:playback_1"),
+            ("dull:out_1", "system:playback_2"),
+        ],
+    );
+}
+
+#[test]
+fn editing_sc_sine_freq_sets_it_live_in_the_same_scsynth_and_the_dac_ends_at_660_hz() {
+    let stage = Stage::with_script("sc-edit", "sc.lua", SC_SINE);
+    let (mut run, wav, _) = playing_recorded(&stage);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = pids(stage.dir.path());
+    save(&stage.script, &SC_SINE.replace("freq = 440", "freq = 660"));
+    let set = run.wait_for("= set tone", Duration::from_secs(10));
+    let applied = run.wait_for("applied in", Duration::from_secs(10));
+    eprintln!("sc_sine freq edit: {} — {}", set.trim(), applied.trim());
+    let after = pids(stage.dir.path());
+    assert_eq!(after["tone"], before["tone"], "the same scsynth: {after:?}");
+    assert!(
+        !run.stderr.iter().any(|l| l.contains("~ replace tone")),
+        "not replaced: {:?}",
+        run.stderr
+    );
+    assert_eq!(
+        planned_graph(&stage.server),
+        edges(&[("tone:out_1", "system:playback_1")])
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop_cleanly(run, libc::SIGINT, &stage.server, stage.dir.path());
+
+    assert_440_then_660_without_a_gap(&wav);
+}
+
+/// The compiled synthdefs are binary: they reach an instance's directory byte for byte
+/// (carried as base64 among the rendered files), and they are what `scripts/scsyndef.py`
+/// writes (when Python is there to ask).
+#[test]
+fn the_synthdefs_reach_the_instance_byte_for_byte_and_match_their_generator() {
+    use cloud_orchestra::modules::{rendered_file, ModuleLibrary};
+    let library = ModuleLibrary::builtin();
+    for name in ["sc_sine", "sc_lp"] {
+        let module = library.get(name).unwrap();
+        let rendered = module
+            .render(&serde_json::json!({"params": module.manifest.defaults()}))
+            .unwrap();
+        let file = format!("{name}.scsyndef");
+        let written: Vec<(String, Vec<u8>)> = rendered
+            .iter()
+            .map(|(path, text)| {
+                let (path, bytes) = rendered_file(path, text).unwrap();
+                (path.to_string(), bytes.into_owned())
+            })
+            .collect();
+        let committed = std::fs::read(repo().join("modules").join(name).join(&file)).unwrap();
+        assert!(committed.starts_with(b"SCgf"));
+        assert!(
+            written.contains(&(file.clone(), committed)),
+            "{name}: {:?}",
+            rendered.keys()
+        );
+    }
+    match std::process::Command::new("python3")
+        .arg(repo().join("scripts/scsyndef.py"))
+        .arg("--check")
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("python3 not run ({e}): the generator is not compared"),
+    }
+}
+
+/// `scsynth` launched exactly as the engine says (`env NAME=value… scsynth …`: the env
+/// program does what the agent does), on a JACK server with no agent to tidy up after it,
+/// with SC_JACK_DEFAULT_INPUTS/OUTPUTS set to `system` in its environment, which would make
+/// scsynth connect itself: once it says it is ready, its ports exist and none is connected.
+/// `sc_lp` has ports both ways.
+#[test]
+fn scsynth_as_the_engine_launches_it_connects_nothing_by_itself() {
+    let stage = Stage::with_script("sc-bare", "unused.lua", "");
+    let autoconnect = [
+        ("SC_JACK_DEFAULT_INPUTS", "system"),
+        ("SC_JACK_DEFAULT_OUTPUTS", "system"),
+    ];
+    let said = launched_bare_it_connects_nothing(
+        &stage,
+        ("sc_lp", "filt-0bare000", (1, 1)),
+        Some(free_udp_port()),
+        &autoconnect,
+        &["filt-0bare000:in_1", "filt-0bare000:out_1"],
+    );
+    assert!(!said.contains("connected"), "{said}");
+}
+
+#[test]
+fn without_scsynth_installed_the_run_names_the_package() {
+    let stage = Stage::with_script("sc-missing", "sc.lua", SC_SINE);
+    run_without_the_program(
+        &stage,
+        "cannot start `scsynth` for block `tone`: `scsynth` is not installed on this host (install the Debian package supercollider-server, as scripts/setup.sh does)",
+    );
+}
