@@ -1,4 +1,4 @@
-//! Live params against real jackd, csound and pd: a change of a `"live": true` param — by a
+//! Live params against real jackd, csound, pd and scsynth: a change of a `"live": true` param — by a
 //! save of the script or by `/orchestra/set` — reaches the running instance (same pid) and
 //! is heard in the recording; the recording says how long after the change it was heard.
 //! A non-live change still replaces the block, which starts at the live values set before.
@@ -241,6 +241,15 @@ fn a_replaced_block_starts_at_its_live_values() {
 #[test]
 fn a_live_freq_edit_reaches_a_running_pd_patch() {
     a_live_freq_edit("live-pd", PD_SINE, "a live freq edit (pd)");
+}
+
+#[test]
+fn a_live_freq_edit_reaches_a_running_scsynth() {
+    a_live_freq_edit(
+        "live-sc",
+        &PD_SINE.replace("pd_sine", "sc_sine"),
+        "a live freq edit (supercollider)",
+    );
 }
 
 #[test]
