@@ -188,6 +188,7 @@ impl Agent {
         };
         let mut synths = 0;
         let mut exited = Vec::new();
+        let mut restarted = Vec::new();
         for client in down {
             // One synth registers with JACK at a time here (see `startup`): a server that came
             // back is no time to find out what else might race.
@@ -200,6 +201,7 @@ impl Agent {
                     if let Some(spec) = spec {
                         self.starting
                             .push(startup::Starting::new(&spec, pid, &workdir));
+                        restarted.push((spec, pid));
                     }
                 }
                 Err(event) => {
@@ -209,6 +211,15 @@ impl Agent {
             }
         }
         self.wait_for_starts(true).await;
+        // Ready again: the engine's first messages, as at a start (a SuperCollider server
+        // comes back with no node, silent, until it is told to make one).
+        for (spec, pid) in restarted {
+            if let (Some(port), false) = (spec.osc_port, spec.start_osc.is_empty()) {
+                if super::supervisor::process_alive(pid) {
+                    super::send_osc(port, &spec.start_osc);
+                }
+            }
+        }
         let synths_up = began.elapsed();
 
         // Sound is back when the intended edges are.
