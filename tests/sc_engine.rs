@@ -1,7 +1,7 @@
 //! The SuperCollider engine against a real jackd (dummy driver, a server per test) and real
 //! `scsynth` processes: the built-in `sc_sine` and `sc_lp` at the DAC, alone and in a chain
-//! with a Csound block, wired only as planned, torn down without a trace, and the error when
-//! `scsynth` is not installed. (A live freq edit heard from the same scsynth:
+//! with a Csound block, wired only as planned, back after its JACK server was killed, torn
+//! down without a trace, and the error when `scsynth` is not installed. (A live freq edit heard from the same scsynth:
 //! tests/live_params.rs.)
 
 mod common;
@@ -27,11 +27,11 @@ osc >> dull
 dull:out(1) >> out:input(2)
 "#;
 
-/// The scsynth processes of this test.
-fn scsynths_of(stage: &Stage) -> Vec<String> {
+/// The processes of this test whose command line holds `what`, as `pid: command line`.
+fn processes_of(stage: &Stage, what: &str) -> Vec<String> {
     leftovers(&stage.server, stage.dir.path())
         .into_iter()
-        .filter(|line| line.contains("scsynth"))
+        .filter(|line| line.contains(what))
         .collect()
 }
 
@@ -40,9 +40,13 @@ fn sc_sine_plays_440_hz_at_the_dac_wired_only_as_planned() {
     let stage = Stage::with_script("sc-sine", "sc.lua", SC_SINE);
     // scsynth's own ports, as the engine names them, and nothing but the plan's one edge.
     plays_440_alone_at_the_dac(&stage, "tone:out_1", || {
-        assert_eq!(scsynths_of(&stage).len(), 1, "one scsynth for one block")
+        assert_eq!(
+            processes_of(&stage, "scsynth").len(),
+            1,
+            "one scsynth for one block"
+        )
     });
-    assert_eq!(scsynths_of(&stage), Vec::<String>::new());
+    assert_eq!(processes_of(&stage, "scsynth"), Vec::<String>::new());
 }
 
 #[test]
@@ -56,6 +60,33 @@ fn a_csound_sine_through_sc_low_passes_plays_440_hz_and_the_low_cutoff_takes_it_
             ("filt:out_1", "system:playback_1"),
             ("dull:out_1", "system:playback_2"),
         ],
+    );
+}
+
+/// A JACK server that dies takes every client with it; the agent starts it again and the
+/// synths with it. An scsynth comes back with no node: it sounds again only once it is sent
+/// its start messages again, as at its first start.
+#[test]
+fn after_jackd_is_killed_sc_sine_sounds_again() {
+    let stage = Stage::with_script("sc-jackd-killed", "sc.lua", SC_SINE);
+    let (mut run, wav, _) = playing_recorded(&stage);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let jackd = processes_of(&stage, &format!("jackd -n {}", stage.server));
+    let pid: i32 = jackd[0].split(':').next().unwrap().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    run.wait_for(
+        "jackd on localhost died",
+        std::time::Duration::from_secs(60),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop_cleanly(run, libc::SIGINT, &stage.server, stage.dir.path());
+    let tail = tail_tone(&wav, 1.0);
+    assert_440_at_a_healthy_level(&tail);
+    let (left, rate) = cloud_orchestra::analysis::read_channel(&wav, 0).unwrap();
+    let whole = cloud_orchestra::analysis::analyze(&left, rate);
+    assert!(
+        whole.trailing_silence_s < 0.1,
+        "sounding to the end: {whole:?}"
     );
 }
 
