@@ -30,8 +30,13 @@
 --                           right after it would find no synthdef.
 --   -u PORT -B 127.0.0.1    OSC over UDP on the block's port (the runtime gives an "osc"
 --                           module one per instance), on loopback only: the agent on the
---                           same host sends to it, and the orchestra's router forwards
---                           what musicians send to the block (the router checks who may).
+--                           same host sends the node's start and its live params there.
+--                           scsynth obeys every command it hears (/quit, /d_recv, …), so it
+--                           listens to nobody beyond the host. The cost: the router sends
+--                           what musicians address to a block to its host's address, which
+--                           reaches an scsynth on the controller's own host (measured:
+--                           /tone/n_set 1000 freq 550 to the router retuned sc_sine) but not
+--                           one on another host.
 --   -H CLIENT               the JACK client name: scsynth takes "SERVER:CLIENT" or, with no
 --                           ':' (the runtime's client names have none), CLIENT alone and the
 --                           server from JACK_DEFAULT_SERVER. It names its ports CLIENT:in_N
