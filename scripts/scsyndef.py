@@ -12,6 +12,7 @@ sclang makes of the `.scd` source beside the file: a control ugen holding the pa
 then the ugens in the order their inputs need them, every value big-endian.
 """
 
+import math
 import struct
 import sys
 from pathlib import Path
@@ -80,11 +81,15 @@ def file_of(*defs):
 
 
 def sc_sine():
-    # SynthDef(\sc_sine, { |freq = 440, amp = 0.3| Out.ar(0, SinOsc.ar(freq, 0, amp)) })
-    d = SynthDef("sc_sine", [("freq", 440.0), ("amp", 0.3)])
-    freq, amp = d.controls
-    sine = d.ugen("SinOsc", AUDIO, [freq, 0.0])
-    scaled = d.ugen("BinaryOpUGen", AUDIO, [sine, amp], special=MUL)
+    # SynthDef(\sc_sine, { |freq = 440, amp = 0.3, phase = 0|
+    #     Out.ar(0, SinOsc.ar(freq, phase * 2pi, Lag.kr(amp, 0.01)))
+    # })
+    d = SynthDef("sc_sine", [("freq", 440.0), ("amp", 0.3), ("phase", 0.0)])
+    freq, amp, phase = d.controls
+    radians = d.ugen("BinaryOpUGen", CONTROL, [phase, 2 * math.pi], special=MUL)
+    sine = d.ugen("SinOsc", AUDIO, [freq, radians])
+    glide = d.ugen("Lag", CONTROL, [amp, 0.01])
+    scaled = d.ugen("BinaryOpUGen", AUDIO, [sine, glide], special=MUL)
     d.ugen("Out", AUDIO, [0.0, scaled], outputs=[])
     return d
 

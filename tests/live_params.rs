@@ -205,9 +205,19 @@ fn a_live_cutoff_edit_changes_the_spectrum_in_the_same_process() {
 
 #[test]
 fn a_replaced_block_starts_at_its_live_values() {
-    // freq is set live, then phase (not live) changes: the new instance plays 660 Hz from
-    // its first sample, with no gap.
-    let stage = Stage::with_script("live-then-replace", "song.lua", SINE);
+    replaced_at_its_live_values("live-then-replace", SINE, "sine");
+}
+
+#[test]
+fn a_replaced_scsynth_starts_at_its_live_values() {
+    let sc_sine = PD_SINE.replace("pd_sine", "sc_sine");
+    replaced_at_its_live_values("live-then-replace-sc", &sc_sine, "sc_sine");
+}
+
+/// `tone` (of `module`, in `script`) has its freq set live, then its phase (not live)
+/// changes: the new instance plays 660 Hz from its first sample, with no gap.
+fn replaced_at_its_live_values(test: &str, script: &str, module: &str) {
+    let stage = Stage::with_script(test, "song.lua", script);
     let (mut run, wav) = playing_recorded(&stage, &[]);
     std::thread::sleep(Duration::from_millis(500));
     edit(&stage.script, "freq = 440", "freq = 660");
@@ -217,7 +227,7 @@ fn a_replaced_block_starts_at_its_live_values() {
     std::thread::sleep(Duration::from_millis(500));
     edit(&stage.script, "freq = 660", "freq = 660, phase = 0.25");
     run.wait_for(
-        "~ replace tone (sine) on localhost",
+        &format!("~ replace tone ({module}) on localhost"),
         Duration::from_secs(10),
     );
     run.wait_for("applied in", Duration::from_secs(10));
