@@ -288,3 +288,41 @@ fn an_osc_port_another_program_holds_is_left_to_it() {
     );
     drop(holder);
 }
+
+/// A live set to 660 Hz, then the JACK server killed: the agent brings the server and the
+/// synth back, and the synth plays 660 Hz again, not the 440 its files started at.
+fn a_live_value_outlives_its_jack_server(test: &str, script: &str) {
+    let stage = Stage::with_script(test, "song.lua", script);
+    let (mut run, wav) = playing_recorded(&stage, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    edit(&stage.script, "freq = 440", "freq = 660");
+    run.wait_for("= set tone.freq = 660", Duration::from_secs(10));
+    run.wait_for("applied in", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let jackd = leftovers(&stage.server, stage.dir.path())
+        .into_iter()
+        .find(|line| line.contains(&format!("jackd -n {}", stage.server)))
+        .expect("the JACK server");
+    let pid: i32 = jackd.split(':').next().unwrap().parse().unwrap();
+    // SAFETY: a plain kill(2) of this test's own JACK server.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let restarted = run.wait_for("jackd on localhost died", Duration::from_secs(60));
+    assert!(restarted.contains("restarted, 1 synth(s)"), "{restarted}");
+    std::thread::sleep(Duration::from_secs(2));
+    stop(run, &stage);
+    let tail = tail_tone(&wav, 1.0);
+    assert!(
+        (tail.frequency_hz - 660.0).abs() < 6.6,
+        "660 Hz after the restart: {tail:?}"
+    );
+}
+
+#[test]
+fn a_live_value_outlives_its_jack_server_csound() {
+    a_live_value_outlives_its_jack_server("live-jackd-csound", SINE);
+}
+
+#[test]
+fn a_live_value_outlives_its_jack_server_supercollider() {
+    a_live_value_outlives_its_jack_server("live-jackd-sc", &PD_SINE.replace("pd_sine", "sc_sine"));
+}

@@ -350,16 +350,16 @@ impl Agent {
                 }
                 Ok(json!({ "pid": pid }))
             }
-            Request::Tell {
-                client,
-                port,
-                packets,
-            } => {
+            Request::Tell { client, port, live } => {
                 // Only to an instance this agent looks after, which is there to hear it.
                 let ours = self.supervisor()?.clients().any(|c| c == client);
                 if !ours {
                     bail!("no instance `{client}` runs here to tell");
                 }
+                // Its record keeps the values, so a restart with its JACK server (or a later
+                // agent's) is told them again.
+                self.supervisor()?.told(&client, &live)?;
+                let packets: Vec<Vec<u8>> = live.into_values().map(|p| p.osc).collect();
                 let sent = send_osc(port, &packets);
                 if sent < packets.len() {
                     bail!(

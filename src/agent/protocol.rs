@@ -2,9 +2,9 @@
 //! Requests carry an `id`; the agent answers each with `{"id", "ok"}` or `{"id", "error"}` and
 //! may send `{"event": …}` lines at any time.
 
-use crate::deploy::{Edge, ProcessSpec};
+use crate::deploy::{Edge, LiveParam, ProcessSpec};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestLine {
@@ -41,7 +41,8 @@ pub enum Request {
     Tell {
         client: String,
         port: u16,
-        packets: Vec<Vec<u8>>,
+        /// Each param's new value and the packet that sets it.
+        live: BTreeMap<String, LiveParam>,
     },
     Connect {
         edge: Edge,

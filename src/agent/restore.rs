@@ -212,12 +212,17 @@ impl Agent {
         }
         self.wait_for_starts(true).await;
         // Ready again: the engine's first messages, as at a start (a SuperCollider server
-        // comes back with no node, silent, until it is told to make one).
+        // comes back with no node, silent, until it is told to make one), then the live
+        // values it was told since it started (its files still say the first ones).
         for (spec, pid) in restarted {
-            if let (Some(port), false) = (spec.osc_port, spec.start_osc.is_empty()) {
-                if super::supervisor::process_alive(pid) {
-                    super::send_osc(port, &spec.start_osc);
-                }
+            let Some(port) = spec.osc_port else { continue };
+            if !super::supervisor::process_alive(pid) {
+                continue;
+            }
+            let live = spec.live.values().map(|p| p.osc.clone());
+            let messages: Vec<Vec<u8>> = spec.start_osc.iter().cloned().chain(live).collect();
+            if !messages.is_empty() {
+                super::send_osc(port, &messages);
             }
         }
         let synths_up = began.elapsed();

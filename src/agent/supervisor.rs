@@ -4,7 +4,7 @@
 //! its JACK server died under it.
 
 use crate::agent::protocol::{Event, ProcessStatus};
-use crate::deploy::ProcessSpec;
+use crate::deploy::{LiveParam, ProcessSpec};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,6 +39,14 @@ pub struct Supervisor {
     running: BTreeMap<String, Managed>,
     /// Instances told to stop that have not ended yet, with when they get SIGKILL.
     stopping: Vec<(Managed, Instant)>,
+}
+
+/// Write `instance.json` whole or not at all (a temp file renamed over it).
+fn write_record(dir: &Path, record: &InstanceRecord) -> Result<()> {
+    let tmp = dir.join("instance.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(record)?)?;
+    std::fs::rename(&tmp, dir.join("instance.json"))?;
+    Ok(())
 }
 
 /// How long a stopped instance has to end after SIGTERM before it gets SIGKILL.
@@ -336,9 +344,7 @@ impl Supervisor {
             start_ticks: start_ticks(pid).unwrap_or(0),
             spec: Some(spec.clone()),
         };
-        let tmp = dir.join("instance.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&record)?)?;
-        std::fs::rename(&tmp, dir.join("instance.json"))?;
+        write_record(&dir, &record)?;
         self.running.insert(
             spec.client.clone(),
             Managed {
@@ -484,6 +490,19 @@ impl Supervisor {
                 log_tail: log_tail(&managed.dir.join("log"), 8),
             })),
         }
+    }
+
+    /// Live params told to a running instance: kept in its spec (and `instance.json`), which
+    /// is what a restart starts it from and tells it again.
+    pub fn told(&mut self, client: &str, live: &BTreeMap<String, LiveParam>) -> Result<()> {
+        let Some(managed) = self.running.get_mut(client) else {
+            return Ok(());
+        };
+        if let Some(spec) = managed.record.spec.as_mut() {
+            spec.live.extend(live.clone());
+            write_record(&managed.dir, &managed.record)?;
+        }
+        Ok(())
     }
 
     /// The spec an instance was started from, when known.

@@ -484,7 +484,7 @@ fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
         } => Request::Tell {
             client: client.clone(),
             port: *port,
-            packets: to.values().map(|p| p.osc.clone()).collect(),
+            live: to.clone(),
         },
         Action::Connect { edge, .. } => Request::Connect { edge: edge.clone() },
         Action::Disconnect { edge, .. } => Request::Disconnect { edge: edge.clone() },
