@@ -214,15 +214,21 @@ fn a_replaced_scsynth_starts_at_its_live_values() {
     replaced_at_its_live_values("live-then-replace-sc", &sc_sine, "sc_sine");
 }
 
-/// `tone` (of `module`, in `script`) has its freq set live, then its phase (not live)
-/// changes: the new instance plays 660 Hz from its first sample, with no gap.
-fn replaced_at_its_live_values(test: &str, script: &str, module: &str) {
+/// `script` playing, recorded, with `tone`'s freq then set live from 440 to 660 Hz.
+fn playing_at_660(test: &str, script: &str) -> (Stage, Running, PathBuf) {
     let stage = Stage::with_script(test, "song.lua", script);
     let (mut run, wav) = playing_recorded(&stage, &[]);
     std::thread::sleep(Duration::from_millis(500));
     edit(&stage.script, "freq = 440", "freq = 660");
     run.wait_for("= set tone.freq = 660", Duration::from_secs(10));
     run.wait_for("applied in", Duration::from_secs(10));
+    (stage, run, wav)
+}
+
+/// `tone` (of `module`, in `script`) has its freq set live, then its phase (not live)
+/// changes: the new instance plays 660 Hz from its first sample, with no gap.
+fn replaced_at_its_live_values(test: &str, script: &str, module: &str) {
+    let (stage, mut run, wav) = playing_at_660(test, script);
     let before = pids(stage.dir.path());
     std::thread::sleep(Duration::from_millis(500));
     edit(&stage.script, "freq = 660", "freq = 660, phase = 0.25");
@@ -292,12 +298,7 @@ fn an_osc_port_another_program_holds_is_left_to_it() {
 /// A live set to 660 Hz, then the JACK server killed: the agent brings the server and the
 /// synth back, and the synth plays 660 Hz again, not the 440 its files started at.
 fn a_live_value_outlives_its_jack_server(test: &str, script: &str) {
-    let stage = Stage::with_script(test, "song.lua", script);
-    let (mut run, wav) = playing_recorded(&stage, &[]);
-    std::thread::sleep(Duration::from_millis(500));
-    edit(&stage.script, "freq = 440", "freq = 660");
-    run.wait_for("= set tone.freq = 660", Duration::from_secs(10));
-    run.wait_for("applied in", Duration::from_secs(10));
+    let (stage, mut run, wav) = playing_at_660(test, script);
     std::thread::sleep(Duration::from_millis(500));
     let jackd = leftovers(&stage.server, stage.dir.path())
         .into_iter()

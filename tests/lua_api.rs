@@ -45,7 +45,7 @@ fn built_in_modules_render_and_launch() {
         names,
         [
             "adc", "ck_lp", "ck_sine", "dac", "fm", "gain", "lp", "metro", "mixer", "noise",
-            "osc_ctl", "pd_lp", "pd_sine", "sine", "sine_osc"
+            "osc_ctl", "pd_lp", "pd_sine", "sc_lp", "sc_sine", "sine", "sine_osc"
         ]
     );
     let mut engines = Engines::new();
@@ -74,7 +74,7 @@ fn built_in_modules_render_and_launch() {
             &audio,
             &params,
             &files,
-            None,
+            m.osc.then_some(7800),
         );
         if m.synth == "chuck" {
             // Debian's chuck cannot be a block (tests/chuck_engine.rs): it renders, and its
@@ -118,6 +118,23 @@ fn built_in_modules_render_and_launch() {
                 assert!(command.contains(&"-callback".to_string()), "{command:?}");
                 assert_eq!(command.last(), Some(&main));
                 assert_eq!(launch.outputs, ["b-0000:output_1"]);
+            }
+            "supercollider" => {
+                let command = launch.command.unwrap();
+                // Nothing autoconnected (the JACK defaults emptied), OSC on loopback only, at
+                // the instance's port, under the instance's client name.
+                for word in [
+                    "SC_JACK_DEFAULT_INPUTS=",
+                    "SC_JACK_DEFAULT_OUTPUTS=",
+                    "scsynth",
+                    "127.0.0.1",
+                    "7800",
+                    "b-0000",
+                ] {
+                    assert!(command.contains(&word.to_string()), "{word}: {command:?}");
+                }
+                assert_eq!(launch.outputs, ["b-0000:out_1"]);
+                assert_eq!(launch.start_osc.len(), 1, "one /s_new");
             }
             "system" => assert!(launch.command.is_none()),
             "command" => {
