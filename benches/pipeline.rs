@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 /// `blocks` blocks on `hosts` hosts: chains of sine → lp → gain, eight chains into each
 /// mixer, the mixers into a master (one level of submixes if there are more than 64) and
-/// the master into the DAC. `freq` of the first sine is the edit.
-fn orchestra(blocks: usize, hosts: usize, first_freq: u32) -> (String, String) {
+/// the master into the DAC. The first sine's `phase` (in hundredths) is the edit: not a live
+/// param, so the edit replaces that block (a live one would only be sent to it).
+fn orchestra(blocks: usize, hosts: usize, first_phase: u32) -> (String, String) {
     let chains = blocks.saturating_sub(2) / 3;
     let mixers = chains.div_ceil(8);
     let mut s = String::from("local out = block \"out\" { module = \"dac\", host = \"h0\" }\n");
@@ -36,9 +37,10 @@ fn orchestra(blocks: usize, hosts: usize, first_freq: u32) -> (String, String) {
         ));
     }
     for c in 0..chains {
-        let freq = if c == 0 { first_freq } else { 100 + c as u32 };
+        let freq = 100 + c as u32;
+        let phase = if c == 0 { first_phase } else { 0 };
         s.push_str(&format!(
-            "do local a = block \"s{c}\" {{ module = \"sine\", freq = {freq} }}\n\
+            "do local a = block \"s{c}\" {{ module = \"sine\", freq = {freq}, phase = 0.{phase:02} }}\n\
              local b = block \"l{c}\" {{ module = \"lp\" }}\n\
              local g = block \"g{c}\" {{ module = \"gain\" }}\n\
              a >> b >> g\nconnect(g, mix{}:input({})) end\n",
@@ -149,7 +151,7 @@ fn main() {
     let runs = 5;
 
     for (blocks, hosts) in [(1000, 100), (2000, 200)] {
-        let (script, hosts_file) = orchestra(blocks, hosts, 440);
+        let (script, hosts_file) = orchestra(blocks, hosts, 0);
         let mut stages = Stages::default();
         for _ in 0..runs {
             once(
@@ -168,7 +170,7 @@ fn main() {
     }
 
     for (blocks, hosts) in [(1000, 100), (2000, 200)] {
-        let (script, hosts_file) = orchestra(blocks, hosts, 440);
+        let (script, hosts_file) = orchestra(blocks, hosts, 0);
         let (playing, placement) = once(
             dir.path(),
             &script,
@@ -179,7 +181,7 @@ fn main() {
         );
         let mut stages = Stages::default();
         for run in 0..runs {
-            let (edited, _) = orchestra(blocks, hosts, 441 + run as u32);
+            let (edited, _) = orchestra(blocks, hosts, 1 + run as u32);
             let (after, _) = once(
                 dir.path(),
                 &edited,
