@@ -131,18 +131,13 @@ fn orchestra_set_of_a_live_param_is_heard_from_the_same_process() {
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let message = OscPacket::Message(OscMessage {
-        addr: "/orchestra/set".into(),
-        args: vec![
-            OscType::String("tone".into()),
-            OscType::String("freq".into()),
-            OscType::Float(660.0),
-        ],
-    });
     let sent = monotonic_us();
-    socket
-        .send_to(&rosc::encoder::encode(&message).unwrap(), runtime)
-        .unwrap();
+    send(
+        &socket,
+        runtime,
+        "/orchestra/set",
+        vec![s("tone"), s("freq"), OscType::Float(660.0)],
+    );
     let mut buffer = [0u8; 1024];
     let (n, _) = socket.recv_from(&mut buffer).expect("an answer");
     let answer = rosc::decoder::decode_udp(&buffer[..n]).unwrap().1;
@@ -152,6 +147,49 @@ fn orchestra_set_of_a_live_param_is_heard_from_the_same_process() {
     assert_eq!(answer.addr, "/orchestra/ok", "{answer:?}");
     run.wait_for("= set tone.freq = 660", Duration::from_secs(10));
     heard_from_the_same_process(run, &stage, &wav, &before, sent, "/orchestra/set (csound)");
+}
+
+fn s(text: &str) -> OscType {
+    OscType::String(text.into())
+}
+
+/// One OSC message from `socket` to `to`.
+fn send(socket: &UdpSocket, to: std::net::SocketAddr, addr: &str, args: Vec<OscType>) {
+    let message = OscPacket::Message(OscMessage {
+        addr: addr.into(),
+        args,
+    });
+    socket
+        .send_to(&rosc::encoder::encode(&message).unwrap(), to)
+        .unwrap();
+}
+
+/// The router told `tone` 880 Hz (`/tone/freq`, kept for its new instances), then the script
+/// set its live freq to 660: a replacement after that starts at 660, not at the 880 the router
+/// remembered.
+#[test]
+fn a_live_set_outranks_what_the_router_told_the_block_before() {
+    let stage = Stage::with_script("live-after-router", "song.lua", SINE);
+    let (mut run, wav) = playing_recorded(&stage, &["--osc", "127.0.0.1:0"]);
+    let line = run.said("OSC control and router on ", Duration::from_secs(5));
+    let runtime = osc_address(&line);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send(&socket, runtime, "/tone/freq", vec![OscType::Float(880.0)]);
+    std::thread::sleep(Duration::from_millis(500));
+    edit(&stage.script, "freq = 440", "freq = 660");
+    run.wait_for("= set tone.freq = 660", Duration::from_secs(10));
+    run.wait_for("applied in", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    edit(&stage.script, "freq = 660", "freq = 660, phase = 0.25");
+    run.wait_for("~ replace tone (sine)", Duration::from_secs(10));
+    run.wait_for("applied in", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    stop(run, &stage);
+    let tail = tail_tone(&wav, 0.5);
+    assert!(
+        (tail.frequency_hz - 660.0).abs() < 6.6,
+        "the replacement plays the live 660 Hz: {tail:?}"
+    );
 }
 
 /// RMS of the left channel over 5 ms windows: (start in s, rms).

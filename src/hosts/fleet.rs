@@ -499,6 +499,9 @@ impl executor::Hosts for Fleet {
                 .get(action.host())?
                 .call(request_of(action, self.osc_memory.as_ref()))
                 .await?;
+            if let (Action::Set { block, to, .. }, Some(memory)) = (action, &self.osc_memory) {
+                memory.forget(block, to.values().map(|p| p.osc.as_slice()));
+            }
             Ok(match action {
                 Action::Connect { .. } if reply["connected"].as_bool() == Some(true) => {
                     executor::Acted::Connected

@@ -43,6 +43,21 @@ impl OscMemory {
         block
     }
 
+    /// `block` was then set as these packets say (live params the script, `/orchestra/set` or
+    /// the page changed): what the router told it at their addresses before is not what a
+    /// new instance should be told, since it starts at the live values already.
+    pub fn forget<'a>(&self, block: &str, packets: impl IntoIterator<Item = &'a [u8]>) {
+        let mut all = self.0.lock().expect("lock");
+        let Some(memory) = all.get_mut(block) else {
+            return;
+        };
+        for bytes in packets {
+            if let Ok((_, packet)) = rosc::decoder::decode_udp(bytes) {
+                memory.packets.remove(&key_of(&packet));
+            }
+        }
+    }
+
     /// What `block` was last told, in the order it was sent.
     pub fn replay(&self, block: &str) -> Vec<Vec<u8>> {
         let all = self.0.lock().expect("lock");
@@ -113,6 +128,17 @@ mod tests {
             vec![message("/amp", 0.2), message("/freq", 660.0)]
         );
         assert!(memory.replay("nobody").is_empty());
+    }
+
+    #[test]
+    fn a_live_set_forgets_what_the_router_told_at_its_address() {
+        let memory = OscMemory::default();
+        memory.remember(sent("tone", "/freq", 880.0));
+        memory.remember(sent("tone", "/amp", 0.2));
+        let set = message("/freq", 660.0);
+        memory.forget("tone", [set.as_slice()]);
+        memory.forget("nobody", [set.as_slice()]);
+        assert_eq!(memory.replay("tone"), vec![message("/amp", 0.2)]);
     }
 
     #[test]
