@@ -74,6 +74,7 @@ fn debians_chuck_is_a_client_the_agent_can_neither_name_nor_keep_unconnected() {
 /// here, as an engine would need it), wired as an orchestra would: ck_sine → ck_lp at cutoff
 /// 2000 (left) and at 110, two octaves below the tone (right), recorded with jack_rec.
 #[test]
+#[ignore = "by hand (`-- --ignored`): the modules under a test-only shim, since Debian's chuck cannot be a block; jack_rec on its server hung for minutes in CI"]
 fn ck_sine_through_ck_lp_plays_440_hz_and_the_low_cutoff_takes_it_down() {
     let (stage, shim, jackd) = shimmed_stage("ck-chain");
     let dir = stage.dir.path();
@@ -152,6 +153,7 @@ fn ck_sine_through_ck_lp_plays_440_hz_and_the_low_cutoff_takes_it_down() {
 /// A live `freq` reaches the running `ck_sine` as the runtime sends it (`/freq ,f` to the
 /// block's OSC port): the same chuck retunes from 440 Hz to 660 Hz without a gap.
 #[test]
+#[ignore = "by hand (`-- --ignored`): the modules under a test-only shim, since Debian's chuck cannot be a block; jack_rec on its server hung for minutes in CI"]
 fn a_freq_message_retunes_the_running_ck_sine_to_660_hz() {
     let (stage, shim, jackd) = shimmed_stage("ck-live");
     let dir = stage.dir.path();

@@ -63,6 +63,26 @@ fn a_csound_sine_through_sc_low_passes_plays_440_hz_and_the_low_cutoff_takes_it_
     );
 }
 
+/// The mixed orchestra, `examples/three-engines.lua`: a Csound sine through a
+/// SuperCollider and a Pure Data low-pass plays 440 Hz at the DAC, wired only as planned.
+#[test]
+fn a_chain_through_csound_supercollider_and_pd_plays_440_hz() {
+    let stage = Stage::with_example("three-engines", "three-engines.lua");
+    let (run, wav, first) = playing_recorded(&stage);
+    report_first_sound("csound → sc_lp → pd_lp → dac", &first);
+    assert_eq!(
+        planned_graph(&stage.server),
+        edges(&[
+            ("osc:output1", "warm:in_1"),
+            ("warm:out_1", "soft:input_1"),
+            ("soft:output_1", "system:playback_1"),
+        ])
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop_cleanly(run, libc::SIGINT, &stage.server, stage.dir.path());
+    assert_tone_440(&wav, 1.5);
+}
+
 /// A JACK server that dies takes every client with it; the agent starts it again and the
 /// synths with it. An scsynth comes back with no node: it sounds again only once it is sent
 /// its start messages again, as at its first start.

@@ -274,7 +274,12 @@ pub struct Stage {
 
 impl Stage {
     pub fn new(test: &str) -> Stage {
-        let (dir, script) = example_in_tempdir("sine-lp.lua");
+        Stage::with_example(test, "sine-lp.lua")
+    }
+
+    /// A stage playing `examples/NAME`, copied into a fresh directory.
+    pub fn with_example(test: &str, name: &str) -> Stage {
+        let (dir, script) = example_in_tempdir(name);
         Stage::in_dir(test, dir, script)
     }
 
