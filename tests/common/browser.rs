@@ -206,12 +206,21 @@ pub async fn hears_440(page: &Client, target: &str) -> (f64, f64) {
 /// Click the listen button `button` and wait until the page hears `target` at 440 Hz (see
 /// [`hears_440`]); says what it heard and how far behind the synth.
 pub async fn listen_for_440(page: &Client, button: &str, target: &str) {
-    page.find(fantoccini::Locator::Css(button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    // A WebDriver click (a user gesture: the page may start its audio only on one). The page
+    // redraws a block's region as the orchestra changes, and a button found first may be gone
+    // by the click (StaleElementReference): found again and clicked again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let clicked = match page.find(fantoccini::Locator::Css(button)).await {
+            Ok(element) => element.click().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "cannot click {button}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (hz, delay) = hears_440(page, target).await;
     eprintln!("listening to {target}: {hz:.1} Hz heard, {delay:.0} ms behind the synth");
 }
