@@ -60,6 +60,13 @@ fn playing_recorded(stage: &Stage, extra: &[&str]) -> (Running, PathBuf) {
     (run, wav)
 }
 
+/// [`playing_recorded`] with the OSC control server on a free loopback port; its address.
+fn playing_with_osc(stage: &Stage) -> (Running, PathBuf, std::net::SocketAddr) {
+    let (mut run, wav) = playing_recorded(stage, &["--osc", "127.0.0.1:0"]);
+    let line = run.said("OSC control and router on ", Duration::from_secs(5));
+    (run, wav, osc_address(&line))
+}
+
 fn stop(run: Running, stage: &Stage) {
     stop_cleanly(run, libc::SIGINT, &stage.server, stage.dir.path());
 }
@@ -122,9 +129,7 @@ fn a_live_freq_edit_is_heard_from_the_same_process() {
 #[test]
 fn orchestra_set_of_a_live_param_is_heard_from_the_same_process() {
     let stage = Stage::with_script("live-set", "song.lua", SINE);
-    let (mut run, wav) = playing_recorded(&stage, &["--osc", "127.0.0.1:0"]);
-    let line = run.said("OSC control and router on ", Duration::from_secs(5));
-    let runtime = osc_address(&line);
+    let (mut run, wav, runtime) = playing_with_osc(&stage);
     std::thread::sleep(Duration::from_secs(1));
     let before = pids(stage.dir.path());
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -170,9 +175,7 @@ fn send(socket: &UdpSocket, to: std::net::SocketAddr, addr: &str, args: Vec<OscT
 #[test]
 fn a_live_set_outranks_what_the_router_told_the_block_before() {
     let stage = Stage::with_script("live-after-router", "song.lua", SINE);
-    let (mut run, wav) = playing_recorded(&stage, &["--osc", "127.0.0.1:0"]);
-    let line = run.said("OSC control and router on ", Duration::from_secs(5));
-    let runtime = osc_address(&line);
+    let (mut run, wav, runtime) = playing_with_osc(&stage);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     send(&socket, runtime, "/tone/freq", vec![OscType::Float(880.0)]);
     std::thread::sleep(Duration::from_millis(500));
