@@ -156,6 +156,20 @@ pub fn cycles(samples: &[f32], rate: u32) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The largest sample-to-sample step, and where it is (the index of its second sample): a
+/// click shows as a step larger than any the steady tone makes (a sine of amplitude `a` at
+/// `f` Hz steps at most `a · 2π · f / rate`).
+pub fn largest_step(samples: &[f32]) -> (usize, f32) {
+    samples
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i + 1, (w[1] - w[0]).abs()))
+        .fold(
+            (0, 0.0),
+            |best, this| if this.1 > best.1 { this } else { best },
+        )
+}
+
 /// When a tone at about `from` Hz went to about `to` Hz for good: the start of the first
 /// cycle after which every cycle is nearer `to` than `from`.
 pub fn pitch_change_at(samples: &[f32], rate: u32, from: f64, to: f64) -> Option<f64> {
@@ -221,6 +235,21 @@ fn frequency(sounding: &[f32], stretches: &[(usize, usize)], rate: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_largest_step_of_a_sine_is_its_slope_and_a_click_stands_out() {
+        let rate = 48000;
+        let sine: Vec<f32> = (0..4800)
+            .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate as f32).sin())
+            .collect();
+        let slope = 0.3 * 2.0 * std::f32::consts::PI * 440.0 / rate as f32;
+        let (_, step) = super::largest_step(&sine);
+        assert!((step - slope).abs() < 0.01 * slope, "{step} vs {slope}");
+        let mut clicked = sine.clone();
+        clicked[1000] += 0.1;
+        assert_eq!(super::largest_step(&clicked).0, 1000);
+        assert_eq!(super::largest_step(&[]), (0, 0.0));
+    }
+
     use super::*;
 
     fn sine(freq: f64, seconds: f64, rate: u32) -> Vec<f32> {

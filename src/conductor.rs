@@ -264,7 +264,7 @@ impl<H: Hosts> Conductor<H> {
         planned: Duration,
     ) -> Converged {
         let warm_up = next.deployment.audio.periods(WARM_UP_PERIODS);
-        let failures = match executor::apply_or_roll_back(&self.hosts, &plan, warm_up).await {
+        let committed = match executor::apply_or_roll_back(&self.hosts, &plan, warm_up).await {
             Err(failures) => {
                 self.tell_failures(&failures, false);
                 self.events.emit(Happening::RolledBack {
@@ -272,8 +272,14 @@ impl<H: Hosts> Conductor<H> {
                 });
                 return Converged::RolledBack { failures };
             }
-            Ok(failures) => failures,
+            Ok(committed) => committed,
         };
+        for (host, why) in &committed.unfaded {
+            self.events.emit(Happening::Warning {
+                text: format!("the replace on {host} switched without its crossfade: {why}"),
+            });
+        }
+        let failures = committed.failures;
         // What failed in the breaking half is still applied as planned: the next repair
         // retries it.
         self.tell_failures(&failures, true);

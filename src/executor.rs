@@ -8,7 +8,7 @@
 use crate::agent::protocol::Request;
 use crate::deploy::{Deployment, Edge};
 use crate::model::Host;
-use crate::plan::{self, Action, Observed, Plan};
+use crate::plan::{self, Action, Crossfade, Observed, Plan};
 use crate::policy::{Restart, Restarts};
 use futures::future::{join_all, BoxFuture};
 use std::collections::BTreeMap;
@@ -59,6 +59,20 @@ pub trait Hosts: Sync {
 
     fn tell_taps<'a>(&'a self, _host: &'a str, _taps: Request) -> BoxFuture<'a, ()> {
         Box::pin(async {})
+    }
+    /// Swap `fade`'s edges on its host through a crossfade: `Ok(None)` once they are swapped
+    /// and faded, `Ok(Some(why))` when they were swapped at once instead. Hosts without a
+    /// fader (in memory) switch: the connects, then the disconnects.
+    fn crossfade<'a>(
+        &'a self,
+        fade: &'a Crossfade,
+    ) -> BoxFuture<'a, anyhow::Result<Option<String>>> {
+        Box::pin(async move {
+            for action in fade.actions() {
+                self.act(&action).await?;
+            }
+            Ok(Some("this host has no fader".to_string()))
+        })
     }
     /// How long a step took on a host (for the per-host summary); nothing by default.
     fn time(&self, _host: &str, _step: &'static str, _took: Duration) {}
@@ -148,11 +162,18 @@ pub async fn apply<H: Hosts + ?Sized>(hosts: &H, plan: &Plan) -> Failures {
 /// synth just started and wired hears its input and sounds it only after its own buffer
 /// (csound's `-B`, two periods), and an old path cut sooner left a period of silence at the
 /// DAC. Connection-only changes (no new instance) do not wait.
+///
+/// A change that replaces or moves blocks swaps their edges into what stays through
+/// crossfades ([`Plan::crossfades`]) after the warm-up, instead of connecting the new ones
+/// with the rest and cutting the old ones after it.
 pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
     hosts: &H,
     plan: &Plan,
     warm_up: Duration,
-) -> Result<Failures, Failures> {
+) -> Result<Committed, Failures> {
+    let fades = plan.crossfades();
+    let faded_edges: Vec<Action> = fades.iter().flat_map(Crossfade::actions).collect();
+    let faded = |action: &Action| faded_edges.contains(action);
     let sets = of_phase(plan, "set");
     let set_failures = run_phase(hosts, "set", &sets).await.failures;
     // What this change made, to undo if it cannot be finished: the values set, the
@@ -168,12 +189,14 @@ pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
     if !failed.is_empty() {
         return Err(roll_back(hosts, &made, failed).await);
     }
-    let connects = of_phase(plan, "wire");
+    let mut connects = of_phase(plan, "wire");
+    connects.retain(|a| !faded(a));
     let wired = run_phase(hosts, "wire", &connects).await;
     let failed = wired.failures;
-    let breaks = of_phase(plan, "unwire");
+    let mut breaks = of_phase(plan, "unwire");
+    breaks.retain(|a| !faded(a));
     let stops = of_phase(plan, "stop");
-    if !breaks.is_empty() || !stops.is_empty() {
+    if !breaks.is_empty() || !stops.is_empty() || !fades.is_empty() {
         // The old path is cut only once the new one carries audio.
         let unmade: Vec<&Action> = connects
             .iter()
@@ -193,9 +216,52 @@ pub async fn apply_or_roll_back<H: Hosts + ?Sized>(
     }
     let mut failures = set_failures;
     failures.extend(failed);
+    let (fade_failures, unfaded) = crossfade(hosts, &fades).await;
+    failures.extend(fade_failures);
     failures.extend(run_phase(hosts, "unwire", &breaks).await.failures);
     failures.extend(run_phase(hosts, "stop", &stops).await.failures);
-    Ok(failures)
+    Ok(Committed { failures, unfaded })
+}
+
+/// What a live change did once it committed (its new path was up).
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Actions of the breaking half that failed, with why: a repair retries them.
+    pub failures: Failures,
+    /// Hosts whose crossfade switched at once instead, with why.
+    pub unfaded: Vec<(String, String)>,
+}
+
+/// Every host's crossfade at once (they fade together). A host that did not carry its
+/// crossfade out fails its edges, for the repair to put right.
+async fn crossfade<H: Hosts + ?Sized>(
+    hosts: &H,
+    fades: &[Crossfade],
+) -> (Failures, Vec<(String, String)>) {
+    let done = join_all(fades.iter().map(|fade| async move {
+        let started = Instant::now();
+        let outcome = hosts.crossfade(fade).await;
+        hosts.time(&fade.host, "crossfade", started.elapsed());
+        (fade, outcome)
+    }))
+    .await;
+    let mut failures = Failures::new();
+    let mut unfaded = Vec::new();
+    for (fade, outcome) in done {
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(why)) => unfaded.push((fade.host.clone(), why)),
+            Err(e) => {
+                let why = format!("{e:#}");
+                failures.extend(
+                    fade.actions()
+                        .into_iter()
+                        .map(|action| (action, anyhow::anyhow!("crossfade: {why}"))),
+                );
+            }
+        }
+    }
+    (failures, unfaded)
 }
 
 /// Undo the making half of a change: the live values set, what started (not what failed

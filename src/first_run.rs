@@ -247,6 +247,7 @@ mod tests {
             render_key: String::new(),
             start_osc: Vec::new(),
             live: Default::default(),
+            fade_ms: crate::model::DEFAULT_FADE_MS,
         }
     }
 

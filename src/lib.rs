@@ -13,15 +13,16 @@
 //! - [`deploy`]: per host, the processes (with spec hashes) and JACK edges that must exist;
 //!   [`deploy::links`] turns wires between hosts into jacktrip pairs with their UDP ports;
 //!   [`deploy::jack_ports`] sizes each host's JACK server to the orchestra.
-//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; their undo; the
-//!   repair plan from what agents observe; [`policy`]: restart and respawn limits as data.
+//! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; the crossfades
+//!   of a replace; their undo; the repair plan from what agents observe; [`policy`]: restart
+//!   and respawn limits as data.
 //! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break
 //!   with undo, repair), through the [`executor::Hosts`] trait (the real fleet, or hosts in
 //!   memory in tests).
 //! - [`conductor`]: the one owner of what plays: every change (first run, live edit, repair,
 //!   teardown) converges through it, in play or dry-run mode, and is told as [`events`].
 //! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
-//!   link health, recording; spoken to in JSON lines ([`agent::protocol`]).
+//!   crossfades, link health, recording; spoken to in JSON lines ([`agent::protocol`]).
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
 //! - [`runtime`]: the commands `run` (connect, bring up, first converge, play, teardown),

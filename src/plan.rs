@@ -202,6 +202,35 @@ pub fn set_text(block: &str, params: &BTreeMap<String, LiveParam>) -> String {
         .join(", ")
 }
 
+/// The edges a change swaps on one host through a crossfade (see `agent::fader`) instead of
+/// connecting and cutting them: over `ms`, those from a new instance (or link) into a port
+/// that stays fade in, and those from an instance that goes into such a port fade out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Crossfade {
+    pub host: String,
+    pub fade_in: Vec<Edge>,
+    pub fade_out: Vec<Edge>,
+    pub ms: u32,
+}
+
+impl Crossfade {
+    /// What it does to the edges, as actions: each of `fade_in` connected, then each of
+    /// `fade_out` disconnected (what a host without a fader does instead, and what a failed
+    /// crossfade leaves for the repair).
+    pub fn actions(&self) -> Vec<Action> {
+        let host = &self.host;
+        let comes = self.fade_in.iter().map(|edge| Action::Connect {
+            host: host.clone(),
+            edge: edge.clone(),
+        });
+        let goes = self.fade_out.iter().map(|edge| Action::Disconnect {
+            host: host.clone(),
+            edge: edge.clone(),
+        });
+        comes.chain(goes).collect()
+    }
+}
+
 /// Ordered actions; empty when what runs is already what is desired.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -279,6 +308,73 @@ impl Plan {
             }
         }
         c
+    }
+
+    /// The crossfades of a change that replaces or moves blocks: the longest `fade` of the
+    /// replacing instances, over every edge from a client that comes (its new instance, a new
+    /// link) or goes into a port of one that stays, per host. None when nothing is replaced
+    /// or moved, or every such block's `fade` is 0: the edges then switch at once.
+    pub fn crossfades(&self) -> Vec<Crossfade> {
+        let ms = self
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start {
+                    process,
+                    replaces: Some(_),
+                    ..
+                } => Some(process.fade_ms),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        if ms == 0 {
+            return Vec::new();
+        }
+        let mut coming = BTreeSet::new();
+        let mut going = BTreeSet::new();
+        for action in &self.actions {
+            match action {
+                Action::Start { host, process, .. } => {
+                    coming.insert((host.as_str(), process.client.as_str()));
+                }
+                Action::Stop { host, client, .. } => {
+                    going.insert((host.as_str(), client.as_str()));
+                }
+                _ => {}
+            }
+        }
+        let client = |port: &str| port.split(':').next().unwrap_or(port).to_string();
+        let of = |set: &BTreeSet<(&str, &str)>, host: &str, port: &str| {
+            set.contains(&(host, client(port).as_str()))
+        };
+        let stays = |host: &str, port: &str| !of(&coming, host, port) && !of(&going, host, port);
+        let mut fades: BTreeMap<&str, Crossfade> = BTreeMap::new();
+        for action in &self.actions {
+            let (host, edge, comes) = match action {
+                Action::Connect { host, edge }
+                    if of(&coming, host, &edge.from) && stays(host, &edge.to) =>
+                {
+                    (host, edge, true)
+                }
+                Action::Disconnect { host, edge }
+                    if of(&going, host, &edge.from) && stays(host, &edge.to) =>
+                {
+                    (host, edge, false)
+                }
+                _ => continue,
+            };
+            let fade = fades.entry(host).or_insert_with(|| Crossfade {
+                host: host.clone(),
+                ms,
+                ..Default::default()
+            });
+            match comes {
+                true => fade.fade_in.push(edge.clone()),
+                false => fade.fade_out.push(edge.clone()),
+            }
+        }
+        fades.into_values().collect()
     }
 
     /// How many instances are told new live values.
@@ -467,7 +563,11 @@ pub fn counts_line(plan: &Plan) -> String {
     .filter(|(n, _)| *n > 0)
     .map(|(n, what)| format!("{n} {what}"))
     .collect();
-    parts.join(", ")
+    let mut line = parts.join(", ");
+    if let Some(fade) = plan.crossfades().first() {
+        let _ = write!(line, ", crossfaded over {} ms", fade.ms);
+    }
+    line
 }
 
 /// The plan as a musician reads it: blocks started (+), replaced or moved (~, from → to),

@@ -22,6 +22,8 @@ pub struct ResolvedBlock {
     pub pin: Option<String>,
     /// Prototype alias: blocks sharing it run on one host the placement chooses.
     pub group: Option<String>,
+    /// How long its replacement crossfades, in ms (see `model::Block::fade_ms`).
+    pub fade_ms: u32,
     pub location: Option<Location>,
 }
 
@@ -267,6 +269,7 @@ fn resolve_blocks(
                 outputs,
                 pin,
                 group,
+                fade_ms: block.fade_ms.unwrap_or(crate::model::DEFAULT_FADE_MS),
                 location: block.location.clone(),
             },
         );

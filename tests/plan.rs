@@ -657,3 +657,136 @@ end
         );
     }
 }
+
+/// The edges of `fade` as `from → to` with each client's block name for its hash
+/// (`osc-1a2b…:out_1` → `osc:out_1`), and whether the instance is the old or the new one.
+fn fade_lines(edges: &[cloud_orchestra::deploy::Edge], old: &Deployment) -> Vec<String> {
+    let clients: std::collections::BTreeMap<&str, String> = old
+        .hosts
+        .values()
+        .flat_map(|h| h.processes.values())
+        .map(|p| (p.client.as_str(), format!("old {}", p.block)))
+        .collect();
+    let name = |port: &str| {
+        let (client, short) = port.split_once(':').unwrap();
+        match clients.get(client) {
+            Some(old) => format!("{old}:{short}"),
+            None if client.contains('-') && !client.starts_with("system") => {
+                format!("new {}:{short}", client.rsplit_once('-').unwrap().0)
+            }
+            None => port.to_string(),
+        }
+    };
+    edges
+        .iter()
+        .map(|e| format!("{} → {}", name(&e.from), name(&e.to)))
+        .collect()
+}
+
+/// The change from `before` to `after` crossfades on localhost over 20 ms, one edge in and
+/// one out (as [`fade_lines`] reads them).
+fn assert_one_fade(before: &Deployment, after: &Deployment, fade_in: &str, fade_out: &str) {
+    let fades = diff(before, after).crossfades();
+    assert_eq!(fades.len(), 1, "{fades:?}");
+    assert_eq!((fades[0].host.as_str(), fades[0].ms), ("localhost", 20));
+    assert_eq!(fade_lines(&fades[0].fade_in, before), [fade_in]);
+    assert_eq!(fade_lines(&fades[0].fade_out, before), [fade_out]);
+}
+
+#[test]
+fn a_replace_crossfades_its_outputs_into_what_stays_and_nothing_else() {
+    let before = redeployed(SINE_LP, &Deployment::default());
+    let after = redeployed(
+        &SINE_LP.replace("freq = 440", "freq = 440, phase = 0.5"),
+        &before,
+    );
+    assert_one_fade(
+        &before,
+        &after,
+        "new osc:output1 → old filt:input1",
+        "old osc:output1 → old filt:input1",
+    );
+
+    // Both replaced: only the chain's last edge into what stays (the DAC) fades; the edge
+    // between the two new instances is wired as usual.
+    let after = redeployed(
+        &SINE_LP
+            .replace("freq = 440", "freq = 440, phase = 0.5")
+            .replace("module = \"lp\", cutoff = 2000", "module = \"gain\""),
+        &before,
+    );
+    assert_one_fade(
+        &before,
+        &after,
+        "new filt:output1 → system:playback_1",
+        "old filt:output1 → system:playback_1",
+    );
+
+    // A connection edit, a live edit, a new block: nothing replaced, nothing faded.
+    for edit in [
+        SINE_LP.replace("osc >> filt >> out", "osc >> out"),
+        SINE_LP.replace("freq = 440", "freq = 660"),
+        format!("{SINE_LP}block \"more\" {{ module = \"sine\" }} connect(\"more\", \"out\")\n"),
+    ] {
+        let after = redeployed(&edit, &before);
+        let plan = diff(&before, &after);
+        assert!(!plan.is_empty());
+        assert!(plan.crossfades().is_empty(), "{edit}");
+    }
+}
+
+#[test]
+fn fade_sets_the_crossfade_and_zero_switches_at_once_and_a_change_of_it_alone_restarts_nothing() {
+    let with_fade = |fade: &str| SINE_LP.replace("freq = 440", &format!("freq = 440, {fade}"));
+    let before = redeployed(&with_fade("fade = 150"), &Deployment::default());
+    let after = redeployed(&with_fade("fade = 150, phase = 0.5"), &before);
+    assert_eq!(diff(&before, &after).crossfades()[0].ms, 150);
+    let after = redeployed(&with_fade("fade = 0, phase = 0.5"), &before);
+    let plan = diff(&before, &after);
+    assert_eq!(plan.counts()[1], 1, "replaced: {}", plan.to_text());
+    assert!(plan.crossfades().is_empty(), "fade = 0 switches at once");
+    let after = redeployed(&with_fade("fade = 40"), &before);
+    assert!(
+        diff(&before, &after).is_empty(),
+        "a new fade restarts nothing"
+    );
+    assert_eq!(after.hosts["localhost"].processes["osc"].fade_ms, 40);
+}
+
+#[test]
+fn a_move_fades_out_where_the_old_instance_ran_and_in_where_the_new_one_runs() {
+    let before = redeployed(VOICES, &Deployment::default());
+    // v1 moves to h2, beside the mixer: its old path came over the link, which stays for
+    // v2 and v3.
+    let after = redeployed(
+        &VOICES.replace("host = \"h1\" }", "host = i == 1 and \"h2\" or \"h1\" }"),
+        &before,
+    );
+    let plan = diff(&before, &after);
+    let v1 = &before.hosts["h1"].processes["v1"].client;
+    let mix = &before.hosts["h2"].processes["mix"].client;
+    let send = &before.links[0].id;
+    let edge = |from: String, to: String| cloud_orchestra::deploy::Edge { from, to };
+    let fades: Vec<(String, Vec<_>, Vec<_>)> = plan
+        .crossfades()
+        .into_iter()
+        .map(|f| (f.host, f.fade_in, f.fade_out))
+        .collect();
+    assert_eq!(
+        fades,
+        [
+            (
+                "h1".to_string(),
+                vec![],
+                vec![edge(format!("{v1}:output1"), format!("{send}:send_1"))]
+            ),
+            (
+                "h2".to_string(),
+                vec![edge(format!("{v1}:output1"), format!("{mix}:input1"))],
+                vec![]
+            ),
+        ],
+        "{}",
+        plan.to_text()
+    );
+}

@@ -271,3 +271,14 @@ fn network_calls_add_up_and_a_rule_applies_to_its_pair_of_hosts() {
     assert_eq!(buffers("h2", "h1"), (3, Some(2)));
     assert_eq!(resolved.latency_max_ms, Some(12.5));
 }
+
+#[test]
+fn a_fade_out_of_range_or_not_a_number_is_refused_in_one_line() {
+    let expected = "DIR/song.lua:2: block `a`: `fade` must be a number of milliseconds from 0 to 10000 (e.g. fade = 20; 0 switches at once)";
+    for fade in ["-1", "10001", "\"slow\"", "0/0", "true"] {
+        let e = error_of(&format!(
+            "\nblock \"a\" {{ module = \"sine\", fade = {fade} }}\n"
+        ));
+        assert_eq!(e, expected, "fade = {fade}");
+    }
+}

@@ -34,6 +34,7 @@ function Block:input(i) end
 ---@class BlockSpec
 ---@field module string The module: sine, fm, lp, gain, mixer, noise, adc, dac, or one from --modules.
 ---@field host? string Pin the block to this host (a hard constraint for the placement).
+---@field fade? number Milliseconds a replacement of this block crossfades into the running one (default: 20; 0 switches at once; at most 10000).
 ---@field [string] number|string|boolean Module params.
 
 ---Declare a block: `local osc = block "osc" { module = "sine", freq = 440 }`.

@@ -293,7 +293,7 @@ impl JackGraph {
 
     /// The inputs (the recorder's, the DAC's taps) that mirror `port`, when it is a DAC
     /// channel.
-    fn mirrors_of(&self, port: &str) -> Vec<&str> {
+    pub fn mirrors_of(&self, port: &str) -> Vec<&str> {
         let Some(channel) = port
             .strip_prefix(PLAYBACK_PREFIX)
             .and_then(|n| n.parse::<usize>().ok())
@@ -314,7 +314,7 @@ impl JackGraph {
     }
 
     /// The port exists and its client has had time to activate.
-    fn ready(&self, port: &str) -> bool {
+    pub fn ready(&self, port: &str) -> bool {
         if self.client.port_by_name(port).is_none() {
             return false;
         }
@@ -394,10 +394,13 @@ impl JackGraph {
                     }
                 };
                 let theirs = !self.exclusive && !managed(&other);
+                // A crossfade's voices are the agent's own, for a moment.
+                let fading = other.starts_with(super::fader::CLIENT);
                 if !self.intended.contains(&edge)
                     && !self.is_mirror_input(&edge.to)
                     && !self.tap_edges.contains(&edge)
                     && !theirs
+                    && !fading
                     && !to_disconnect.contains(&edge)
                 {
                     to_disconnect.push(edge);
@@ -430,13 +433,21 @@ impl JackGraph {
     /// mirror, connect or not).
     fn mirror_changes(&self, connecting: &[&Edge], disconnecting: &[Edge]) -> Vec<(Edge, bool)> {
         let client = &self.client;
+        // A crossfade's voices into the DAC are not copied: the crossfade fades the copies
+        // itself (see `fader`), and its voices into the mirrors are its own.
+        let connections = |port: &str| -> BTreeSet<String> {
+            client
+                .port_by_name(port)
+                .map(|p| p.get_connections())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|from| !from.starts_with(super::fader::CLIENT))
+                .collect()
+        };
         let mut changes = Vec::new();
         for (channel, rec) in self.mirror_inputs() {
             let playback = format!("{PLAYBACK_PREFIX}{channel}");
-            let mut sources: BTreeSet<String> = client
-                .port_by_name(&playback)
-                .map(|p| p.get_connections().into_iter().collect())
-                .unwrap_or_default();
+            let mut sources = connections(&playback);
             sources.extend(
                 connecting
                     .iter()
@@ -446,10 +457,7 @@ impl JackGraph {
             for gone in disconnecting.iter().filter(|e| e.to == playback) {
                 sources.remove(&gone.from);
             }
-            let current: BTreeSet<String> = client
-                .port_by_name(rec)
-                .map(|p| p.get_connections().into_iter().collect())
-                .unwrap_or_default();
+            let current = connections(rec);
             let edge = |from: &String| Edge {
                 from: from.clone(),
                 to: rec.to_string(),

@@ -1,6 +1,7 @@
 //! The host side: `orchestra agent` owns one host — its JACK server, the synth processes and
 //! the JACK edges — and serves the controller over stdin/stdout (see `protocol`).
 
+mod fader;
 pub mod graph;
 pub mod jackd;
 pub mod link_health;
@@ -33,6 +34,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// How often the agent sweeps for exited processes and re-checks the graph, so whatever
 /// events missed is repaired (level-triggered).
 const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a crossfade waits for its ports to be ready, and for its voices to be connected,
+/// before it switches without a fade (and after its end, for the edges to be swapped).
+const FADE_READY_WAIT: Duration = Duration::from_secs(1);
 
 /// How often the agent looks whether its JACK server shut it down (an atomic load), so a dead
 /// server is restored sooner than the next sweep.
@@ -409,6 +414,24 @@ impl Agent {
                 graph.disconnect(&edge);
                 Ok(json!({}))
             }
+            Request::Crossfade {
+                fade_in, fade_out, ..
+            } if self.graph.is_none() && self.jack_lost.is_some() => {
+                let lost = self.jack_lost.as_mut().expect("checked");
+                lost.intended.extend(fade_in);
+                for edge in &fade_out {
+                    lost.intended.remove(edge);
+                }
+                Ok(json!({ "faded": false, "why": "the JACK server is down" }))
+            }
+            Request::Crossfade {
+                fade_in,
+                fade_out,
+                ms,
+            } => Ok(match self.crossfade(&fade_in, &fade_out, ms).await {
+                Ok(()) => json!({ "faded": true }),
+                Err(why) => json!({ "faded": false, "why": format!("{why:#}") }),
+            }),
             Request::Record { path, channels } => {
                 if let Some(old) = self.recorder.take() {
                     old.finish()?;
@@ -580,6 +603,107 @@ impl Agent {
                 .collect::<Vec<_>>()
                 .join("\n")
         )
+    }
+
+    /// Fade `fade_in` in and `fade_out` out over `ms` (see `fader`), with their copies into
+    /// the DAC's mirrors (the recorder's, the taps'). The edges end swapped whatever happens:
+    /// when no fade can be made they are switched at once, and the error says why.
+    async fn crossfade(&mut self, fade_in: &[Edge], fade_out: &[Edge], ms: u32) -> Result<()> {
+        let graph = self.graph()?;
+        let mut voices: Vec<(Edge, bool)> = Vec::new();
+        for (edges, comes) in [(fade_in, true), (fade_out, false)] {
+            for edge in edges {
+                voices.push((edge.clone(), comes));
+                for mirror in graph.mirrors_of(&edge.to) {
+                    let copy = Edge {
+                        from: edge.from.clone(),
+                        to: mirror.to_string(),
+                    };
+                    voices.push((copy, comes));
+                }
+            }
+        }
+        let frames = (u64::from(ms) * u64::from(graph.sample_rate()) / 1000) as u32;
+        // Every port there, its client settled (a new instance's ports are connected only
+        // once it has activated: see `JackGraph::ready`).
+        let ready_by = Instant::now() + FADE_READY_WAIT;
+        let started = loop {
+            let graph = self.graph()?;
+            let waiting = voices
+                .iter()
+                .flat_map(|(edge, _)| [&edge.from, &edge.to])
+                .find(|port| !graph.ready(port));
+            match waiting {
+                None => break fader::Fade::start(&voices, frames),
+                Some(port) if Instant::now() >= ready_by => {
+                    break Err(anyhow!(
+                        "port {port} was not ready within {} ms",
+                        FADE_READY_WAIT.as_millis()
+                    ))
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        let fade = match started {
+            Ok(fade) => fade,
+            Err(why) => {
+                self.switch(fade_in, fade_out)?;
+                return Err(why);
+            }
+        };
+        let wired_by = Instant::now() + FADE_READY_WAIT;
+        while fade.stage() == fader::Stage::Wiring {
+            if Instant::now() >= wired_by {
+                drop(fade);
+                self.switch(fade_in, fade_out)?;
+                bail!(
+                    "the crossfade's voices were not connected within {} ms",
+                    FADE_READY_WAIT.as_millis()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The voices hold every destination at its fade's gain from now on, so the direct
+        // edges may change in any cycle, in any order.
+        self.switch(fade_in, fade_out)?;
+        let settle_by = Instant::now() + Duration::from_millis(ms.into()) + FADE_READY_WAIT;
+        let mut reconciled = Instant::now();
+        while fade.stage() != fader::Stage::Settled {
+            if self.graph.as_ref().is_none_or(JackGraph::server_gone) {
+                fade.abandon();
+                bail!("the JACK server went away during the crossfade");
+            }
+            if Instant::now() >= settle_by {
+                drop(fade);
+                bail!(
+                    "the edges were not swapped within {} ms of the crossfade's end",
+                    FADE_READY_WAIT.as_millis()
+                );
+            }
+            // An edge whose client was too new for `connect_now` is made by a reconcile.
+            if reconciled.elapsed() >= Duration::from_millis(20) {
+                self.reconcile();
+                reconciled = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(fade);
+        Ok(())
+    }
+
+    /// The edges as a connect of each of `comes` and a disconnect of each of `goes` leave
+    /// them.
+    fn switch(&mut self, comes: &[Edge], goes: &[Edge]) -> Result<()> {
+        let graph = self.graph()?;
+        for edge in comes {
+            graph.intend(edge.clone(), true);
+            graph.connect_now(edge);
+        }
+        for edge in goes {
+            graph.intend(edge.clone(), false);
+            graph.disconnect(edge);
+        }
+        Ok(())
     }
 
     /// The start gate (see `startup`): a synth whose engine names a ready line registers with

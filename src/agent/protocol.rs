@@ -50,6 +50,16 @@ pub enum Request {
     Disconnect {
         edge: Edge,
     },
+    /// Swap edges through a crossfade (see `agent::fader`): over `ms`, each of `fade_in`
+    /// fades in and each of `fade_out` fades out, and the edges end as a connect of each of
+    /// `fade_in` and a disconnect of each of `fade_out` would leave them. Answered once they
+    /// do: `{"faded": true}`, or `{"faded": false, "why": …}` when they were switched without
+    /// a fade.
+    Crossfade {
+        fade_in: Vec<Edge>,
+        fade_out: Vec<Edge>,
+        ms: u32,
+    },
     /// Record what reaches the DAC (`system:playback_*`) into a WAV file on the agent's host.
     Record {
         path: String,

@@ -93,6 +93,7 @@ mod tests {
             render_key: String::new(),
             start_osc: Vec::new(),
             live: Default::default(),
+            fade_ms: 0,
         }
     }
 

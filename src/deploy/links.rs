@@ -292,6 +292,7 @@ pub fn ends(
             render_key: String::new(),
             start_osc: Vec::new(),
             live: Default::default(),
+            fade_ms: 0,
         }
     };
     [

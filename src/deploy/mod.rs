@@ -59,6 +59,15 @@ pub struct ProcessSpec {
     /// running instance (`Action::Set`) instead of replacing it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub live: BTreeMap<String, LiveParam>,
+    /// How long a replacement of this instance crossfades into it, in ms (the block's
+    /// `fade`; 0: switched at once). Outside the spec hash: a change of it alone restarts
+    /// nothing.
+    #[serde(default = "default_fade_ms")]
+    pub fade_ms: u32,
+}
+
+fn default_fade_ms() -> u32 {
+    crate::model::DEFAULT_FADE_MS
 }
 
 /// One JACK connection, full port names.
@@ -556,9 +565,11 @@ pub fn redeploy_around(
             });
         if let Some(same) = same {
             ports.insert(&block.name, (same.inputs.clone(), same.outputs.clone()));
-            host_deployment
-                .processes
-                .insert(block.name.clone(), same.clone());
+            let same = ProcessSpec {
+                fade_ms: block.fade_ms,
+                ..same.clone()
+            };
+            host_deployment.processes.insert(block.name.clone(), same);
             continue;
         }
         let built = match prebuilt.remove(&block.name) {
@@ -597,6 +608,7 @@ pub fn redeploy_around(
                 render_key,
                 start_osc: real.start_osc,
                 live: real.live,
+                fade_ms: block.fade_ms,
             },
         );
     }

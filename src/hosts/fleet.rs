@@ -633,4 +633,30 @@ impl executor::Hosts for Fleet {
     fn time(&self, host: &str, step: &'static str, took: Duration) {
         Fleet::time(self, host, step, took)
     }
+
+    fn crossfade<'a>(
+        &'a self,
+        fade: &'a crate::plan::Crossfade,
+    ) -> BoxFuture<'a, anyhow::Result<Option<String>>> {
+        async move {
+            let reply = self
+                .get(&fade.host)?
+                .call(Request::Crossfade {
+                    fade_in: fade.fade_in.clone(),
+                    fade_out: fade.fade_out.clone(),
+                    ms: fade.ms,
+                })
+                .await?;
+            Ok(match reply["faded"].as_bool() {
+                Some(true) => None,
+                _ => Some(
+                    reply["why"]
+                        .as_str()
+                        .unwrap_or("no reason given")
+                        .to_string(),
+                ),
+            })
+        }
+        .boxed()
+    }
 }

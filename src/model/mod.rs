@@ -113,9 +113,19 @@ pub struct Block {
     /// `host = "h3"`: a hard placement constraint. In the prototype's format this may also be
     /// an alias (see `Orchestra::host_aliases`).
     pub host: Option<String>,
+    /// `fade = 20`: how long a replacement crossfades into the running instance, in ms
+    /// (`None`: [`DEFAULT_FADE_MS`]; 0: switched at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fade_ms: Option<u32>,
     #[serde(skip)]
     pub location: Option<Location>,
 }
+
+/// A block's crossfade when its script does not say (see `Block::fade_ms`).
+pub const DEFAULT_FADE_MS: u32 = 20;
+
+/// The longest `fade` a block may ask for, in ms.
+pub const MAX_FADE_MS: u32 = 10_000;
 
 /// One side of a connection: a block, or one numbered port of it (1-based).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

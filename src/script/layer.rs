@@ -198,6 +198,7 @@ pub fn apply_op(op: &LiveOp, orchestra: &mut Orchestra, base_dir: &Path) -> Resu
                 module: module.clone(),
                 params: Default::default(),
                 host: host.clone(),
+                fade_ms: None,
                 location: None,
             });
         }

@@ -600,6 +600,7 @@ fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Bloc
     let location = sandbox::caller_location(lua);
     let mut module = None;
     let mut host = None;
+    let mut fade_ms = None;
     let mut params = BTreeMap::new();
     for pair in spec.pairs::<Value, Value>() {
         let (key, value) = pair?;
@@ -638,6 +639,7 @@ fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Bloc
                     ))
                 }
             },
+            "fade" => fade_ms = Some(fade_value(lua, &name, value)?),
             _ => {
                 let v = param_value(lua, &name, &key, value)?;
                 params.insert(key, v);
@@ -661,9 +663,31 @@ fn define_block(lua: &Lua, name: String, spec: mlua::Table) -> mlua::Result<Bloc
         module,
         params,
         host,
+        fade_ms,
         location,
     });
     Ok(BlockHandle { name })
+}
+
+/// `fade = 20`: milliseconds, whole or not (rounded), from 0 to `MAX_FADE_MS`.
+fn fade_value(lua: &Lua, block: &str, value: Value) -> mlua::Result<u32> {
+    let ms = match value {
+        Value::Integer(n) => Some(n as f64),
+        Value::Number(n) => Some(n),
+        _ => None,
+    };
+    match ms {
+        Some(ms) if (0.0..=f64::from(crate::model::MAX_FADE_MS)).contains(&ms) => {
+            Ok(ms.round() as u32)
+        }
+        _ => Err(script_error(
+            lua,
+            format!(
+                "block `{block}`: `fade` must be a number of milliseconds from 0 to {} (e.g. fade = 20; 0 switches at once)",
+                crate::model::MAX_FADE_MS
+            ),
+        )),
+    }
 }
 
 const HOST_FIELDS: &[&str] = &[

@@ -253,6 +253,7 @@ pub fn load_synthdef(path: &Path) -> Result<Orchestra, ModelError> {
             module: b.module,
             params: b.params,
             host: b.host,
+            fade_ms: None,
             location: at.clone(),
         })
         .collect();
@@ -267,6 +268,7 @@ pub fn load_synthdef(path: &Path) -> Result<Orchestra, ModelError> {
                         module: module.into(),
                         params: Default::default(),
                         host: None,
+                        fade_ms: None,
                         location: at.clone(),
                     });
                 }
