@@ -10,7 +10,7 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-const SINE: &str = r#"local tone = block "tone" { module = "sine", freq = 440 FADE }
+const SINE: &str = r#"local tone = block "tone" { module = "MODULE", freq = 440 FADE }
 local out  = block "out"  { module = "dac" }
 tone >> out
 "#;
@@ -22,11 +22,13 @@ struct Steps {
     at_s: f64,
 }
 
-/// Play `SINE` with `fade` (`""`: the default), replace the tone three times (each edit
-/// moves its `phase`, which is not live), and measure the recording's steps. The old and the
-/// new instance start at different moments, so their cycles are out of step by chance.
-fn replaced_three_times(test: &str, fade: &str) -> Steps {
-    let stage = Stage::with_script(test, "song.lua", &SINE.replace("FADE", fade));
+/// Play `SINE` as `module` with `fade` (`""`: the default), replace the tone three times
+/// (each edit moves its `phase`, which is not live), and measure the recording's steps. The
+/// old and the new instance start at different moments, so their cycles are out of step by
+/// chance.
+fn replaced_three_times(test: &str, module: &str, fade: &str) -> Steps {
+    let script = SINE.replace("MODULE", module).replace("FADE", fade);
+    let stage = Stage::with_script(test, "song.lua", &script);
     let (cmd, wav) = run_recorded(&stage.server, &stage.script, stage.dir.path(), &[]);
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(60));
@@ -40,7 +42,7 @@ fn replaced_three_times(test: &str, fade: &str) -> Steps {
         save(&stage.script, &text.replacen(&current, &next, 1));
         current = next;
         run.wait_for(
-            "~ replace tone (sine) on localhost",
+            &format!("~ replace tone ({module}) on localhost"),
             Duration::from_secs(10),
         );
         let applied = run.wait_for("applied in", Duration::from_secs(10));
@@ -85,11 +87,11 @@ fn steps_of(wav: &Path) -> Steps {
     }
 }
 
-#[test]
-fn a_replaced_block_on_the_recorded_path_crossfades_without_a_click_or_a_gap() {
-    let steps = replaced_three_times("crossfade", "");
+/// The crossfaded replaces of `module` leave no step beyond the steady tone's.
+fn crossfades_without_a_click(test: &str, module: &str) {
+    let steps = replaced_three_times(test, module, "");
     eprintln!(
-        "crossfade: steady step {:.5}, largest {:.5} at {:.3} s ({:.3}×)",
+        "{module} crossfaded: steady step {:.5}, largest {:.5} at {:.3} s ({:.3}×)",
         steps.steady,
         steps.largest,
         steps.at_s,
@@ -107,8 +109,23 @@ fn a_replaced_block_on_the_recorded_path_crossfades_without_a_click_or_a_gap() {
 }
 
 #[test]
+fn a_replaced_block_on_the_recorded_path_crossfades_without_a_click_or_a_gap() {
+    crossfades_without_a_click("crossfade", "sine");
+}
+
+#[test]
+fn a_replaced_pure_data_block_crossfades_without_a_click() {
+    crossfades_without_a_click("crossfade-pd", "pd_sine");
+}
+
+#[test]
+fn a_replaced_supercollider_block_crossfades_without_a_click() {
+    crossfades_without_a_click("crossfade-sc", "sc_sine");
+}
+
+#[test]
 fn with_fade_zero_a_replace_switches_at_once_and_the_click_shows() {
-    let steps = replaced_three_times("no-crossfade", ", fade = 0");
+    let steps = replaced_three_times("no-crossfade", "sine", ", fade = 0");
     eprintln!(
         "fade = 0: steady step {:.5}, largest {:.5} at {:.3} s ({:.1}×)",
         steps.steady,

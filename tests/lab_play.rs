@@ -8,6 +8,7 @@ mod common;
 #[path = "lab/mod.rs"]
 mod lab;
 
+use cloud_orchestra::analysis::{analyze, largest_step, read_channel};
 use common::{save, Running};
 use lab::Lab;
 use std::path::{Path, PathBuf};
@@ -479,6 +480,20 @@ fn re_pinning_a_block_moves_it_and_only_it() {
     assert_eq!(h3.len(), 1, "{h3:?}");
     assert!(h3[0].contains(" -s "), "{h3:?}");
     finish_at(run, &show, &wav, 440.0);
+    // The move crossfaded on h3 (the link's sound out, the local lowpass in): no click. The
+    // same move with `fade = 0` stepped 17.7× the steady tone's largest step.
+    let (left, rate) = read_channel(&wav, 0).unwrap();
+    let first = (analyze(&left, rate).first_sound_s.unwrap() * rate as f64) as usize;
+    let after_first = first + rate as usize / 10;
+    let before_end = left.len() - rate as usize / 20;
+    // The steady tone: its last second, two seconds after the move was applied.
+    let (_, steady) = largest_step(&left[before_end - rate as usize..before_end]);
+    let (at, step) = largest_step(&left[after_first..before_end]);
+    assert!(
+        step <= 1.1 * steady,
+        "no click: a step of {step} at {:.3} s, the steady tone's largest is {steady}",
+        (after_first + at) as f64 / rate as f64
+    );
 }
 
 /// Two sines and a lowpass on h1, the DAC on h3: switching the lowpass's source is a
