@@ -384,6 +384,7 @@ fn plan(
                 "cost": desired.cost,
                 "optimal": desired.optimal,
                 "actions": actions.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
+                "crossfades": actions.crossfades(),
                 "links": desired.deployment.links,
                 "osc": desired.deployment.osc,
                 "audio": loaded.resolved.audio,

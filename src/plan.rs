@@ -205,7 +205,7 @@ pub fn set_text(block: &str, params: &BTreeMap<String, LiveParam>) -> String {
 /// The edges a change swaps on one host through a crossfade (see `agent::fader`) instead of
 /// connecting and cutting them: over `ms`, those from a new instance (or link) into a port
 /// that stays fade in, and those from an instance that goes into such a port fade out.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Crossfade {
     pub host: String,
     pub fade_in: Vec<Edge>,

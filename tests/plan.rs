@@ -689,6 +689,15 @@ fn assert_one_fade(before: &Deployment, after: &Deployment, fade_in: &str, fade_
     let fades = diff(before, after).crossfades();
     assert_eq!(fades.len(), 1, "{fades:?}");
     assert_eq!((fades[0].host.as_str(), fades[0].ms), ("localhost", 20));
+    // As `plan --format json` prints it.
+    let json = serde_json::to_value(&fades[0]).unwrap();
+    assert_eq!(json["host"], "localhost");
+    assert_eq!(json["ms"], 20);
+    assert_eq!(json["fade_in"][0]["to"], fades[0].fade_in[0].to.as_str());
+    assert_eq!(
+        json["fade_out"][0]["from"],
+        fades[0].fade_out[0].from.as_str()
+    );
     assert_eq!(fade_lines(&fades[0].fade_in, before), [fade_in]);
     assert_eq!(fade_lines(&fades[0].fade_out, before), [fade_out]);
 }
