@@ -143,3 +143,150 @@ fn with_fade_zero_a_replace_switches_at_once_and_the_click_shows() {
         steps.steady
     );
 }
+
+/// `orchestra agent` on this test's server, spoken to in its JSON lines.
+struct Agent {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Agent {
+    fn start(server: &str) -> Agent {
+        use std::io::BufRead;
+        let mut child = orchestra(server)
+            .arg("agent")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    let _ = tx.send(value);
+                }
+            }
+        });
+        Agent {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn send(&mut self, request: serde_json::Value) {
+        use std::io::Write;
+        writeln!(self.stdin, "{request}").unwrap();
+    }
+
+    /// The replies to `ids`, in the order they came (events are passed over).
+    fn replies(&mut self, ids: &[u64]) -> Vec<serde_json::Value> {
+        let mut got = Vec::new();
+        while got.len() < ids.len() {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("an answer");
+            if line["id"].as_u64().is_some_and(|id| ids.contains(&id)) {
+                got.push(line);
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port of the JACK client `client` on `server` (a metronome has one).
+fn port_of(server: &str, client: &str) -> String {
+    for _ in 0..100 {
+        let out = std::process::Command::new("jack_lsp")
+            .env("JACK_DEFAULT_SERVER", server)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(port) = text.lines().find(|l| l.starts_with(&format!("{client}:"))) {
+            return port.to_string();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no port of {client}");
+}
+
+#[test]
+fn the_agent_serves_other_requests_while_a_long_crossfade_runs_and_ends_it_swapped() {
+    let stage = Stage::new("agent-fade");
+    let server = &stage.server;
+    let mut agent = Agent::start(server);
+    let workdir = stage.dir.path().join("run");
+    agent.send(serde_json::json!({
+        "id": 1, "op": "hello", "workdir": workdir,
+        "jack": { "rate": 48000, "period": 256, "start_if_missing": true },
+    }));
+    assert!(agent.replies(&[1])[0]["ok"].is_object(), "hello");
+    // Two sources that are not the orchestra's: metronomes.
+    let metros: Vec<std::process::Child> = ["fade-a", "fade-b"]
+        .iter()
+        .map(|name| {
+            std::process::Command::new("jack_metro")
+                .args(["-n", name, "-b", "120", "-f", "440", "-D", "50"])
+                .env("JACK_DEFAULT_SERVER", server)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (a, b) = (port_of(server, "fade-a"), port_of(server, "fade-b"));
+    let dac = "system:playback_1";
+    agent.send(serde_json::json!({ "id": 2, "op": "connect", "edge": { "from": a, "to": dac } }));
+    agent.send(serde_json::json!({ "id": 3, "op": "wait_edges", "timeout_ms": 5000 }));
+    let waited = agent.replies(&[2, 3]);
+    assert_eq!(
+        waited[1]["ok"]["missing"],
+        serde_json::json!([]),
+        "{waited:?}"
+    );
+
+    agent.send(serde_json::json!({
+        "id": 10, "op": "crossfade", "ms": 1500,
+        "fade_in": [{ "from": b, "to": dac }],
+        "fade_out": [{ "from": a, "to": dac }],
+    }));
+    agent.send(serde_json::json!({ "id": 11, "op": "status" }));
+    let replies = agent.replies(&[10, 11]);
+    assert_eq!(
+        replies[0]["id"], 11,
+        "status answered during the fade: {replies:?}"
+    );
+    assert_eq!(
+        replies[1]["ok"],
+        serde_json::json!({ "faded": true }),
+        "{replies:?}"
+    );
+
+    let graph = jack_connections(server);
+    assert!(graph.contains(&(b.clone(), dac.to_string())), "{graph:?}");
+    assert!(!graph.contains(&(a.clone(), dac.to_string())), "{graph:?}");
+    assert!(
+        !graph.iter().any(|(p, _)| p.starts_with("orchestra-fade")),
+        "the crossfade's client is gone: {graph:?}"
+    );
+    agent.send(serde_json::json!({ "id": 20, "op": "shutdown", "stop_jack": true }));
+    agent.replies(&[20]);
+    for mut metro in metros {
+        let _ = metro.kill();
+        let _ = metro.wait();
+    }
+}

@@ -5,12 +5,15 @@
 //! sees the graph the cycle runs). The destination therefore hears `gain · source` however
 //! and whenever the direct edge is made or cut: no JACK request has to land in a given cycle.
 
+use super::graph::JackGraph;
 use crate::deploy::Edge;
 use anyhow::{anyhow, Result};
 use jack::jack_sys as j;
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The client's name; the agent's graph leaves edges to it alone (see `JackGraph`).
 pub const CLIENT: &str = "orchestra-fade";
@@ -199,6 +202,160 @@ impl Fade {
     /// `JackGraph::abandon`).
     pub fn abandon(self) {
         std::mem::forget(self.client);
+    }
+}
+
+/// How long a crossfade waits for its ports to be ready, and then for its voices to be
+/// connected, before it switches without a fade; and after its end, for the edges to be
+/// swapped.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+/// Where a crossfade is, as the agent carries it.
+enum Step {
+    /// Waiting for every port to be there, its client settled (a new instance's ports are
+    /// connected only once it has activated: see `JackGraph::ready`).
+    Preparing,
+    /// The client is open; its voices are being connected.
+    Wiring(Fade),
+    /// The gains move, and the direct edges are swapped under them.
+    Settling(Fade),
+    Ended,
+}
+
+/// One crossfade (`Request::Crossfade`) as the agent carries it on, a look at a time,
+/// beside its other requests.
+pub struct Crossfading {
+    fade_in: Vec<Edge>,
+    fade_out: Vec<Edge>,
+    /// Every edge faded, with whether it comes: the edges asked for and their copies into
+    /// the DAC's mirrors (the recorder's, the taps').
+    voices: Vec<(Edge, bool)>,
+    ms: u32,
+    frames: u32,
+    step: Step,
+    /// When the current step began.
+    since: Instant,
+}
+
+impl Crossfading {
+    pub fn new(graph: &JackGraph, fade_in: Vec<Edge>, fade_out: Vec<Edge>, ms: u32) -> Self {
+        let mut voices = Vec::new();
+        for (edges, comes) in [(&fade_in, true), (&fade_out, false)] {
+            for edge in edges {
+                voices.push((edge.clone(), comes));
+                for mirror in graph.mirrors_of(&edge.to) {
+                    let copy = Edge {
+                        from: edge.from.clone(),
+                        to: mirror.to_string(),
+                    };
+                    voices.push((copy, comes));
+                }
+            }
+        }
+        let frames = (u64::from(ms) * u64::from(graph.sample_rate()) / 1000) as u32;
+        Crossfading {
+            fade_in,
+            fade_out,
+            voices,
+            ms,
+            frames,
+            step: Step::Preparing,
+            since: Instant::now(),
+        }
+    }
+
+    /// Go on as far as the graph allows now. `Some` once it ended: `Ok` when the edges were
+    /// swapped under the fade, `Err(why)` when they were switched at once instead. Either
+    /// way they end as a connect of each of `fade_in` and a disconnect of each of
+    /// `fade_out` would leave them.
+    pub fn advance(&mut self, graph: &mut JackGraph) -> Option<Result<()>> {
+        let waited = self.since.elapsed();
+        match std::mem::replace(&mut self.step, Step::Ended) {
+            Step::Preparing => {
+                let waiting = self
+                    .voices
+                    .iter()
+                    .flat_map(|(edge, _)| [&edge.from, &edge.to])
+                    .find(|port| !graph.ready(port))
+                    .cloned();
+                match waiting {
+                    Some(_) if waited < READY_WAIT => self.step = Step::Preparing,
+                    Some(port) => {
+                        return Some(self.switched(graph, anyhow!("port {port} was not ready")))
+                    }
+                    None => match Fade::start(&self.voices, self.frames) {
+                        Ok(fade) => self.next(Step::Wiring(fade)),
+                        Err(why) => return Some(self.switched(graph, why)),
+                    },
+                }
+                None
+            }
+            Step::Wiring(fade) if fade.stage() == Stage::Wiring => {
+                if waited < READY_WAIT {
+                    self.step = Step::Wiring(fade);
+                    return None;
+                }
+                drop(fade);
+                Some(self.switched(graph, anyhow!("the crossfade's voices were not connected")))
+            }
+            Step::Wiring(fade) => {
+                // The voices hold every destination at its fade's gain from now on, so the
+                // direct edges may change in any cycle, in any order.
+                switch(graph, &self.fade_in, &self.fade_out);
+                self.next(Step::Settling(fade));
+                None
+            }
+            Step::Settling(fade) if fade.stage() == Stage::Settled => Some(Ok(())),
+            Step::Settling(fade) => {
+                if waited < Duration::from_millis(self.ms.into()) + READY_WAIT {
+                    self.step = Step::Settling(fade);
+                    return None;
+                }
+                Some(Err(anyhow!(
+                    "the edges were not swapped within {} ms of the crossfade's end",
+                    READY_WAIT.as_millis()
+                )))
+            }
+            Step::Ended => Some(Ok(())),
+        }
+    }
+
+    fn next(&mut self, step: Step) {
+        self.step = step;
+        self.since = Instant::now();
+    }
+
+    /// The edges switched at once, and why (within how long).
+    fn switched(&self, graph: &mut JackGraph, why: anyhow::Error) -> Result<()> {
+        switch(graph, &self.fade_in, &self.fade_out);
+        Err(why.context(format!(
+            "switched at once after {} ms",
+            self.since.elapsed().as_millis()
+        )))
+    }
+
+    /// The JACK server died: let go of the client without closing it, and leave the edges
+    /// in `intended` as the fade would have (for the server that comes back).
+    pub fn abandon(self, intended: &mut BTreeSet<Edge>) {
+        if let Step::Wiring(fade) | Step::Settling(fade) = self.step {
+            fade.abandon();
+        }
+        intended.extend(self.fade_in);
+        for edge in &self.fade_out {
+            intended.remove(edge);
+        }
+    }
+}
+
+/// The edges as a connect of each of `comes` and a disconnect of each of `goes` leave them.
+pub fn switch(graph: &mut JackGraph, comes: &[Edge], goes: &[Edge]) {
+    for edge in comes {
+        graph.intend(edge.clone(), true);
+        graph.connect_now(edge);
+    }
+    for edge in goes {
+        graph.intend(edge.clone(), false);
+        graph.disconnect(edge);
     }
 }
 

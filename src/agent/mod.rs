@@ -35,10 +35,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// events missed is repaired (level-triggered).
 const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
-/// How long a crossfade waits for its ports to be ready, and for its voices to be connected,
-/// before it switches without a fade (and after its end, for the edges to be swapped).
-const FADE_READY_WAIT: Duration = Duration::from_secs(1);
-
 /// How often the agent looks whether its JACK server shut it down (an atomic load), so a dead
 /// server is restored sooner than the next sweep.
 const WATCH_SERVER_EVERY: Duration = Duration::from_millis(20);
@@ -91,6 +87,11 @@ struct Agent {
     taps: Option<taps::Taps>,
     /// The DAC's channels on this server (`system:playback_N`), read when the taps open.
     dac_ports: Vec<String>,
+    /// Crossfades under way, by request id: carried on beside other requests, and answered
+    /// when they end (see `fader::Crossfading`).
+    crossfades: Vec<(u64, fader::Crossfading)>,
+    /// Crossfades ended by the JACK server's death, to answer.
+    crossfades_ended: Vec<(u64, Result<()>)>,
 }
 
 impl Agent {
@@ -424,14 +425,8 @@ impl Agent {
                 }
                 Ok(json!({ "faded": false, "why": "the JACK server is down" }))
             }
-            Request::Crossfade {
-                fade_in,
-                fade_out,
-                ms,
-            } => Ok(match self.crossfade(&fade_in, &fade_out, ms).await {
-                Ok(()) => json!({ "faded": true }),
-                Err(why) => json!({ "faded": false, "why": format!("{why:#}") }),
-            }),
+            // Served beside other requests while the JACK server is there (see `serve`).
+            Request::Crossfade { .. } => Err(anyhow!("no JACK client (say hello first)")),
             Request::Record { path, channels } => {
                 if let Some(old) = self.recorder.take() {
                     old.finish()?;
@@ -605,105 +600,30 @@ impl Agent {
         )
     }
 
-    /// Fade `fade_in` in and `fade_out` out over `ms` (see `fader`), with their copies into
-    /// the DAC's mirrors (the recorder's, the taps'). The edges end swapped whatever happens:
-    /// when no fade can be made they are switched at once, and the error says why.
-    async fn crossfade(&mut self, fade_in: &[Edge], fade_out: &[Edge], ms: u32) -> Result<()> {
-        let graph = self.graph()?;
-        let mut voices: Vec<(Edge, bool)> = Vec::new();
-        for (edges, comes) in [(fade_in, true), (fade_out, false)] {
-            for edge in edges {
-                voices.push((edge.clone(), comes));
-                for mirror in graph.mirrors_of(&edge.to) {
-                    let copy = Edge {
-                        from: edge.from.clone(),
-                        to: mirror.to_string(),
-                    };
-                    voices.push((copy, comes));
-                }
-            }
+    /// Carry the crossfades on as far as the graph allows; the requests of those that ended,
+    /// with their answers (see `Request::Crossfade`).
+    fn advance_crossfades(&mut self) -> Vec<(u64, Value)> {
+        let mut ended = std::mem::take(&mut self.crossfades_ended);
+        if let Some(graph) = self.graph.as_mut() {
+            self.crossfades
+                .retain_mut(|(id, fading)| match fading.advance(graph) {
+                    None => true,
+                    Some(outcome) => {
+                        ended.push((*id, outcome));
+                        false
+                    }
+                });
         }
-        let frames = (u64::from(ms) * u64::from(graph.sample_rate()) / 1000) as u32;
-        // Every port there, its client settled (a new instance's ports are connected only
-        // once it has activated: see `JackGraph::ready`).
-        let ready_by = Instant::now() + FADE_READY_WAIT;
-        let started = loop {
-            let graph = self.graph()?;
-            let waiting = voices
-                .iter()
-                .flat_map(|(edge, _)| [&edge.from, &edge.to])
-                .find(|port| !graph.ready(port));
-            match waiting {
-                None => break fader::Fade::start(&voices, frames),
-                Some(port) if Instant::now() >= ready_by => {
-                    break Err(anyhow!(
-                        "port {port} was not ready within {} ms",
-                        FADE_READY_WAIT.as_millis()
-                    ))
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
-        let fade = match started {
-            Ok(fade) => fade,
-            Err(why) => {
-                self.switch(fade_in, fade_out)?;
-                return Err(why);
-            }
-        };
-        let wired_by = Instant::now() + FADE_READY_WAIT;
-        while fade.stage() == fader::Stage::Wiring {
-            if Instant::now() >= wired_by {
-                drop(fade);
-                self.switch(fade_in, fade_out)?;
-                bail!(
-                    "the crossfade's voices were not connected within {} ms",
-                    FADE_READY_WAIT.as_millis()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        // The voices hold every destination at its fade's gain from now on, so the direct
-        // edges may change in any cycle, in any order.
-        self.switch(fade_in, fade_out)?;
-        let settle_by = Instant::now() + Duration::from_millis(ms.into()) + FADE_READY_WAIT;
-        let mut reconciled = Instant::now();
-        while fade.stage() != fader::Stage::Settled {
-            if self.graph.as_ref().is_none_or(JackGraph::server_gone) {
-                fade.abandon();
-                bail!("the JACK server went away during the crossfade");
-            }
-            if Instant::now() >= settle_by {
-                drop(fade);
-                bail!(
-                    "the edges were not swapped within {} ms of the crossfade's end",
-                    FADE_READY_WAIT.as_millis()
-                );
-            }
-            // An edge whose client was too new for `connect_now` is made by a reconcile.
-            if reconciled.elapsed() >= Duration::from_millis(20) {
-                self.reconcile();
-                reconciled = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        drop(fade);
-        Ok(())
-    }
-
-    /// The edges as a connect of each of `comes` and a disconnect of each of `goes` leave
-    /// them.
-    fn switch(&mut self, comes: &[Edge], goes: &[Edge]) -> Result<()> {
-        let graph = self.graph()?;
-        for edge in comes {
-            graph.intend(edge.clone(), true);
-            graph.connect_now(edge);
-        }
-        for edge in goes {
-            graph.intend(edge.clone(), false);
-            graph.disconnect(edge);
-        }
-        Ok(())
+        ended
+            .into_iter()
+            .map(|(id, outcome)| {
+                let answer = match outcome {
+                    Ok(()) => json!({ "faded": true }),
+                    Err(why) => json!({ "faded": false, "why": format!("{why:#}") }),
+                };
+                (id, answer)
+            })
+            .collect()
     }
 
     /// The start gate (see `startup`): a synth whose engine names a ready line registers with
@@ -835,6 +755,8 @@ pub async fn serve() -> Result<()> {
         taps_wanted: TapsWanted::default(),
         taps: None,
         dac_ports: Vec::new(),
+        crossfades: Vec::new(),
+        crossfades_ended: Vec::new(),
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     // Stops told and not answered yet (request id, client), and how often their ends are
@@ -843,6 +765,9 @@ pub async fn serve() -> Result<()> {
     let mut stops_checked = tokio::time::interval(Duration::from_millis(5));
     stops_checked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = tokio::time::interval(WATCH_SERVER_EVERY);
+    // How often crossfades under way look how far their voices and edges are.
+    let mut fades_checked = tokio::time::interval(Duration::from_millis(2));
+    fades_checked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut taps_tick = tokio::time::interval(TAPS_EVERY);
     taps_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -872,12 +797,19 @@ pub async fn serve() -> Result<()> {
                             Request::Stop { client } => Some(client.clone()),
                             _ => None,
                         };
-                        match (agent.handle(request).await, stopped) {
-                            (Ok(_), Some(client)) if agent.supervisor.as_ref().is_some_and(|s| s.is_stopping(&client)) => {
-                                stops_awaited.push((id, client));
+                        // A crossfade lasts its fade and more: it goes on beside the requests
+                        // that come meanwhile, and is answered when it ends.
+                        if let (Request::Crossfade { fade_in, fade_out, ms }, Some(graph)) = (&request, agent.graph.as_ref()) {
+                            let fading = fader::Crossfading::new(graph, fade_in.clone(), fade_out.clone(), *ms);
+                            agent.crossfades.push((id, fading));
+                        } else {
+                            match (agent.handle(request).await, stopped) {
+                                (Ok(_), Some(client)) if agent.supervisor.as_ref().is_some_and(|s| s.is_stopping(&client)) => {
+                                    stops_awaited.push((id, client));
+                                }
+                                (Ok(ok), _) => out.push(AgentLine::Reply { id, ok: Some(ok), error: None }),
+                                (Err(e), _) => out.push(AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) }),
                             }
-                            (Ok(ok), _) => out.push(AgentLine::Reply { id, ok: Some(ok), error: None }),
-                            (Err(e), _) => out.push(AgentLine::Reply { id, ok: None, error: Some(format!("{e:#}")) }),
                         }
                     }
                     Err(e) => out.push(AgentLine::Reply { id: 0, ok: None, error: Some(format!("bad request: {e}")) }),
@@ -886,8 +818,18 @@ pub async fn serve() -> Result<()> {
             _ = sweep.tick() => upkeep = true,
             _ = watch.tick() => upkeep = agent.graph.as_ref().is_some_and(JackGraph::server_gone),
             _ = stops_checked.tick(), if !stops_awaited.is_empty() => {}
+            _ = fades_checked.tick(), if !agent.crossfades.is_empty() => {}
             _ = taps_tick.tick(), if agent.taps.is_some() => {
                 out.extend(agent.report_taps().into_iter().map(|event| AgentLine::Event { event }));
+            }
+        }
+        if !agent.crossfades.is_empty() || !agent.crossfades_ended.is_empty() {
+            for (id, ok) in agent.advance_crossfades() {
+                out.push(AgentLine::Reply {
+                    id,
+                    ok: Some(ok),
+                    error: None,
+                });
             }
         }
         if !stops_awaited.is_empty() {

@@ -59,11 +59,17 @@ impl Agent {
         tracing::info!("JACK server `{}` is gone: {reason}", jackd::server_name());
         // The dead server's last xruns are counted before its client is let go.
         self.count_xruns();
-        let intended = self
+        let mut intended = self
             .graph
             .take()
             .map(JackGraph::abandon)
             .unwrap_or_default();
+        // A crossfade under way ends here, its edges as it would have left them.
+        for (id, fading) in std::mem::take(&mut self.crossfades) {
+            fading.abandon(&mut intended);
+            let why = anyhow::anyhow!("the JACK server went away during the crossfade");
+            self.crossfades_ended.push((id, Err(why)));
+        }
         self.graph_events = None;
         if let Some(recorder) = self.recorder.as_mut() {
             recorder.server_lost();
