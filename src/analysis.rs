@@ -35,6 +35,10 @@ pub struct ToneReport {
     pub sounding_s: f64,
     /// How many such stretches (1 for an unbroken tone).
     pub stretches: usize,
+    /// The largest sample-to-sample step of the sounding part, its first and last 10 ms left
+    /// out (the sound starting and stopping): a click shows as a step larger than the tone's
+    /// own (see [`largest_step`]).
+    pub largest_step: f64,
 }
 
 /// Read one channel (0-based) of a WAV file as f32 samples.
@@ -83,6 +87,7 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
             trailing_silence_s: 0.0,
             sounding_s: 0.0,
             stretches: 0,
+            largest_step: 0.0,
         };
     };
     // Silence after the last sound is the end of the recording, not a dropout.
@@ -108,6 +113,10 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
         }
     }
     let sounding_samples: usize = stretches.iter().map(|(a, b)| b - a).sum();
+    let edge = (rate / 100) as usize;
+    let inner = sounding
+        .get(edge..sounding.len().saturating_sub(edge))
+        .unwrap_or(&[]);
     ToneReport {
         first_sound_s: Some(start as f64 / rate_f),
         frequency_hz,
@@ -119,6 +128,7 @@ pub fn analyze(samples: &[f32], rate: u32) -> ToneReport {
         trailing_silence_s: (samples.len() - 1 - end) as f64 / rate_f,
         sounding_s: sounding_samples as f64 / rate_f,
         stretches: stretches.len(),
+        largest_step: f64::from(largest_step(inner).1),
     }
 }
 
@@ -247,6 +257,9 @@ mod tests {
         let mut clicked = sine.clone();
         clicked[1000] += 0.1;
         assert_eq!(super::largest_step(&clicked).0, 1000);
+        // `analyze` says it, the sound's own start and end left out.
+        assert!((super::analyze(&sine, rate).largest_step - slope as f64).abs() < 1e-3);
+        assert!(super::analyze(&clicked, rate).largest_step > 0.09);
         assert_eq!(super::largest_step(&[]), (0, 0.0));
     }
 
