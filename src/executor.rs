@@ -49,14 +49,13 @@ pub trait Hosts: Sync {
         host: &'a Host,
         running: &'a Deployment,
     ) -> BoxFuture<'a, anyhow::Result<usize>>;
-    /// Tell `host`'s agent what its taps are for (meters, listening); the reply is not
-    /// awaited. Hosts without taps (in memory) ignore it.
     /// The UDP ports each host last said are bound there (see `agent::udp_ports`): a new OSC
     /// port is none of them. None known by default.
     fn ports_in_use(&self) -> crate::deploy::PortsInUse {
         Default::default()
     }
-
+    /// Tell `host`'s agent what its taps are for (meters, listening); the reply is not
+    /// awaited. Hosts without taps (in memory) ignore it.
     fn tell_taps<'a>(&'a self, _host: &'a str, _taps: Request) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
