@@ -5,10 +5,18 @@
 //! temporary file and renaming it over the old one (vim, most IDEs) replace the inode a
 //! per-file watch would follow, and a file deleted and created again would be lost. Events are
 //! debounced (one burst of writes is one change) and filtered to the paths of interest.
+//!
+//! A save that is plainly whole is sent at once, ahead of the debounce: a file closed after
+//! writing (one write in place) or renamed into place (an editor's temporary file), when it
+//! is not empty. The debounced change that follows is sent only when the file differs from
+//! what was sent, so one save is still one change; the debounce covers every other way of
+//! writing (a file truncated, closed and written again, say).
 
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher as _};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +24,32 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Long enough to merge the writes of one save (truncate + write + rename arrive within a
 /// millisecond or two), short enough not to be felt: a connection edit is applied in tens of
-/// milliseconds.
+/// milliseconds. A save that is plainly whole does not wait for it (see the module's doc).
 pub const DEBOUNCE: Duration = Duration::from_millis(15);
+
+/// What was last sent of each file: a digest of its contents (`None`: it was missing).
+type Sent = Arc<Mutex<HashMap<PathBuf, Option<u64>>>>;
+
+/// A digest of the file's contents, `None` when it cannot be read.
+fn digest(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The paths a raw event says are whole now: a file closed after writing, or renamed into
+/// place.
+fn whole(event: &notify::Event) -> &[PathBuf] {
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => &event.paths,
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            event.paths.get(1..).unwrap_or(&[])
+        }
+        _ => &[],
+    }
+}
 
 /// Some watched files changed (absolute paths).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +72,8 @@ impl Interest {
 
 pub struct Watcher {
     debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    /// The same folders, undebounced: for the saves sent at once.
+    leading: notify::RecommendedWatcher,
     interest: Arc<Mutex<Interest>>,
     /// Folders watched now, and how (so `set` only adds and removes the difference).
     watched: BTreeSet<(PathBuf, bool)>,
@@ -71,7 +105,9 @@ impl Watcher {
         changes: UnboundedSender<Change>,
     ) -> Result<Watcher, WatchError> {
         let interest = Arc::new(Mutex::new(Interest::default()));
-        let filter = interest.clone();
+        let sent: Sent = Arc::default();
+        let (filter, sent_before, leading_changes) =
+            (interest.clone(), sent.clone(), changes.clone());
         let handler = move |result: DebounceEventResult| {
             let Ok(events) = result else {
                 return;
@@ -86,6 +122,12 @@ impl Watcher {
                 .collect();
             paths.sort();
             paths.dedup();
+            // Not again what the leading edge sent already.
+            let mut sent = sent_before.lock().expect("lock");
+            paths.retain(|path| {
+                let now = digest(path);
+                sent.insert(path.clone(), now) != Some(now)
+            });
             if !paths.is_empty() {
                 let _ = changes.send(Change { paths });
             }
@@ -94,8 +136,31 @@ impl Watcher {
             path: "(watcher)".into(),
             error: e.to_string(),
         })?;
+        let filter = interest.clone();
+        let leading = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+            let Ok(event) = result else {
+                return;
+            };
+            let interest = filter.lock().expect("lock");
+            for path in whole(&event).iter().filter(|p| interest.wants(p)) {
+                // An empty file may be the first half of a save: the debounce decides.
+                if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+                    continue;
+                }
+                let now = digest(path);
+                if sent.lock().expect("lock").insert(path.clone(), now) != Some(now) {
+                    let paths = vec![path.clone()];
+                    let _ = leading_changes.send(Change { paths });
+                }
+            }
+        })
+        .map_err(|e| WatchError {
+            path: "(watcher)".into(),
+            error: e.to_string(),
+        })?;
         Ok(Watcher {
             debouncer,
+            leading,
             interest,
             watched: BTreeSet::new(),
         })
@@ -120,13 +185,16 @@ impl Watcher {
             } else {
                 RecursiveMode::NonRecursive
             };
-            self.debouncer.watch(dir, mode).map_err(|e| WatchError {
+            let failed = |e: notify::Error| WatchError {
                 path: dir.display().to_string(),
                 error: e.to_string(),
-            })?;
+            };
+            self.debouncer.watch(dir, mode).map_err(failed)?;
+            self.leading.watch(dir, mode).map_err(failed)?;
         }
         for (dir, _) in self.watched.difference(&wanted) {
             let _ = self.debouncer.unwatch(dir);
+            let _ = self.leading.unwatch(dir);
         }
         self.watched = wanted;
         *self.interest.lock().expect("lock") = Interest { files, trees };
@@ -170,6 +238,31 @@ mod tests {
         let change = next(&mut rx).await.expect("a change");
         assert_eq!(change.paths, vec![normalize(&script)]);
         assert!(quiet(&mut rx).await, "one save, one change");
+    }
+
+    #[tokio::test]
+    async fn a_whole_save_is_sent_before_the_debounce_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = unbounded_channel();
+        // A debounce far longer than the waits below: what arrives came from the leading
+        // edge.
+        let mut watcher = Watcher::new(Duration::from_secs(30), tx).unwrap();
+        let script = dir.path().join("song.lua");
+        std::fs::write(&script, "a").unwrap();
+        watcher.set(std::slice::from_ref(&script), &[]).unwrap();
+        std::fs::write(&script, "b").unwrap();
+        let change = next(&mut rx).await.expect("written in place, sent at once");
+        assert_eq!(change.paths, vec![normalize(&script)]);
+        let tmp = dir.path().join(".song.lua.swp");
+        std::fs::write(&tmp, "c").unwrap();
+        std::fs::rename(&tmp, &script).unwrap();
+        let change = next(&mut rx)
+            .await
+            .expect("renamed into place, sent at once");
+        assert_eq!(change.paths, vec![normalize(&script)]);
+        // Emptied: maybe the first half of a save, so it waits for the debounce.
+        std::fs::write(&script, "").unwrap();
+        assert!(quiet(&mut rx).await, "an empty file waits");
     }
 
     #[tokio::test]
