@@ -15,17 +15,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CK_SINE: &str = r#"local tone = block "tone" { module = "ck_sine", freq = 440 }
-local out  = block "out"  { module = "dac" }
-tone >> out
-"#;
-
 /// What the engine says, after `block `tone`: engine `chuck`: ck_sine: `.
 const WHY: &str = "Debian's chuck 1.4.2.0 cannot run as a block: its JACK client is always \"ChucK\" (a second one is ChucK-01), it connects itself to system:playback_*/system:capture_*, and it runs any code sent to TCP port 8888; see README \"ChucK modules\"";
 
 #[test]
 fn a_chuck_module_stops_the_run_before_anything_starts_saying_why_in_one_line() {
-    let stage = Stage::with_script("ck-refused", "chuck.lua", CK_SINE);
+    let stage = Stage::with_script("ck-refused", "chuck.lua", &tone_at_dac("ck_sine"));
     let mut cmd = orchestra(&stage.server);
     cmd.arg("run").arg(&stage.script).args(["--seconds", "2"]);
     let (code, stderr) = Running::spawn(cmd).finish(Duration::from_secs(60));

@@ -10,11 +10,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-const SINE: &str = r#"local tone = block "tone" { module = "MODULE", freq = 440 FADE }
-local out  = block "out"  { module = "dac" }
-tone >> out
-"#;
-
 /// The steady tone's largest step, and the largest anywhere from then on, with when (s).
 struct Steps {
     steady: f32,
@@ -22,12 +17,12 @@ struct Steps {
     at_s: f64,
 }
 
-/// Play `SINE` as `module` with `fade` (`""`: the default), replace the tone three times
+/// Play [`tone_at_dac`] of `module` with `fade` (`""`: the default), replace the tone three times
 /// (each edit moves its `phase`, which is not live), and measure the recording's steps. The
 /// old and the new instance start at different moments, so their cycles are out of step by
 /// chance.
 fn replaced_three_times(test: &str, module: &str, fade: &str) -> Steps {
-    let script = SINE.replace("MODULE", module).replace("FADE", fade);
+    let script = tone_at_dac(module).replace("freq = 440", &format!("freq = 440{fade}"));
     let stage = Stage::with_script(test, "song.lua", &script);
     let (cmd, wav) = run_recorded(&stage.server, &stage.script, stage.dir.path(), &[]);
     let mut run = Running::spawn(cmd);

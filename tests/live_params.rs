@@ -13,20 +13,10 @@ use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const SINE: &str = r#"local tone = block "tone" { module = "sine", freq = 440 }
-local out  = block "out"  { module = "dac" }
-tone >> out
-"#;
-
 const FILTERED: &str = r#"local tone = block "tone" { module = "sine", freq = 440 }
 local filt = block "filt" { module = "lp", cutoff = 4000 }
 local out  = block "out"  { module = "dac" }
 tone >> filt >> out
-"#;
-
-const PD_SINE: &str = r#"local tone = block "tone" { module = "pd_sine", freq = 440 }
-local out  = block "out"  { module = "dac" }
-tone >> out
 "#;
 
 /// When the recording's first frame was, on the monotonic clock (the recorder's sidecar).
@@ -123,12 +113,16 @@ fn a_live_freq_edit(test: &str, script: &str, what: &str) {
 
 #[test]
 fn a_live_freq_edit_is_heard_from_the_same_process() {
-    a_live_freq_edit("live-freq", SINE, "a live freq edit (csound)");
+    a_live_freq_edit(
+        "live-freq",
+        &tone_at_dac("sine"),
+        "a live freq edit (csound)",
+    );
 }
 
 #[test]
 fn orchestra_set_of_a_live_param_is_heard_from_the_same_process() {
-    let stage = Stage::with_script("live-set", "song.lua", SINE);
+    let stage = Stage::with_script("live-set", "song.lua", &tone_at_dac("sine"));
     let (mut run, wav, runtime) = playing_with_osc(&stage);
     std::thread::sleep(Duration::from_secs(1));
     let before = pids(stage.dir.path());
@@ -174,7 +168,7 @@ fn send(socket: &UdpSocket, to: std::net::SocketAddr, addr: &str, args: Vec<OscT
 /// remembered.
 #[test]
 fn a_live_set_outranks_what_the_router_told_the_block_before() {
-    let stage = Stage::with_script("live-after-router", "song.lua", SINE);
+    let stage = Stage::with_script("live-after-router", "song.lua", &tone_at_dac("sine"));
     let (mut run, wav, runtime) = playing_with_osc(&stage);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     send(&socket, runtime, "/tone/freq", vec![OscType::Float(880.0)]);
@@ -246,12 +240,12 @@ fn a_live_cutoff_edit_changes_the_spectrum_in_the_same_process() {
 
 #[test]
 fn a_replaced_block_starts_at_its_live_values() {
-    replaced_at_its_live_values("live-then-replace", SINE, "sine");
+    replaced_at_its_live_values("live-then-replace", &tone_at_dac("sine"), "sine");
 }
 
 #[test]
 fn a_replaced_scsynth_starts_at_its_live_values() {
-    let sc_sine = PD_SINE.replace("pd_sine", "sc_sine");
+    let sc_sine = tone_at_dac("sc_sine");
     replaced_at_its_live_values("live-then-replace-sc", &sc_sine, "sc_sine");
 }
 
@@ -297,21 +291,21 @@ fn replaced_at_its_live_values(test: &str, script: &str, module: &str) {
 
 #[test]
 fn a_live_freq_edit_reaches_a_running_pd_patch() {
-    a_live_freq_edit("live-pd", PD_SINE, "a live freq edit (pd)");
+    a_live_freq_edit("live-pd", &tone_at_dac("pd_sine"), "a live freq edit (pd)");
 }
 
 #[test]
 fn a_live_freq_edit_reaches_a_running_scsynth() {
     a_live_freq_edit(
         "live-sc",
-        &PD_SINE.replace("pd_sine", "sc_sine"),
+        &tone_at_dac("sc_sine"),
         "a live freq edit (supercollider)",
     );
 }
 
 #[test]
 fn an_osc_port_another_program_holds_is_left_to_it() {
-    let stage = Stage::with_script("live-port-taken", "song.lua", SINE);
+    let stage = Stage::with_script("live-port-taken", "song.lua", &tone_at_dac("sine"));
     // The first port of the default range, held as another program would.
     let holder = UdpSocket::bind("127.0.0.1:7800").expect("port 7800 free for this test");
     let (mut run, wav) = playing_recorded(&stage, &[]);
@@ -361,10 +355,10 @@ fn a_live_value_outlives_its_jack_server(test: &str, script: &str) {
 
 #[test]
 fn a_live_value_outlives_its_jack_server_csound() {
-    a_live_value_outlives_its_jack_server("live-jackd-csound", SINE);
+    a_live_value_outlives_its_jack_server("live-jackd-csound", &tone_at_dac("sine"));
 }
 
 #[test]
 fn a_live_value_outlives_its_jack_server_supercollider() {
-    a_live_value_outlives_its_jack_server("live-jackd-sc", &PD_SINE.replace("pd_sine", "sc_sine"));
+    a_live_value_outlives_its_jack_server("live-jackd-sc", &tone_at_dac("sc_sine"));
 }

@@ -11,32 +11,20 @@ use common::*;
 use engine::*;
 use std::time::Duration;
 
-const PD_SINE: &str = r#"local tone = block "tone" { module = "pd_sine", freq = 440 }
-local out  = block "out"  { module = "dac" }
-tone >> out
-"#;
-
-/// A Csound sine through two Pd low-passes: cutoff 2000 (the 440 Hz passes) to the left, and
-/// cutoff 110 (two octaves below it) to the right.
-const CSOUND_INTO_PD: &str = r#"local osc    = block "osc"    { module = "sine", freq = 440 }
-local filt   = block "filt"   { module = "pd_lp", cutoff = 2000 }
-local dull   = block "dull"   { module = "pd_lp", cutoff = 110 }
-local out    = block "out"    { module = "dac" }
-osc >> filt >> out
-osc >> dull
-dull:out(1) >> out:input(2)
-"#;
-
 #[test]
 fn pd_sine_plays_440_hz_at_the_dac_wired_only_as_planned() {
-    let stage = Stage::with_script("pd-sine", "pd.lua", PD_SINE);
+    let stage = Stage::with_script("pd-sine", "pd.lua", &tone_at_dac("pd_sine"));
     // Pd's own ports, as the engine names them, and nothing but the plan's one edge.
     plays_440_alone_at_the_dac(&stage, "tone:output_1", || {});
 }
 
 #[test]
 fn a_csound_sine_through_pd_low_passes_plays_440_hz_and_the_low_cutoff_takes_it_down() {
-    let stage = Stage::with_script("pd-mixed", "mixed.lua", CSOUND_INTO_PD);
+    let stage = Stage::with_script(
+        "pd-mixed",
+        "mixed.lua",
+        &csound_through_two_lowpasses("pd_lp"),
+    );
     low_passes_take_440_down_as_theory_says(
         &stage,
         &[
@@ -50,14 +38,14 @@ fn a_csound_sine_through_pd_low_passes_plays_440_hz_and_the_low_cutoff_takes_it_
 
 #[test]
 fn a_non_live_edit_replaces_the_pd_block_and_the_dac_ends_at_660_hz() {
-    let stage = Stage::with_script("pd-edit", "pd.lua", PD_SINE);
+    let stage = Stage::with_script("pd-edit", "pd.lua", &tone_at_dac("pd_sine"));
     let (mut run, wav, _) = playing_recorded(&stage);
     std::thread::sleep(Duration::from_secs(1));
     let before = pids(stage.dir.path());
     // phase is not live (freq is: tests/live_params.rs), so a new instance takes over.
     save(
         &stage.script,
-        &PD_SINE.replace("freq = 440", "freq = 660, phase = 0.5"),
+        &tone_at_dac("pd_sine").replace("freq = 440", "freq = 660, phase = 0.5"),
     );
     run.wait_for(
         "~ replace tone (pd_sine) on localhost",
@@ -95,7 +83,7 @@ fn pd_as_the_engine_launches_it_connects_nothing_by_itself() {
 
 #[test]
 fn without_pd_installed_the_run_names_the_package() {
-    let stage = Stage::with_script("pd-missing", "pd.lua", PD_SINE);
+    let stage = Stage::with_script("pd-missing", "pd.lua", &tone_at_dac("pd_sine"));
     run_without_the_program(
         &stage,
         "cannot start `pd` for block `tone`: `pd` is not installed on this host (install the Debian package puredata-core, as scripts/setup.sh does)",

@@ -11,22 +11,6 @@ mod engine;
 use common::*;
 use engine::*;
 
-const SC_SINE: &str = r#"local tone = block "tone" { module = "sc_sine", freq = 440 }
-local out  = block "out"  { module = "dac" }
-tone >> out
-"#;
-
-/// A Csound sine through two SuperCollider low-passes: cutoff 2000 (the 440 Hz passes) to the
-/// left, and cutoff 110 (two octaves below it) to the right.
-const CSOUND_INTO_SC: &str = r#"local osc    = block "osc"    { module = "sine", freq = 440 }
-local filt   = block "filt"   { module = "sc_lp", cutoff = 2000 }
-local dull   = block "dull"   { module = "sc_lp", cutoff = 110 }
-local out    = block "out"    { module = "dac" }
-osc >> filt >> out
-osc >> dull
-dull:out(1) >> out:input(2)
-"#;
-
 /// The processes of this test whose command line holds `what`, as `pid: command line`.
 fn processes_of(stage: &Stage, what: &str) -> Vec<String> {
     leftovers(&stage.server, stage.dir.path())
@@ -37,7 +21,7 @@ fn processes_of(stage: &Stage, what: &str) -> Vec<String> {
 
 #[test]
 fn sc_sine_plays_440_hz_at_the_dac_wired_only_as_planned() {
-    let stage = Stage::with_script("sc-sine", "sc.lua", SC_SINE);
+    let stage = Stage::with_script("sc-sine", "sc.lua", &tone_at_dac("sc_sine"));
     // scsynth's own ports, as the engine names them, and nothing but the plan's one edge.
     plays_440_alone_at_the_dac(&stage, "tone:out_1", || {
         assert_eq!(
@@ -51,7 +35,11 @@ fn sc_sine_plays_440_hz_at_the_dac_wired_only_as_planned() {
 
 #[test]
 fn a_csound_sine_through_sc_low_passes_plays_440_hz_and_the_low_cutoff_takes_it_down() {
-    let stage = Stage::with_script("sc-mixed", "mixed.lua", CSOUND_INTO_SC);
+    let stage = Stage::with_script(
+        "sc-mixed",
+        "mixed.lua",
+        &csound_through_two_lowpasses("sc_lp"),
+    );
     low_passes_take_440_down_as_theory_says(
         &stage,
         &[
@@ -88,7 +76,7 @@ fn a_chain_through_csound_supercollider_and_pd_plays_440_hz() {
 /// its start messages again, as at its first start.
 #[test]
 fn after_jackd_is_killed_sc_sine_sounds_again() {
-    let stage = Stage::with_script("sc-jackd-killed", "sc.lua", SC_SINE);
+    let stage = Stage::with_script("sc-jackd-killed", "sc.lua", &tone_at_dac("sc_sine"));
     let (mut run, wav, _) = playing_recorded(&stage);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let jackd = processes_of(&stage, &format!("jackd -n {}", stage.server));
@@ -176,7 +164,7 @@ fn scsynth_as_the_engine_launches_it_connects_nothing_by_itself() {
 
 #[test]
 fn without_scsynth_installed_the_run_names_the_package() {
-    let stage = Stage::with_script("sc-missing", "sc.lua", SC_SINE);
+    let stage = Stage::with_script("sc-missing", "sc.lua", &tone_at_dac("sc_sine"));
     run_without_the_program(
         &stage,
         "cannot start `scsynth` for block `tone`: `scsynth` is not installed on this host (install the Debian package supercollider-server, as scripts/setup.sh does)",

@@ -15,10 +15,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const SINE: &str = r#"local tone = block "tone" { module = "sine", freq = 440 }
-tone >> block "out" { module = "dac" }
-"#;
-
 /// Run `js` in the page until it returns something other than null (never timed: the deadline
 /// is generous); that value.
 async fn until(page: &Client, what: &str, js: &str) -> Value {
@@ -108,7 +104,7 @@ fn tone_between(wav: &Path, from_s: f64, to_s: f64) -> cloud_orchestra::analysis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slider_changes_the_tone_a_refusal_changes_nothing_and_the_page_fits_a_phone() {
-    let stage = Stage::with_script("web-controls", "song.lua", SINE);
+    let stage = Stage::with_script("web-controls", "song.lua", &tone_at_dac("sine"));
     let wav = stage.dir.path().join("out.wav");
     let (mut run, _browser, page) =
         playing_with_page(&stage, &["--record", wav.to_str().unwrap()]).await;

@@ -9,6 +9,21 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// A Csound sine through two low-passes of module `lp`: cutoff 2000 (the 440 Hz passes) to
+/// the left, and cutoff 110 (two octaves below it) to the right.
+pub fn csound_through_two_lowpasses(lp: &str) -> String {
+    format!(
+        r#"local osc    = block "osc"    {{ module = "sine", freq = 440 }}
+local filt   = block "filt"   {{ module = "{lp}", cutoff = 2000 }}
+local dull   = block "dull"   {{ module = "{lp}", cutoff = 110 }}
+local out    = block "out"    {{ module = "dac" }}
+osc >> filt >> out
+osc >> dull
+dull:out(1) >> out:input(2)
+"#
+    )
+}
+
 /// The JACK graph in block terms, each edge once as (from, to), the recorder left out; and
 /// a check that the recorder listens to nothing but what feeds the DAC.
 pub fn planned_graph(server: &str) -> BTreeSet<(String, String)> {

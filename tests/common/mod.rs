@@ -376,6 +376,14 @@ pub fn print_summary(what: &str, millis: &[f64]) {
 }
 
 /// Save as editors do: write a temporary file beside it, then rename it over the script.
+/// The one-tone script many tests play: `tone`, a 440 Hz sine of `module` (`sine`,
+/// `pd_sine`, `sc_sine`, …), into the DAC.
+pub fn tone_at_dac(module: &str) -> String {
+    format!(
+        "local tone = block \"tone\" {{ module = \"{module}\", freq = 440 }}\nlocal out  = block \"out\"  {{ module = \"dac\" }}\ntone >> out\n"
+    )
+}
+
 pub fn save(path: &Path, text: &str) {
     let tmp = path.with_extension("lua.swp");
     std::fs::write(&tmp, text).unwrap();
