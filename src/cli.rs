@@ -338,7 +338,7 @@ fn plan(
     let dir = crate::state::state_dir(&source.script, state_dir.as_deref());
     let layer =
         crate::script::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
-    let mut loaded = runtime::load_with(&source, &layer, None)?;
+    let mut loaded = runtime::load_with(&source, &layer)?;
     loaded.round_trips = crate::state::load_round_trips(&dir, &loaded.resolved.name);
     let applied = crate::state::load(&dir, &loaded.resolved.name)?;
     let previous_placement = match &previous {

@@ -29,8 +29,9 @@
 //!   `down` and `trust`; [`first_run`] judges what a first run brought up (what failed,
 //!   whether it can sound).
 //! - [`live`]: the play loop while it plays: reload on change or OSC command (merging those
-//!   that come meanwhile), reconcile with the agents; [`events`]: what it tells the terminal
-//!   and any subscriber, as data.
+//!   that come meanwhile), reconcile with the agents; [`commands`]: the OSC and page commands
+//!   waiting for their turn, taken as one batch per apply; [`events`]: what it tells the
+//!   terminal and any subscriber, as data.
 //! - [`state`]: the last applied deployment, persisted beside the script; [`status`]: what
 //!   plays now, read from it and the hosts (`orchestra status`).
 //! - [`watch`]: which files the orchestra is made of, and when one of them changed.
@@ -53,6 +54,7 @@ pub mod agent;
 pub mod analysis;
 pub mod audio;
 pub mod cli;
+pub mod commands;
 pub mod conductor;
 pub mod csd;
 pub mod deploy;

@@ -9,6 +9,7 @@
 //! [`Hosts`]: the real fleet, or hosts in memory in tests.
 
 use crate::agent::protocol::Event;
+use crate::commands::{Batch, Reply, Waiting};
 use crate::conductor::{Conductor, Converge, Converged};
 use crate::events::Happening;
 use crate::executor::Hosts;
@@ -18,6 +19,7 @@ use crate::osc::server::{ControlRequest, SharedRoutes, Via};
 use crate::pipeline::{
     desire, latency_verdict, load_with_async, warn_overflow, Desired, Loaded, Source,
 };
+use crate::script::bounded::Refused;
 use crate::script::layer::{LiveLayer, LiveOp};
 use crate::state::AppliedState;
 use crate::watch::{Change, Watcher};
@@ -76,16 +78,31 @@ pub enum Asked {
     Reload,
     /// `/orchestra/reset`: the evaluation ran without the live layer.
     Reset,
-    /// A live change, laid over the layer if it applies.
-    Change(LiveOp),
+    /// Live changes (one, or sets that came together), each laid over the layer if it applies.
+    Changes(Vec<LiveOp>),
 }
+
+/// What an evaluation gives: the orchestra, and the new live changes it left out, with why.
+pub type EvaluationOutcome = anyhow::Result<(Loaded, Vec<Refused>)>;
 
 /// An evaluation in flight: the worker's outcome to come, and what asked for it.
 pub struct Evaluation {
     pub started: Instant,
     pub asked: Asked,
-    pub future: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Loaded>> + Send>>,
+    pub future: std::pin::Pin<Box<dyn std::future::Future<Output = EvaluationOutcome> + Send>>,
 }
+
+/// How an evaluation ended for those who asked.
+#[derive(Debug, PartialEq)]
+pub enum Finished {
+    /// One answer per change asked (one for a reload or reset).
+    Answers(Vec<Result<String, String>>),
+    /// Changes asked together did not load together: each is to be tried on its own.
+    TryAlone,
+}
+
+/// Refusals of one batch said one by one up to this many; the rest are counted.
+const REFUSALS_SAID: usize = 3;
 
 /// Outcome of one reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,8 +221,13 @@ impl<H: Hosts> Live<H> {
     pub async fn control(&mut self, command: Command) -> Result<String, String> {
         let evaluation = self.begin_control(command, Via::Osc);
         let loaded = evaluation.future.await;
-        self.finish(evaluation.asked, evaluation.started, loaded)
+        match self
+            .finish(evaluation.asked, evaluation.started, loaded)
             .await
+        {
+            Finished::Answers(mut answers) => answers.remove(0),
+            Finished::TryAlone => unreachable!("one change is never tried alone again"),
+        }
     }
 
     /// Start re-reading the orchestra because `why` changed. The evaluation runs in a worker
@@ -216,7 +238,7 @@ impl<H: Hosts> Live<H> {
         self.tell(Happening::ReloadStarted {
             why: format!("{} changed", changed.join(", ")),
         });
-        self.evaluate(self.layer.clone(), None, Asked::Files)
+        self.evaluate(self.layer.clone(), Asked::Files)
     }
 
     /// Start carrying out a command that came `via` OSC or the page (see
@@ -225,55 +247,167 @@ impl<H: Hosts> Live<H> {
         match command {
             Command::Reload => {
                 self.reload_started(format!("asked over {via}"));
-                self.evaluate(self.layer.clone(), None, Asked::Reload)
+                self.evaluate(self.layer.clone(), Asked::Reload)
             }
             Command::Reset => {
                 self.reload_started(format!("live layer reset over {via}"));
-                self.evaluate(LiveLayer::default(), None, Asked::Reset)
+                self.evaluate(LiveLayer::default(), Asked::Reset)
             }
-            Command::Change(op) => {
-                self.reload_started(format!("{via} {op}"));
-                self.evaluate(self.layer.clone(), Some(op.clone()), Asked::Change(op))
-            }
+            Command::Change(op) => self.begin_changes(via, vec![op], 1),
         }
     }
 
-    fn evaluate(&self, layer: LiveLayer, new: Option<LiveOp>, asked: Asked) -> Evaluation {
+    /// Start laying `changes` over the layer (they came `via` OSC or the page, as `requests`
+    /// commands). A set whose value its module refuses is refused here, as the script's
+    /// own would be, without waiting for the worker (nor holding the others back).
+    pub fn begin_changes(&self, via: Via, changes: Vec<LiveOp>, requests: usize) -> Evaluation {
+        let more = match (changes.len(), requests) {
+            (1, 1) => String::new(),
+            (1, n) => format!(" ({n} commands merged)"),
+            (c, n) if n > c => format!(" and {} more change(s) ({n} commands merged)", c - 1),
+            (c, _) => format!(" and {} more change(s)", c - 1),
+        };
+        self.reload_started(format!("{via} {}{more}", changes[0]));
+        let mut refused = Vec::new();
+        let mut sent = Vec::new();
+        let mut index_of_sent = Vec::new();
+        for (index, op) in changes.iter().enumerate() {
+            match self.refusal_of(op) {
+                Some(why) => refused.push(Refused { index, why }),
+                None => {
+                    sent.push(op.clone());
+                    index_of_sent.push(index);
+                }
+            }
+        }
+        let asked = Asked::Changes(changes);
+        if sent.is_empty() {
+            let loaded = self.loaded.clone();
+            return Evaluation {
+                started: Instant::now(),
+                asked,
+                future: Box::pin(async move { Ok((loaded, refused)) }),
+            };
+        }
+        let evaluation = load_with_async(self.source.clone(), self.layer.clone(), sent);
         Evaluation {
             started: Instant::now(),
             asked,
-            future: Box::pin(load_with_async(self.source.clone(), layer, new)),
+            future: Box::pin(async move {
+                let (loaded, more) = evaluation.await?;
+                refused.extend(more.into_iter().map(|r| Refused {
+                    index: index_of_sent[r.index],
+                    why: r.why,
+                }));
+                refused.sort_by_key(|r| r.index);
+                Ok((loaded, refused))
+            }),
         }
     }
 
-    /// Apply what an evaluation gave; the answer for an OSC sender.
+    /// Why a set's value cannot be taken by its block's module (as `resolve` would say it),
+    /// if its block plays now.
+    fn refusal_of(&self, op: &LiveOp) -> Option<String> {
+        let LiveOp::Set {
+            block,
+            param,
+            value,
+        } = op
+        else {
+            return None;
+        };
+        let playing = self.loaded.resolved.blocks.get(block)?;
+        crate::resolve::check_param(
+            block,
+            &playing.module,
+            playing.location.as_ref(),
+            param,
+            value,
+        )
+        .err()
+        .map(|e| e.to_string())
+    }
+
+    fn evaluate(&self, layer: LiveLayer, asked: Asked) -> Evaluation {
+        let evaluation = load_with_async(self.source.clone(), layer, Vec::new());
+        Evaluation {
+            started: Instant::now(),
+            asked,
+            future: Box::pin(evaluation),
+        }
+    }
+
+    /// Apply what an evaluation gave; the answers for those who asked.
     pub async fn finish(
         &mut self,
         asked: Asked,
         started: Instant,
-        loaded: anyhow::Result<Loaded>,
-    ) -> Result<String, String> {
-        let outcome = self.reload_with(loaded, started).await;
-        let applied = !matches!(outcome, Reloaded::Rejected(_));
-        match asked {
-            Asked::Files => outcome.answer("reloaded"),
-            Asked::Reload => outcome.answer("reloaded"),
-            Asked::Reset => {
-                if applied {
-                    self.layer = LiveLayer::default();
-                    self.save_layer();
-                }
-                outcome.answer("live layer reset")
+        outcome: EvaluationOutcome,
+    ) -> Finished {
+        let changes = match asked {
+            Asked::Changes(changes) => changes,
+            other => {
+                let outcome = self
+                    .reload_with(outcome.map(|(loaded, _)| loaded), started)
+                    .await;
+                let applied = !matches!(outcome, Reloaded::Rejected(_));
+                let answer = match other {
+                    Asked::Reset => {
+                        if applied {
+                            self.layer = LiveLayer::default();
+                            self.save_layer();
+                        }
+                        outcome.answer("live layer reset")
+                    }
+                    _ => outcome.answer("reloaded"),
+                };
+                return Finished::Answers(vec![answer]);
             }
-            Asked::Change(op) => {
-                let what = op.to_string();
-                if applied {
-                    self.layer.ops.push(op);
-                    self.save_layer();
-                }
-                outcome.answer(&what)
+        };
+        let (loaded, refused) = match outcome {
+            Err(_) if changes.len() > 1 => return Finished::TryAlone,
+            Err(e) => return Finished::Answers(vec![Err(self.rejected_text(format!("{e:#}")))]),
+            Ok(outcome) => outcome,
+        };
+        for (said, refusal) in refused.iter().enumerate() {
+            match said.cmp(&REFUSALS_SAID) {
+                std::cmp::Ordering::Less => self.tell(Happening::Rejected {
+                    error: refusal.why.clone(),
+                }),
+                std::cmp::Ordering::Equal => self.tell(Happening::Rejected {
+                    error: format!(
+                        "{} more change(s) of the same batch refused",
+                        refused.len() - REFUSALS_SAID
+                    ),
+                }),
+                std::cmp::Ordering::Greater => break,
             }
         }
+        let outcome = if refused.len() == changes.len() {
+            None
+        } else {
+            Some(self.reload_with(Ok(loaded), started).await)
+        };
+        let applied = matches!(outcome, Some(Reloaded::Applied | Reloaded::Unchanged));
+        let mut refused = refused.into_iter().peekable();
+        let answers = changes
+            .into_iter()
+            .enumerate()
+            .map(|(index, op)| {
+                if let Some(refusal) = refused.next_if(|r| r.index == index) {
+                    return Err(refusal.why);
+                }
+                let what = op.to_string();
+                if applied {
+                    self.layer.push(op);
+                }
+                outcome.clone().expect("some change applies").answer(&what)
+            })
+            .collect();
+        if applied {
+            self.save_layer();
+        }
+        Finished::Answers(answers)
     }
 
     fn reload_started(&self, why: String) {
@@ -282,10 +416,15 @@ impl<H: Hosts> Live<H> {
 
     /// Nothing changed, and why.
     fn rejected(&self, error: String) -> Reloaded {
+        Reloaded::Rejected(self.rejected_text(error))
+    }
+
+    /// Say that nothing changed, and why; the why.
+    fn rejected_text(&self, error: String) -> String {
         self.tell(Happening::Rejected {
             error: error.clone(),
         });
-        Reloaded::Rejected(error)
+        error
     }
 
     fn save_layer(&self) {
@@ -659,8 +798,73 @@ pub struct Inputs<'a> {
 /// What ends a run, resolving to why (for the "stopping (…)" line).
 pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
-/// Where the answer to an OSC command goes once it is applied.
-type ControlReply = (Via, tokio::sync::oneshot::Sender<Result<String, String>>);
+/// Who waits for the answers of the commands being applied: per change, its senders.
+struct Asking {
+    via: Via,
+    changes: Vec<(Option<LiveOp>, Vec<Reply>)>,
+}
+
+impl Asking {
+    /// Send each change's answer to its senders (refusals said on the terminal too, the first
+    /// few of them), or put the changes back to be tried one by one.
+    fn answer(self, finished: Finished, waiting: &mut Waiting) {
+        let answers = match finished {
+            Finished::Answers(answers) => answers,
+            Finished::TryAlone => {
+                let changes = self
+                    .changes
+                    .into_iter()
+                    .filter_map(|(op, replies)| Some((op?, replies)))
+                    .collect();
+                return waiting.try_alone(self.via, changes);
+            }
+        };
+        let mut said = 0;
+        for ((_, replies), answer) in self.changes.into_iter().zip(answers) {
+            if let Err(why) = &answer {
+                said += 1;
+                if said <= REFUSALS_SAID {
+                    eprintln!("  {} command refused: {why}", self.via);
+                }
+            }
+            for reply in replies {
+                let _ = reply.send(answer.clone());
+            }
+        }
+    }
+}
+
+impl<H: Hosts> Live<H> {
+    /// Start carrying out a batch of waiting commands; who waits for its answers.
+    fn begin_batch(&self, batch: Batch) -> (Evaluation, Asking) {
+        match batch {
+            Batch::Changes {
+                via,
+                changes,
+                requests,
+            } => {
+                let ops = changes.iter().map(|(op, _)| op.clone()).collect();
+                let evaluation = self.begin_changes(via, ops, requests);
+                let changes = changes
+                    .into_iter()
+                    .map(|(op, replies)| (Some(op), replies))
+                    .collect();
+                (evaluation, Asking { via, changes })
+            }
+            Batch::Other {
+                command,
+                via,
+                reply,
+            } => (
+                self.begin_control(command, via),
+                Asking {
+                    via,
+                    changes: vec![(None, vec![reply])],
+                },
+            ),
+        }
+    }
+}
 
 /// How often what runs is compared with what was applied (exits repair at once); also how
 /// soon a host cut off the network is noticed.
@@ -675,7 +879,7 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
         until,
         events,
         mut changes,
-        mut control,
+        control,
         mut taps,
     } = inputs;
     // A page opened before the play loop began (while the orchestra came up) is counted now:
@@ -690,7 +894,8 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
     // One evaluation at a time runs in its worker while this loop goes on serving signals,
     // agent events and reconciles; saves and commands that come meanwhile wait in their
     // channels and are merged into the next one.
-    let mut evaluating: Option<(Evaluation, Option<ControlReply>)> = None;
+    let mut evaluating: Option<(Evaluation, Option<Asking>)> = None;
+    let mut waiting = Waiting::new(control);
     loop {
         let timer = async {
             match until {
@@ -718,15 +923,12 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
             }
             _ = timer => break,
             loaded = evaluated => {
-                let (evaluation, reply) = evaluating.take().expect("an evaluation was running");
-                let answer = live.finish(evaluation.asked, evaluation.started, loaded).await;
+                let (evaluation, asking) = evaluating.take().expect("an evaluation was running");
+                let finished = live.finish(evaluation.asked, evaluation.started, loaded).await;
                 // A listened block that moved is listened to where it plays now.
                 live.sync_taps().await;
-                if let Some((via, reply)) = reply {
-                    if let Err(why) = &answer {
-                        eprintln!("  {via} command refused: {why}");
-                    }
-                    let _ = reply.send(answer);
+                if let Some(asking) = asking {
+                    asking.answer(finished, &mut waiting);
                 }
             }
             Some(change) = changes.recv(), if !busy => {
@@ -738,11 +940,9 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
                 paths.dedup();
                 evaluating = Some((live.begin_reload(&paths), None));
             }
-            Some(request) = control.recv(), if !busy => {
-                evaluating = Some((
-                    live.begin_control(request.command, request.via),
-                    Some((request.via, request.reply)),
-                ));
+            Some(batch) = waiting.next(), if !busy => {
+                let (evaluation, asking) = live.begin_batch(batch);
+                evaluating = Some((evaluation, Some(asking)));
             }
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });

@@ -9,6 +9,7 @@ use crate::model::Orchestra;
 use crate::modules::{Engines, ModuleLibrary};
 use crate::placement::{place_without, Cost, Options as PlacementOptions, Placement};
 use crate::resolve::{resolve, Resolved};
+use crate::script::bounded::{Evaluated, Refused};
 use crate::script::layer::{LiveLayer, LiveOp};
 use anyhow::{anyhow, Result};
 use std::collections::BTreeSet;
@@ -41,28 +42,28 @@ pub struct Loaded {
 
 /// Read and check everything; nothing runs yet. Errors are one `file:line: message` line.
 pub fn load(source: &Source) -> Result<Loaded> {
-    load_with(source, &LiveLayer::default(), None)
+    load_with(source, &LiveLayer::default())
 }
 
-/// [`load`], with the live layer laid over the script and, when given, one more change that
-/// must apply (an error names it; the layer's older changes only warn when they no longer
-/// apply). The Lua is evaluated in the worker process of [`crate::script::bounded`].
-pub fn load_with(source: &Source, layer: &LiveLayer, new: Option<&LiveOp>) -> Result<Loaded> {
+/// [`load`], with the live layer laid over the script (its changes only warn when they no
+/// longer apply). The Lua is evaluated in the worker process of [`crate::script::bounded`].
+pub fn load_with(source: &Source, layer: &LiveLayer) -> Result<Loaded> {
     let orchestra =
-        crate::script::bounded::load_orchestra(&source.script, source.hosts.as_deref(), layer, new)
+        crate::script::bounded::load_orchestra(&source.script, source.hosts.as_deref(), layer)
             .map_err(|e| anyhow!("{e}"))?;
     finish_load(source, orchestra)
 }
 
-/// [`load_with`] for the live loop: the worker runs while the controller goes on serving
-/// signals and reconciles, and dropping the future stops the worker.
+/// [`load_with`] for the live loop, with `new` changes laid over the layer (each must apply:
+/// those that do not are left out and refused, with why): the worker runs while the
+/// controller goes on serving signals and reconciles, and dropping the future stops it.
 pub async fn load_with_async(
     source: Source,
     layer: LiveLayer,
-    new: Option<LiveOp>,
-) -> Result<Loaded> {
+    new: Vec<LiveOp>,
+) -> Result<(Loaded, Vec<Refused>)> {
     let started = std::time::Instant::now();
-    let orchestra = crate::script::bounded::load_orchestra_async(
+    let Evaluated { orchestra, refused } = crate::script::bounded::load_orchestra_async(
         source.script.clone(),
         source.hosts.clone(),
         layer,
@@ -77,7 +78,7 @@ pub async fn load_with_async(
         evaluated.as_micros(),
         (started.elapsed() - evaluated).as_micros()
     );
-    loaded
+    Ok((loaded?, refused))
 }
 
 /// Modules and resolution of an evaluated orchestra (Rust only: bounded by construction).

@@ -156,6 +156,31 @@ fn resolve_hosts(orchestra: &Orchestra) -> Result<Vec<Host>, ModelError> {
     Ok(orchestra.hosts.clone())
 }
 
+/// Param `key` = `value` of block `block` (declared `at`) as its module takes it, or why not.
+/// Params are pasted into synth code: a value must be of its param's kind and within its
+/// range, so text cannot smuggle code where a number belongs and a level cannot reach the DAC
+/// at a billion.
+pub fn check_param(
+    block: &str,
+    module: &crate::modules::Module,
+    at: Option<&crate::model::Location>,
+    key: &str,
+    value: &serde_json::Value,
+) -> Result<serde_json::Value, ModelError> {
+    let Some(spec) = module.manifest.params.get(key) else {
+        return Err(ModelError::at(
+            at,
+            format!(
+                "block `{block}`: module `{}` has no param `{key}`{}",
+                module.name(),
+                did_you_mean(key, module.manifest.params.keys().map(String::as_str))
+            ),
+        ));
+    };
+    spec.check(value)
+        .map_err(|why| ModelError::at(at, format!("block `{block}`: param `{key}` {why}")))
+}
+
 fn resolve_blocks(
     orchestra: &Orchestra,
     library: &ModuleLibrary,
@@ -206,24 +231,7 @@ fn resolve_blocks(
         })?;
         let mut params = module.manifest.defaults();
         for (key, value) in &block.params {
-            let Some(spec) = module.manifest.params.get(key) else {
-                return Err(ModelError::at(
-                    at,
-                    format!(
-                        "block `{}`: module `{}` has no param `{}`{}",
-                        block.name,
-                        module.name(),
-                        key,
-                        did_you_mean(key, module.manifest.params.keys().map(String::as_str))
-                    ),
-                ));
-            };
-            // Params are pasted into synth code: a value must be of its param's kind and
-            // within its range, so text cannot smuggle code where a number belongs and a
-            // level cannot reach the DAC at a billion.
-            let value = spec.check(value).map_err(|why| {
-                ModelError::at(at, format!("block `{}`: param `{key}` {why}", block.name))
-            })?;
+            let value = check_param(&block.name, module, at, key, value)?;
             params.insert(key.clone(), value);
         }
         let count = |what: &str, spec: &crate::modules::PortCount| {

@@ -66,11 +66,11 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
     let layer = LiveLayer::load(&dir, &crate::script::orchestra_name(&options.source.script));
     if !layer.is_empty() {
         eprintln!(
-            "live layer from the last run ({} change(s); /orchestra/reset drops it)",
-            layer.ops.len()
+            "live layer from the last run ({}; /orchestra/reset drops it)",
+            layer.size()
         );
     }
-    let mut loaded = load_with(&options.source, &layer, None).map_err(|e| {
+    let mut loaded = load_with(&options.source, &layer).map_err(|e| {
         if layer.is_empty() {
             e
         } else {

@@ -199,7 +199,7 @@ fn report(
     if layer.is_empty() {
         let _ = writeln!(out, "live layer: empty");
     } else {
-        let _ = writeln!(out, "live layer: {} change(s)", layer.ops.len());
+        let _ = writeln!(out, "live layer: {}", layer.size());
         for op in &layer.ops {
             let _ = writeln!(out, "  {op}");
         }

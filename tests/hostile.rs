@@ -460,7 +460,7 @@ fn bench_evaluation_boundary() {
                 script.clone(),
                 None,
                 Default::default(),
-                None,
+                Vec::new(),
             ))
             .unwrap();
         live.push(started.elapsed().as_secs_f64() * 1000.0);

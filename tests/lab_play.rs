@@ -1540,7 +1540,7 @@ fn the_page_meters_and_hears_blocks_on_other_hosts() {
     let mut cmd = show.orchestra("run");
     cmd.args(["--web", "127.0.0.1:0"]);
     let mut run = Running::spawn(cmd);
-    let (_, url) = browser::page_url(&mut run);
+    let (_, url) = common::page_url(&mut run);
     run.wait_for("playing:", Duration::from_secs(90));
     show.lab.in_controller_thread(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()

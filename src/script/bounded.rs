@@ -39,12 +39,12 @@ pub fn timeout() -> Duration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// A script (Lua or the prototype's JSON) with its hosts file, the live layer laid over
-    /// it, and one more live change that must apply.
+    /// it, and new live changes, each of which must apply or is refused.
     Orchestra {
         script: PathBuf,
         hosts: Option<PathBuf>,
         layer: LiveLayer,
-        new: Option<LiveOp>,
+        new: Vec<LiveOp>,
         timeout_ms: u64,
     },
     /// A hosts file alone (`orchestra trust`).
@@ -60,9 +60,6 @@ pub enum EvalError {
         location: Option<Location>,
         message: String,
     },
-    /// The new live change does not apply (the script itself is fine).
-    #[error("{0}")]
-    Change(String),
     /// The boundary stopped it: out of time or memory, or the worker crashed.
     #[error("{0}")]
     Stopped(String),
@@ -77,11 +74,27 @@ impl From<ModelError> for EvalError {
     }
 }
 
+/// An orchestra evaluated with new live changes: those that did not apply are left out of it,
+/// each refused with why.
+#[derive(Debug)]
+pub struct Evaluated {
+    pub orchestra: Orchestra,
+    pub refused: Vec<Refused>,
+}
+
+/// A new live change that did not apply: its place among the changes asked, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    pub index: usize,
+    pub why: String,
+}
+
 /// An orchestra on the wire: locations are not part of `Orchestra`'s serde form (plans and
 /// state files do not want them), but errors after evaluation still need `file:line`.
 #[derive(Debug, Serialize, Deserialize)]
 struct WireOrchestra {
     orchestra: Orchestra,
+    refused: Vec<Refused>,
     block_locations: Vec<Option<Location>>,
     connection_locations: Vec<Option<Location>>,
     host_locations: Vec<Option<Location>>,
@@ -89,8 +102,9 @@ struct WireOrchestra {
 }
 
 impl WireOrchestra {
-    fn pack(orchestra: Orchestra) -> WireOrchestra {
+    fn pack(orchestra: Orchestra, refused: Vec<Refused>) -> WireOrchestra {
         WireOrchestra {
+            refused,
             block_locations: orchestra
                 .blocks
                 .iter()
@@ -107,7 +121,7 @@ impl WireOrchestra {
         }
     }
 
-    fn unpack(self) -> Orchestra {
+    fn unpack(self) -> Evaluated {
         let mut orchestra = self.orchestra;
         for (block, at) in orchestra.blocks.iter_mut().zip(self.block_locations) {
             block.location = at;
@@ -123,7 +137,10 @@ impl WireOrchestra {
             host.location = at;
         }
         orchestra.warnings = self.warnings;
-        orchestra
+        Evaluated {
+            orchestra,
+            refused: self.refused,
+        }
     }
 }
 
@@ -139,29 +156,29 @@ enum Reply {
     Failed(EvalError),
 }
 
-/// Evaluate a script with its hosts file, the live layer and one new change, in the worker.
+/// Evaluate a script with its hosts file and the live layer, in the worker.
 pub fn load_orchestra(
     script: &Path,
     hosts: Option<&Path>,
     layer: &LiveLayer,
-    new: Option<&LiveOp>,
 ) -> Result<Orchestra, EvalError> {
-    let request = orchestra_request(script, hosts, layer, new);
+    let request = orchestra_request(script, hosts, layer, Vec::new());
     match run_worker(&request, script)? {
-        Reply::Orchestra(wire) => Ok(wire.unpack()),
+        Reply::Orchestra(wire) => Ok(wire.unpack().orchestra),
         other => Err(unexpected(other)),
     }
 }
 
-/// [`load_orchestra`] without blocking the async runtime: the controller keeps serving
-/// signals, OSC and reconciles while the worker runs, and dropping the future kills it.
+/// [`load_orchestra`] with `new` changes laid over the layer, without blocking the async
+/// runtime: the controller keeps serving signals, OSC and reconciles while the worker runs,
+/// and dropping the future kills it.
 pub async fn load_orchestra_async(
     script: PathBuf,
     hosts: Option<PathBuf>,
     layer: LiveLayer,
-    new: Option<LiveOp>,
-) -> Result<Orchestra, EvalError> {
-    let request = orchestra_request(&script, hosts.as_deref(), &layer, new.as_ref());
+    new: Vec<LiveOp>,
+) -> Result<Evaluated, EvalError> {
+    let request = orchestra_request(&script, hosts.as_deref(), &layer, new);
     match run_worker_async(&request, &script).await? {
         Reply::Orchestra(wire) => Ok(wire.unpack()),
         other => Err(unexpected(other)),
@@ -198,13 +215,13 @@ fn orchestra_request(
     script: &Path,
     hosts: Option<&Path>,
     layer: &LiveLayer,
-    new: Option<&LiveOp>,
+    new: Vec<LiveOp>,
 ) -> Request {
     Request::Orchestra {
         script: script.to_path_buf(),
         hosts: hosts.map(Path::to_path_buf),
         layer: layer.clone(),
-        new: new.cloned(),
+        new,
         timeout_ms: timeout().as_millis() as u64,
     }
 }
@@ -463,7 +480,7 @@ pub fn worker_main() -> ! {
         "local a = block \"a\" { module = \"sine\" } a >> block \"b\" { module = \"dac\" }",
         None,
     )
-    .map(|o| serde_json::to_vec(&WireOrchestra::pack(o)));
+    .map(|o| serde_json::to_vec(&WireOrchestra::pack(o, Vec::new())));
     let mut input = Vec::new();
     let read = std::io::stdin()
         .take(64 * 1024 * 1024)
@@ -505,12 +522,19 @@ fn evaluate(request: Request) -> Reply {
             };
             let base = script.parent().map(Path::to_path_buf).unwrap_or_default();
             layer.apply(&mut orchestra, &base);
-            if let Some(op) = new {
-                if let Err(e) = crate::script::layer::apply_op(&op, &mut orchestra, &base) {
-                    return Reply::Failed(EvalError::Change(format!("{op}: {e}")));
-                }
-            }
-            Reply::Orchestra(Box::new(WireOrchestra::pack(orchestra)))
+            // Each change over the ones before it; one that does not apply changes nothing.
+            let refused = new
+                .iter()
+                .enumerate()
+                .filter_map(|(index, op)| {
+                    let applied = crate::script::layer::apply_op(op, &mut orchestra, &base);
+                    applied.err().map(|e| Refused {
+                        index,
+                        why: format!("{op}: {e}"),
+                    })
+                })
+                .collect();
+            Reply::Orchestra(Box::new(WireOrchestra::pack(orchestra, refused)))
         }
         Request::Hosts { path, timeout_ms } => {
             sandbox::set_deadline(Duration::from_millis(timeout_ms));

@@ -25,7 +25,7 @@ pub const API_FUNCTIONS: &[&str] = &[
 /// `hosts` is an optional hosts file (Lua or the prototype's slaves.json). Evaluated in the
 /// worker process of [`bounded`], so it ends whatever the script does.
 pub fn load_orchestra(path: &Path, hosts: Option<&Path>) -> Result<Orchestra, ModelError> {
-    bounded::load_orchestra(path, hosts, &Default::default(), None).map_err(Into::into)
+    bounded::load_orchestra(path, hosts, &Default::default()).map_err(Into::into)
 }
 
 /// Read a hosts file (Lua or the prototype's slaves.json), in the worker process.

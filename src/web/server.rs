@@ -23,7 +23,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -44,8 +44,22 @@ struct Shared {
 /// How often a page gets the meters: the hosts' reports of the last while, together.
 const LEVELS_EVERY: Duration = Duration::from_millis(50);
 
-/// Serve on `listener` until `shutdown` resolves (as mini-redis's `server::run` does). Open
-/// websockets end when the sender of `views` goes.
+/// A request's headers must arrive within this long of the connection's start or of the end
+/// of its previous request: a client that sends them a byte at a time, or never (a
+/// half-open or idle connection), is dropped rather than held.
+pub const HEADERS_WITHIN: Duration = Duration::from_secs(5);
+
+/// At shutdown, requests under way get this long to finish; then their connections are
+/// dropped. Whatever a client does, the page stops within it.
+pub const SHUTDOWN_WITHIN: Duration = Duration::from_millis(300);
+
+/// Connections served at once; one more is closed as it arrives (a page needs two at most:
+/// its load and its websocket).
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serve on `listener` until `shutdown` resolves (as mini-redis's `server::run` does), then
+/// let requests under way finish for [`SHUTDOWN_WITHIN`] and drop every connection left.
+/// Open websockets end when the sender of `views` goes.
 pub async fn run(
     listener: TcpListener,
     access: Access,
@@ -65,12 +79,70 @@ pub async fn run(
         .route("/ws", get(socket))
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let (closing, closed) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() < MAX_CONNECTIONS => {
+                    connections.spawn(serve_connection(stream, peer, app.clone(), closed.clone()));
+                }
+                Ok((_, peer)) => tracing::info!("web: refused {peer}: {MAX_CONNECTIONS} connections open"),
+                // Out of file descriptors, say: pause rather than spin.
+                Err(e) => {
+                    tracing::warn!("web: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let all_ended = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_WITHIN, all_ended)
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "web: dropped {} connection(s) still open at shutdown",
+            connections.len()
+        );
+    }
+    // Dropping the set aborts what is left.
+    Ok(())
+}
+
+/// One HTTP/1 connection: requests go to `app` with the peer's address at hand (as
+/// [`ConnectInfo`]); a websocket leaves it as an upgrade. When `closing` turns true, it ends
+/// once the request under way (if any) is answered.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    mut closing: watch::Receiver<bool>,
+) {
+    use tower::ServiceExt;
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADERS_WITHIN);
+    let connection = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = closing.wait_for(|closing| *closing) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 /// Refuse (403, with why) before any handler runs.
@@ -160,19 +232,28 @@ async fn push(
     let mut flush = tokio::time::interval(LEVELS_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut view_due = true;
+    // A page that reads answers the pings (browsers do it by themselves); one that does not
+    // is dropped, however large the kernel's buffers that hide it.
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
     loop {
         if view_due {
             view_due = false;
             let json = views.borrow_and_update().clone();
             let message = format!("{{\"view\":{json}}}");
-            if socket.send(Message::Text(message.into())).await.is_err() {
+            if !deliver(&mut socket, Message::Text(message.into())).await {
                 return;
             }
+        }
+        if heard.elapsed() > ANSWER_WITHIN {
+            tracing::info!("web: dropped a page that answered nothing for {ANSWER_WITHIN:?}");
+            return;
         }
         tokio::select! {
             changed = views.changed() => {
                 if changed.is_err() {
-                    let _ = socket.send(Message::Close(None)).await;
+                    deliver(&mut socket, Message::Close(None)).await;
                     return;
                 }
                 view_due = true;
@@ -188,13 +269,18 @@ async fn push(
                 let reports = std::mem::take(&mut latest);
                 let reports: Vec<&HostLevels> = reports.values().map(Arc::as_ref).collect();
                 let message = serde_json::json!({ "levels": reports }).to_string();
-                if socket.send(Message::Text(message.into())).await.is_err() {
+                if !deliver(&mut socket, Message::Text(message.into())).await {
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if !deliver(&mut socket, Message::Ping(Default::default())).await {
                     return;
                 }
             }
             piece = sound.recv() => match piece {
                 Ok(piece) if hold.listening() == Some(piece.target.as_str()) => {
-                    if socket.send(Message::Binary(sound_message(&piece).into())).await.is_err() {
+                    if !deliver(&mut socket, Message::Binary(sound_message(&piece).into())).await {
                         return;
                     }
                 }
@@ -202,20 +288,46 @@ async fn push(
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<FromPage>(&text) {
-                    Ok(FromPage::Listen(target)) => hold.listen(target),
-                    // The page's controls (see super::controls).
-                    Err(_) => controls.receive(text.as_str()),
-                },
-                Some(Ok(_)) => {}
-            },
+            incoming = socket.recv() => {
+                let Some(Ok(message)) = incoming else { return };
+                heard = Instant::now();
+                match message {
+                    Message::Close(_) => return,
+                    Message::Text(text) => match serde_json::from_str::<FromPage>(&text) {
+                        Ok(FromPage::Listen(target)) => hold.listen(target),
+                        // The page's controls (see super::controls).
+                        Err(_) => controls.receive(text.as_str()),
+                    },
+                    // Pongs (axum answers pings itself), binary: heard, nothing more.
+                    _ => {}
+                }
+            }
             answer = controls.answer() => {
-                if socket.send(Message::Text(answer.into())).await.is_err() {
+                if !deliver(&mut socket, Message::Text(answer.into())).await {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A page must take each message within this long, or it is dropped: a page that reads too
+/// slowly never holds its sender (nor the show) back.
+pub const SEND_WITHIN: Duration = Duration::from_secs(5);
+
+/// How often a page is pinged, and how long it may stay silent (no pong, no message) before it
+/// is taken for one that does not read.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(12);
+
+/// Send `message` within [`SEND_WITHIN`]; false when the page is gone or reads too slowly.
+async fn deliver(socket: &mut WebSocket, message: Message) -> bool {
+    match tokio::time::timeout(SEND_WITHIN, socket.send(message)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::info!("web: dropped a page that took nothing for {SEND_WITHIN:?}");
+            false
         }
     }
 }

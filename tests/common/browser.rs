@@ -1,33 +1,14 @@
 //! A real browser for the tests of the page: Debian's headless Chromium driven through its
-//! chromedriver, and the page's address as `orchestra run` prints it. Included by the page's
-//! tests only (`#[path = "common/browser.rs"] mod browser;`), so that the other tests do not
-//! build it. What the page's meters read and what its player hears are read here too.
+//! chromedriver. Included by the page's tests only (`#[path = "common/browser.rs"] mod
+//! browser;`), so that the other tests do not build it. What the page's meters read and what its player hears are read here too.
 #![allow(dead_code)]
 
-use crate::common::Running;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The address in the runtime's `web page on http://ADDR/…` line, and the whole URL.
-pub fn page_url(run: &mut Running) -> (SocketAddr, String) {
-    let line = run.wait_for("web page on ", Duration::from_secs(30));
-    let url = line
-        .split("web page on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_string();
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in `{line}`"));
-    (addr, url)
-}
 
 /// A chromedriver of this test's own (a free port, its own process group) and the headless
 /// Chromium it drives (a fresh profile); both go when this is dropped, even on a panic.

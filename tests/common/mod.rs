@@ -488,3 +488,20 @@ pub fn user_module(modules: &Path, name: &str, manifest: &str) -> PathBuf {
     std::fs::write(dir.join("manifest.json"), manifest).unwrap();
     dir
 }
+
+/// The address in the runtime's `web page on http://ADDR/…` line, and the whole URL.
+pub fn page_url(run: &mut Running) -> (std::net::SocketAddr, String) {
+    let line = run.wait_for("web page on ", Duration::from_secs(30));
+    let url = line
+        .split("web page on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in `{line}`"));
+    (addr, url)
+}
