@@ -35,12 +35,19 @@ pub enum Batch {
 /// Most requests taken off the channel for one batch: the rest wait for the next.
 pub const MAX_BATCH: usize = 4096;
 
+/// A batch begins no sooner than this after the one before: sets that come faster (a flood, a
+/// controller sending at its own rate) are merged into at most a hundred applies a second,
+/// instead of keeping the controller applying all the time. A lone command is not delayed.
+pub const BATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The commands waiting for their turn.
 pub struct Waiting {
     control: mpsc::UnboundedReceiver<ControlRequest>,
     queued: VecDeque<ControlRequest>,
     /// Changes of a batch that did not load together, each tried on its own next.
     alone: VecDeque<(Via, LiveOp, Vec<Reply>)>,
+    /// When the last batch was taken.
+    last: Option<tokio::time::Instant>,
 }
 
 impl Waiting {
@@ -49,11 +56,12 @@ impl Waiting {
             control,
             queued: VecDeque::new(),
             alone: VecDeque::new(),
+            last: None,
         }
     }
 
-    /// The next batch, once there is a command. Cancel-safe (for a `select!`): nothing is
-    /// taken off the channel but at the await, and what is taken is kept.
+    /// The next batch, once there is a command and [`BATCH_EVERY`] has passed since the last.
+    /// Cancel-safe (for a `select!`): what is taken off the channel is kept.
     pub async fn next(&mut self) -> Option<Batch> {
         if let Some((via, op, replies)) = self.alone.pop_front() {
             let requests = replies.len();
@@ -67,6 +75,10 @@ impl Waiting {
             let first = self.control.recv().await?;
             self.queued.push_back(first);
         }
+        if let Some(last) = self.last {
+            tokio::time::sleep_until(last + BATCH_EVERY).await;
+        }
+        self.last = Some(tokio::time::Instant::now());
         while self.queued.len() < MAX_BATCH {
             match self.control.try_recv() {
                 Ok(request) => self.queued.push_back(request),
@@ -245,5 +257,22 @@ mod tests {
             ops(&waiting.next().await.unwrap()),
             vec![set("tone", "amp", 1.0)]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_begins_no_sooner_than_batch_every_after_the_last() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut waiting = Waiting::new(rx);
+        let _a = send(&tx, Command::Change(set("tone", "freq", 1.0)));
+        let first = tokio::time::Instant::now();
+        waiting.next().await.unwrap();
+        assert_eq!(
+            tokio::time::Instant::now(),
+            first,
+            "a lone command waits for nothing"
+        );
+        let _b = send(&tx, Command::Change(set("tone", "freq", 2.0)));
+        waiting.next().await.unwrap();
+        assert_eq!(tokio::time::Instant::now(), first + BATCH_EVERY);
     }
 }

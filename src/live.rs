@@ -17,10 +17,9 @@ use crate::osc::dispatch::Command;
 use crate::osc::memory::OscMemory;
 use crate::osc::server::{ControlRequest, SharedRoutes, Via};
 use crate::pipeline::{
-    desire, latency_verdict, load_with_async, warn_overflow, Desired, Loaded, Source,
+    desire, latency_verdict, load_changes, load_with_async, warn_overflow, Desired, Loaded, Source,
 };
-use crate::script::bounded::Refused;
-use crate::script::layer::{LiveLayer, LiveOp};
+use crate::script::layer::{LiveLayer, LiveOp, Refused};
 use crate::state::AppliedState;
 use crate::watch::{Change, Watcher};
 use std::collections::{BTreeMap, BTreeSet};
@@ -259,7 +258,8 @@ impl<H: Hosts> Live<H> {
 
     /// Start laying `changes` over the layer (they came `via` OSC or the page, as `requests`
     /// commands). A set whose value its module refuses is refused here, as the script's
-    /// own would be, without waiting for the worker (nor holding the others back).
+    /// own would be, without holding the others back; changes that run no Lua are laid over
+    /// the orchestra that loaded last in this process, and only an `eval` waits for the worker.
     pub fn begin_changes(&self, via: Via, changes: Vec<LiveOp>, requests: usize) -> Evaluation {
         let more = match (changes.len(), requests) {
             (1, 1) => String::new(),
@@ -280,21 +280,29 @@ impl<H: Hosts> Live<H> {
                 }
             }
         }
-        let asked = Asked::Changes(changes);
-        if sent.is_empty() {
-            let loaded = self.loaded.clone();
-            return Evaluation {
-                started: Instant::now(),
-                asked,
-                future: Box::pin(async move { Ok((loaded, refused)) }),
-            };
-        }
-        let evaluation = load_with_async(self.source.clone(), self.layer.clone(), sent);
+        // Only an `eval` needs the script's Lua run again, in the worker.
+        let outcome: std::pin::Pin<
+            Box<dyn std::future::Future<Output = EvaluationOutcome> + Send>,
+        > = if sent.is_empty() {
+            Box::pin(std::future::ready(Ok((self.loaded.clone(), Vec::new()))))
+        } else if sent.iter().any(|op| matches!(op, LiveOp::Eval { .. })) {
+            Box::pin(load_with_async(
+                self.source.clone(),
+                self.layer.clone(),
+                sent,
+            ))
+        } else {
+            Box::pin(std::future::ready(load_changes(
+                &self.source,
+                &self.loaded,
+                &sent,
+            )))
+        };
         Evaluation {
             started: Instant::now(),
-            asked,
+            asked: Asked::Changes(changes),
             future: Box::pin(async move {
-                let (loaded, more) = evaluation.await?;
+                let (loaded, more) = outcome.await?;
                 refused.extend(more.into_iter().map(|r| Refused {
                     index: index_of_sent[r.index],
                     why: r.why,

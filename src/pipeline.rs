@@ -9,7 +9,8 @@ use crate::model::Orchestra;
 use crate::modules::{Engines, ModuleLibrary};
 use crate::placement::{place_without, Cost, Options as PlacementOptions, Placement};
 use crate::resolve::{resolve, Resolved};
-use crate::script::bounded::{Evaluated, Refused};
+use crate::script::bounded::Evaluated;
+use crate::script::layer::Refused;
 use crate::script::layer::{LiveLayer, LiveOp};
 use anyhow::{anyhow, Result};
 use std::collections::BTreeSet;
@@ -79,6 +80,32 @@ pub async fn load_with_async(
         (started.elapsed() - evaluated).as_micros()
     );
     Ok((loaded?, refused))
+}
+
+/// New live changes laid over the orchestra that loaded last, in this process: changes that
+/// run no Lua (all but `eval`) need no new evaluation of the script, and the modules are the
+/// ones it loaded with (a change of the script or of a module is a reload of its own). Those
+/// that do not apply are refused as the worker refuses them.
+pub fn load_changes(
+    source: &Source,
+    last: &Loaded,
+    changes: &[LiveOp],
+) -> Result<(Loaded, Vec<Refused>)> {
+    debug_assert!(!changes.iter().any(|op| matches!(op, LiveOp::Eval { .. })));
+    let mut orchestra = last.orchestra.clone();
+    // Said when it loaded.
+    orchestra.warnings.clear();
+    let base = source.script.parent().unwrap_or(std::path::Path::new(""));
+    let refused = crate::script::layer::apply_new(changes, &mut orchestra, base);
+    let resolved = resolve(&orchestra, &last.library)?;
+    let loaded = Loaded {
+        orchestra,
+        library: last.library.clone(),
+        resolved,
+        round_trips: Default::default(),
+        ports_in_use: Default::default(),
+    };
+    Ok((loaded, refused))
 }
 
 /// Modules and resolution of an evaluated orchestra (Rust only: bounded by construction).

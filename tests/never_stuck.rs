@@ -1,7 +1,8 @@
 //! No client holds the show (issue 36): against a real run of `examples/sine-lp.lua` on a
-//! real jackd, the page's server drops a connection whose request headers never end (or never
-//! start), a websocket that never reads what it is sent, and, at SIGTERM, whatever is still
-//! open; the run then stops cleanly.
+//! real jackd, the page's server drops a connection whose request headers never end, never
+//! start or trickle in, a websocket that never reads what it is sent or reads too slowly, and,
+//! at SIGTERM, whatever is still open; the run then stops cleanly. A performer's set is
+//! answered under a flood of sets, and the live layer keeps one set per param.
 
 mod common;
 
@@ -126,6 +127,22 @@ fn connections_that_never_finish_or_never_read_are_dropped_and_never_hold_the_st
     closed_by_server(begun, "a request whose headers never end");
     closed_by_server(silent, "a connection that never sends a request");
 
+    // Headers a byte a second (slowloris): they never end in time.
+    let trickle = TcpStream::connect(addr).unwrap();
+    let trickling = {
+        let mut trickle = trickle.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for byte in b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 0123456789\r\n" {
+                if trickle.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    closed_by_server(trickle, "a request whose headers come a byte a second");
+    trickling.join().unwrap();
+
     // A websocket that listens to the DAC and never reads: the sound piles up in the kernel's
     // queues until the server drops it.
     let deaf = deaf_websocket(addr);
@@ -134,6 +151,20 @@ fn connections_that_never_finish_or_never_read_are_dropped_and_never_hold_the_st
         queued > 0,
         "the deaf websocket was sent sound before it was dropped"
     );
+
+    // One that reads, but a tenth of what it is sent: it falls behind until it is dropped.
+    let slow = deaf_websocket(addr);
+    // (The reader drains what was queued before the drop at its pace; nothing waits for it.)
+    {
+        let mut slow = slow.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 1024];
+            while matches!(slow.read(&mut buffer), Ok(n) if n > 0) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+    dropped_by_server(addr, &slow);
 
     // SIGTERM with both kinds held open: the run stops, and nothing is left.
     let _begun = half_open(addr);

@@ -7,7 +7,7 @@
 
 use super::sandbox;
 use crate::model::{AudioSettings, Host, Location, ModelError, Orchestra};
-use crate::script::layer::{LiveLayer, LiveOp};
+use crate::script::layer::{LiveLayer, LiveOp, Refused};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -80,13 +80,6 @@ impl From<ModelError> for EvalError {
 pub struct Evaluated {
     pub orchestra: Orchestra,
     pub refused: Vec<Refused>,
-}
-
-/// A new live change that did not apply: its place among the changes asked, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Refused {
-    pub index: usize,
-    pub why: String,
 }
 
 /// An orchestra on the wire: locations are not part of `Orchestra`'s serde form (plans and
@@ -522,18 +515,7 @@ fn evaluate(request: Request) -> Reply {
             };
             let base = script.parent().map(Path::to_path_buf).unwrap_or_default();
             layer.apply(&mut orchestra, &base);
-            // Each change over the ones before it; one that does not apply changes nothing.
-            let refused = new
-                .iter()
-                .enumerate()
-                .filter_map(|(index, op)| {
-                    let applied = crate::script::layer::apply_op(op, &mut orchestra, &base);
-                    applied.err().map(|e| Refused {
-                        index,
-                        why: format!("{op}: {e}"),
-                    })
-                })
-                .collect();
+            let refused = crate::script::layer::apply_new(&new, &mut orchestra, &base);
             Reply::Orchestra(Box::new(WireOrchestra::pack(orchestra, refused)))
         }
         Request::Hosts { path, timeout_ms } => {

@@ -250,6 +250,29 @@ fn block_exists(orchestra: &Orchestra, name: &str) -> Result<(), ModelError> {
     ))
 }
 
+/// A new live change that did not apply: its place among the changes asked, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    pub index: usize,
+    pub why: String,
+}
+
+/// Apply new changes one after the other; one that does not apply changes nothing and is
+/// refused.
+pub fn apply_new(changes: &[LiveOp], orchestra: &mut Orchestra, base_dir: &Path) -> Vec<Refused> {
+    changes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, op)| {
+            let applied = apply_op(op, orchestra, base_dir);
+            applied.err().map(|e| Refused {
+                index,
+                why: format!("{op}: {e}"),
+            })
+        })
+        .collect()
+}
+
 /// Apply one new change; an error leaves `orchestra` as it was.
 pub fn apply_op(op: &LiveOp, orchestra: &mut Orchestra, base_dir: &Path) -> Result<(), ModelError> {
     apply(op, orchestra, base_dir, Applying::New)
