@@ -251,6 +251,7 @@ Play it from the controller namespace (Ctrl-C stops it everywhere):
 
 While it plays, from another terminal:
   ip netns exec $CTL $orchestra status $DIR/chain.lua --known-hosts $DIR/known_hosts
+  ip netns exec $CTL curl -s http://127.0.0.1:7780/   # the page and OSC are on $CTL's own loopback
 Log into a host:
   ip netns exec $CTL ssh -F /dev/null -i $DIR/id_ed25519 -o UserKnownHostsFile=$DIR/known_hosts root@$NET.11
 
