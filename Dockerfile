@@ -1,4 +1,4 @@
-# A synth host: sshd, jackd2, csound, jacktrip and the `orchestra` binary (its agent).
+# A synth host: sshd, jackd2, csound, jacktrip and `orchestra-agent`.
 # Same package list as scripts/setup.sh and .ci/run.
 #   docker build -t cloud-orchestra-host .
 #   docker run -d -p 2222:22 -e AUTHORIZED_KEY="$(cat ~/.ssh/id_ed25519.pub)" cloud-orchestra-host
@@ -6,7 +6,7 @@ FROM rust:1-bookworm AS build
 RUN apt-get update -qq && apt-get install -y -qq libjack-jackd2-dev pkg-config >/dev/null
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bin orchestra
+RUN cargo build --release --bin orchestra-agent
 
 FROM debian:bookworm-slim
 COPY scripts/packages.txt /tmp/packages.txt
@@ -15,10 +15,10 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /run/sshd \
  && useradd -m -s /bin/bash orchestra
-COPY --from=build /src/target/release/orchestra /usr/local/bin/orchestra
+COPY --from=build /src/target/release/orchestra-agent /usr/local/bin/orchestra-agent
 # Where a controller on another CPU looks for an agent binary it cannot upload.
 RUN mkdir -p /home/orchestra/.cloud-orchestra/bin \
- && ln -s /usr/local/bin/orchestra "/home/orchestra/.cloud-orchestra/bin/orchestra-$(orchestra --version | cut -d' ' -f2)" \
+ && ln -s /usr/local/bin/orchestra-agent "/home/orchestra/.cloud-orchestra/bin/orchestra-agent-$(orchestra-agent --version | cut -d' ' -f2)" \
  && chown -R orchestra /home/orchestra/.cloud-orchestra
 # Key-only logins; the public key comes from the AUTHORIZED_KEY environment variable.
 RUN printf 'PasswordAuthentication no\nPermitRootLogin no\n' > /etc/ssh/sshd_config.d/orchestra.conf

@@ -1,4 +1,4 @@
-//! The command line (clap): `run`, `plan`, `check`, `down`, `agent`, `analyze`.
+//! The command line (clap): `run`, `plan`, `check`, `status`, `down`, `trust`, `analyze`.
 
 use crate::hosts::fleet::ConnectOptions;
 use crate::osc::server::OscOptions;
@@ -194,8 +194,6 @@ enum Command {
         #[command(flatten)]
         ssh: SshArgs,
     },
-    /// Serve one host for a controller (JSON lines on stdin/stdout). Started by `run`.
-    Agent,
     /// Measure a recording: frequency, level, dropouts.
     Analyze {
         wav: PathBuf,
@@ -203,13 +201,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         channel: usize,
     },
-}
-
-impl Cli {
-    /// `orchestra agent`, whose stdout is the protocol channel.
-    pub fn is_agent(&self) -> bool {
-        matches!(self.command, Command::Agent)
-    }
 }
 
 pub async fn main(cli: Cli) -> Result<()> {
@@ -315,7 +306,6 @@ pub async fn main(cli: Cli) -> Result<()> {
             let connect = ConnectOptions::new(ssh.known_hosts, false);
             runtime::trust(&hosts, &connect).await
         }
-        Command::Agent => crate::agent::serve().await,
         Command::Analyze { wav, channel } => {
             let (samples, rate) = crate::analysis::read_channel(&wav, channel.saturating_sub(1))?;
             let report = crate::analysis::analyze(&samples, rate);
@@ -340,6 +330,12 @@ fn plan(
         crate::script::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
     let mut loaded = runtime::load_with(&source, &layer)?;
     loaded.round_trips = crate::state::load_round_trips(&dir, &loaded.resolved.name);
+    // The UDP ports bound on this machine, for its hosts: a new OSC port is chosen as `run`
+    // will choose it (its agents say which are bound), and the plan names the same clients.
+    let here = orchestra_agent::udp_ports::in_use();
+    for host in loaded.resolved.hosts.iter().filter(|h| h.local) {
+        loaded.ports_in_use.insert(host.name.clone(), here.clone());
+    }
     let applied = crate::state::load(&dir, &loaded.resolved.name)?;
     let previous_placement = match &previous {
         Some(path) => {

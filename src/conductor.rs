@@ -15,6 +15,7 @@ use crate::policy::{Policies, Restarts, Throttle};
 use crate::state::{self, AppliedState};
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use orchestra_protocol::{ClientName, LinkId};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -300,7 +301,7 @@ impl<H: Hosts> Conductor<H> {
             // A synth that did not start is not retried until the orchestra is reloaded.
             if let Action::Start { host, process, .. } = action {
                 if let Some(h) = next.deployment.hosts.get_mut(host) {
-                    h.processes.remove(&process.block);
+                    h.processes.remove(&process.block.to_string());
                 }
             }
         }
@@ -312,7 +313,7 @@ impl<H: Hosts> Conductor<H> {
     fn tell_failures(&self, failures: &Failures, retried: bool) {
         for (action, error) in failures {
             self.events.emit(Happening::ActionFailed {
-                action: action.line(),
+                action: action.clone(),
                 error: format!("{error:#}"),
                 retried,
             });
@@ -378,11 +379,11 @@ impl<H: Hosts> Conductor<H> {
         }
         if !repaired.plan.is_empty() {
             self.events.emit(Happening::Repaired {
-                actions: repaired.plan.actions.iter().map(Action::line).collect(),
+                actions: repaired.plan.actions.clone(),
                 failures: repaired
                     .failures
                     .iter()
-                    .map(|(action, error)| (action.line(), format!("{error:#}")))
+                    .map(|(action, error)| (action.clone(), format!("{error:#}")))
                     .collect(),
                 took_ms: started.elapsed().as_millis(),
             });
@@ -398,14 +399,11 @@ impl<H: Hosts> Conductor<H> {
 
     /// A link end given up on: the link keeps failing, so the host that sends on it is left
     /// out of placements for a while (its blocks go elsewhere, and the link with them).
-    fn avoid_if_link(&mut self, client: &str, now: Instant) {
-        let Some(link) = self
-            .applied
-            .deployment
-            .links
-            .iter()
-            .find(|l| l.id == client)
-        else {
+    fn avoid_if_link(&mut self, client: &ClientName, now: Instant) {
+        let Some(id) = client.link() else {
+            return;
+        };
+        let Some(link) = self.applied.deployment.links.iter().find(|l| l.id == id) else {
             return;
         };
         let for_ = self.policies.avoid_failing_link_for;
@@ -475,7 +473,7 @@ impl<H: Hosts> Conductor<H> {
     /// Restart both ends of `link` (one whose receiving end gets nothing): they are stopped
     /// and the repair starts them again with their edges, as the restart policy allows (a
     /// link that keeps starving is given up on like a synth that keeps dying).
-    pub async fn restart_link(&mut self, link: &str, known: &[Host]) {
+    pub async fn restart_link(&mut self, link: &LinkId, known: &[Host]) {
         if self.mode == Mode::DryRun {
             return;
         }
@@ -489,7 +487,7 @@ impl<H: Hosts> Conductor<H> {
                 deployed
                     .processes
                     .values()
-                    .filter(|p| p.block.split('.').next() == Some(link))
+                    .filter(|p| p.block.link() == Some(link))
                     .map(|p| Action::Stop {
                         host: host.clone(),
                         block: p.block.clone(),

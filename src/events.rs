@@ -3,9 +3,11 @@
 //! is the line a musician reads); anyone else — the tests, the web page — subscribes to the
 //! same stream. What plays now, the [`Scene`], is kept beside it for those that draw it.
 
-use crate::agent::protocol::Event;
 use crate::deploy::Deployment;
 use crate::modules::params::ParamSpec;
+use crate::plan::Action;
+use orchestra_protocol::wire::Event;
+use orchestra_protocol::{ClientName, LinkId};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -47,19 +49,19 @@ pub enum Happening {
     },
     /// One action failed; `retried` when the next reconcile will try it again.
     ActionFailed {
-        action: String,
+        action: Action,
         error: String,
         retried: bool,
     },
     /// What runs differed from what was applied, and was repaired.
     Repaired {
-        actions: Vec<String>,
-        failures: Vec<(String, String)>,
+        actions: Vec<Action>,
+        failures: Vec<(Action, String)>,
         took_ms: u128,
     },
     /// A synth that kept dying is left stopped until the next reload.
     GaveUp {
-        client: String,
+        client: ClientName,
         exits: usize,
         window_s: u64,
     },
@@ -85,7 +87,7 @@ pub enum Happening {
     },
     /// A link kept failing: the host that sends on it is left out of placements a while.
     LinkAvoided {
-        link: String,
+        link: LinkId,
         from: String,
         to: String,
         for_s: u64,
@@ -151,7 +153,7 @@ impl fmt::Display for Happening {
                 error,
                 retried,
             } => {
-                write!(f, "error: {action}: {error}")?;
+                write!(f, "error: {}: {error}", action.line())?;
                 if *retried {
                     write!(f, " (the next reconcile retries it)")?;
                 }
@@ -164,10 +166,10 @@ impl fmt::Display for Happening {
             } => {
                 write!(f, "reconcile: what runs differs from what was applied")?;
                 for action in actions {
-                    write!(f, "\n  {action}")?;
+                    write!(f, "\n  {}", action.line())?;
                 }
                 for (action, error) in failures {
-                    write!(f, "\nerror: {action}: {error}")?;
+                    write!(f, "\nerror: {}: {error}", action.line())?;
                 }
                 write!(f, "\n  repaired in {took_ms} ms")
             }
@@ -258,10 +260,10 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
         Event::Replayed { block, values } => {
             write!(f, "  replayed {values} OSC value(s) to {block} on {host}")
         }
-        Event::LinkStarved { block, for_ms, .. } => write!(
+        Event::LinkStarved { end, for_ms, .. } => write!(
             f,
             "error: link {} receives nothing on {host} ({for_ms} ms without packets)",
-            block.split('.').next().unwrap_or(block)
+            end.link
         ),
         Event::Xruns { .. } | Event::LinkRuns { .. } | Event::NoRealtime { .. } => {
             write!(f, "{}", crate::xruns::line(host, event).unwrap_or_default())
@@ -269,7 +271,7 @@ fn host_line(f: &mut fmt::Formatter<'_>, host: &str, event: &Event) -> fmt::Resu
         Event::LinkRtt { end, peer, rtt_us } => write!(
             f,
             "link {} from {host} to {peer}: round trip {:.2} ms",
-            end.split('.').next().unwrap_or(end),
+            end.link,
             *rtt_us as f64 / 1000.0
         ),
         // The pages draw these; the terminal has no use for them.
@@ -291,7 +293,7 @@ pub struct Scene {
     /// Cores each host's blocks take (the script's `cpu`), to show against its cores.
     pub loads: BTreeMap<String, u64>,
     /// What each host's agent last reported running: client → pid.
-    pub running: BTreeMap<String, BTreeMap<String, u32>>,
+    pub running: BTreeMap<String, BTreeMap<ClientName, u32>>,
     /// Each block's params as it plays them (block → params), for the page's controls.
     pub params: BTreeMap<String, Vec<BlockParam>>,
 }
@@ -383,7 +385,7 @@ impl Events {
     }
 
     /// What `host`'s agent reports running (subscribers hear of it only when it changed).
-    pub fn show_running(&self, host: &str, pids: BTreeMap<String, u32>) {
+    pub fn show_running(&self, host: &str, pids: BTreeMap<ClientName, u32>) {
         self.scene.send_if_modified(|scene| {
             if scene.running.get(host) == Some(&pids) {
                 return false;
@@ -431,13 +433,19 @@ mod tests {
             "applied in 40 ms: 2 connected (load and plan 2 ms)"
         );
         let repaired = Happening::Repaired {
-            actions: vec!["+ start osc (sine) on localhost".into()],
+            actions: vec![Action::Connect {
+                host: "localhost".into(),
+                edge: crate::deploy::Edge {
+                    from: "osc-1:out".parse().unwrap(),
+                    to: "system:playback_1".parse().unwrap(),
+                },
+            }],
             failures: vec![],
             took_ms: 165,
         };
         assert_eq!(
             repaired.to_string(),
-            "reconcile: what runs differs from what was applied\n  + start osc (sine) on localhost\n  repaired in 165 ms"
+            "reconcile: what runs differs from what was applied\n  + connect osc-1:out → system:playback_1 on localhost\n  repaired in 165 ms"
         );
     }
 }

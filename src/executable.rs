@@ -1,5 +1,5 @@
-//! This very executable, which also runs as the agent on each host and as the evaluation
-//! worker of the script stage.
+//! The programs of this package: `orchestra` itself (which also runs as the evaluation worker
+//! of the script stage) and `orchestra-agent`, built beside it, which runs on each host.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -19,4 +19,18 @@ pub fn path() -> Result<PathBuf> {
         return Ok(path.into());
     }
     Ok(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/orchestra"))
+}
+
+/// The `orchestra-agent` binary: beside the `orchestra` one (cargo builds both into the same
+/// directory, and an install puts them side by side).
+pub fn agent() -> Result<PathBuf> {
+    let orchestra = path()?;
+    let agent = orchestra.with_file_name("orchestra-agent");
+    if !agent.is_file() {
+        anyhow::bail!(
+            "cannot find the agent: {} is missing (it is built with orchestra: `cargo build`)",
+            agent.display()
+        );
+    }
+    Ok(agent)
 }

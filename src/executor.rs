@@ -5,12 +5,13 @@
 //! restarts dead synths as the [`Restarts`] policy allows. It talks to hosts only through the
 //! [`Hosts`] trait: the real fleet (SSH and local agents), or an in-memory fake in tests.
 
-use crate::agent::protocol::Request;
 use crate::deploy::{Deployment, Edge};
 use crate::model::Host;
 use crate::plan::{self, Action, Crossfade, Observed, Plan};
 use crate::policy::{Restart, Restarts};
 use futures::future::{join_all, BoxFuture};
+use orchestra_protocol::wire::Taps;
+use orchestra_protocol::ClientName;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,7 @@ pub trait Hosts: Sync {
     }
     /// Tell `host`'s agent what its taps are for (meters, listening); the reply is not
     /// awaited. Hosts without taps (in memory) ignore it.
-    fn tell_taps<'a>(&'a self, _host: &'a str, _taps: Request) -> BoxFuture<'a, ()> {
+    fn tell_taps<'a>(&'a self, _host: &'a str, _taps: Taps) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
     /// Swap `fade`'s edges on its host through a crossfade: `Ok(None)` once they are swapped
@@ -372,11 +373,11 @@ pub struct Repaired {
     pub plan: Plan,
     pub failures: Failures,
     /// Synths left stopped from now on: they died too often (see [`Restarts`]).
-    pub given_up: Vec<String>,
+    pub given_up: Vec<ClientName>,
     /// Hosts whose agent did not answer, with why: the caller replaces them.
     pub lost: Vec<(String, anyhow::Error)>,
     /// What each host that answered runs now: client → pid.
-    pub running: BTreeMap<String, BTreeMap<String, u32>>,
+    pub running: BTreeMap<String, BTreeMap<ClientName, u32>>,
 }
 
 /// Level-triggered repair: ask every host what runs, compare with `applied`, and make it so —

@@ -3,14 +3,15 @@
 
 use crate::deploy::{Deployment, Edge};
 use crate::plan::Action;
+use orchestra_protocol::{ClientName, LinkId, Part, PortRef};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A synth (or a network link end) that did not start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failed {
     pub host: String,
-    pub block: String,
-    pub client: String,
+    pub block: Part,
+    pub client: ClientName,
     /// A network link end (jacktrip), not a synth.
     pub link: bool,
     /// The telling line of its log (or the error when it never ran).
@@ -51,7 +52,7 @@ impl BroughtUp {
             .flat_map(|h| h.processes.values())
             .filter(|p| p.module != "jacktrip")
             .count();
-        let dead: BTreeSet<(String, String)> = failed
+        let dead: BTreeSet<(String, ClientName)> = failed
             .iter()
             .map(|f| (f.host.clone(), f.client.clone()))
             .collect();
@@ -70,27 +71,23 @@ impl BroughtUp {
     }
 
     /// `(host, client)` of everything that failed to start: edges to them will never come.
-    pub fn dead(&self) -> BTreeSet<(&str, &str)> {
+    pub fn dead(&self) -> BTreeSet<(&str, &ClientName)> {
         self.failed
             .iter()
-            .map(|f| (f.host.as_str(), f.client.as_str()))
+            .map(|f| (f.host.as_str(), &f.client))
             .collect()
     }
 
     /// The edges of `host` worth waiting for: those whose both ends may still appear.
     pub fn awaitable(&self, host: &str, edges: &BTreeSet<Edge>) -> Vec<Edge> {
         let dead = self.dead();
-        let alive = |port: &str| !dead.contains(&(host, client_of(port)));
+        let alive = |port: &PortRef| !dead.contains(&(host, &port.client));
         edges
             .iter()
             .filter(|e| alive(&e.from) && alive(&e.to))
             .cloned()
             .collect()
     }
-}
-
-fn client_of(port: &str) -> &str {
-    port.split_once(':').map(|(c, _)| c).unwrap_or(port)
 }
 
 /// What csound prints on its way out, whatever went wrong: never the reason.
@@ -132,53 +129,53 @@ fn telling_line(error: &str) -> String {
 /// feeds, or a sound card's input) through started synths and network links, without the
 /// `dead` `(host, client)`s. A DAC is a port of no process of ours that edges lead to (the
 /// host's sound card: system blocks have ports, no process).
-fn can_sound(deployment: &Deployment, dead: &BTreeSet<(String, String)>) -> bool {
+fn can_sound(deployment: &Deployment, dead: &BTreeSet<(String, ClientName)>) -> bool {
     // A unit is a process (host/client) or, for ports of no process, the port itself; a
     // link carries many wires, one a channel: both ends of one channel are one unit (the
     // link id and the channel), so paths cross hosts and do not jump between wires.
     #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
     enum Unit {
-        Process(String, String),
-        Link(String, String),
-        Port(String, String),
+        Process(String, ClientName),
+        Link(LinkId, u32),
+        Port(String, PortRef),
     }
-    let mut processes: BTreeMap<(&str, &str), Unit> = BTreeMap::new();
-    let mut links: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut processes: BTreeMap<(&str, &ClientName), Unit> = BTreeMap::new();
+    let mut links: BTreeSet<(&str, &ClientName)> = BTreeSet::new();
     for (host, h) in &deployment.hosts {
         for p in h.processes.values() {
-            if p.module == "jacktrip" {
-                links.insert((host.as_str(), p.client.as_str()));
+            if p.is_link() {
+                links.insert((host.as_str(), &p.client));
             } else {
                 processes.insert(
-                    (host.as_str(), p.client.as_str()),
+                    (host.as_str(), &p.client),
                     Unit::Process(host.clone(), p.client.clone()),
                 );
             }
         }
     }
-    let unit_of = |host: &str, port: &str| {
-        let client = client_of(port);
-        if links.contains(&(host, client)) {
+    let unit_of = |host: &str, port: &PortRef| {
+        if links.contains(&(host, &port.client)) {
             // `link-…:send_3` and `link-…:receive_3`: channel 3 of the link.
-            let channel = port.rsplit('_').next().unwrap_or("");
-            return Unit::Link(client.to_string(), channel.to_string());
+            if let Some((link, _, channel)) = port.link_channel() {
+                return Unit::Link(link, channel);
+            }
         }
         processes
-            .get(&(host, client))
+            .get(&(host, &port.client))
             .cloned()
-            .unwrap_or_else(|| Unit::Port(host.to_string(), port.to_string()))
+            .unwrap_or_else(|| Unit::Port(host.to_string(), port.clone()))
     };
-    let dead_links: BTreeSet<&str> = dead
+    let dead_links: BTreeSet<LinkId> = dead
         .iter()
-        .filter(|(h, c)| links.contains(&(h.as_str(), c.as_str())))
-        .map(|(_, c)| c.as_str())
+        .filter(|(h, c)| links.contains(&(h.as_str(), c)))
+        .filter_map(|(_, c)| c.link())
         .collect();
     let dead_units: BTreeSet<Unit> = dead
         .iter()
-        .filter_map(|(h, c)| processes.get(&(h.as_str(), c.as_str())).cloned())
+        .filter_map(|(h, c)| processes.get(&(h.as_str(), c)).cloned())
         .collect();
     let is_dead = |unit: &Unit| match unit {
-        Unit::Link(client, _) => dead_links.contains(client.as_str()),
+        Unit::Link(link, _) => dead_links.contains(link),
         other => dead_units.contains(other),
     };
     let mut next: BTreeMap<Unit, Vec<Unit>> = BTreeMap::new();
@@ -232,22 +229,13 @@ mod tests {
 
     fn process(block: &str, module: &str, client: &str) -> ProcessSpec {
         ProcessSpec {
-            block: block.into(),
-            module: module.into(),
-            client: client.into(),
             dir: format!("blocks/{block}"),
             command: vec!["csound".into()],
-            files: Default::default(),
             spec_hash: "00000000".into(),
-            inputs: vec![format!("{client}:input1")],
-            outputs: vec![format!("{client}:output1")],
-            ready_line: None,
-            package: None,
-            osc_port: None,
-            render_key: String::new(),
-            start_osc: Vec::new(),
-            live: Default::default(),
+            inputs: vec![format!("{client}:input1").as_str().into()],
+            outputs: vec![format!("{client}:output1").as_str().into()],
             fade_ms: crate::model::DEFAULT_FADE_MS,
+            ..ProcessSpec::fixture(block, module, client)
         }
     }
 
@@ -269,7 +257,10 @@ mod tests {
                         name: name.into(),
                         ..Host::localhost()
                     },
-                    processes: procs.into_iter().map(|p| (p.block.clone(), p)).collect(),
+                    processes: procs
+                        .into_iter()
+                        .map(|p| (p.block.to_string(), p))
+                        .collect(),
                     edges: edges.into_iter().collect(),
                 },
             );
@@ -303,10 +294,10 @@ mod tests {
         d
     }
 
-    fn dead(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    fn dead(pairs: &[(&str, &str)]) -> BTreeSet<(String, ClientName)> {
         pairs
             .iter()
-            .map(|(h, c)| (h.to_string(), c.to_string()))
+            .map(|(h, c)| (h.to_string(), (*c).into()))
             .collect()
     }
 
@@ -360,7 +351,7 @@ mod tests {
     fn without_a_dac_any_started_synth_counts() {
         let mut d = two_hosts();
         for h in d.hosts.values_mut() {
-            h.edges.retain(|e| !e.to.starts_with("system:"));
+            h.edges.retain(|e| e.to.client != "system");
         }
         assert!(can_sound(&d, &dead(&[("h1", "fm-1")])));
         let all = [
@@ -405,7 +396,7 @@ mod tests {
         assert_eq!(awaited.len(), 2, "{awaited:?}");
         assert!(awaited
             .iter()
-            .all(|e| !e.to.contains("lp4") && !e.from.contains("lp4")));
+            .all(|e| !e.to.client.contains("lp4") && !e.from.client.contains("lp4")));
         assert_eq!(up.failed_synths(), 1);
     }
 }

@@ -21,8 +21,9 @@
 //!   memory in tests).
 //! - [`conductor`]: the one owner of what plays: every change (first run, live edit, repair,
 //!   teardown) converges through it, in play or dry-run mode, and is told as [`events`].
-//! - [`agent`]: the host side (`orchestra agent`): jackd, synth processes, the JACK graph,
-//!   crossfades, link health, recording; spoken to in JSON lines ([`agent::protocol`]).
+//! - [`protocol`] (the `orchestra-protocol` crate): the wire between the controller and the
+//!   agent on each host — ids, what a host runs, requests with their typed replies, events.
+//!   The agent itself is the `orchestra-agent` crate and binary.
 //! - [`hosts`]: the controller side of agent sessions.
 //! - [`pipeline`]: Source → Loaded → Desired, the pure stages every command shares.
 //! - [`runtime`]: the commands `run` (connect, bring up, first converge, play, teardown),
@@ -50,7 +51,6 @@
 //!   the pages want of the hosts, whose agents measure and stream them ([`agent::taps`]).
 //! - [`cli`]: the command line; [`output`]: terminal output that survives its reader going.
 
-pub mod agent;
 pub mod analysis;
 pub mod audio;
 pub mod cli;
@@ -83,3 +83,5 @@ pub mod taps;
 pub mod watch;
 pub mod web;
 pub mod xruns;
+
+pub use orchestra_protocol as protocol;

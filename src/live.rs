@@ -8,7 +8,6 @@
 //! conductor repairs what the agents report against what was applied. Generic over the
 //! [`Hosts`]: the real fleet, or hosts in memory in tests.
 
-use crate::agent::protocol::Event;
 use crate::commands::{Batch, Reply, Waiting};
 use crate::conductor::{Conductor, Converge, Converged};
 use crate::events::Happening;
@@ -22,6 +21,8 @@ use crate::pipeline::{
 use crate::script::layer::{LiveLayer, LiveOp, Refused};
 use crate::state::AppliedState;
 use crate::watch::{Change, Watcher};
+use orchestra_protocol::wire::Event;
+use orchestra_protocol::{LinkEnd, LinkId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -61,7 +62,7 @@ pub struct Live<H> {
     round_trips: crate::latency::RoundTrips,
     /// What the pages want of the hosts' taps, and what each host was last told and when.
     taps_wanted: crate::taps::Wanted,
-    taps_told: BTreeMap<String, (String, Instant)>,
+    taps_told: BTreeMap<String, (orchestra_protocol::wire::Taps, Instant)>,
 }
 
 /// A host's taps are told again this often even when nothing changed: an agent that replaced
@@ -606,7 +607,7 @@ impl<H: Hosts> Live<H> {
     }
 
     /// Restart both ends of a link whose receiving end gets nothing.
-    pub async fn restart_link(&mut self, link: &str) {
+    pub async fn restart_link(&mut self, link: &LinkId) {
         self.conductor
             .restart_link(link, &self.loaded.resolved.hosts)
             .await;
@@ -689,10 +690,9 @@ impl<H: Hosts> Live<H> {
 
     /// Keep a link's measured round trip by its hosts (for the next estimates, in this run
     /// and the next `plan`).
-    fn note_round_trip(&mut self, end: &str, rtt_us: u64) {
-        let id = end.split('.').next().unwrap_or(end);
+    fn note_round_trip(&mut self, end: &LinkEnd, rtt_us: u64) {
         let applied = &self.conductor.applied().deployment;
-        let Some(link) = applied.links.iter().find(|l| l.id == id) else {
+        let Some(link) = applied.links.iter().find(|l| l.id == end.link) else {
             return;
         };
         let hosts = (link.from_host.clone(), link.to_host.clone());
@@ -720,19 +720,15 @@ impl<H: Hosts> Live<H> {
         let now = Instant::now();
         let mut telling = Vec::new();
         for (host, request) in asked {
-            let text = serde_json::to_string(&request).unwrap_or_default();
-            let nothing = matches!(
-                &request,
-                crate::agent::protocol::Request::Taps { meters: false, listen } if listen.is_empty()
-            );
+            let nothing = !request.meters && request.listen.is_empty();
             let due = match self.taps_told.get(&host) {
                 Some((told, at)) => {
-                    *told != text || (!nothing && now.duration_since(*at) >= TAPS_AGAIN)
+                    *told != request || (!nothing && now.duration_since(*at) >= TAPS_AGAIN)
                 }
                 None => !nothing,
             };
             if due {
-                self.taps_told.insert(host.clone(), (text, now));
+                self.taps_told.insert(host.clone(), (request.clone(), now));
                 telling.push((host, request));
             }
         }
@@ -763,12 +759,10 @@ impl<H: Hosts> Live<H> {
                 .filter(|p| socket.send_to(p, to).is_ok())
                 .count();
             if values > 0 {
+                let Ok(block) = block.parse() else { continue };
                 self.tell(Happening::Host {
                     host: host.to_string(),
-                    event: Event::Replayed {
-                        block: block.clone(),
-                        values,
-                    },
+                    event: Event::Replayed { block, values },
                 });
             }
         }
@@ -955,9 +949,7 @@ pub async fn play<H: Hosts>(live: &mut Live<H>, inputs: Inputs<'_>) {
             Some((host, event)) = events.recv() => {
                 let exited = matches!(event, Event::Exited { .. } | Event::JackRestarted { .. });
                 let starved = match &event {
-                    Event::LinkStarved { block, .. } => {
-                        Some(block.split('.').next().unwrap_or(block).to_string())
-                    }
+                    Event::LinkStarved { end, .. } => Some(end.link.clone()),
                     _ => None,
                 };
                 live.tell_host_event(host, event);

@@ -8,9 +8,8 @@ fn main() {
         cloud_orchestra::script::bounded::worker_main();
     }
     let cli = cloud_orchestra::cli::Cli::parse();
-    // The agent's stdout is its protocol channel; everything else writes through relays that
-    // survive a reader going away.
-    let relay = (!cli.is_agent()).then(cloud_orchestra::output::install);
+    // Everything writes through relays that survive a reader going away.
+    let relay = cloud_orchestra::output::install();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORCHESTRA_LOG")
@@ -36,8 +35,6 @@ fn main() {
             1
         }
     };
-    if let Some(relay) = relay {
-        relay.finish();
-    }
+    relay.finish();
     std::process::exit(code);
 }

@@ -8,6 +8,7 @@ pub use params::{ParamKind, ParamSpec};
 
 use crate::script::sandbox;
 use include_dir::{include_dir, Dir};
+use orchestra_protocol::{LiveParam, PortRef};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -320,9 +321,8 @@ impl Module {
                         message: "a template must be UTF-8 text".into(),
                     });
                 }
-                use base64::Engine as _;
-                let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-                out.insert(format!("{path}{BINARY_FILE}"), encoded);
+                let (path, encoded) = orchestra_protocol::spec::binary_file(path, bytes);
+                out.insert(path, encoded);
                 continue;
             };
             match path.strip_suffix(".j2") {
@@ -484,36 +484,14 @@ fn collect_disk(
     Ok(())
 }
 
-/// A module file that is not UTF-8 text (a SuperCollider `.scsyndef`) travels among the
-/// rendered files, which are text, as base64 under its path followed by this mark: no real
-/// path holds a NUL. The agent writes it back as bytes (see [`rendered_file`]).
-pub const BINARY_FILE: &str = "\0base64";
-
-/// A rendered file as the agent writes it: its path and its bytes (binary files decoded).
-pub fn rendered_file<'a>(
-    path: &'a str,
-    content: &'a str,
-) -> Result<(&'a str, std::borrow::Cow<'a, [u8]>), String> {
-    match path.strip_suffix(BINARY_FILE) {
-        Some(path) => {
-            use base64::Engine as _;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(content)
-                .map_err(|e| format!("{path}: not base64: {e}"))?;
-            Ok((path, bytes.into()))
-        }
-        None => Ok((path, content.as_bytes().into())),
-    }
-}
-
 /// What an engine says about one block instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
     /// argv to run in the instance directory; `None` for port-only engines (`system`).
     pub command: Option<Vec<String>>,
-    /// Full JACK port names, index 0 = port 1.
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
+    /// JACK ports, index 0 = port 1.
+    pub inputs: Vec<PortRef>,
+    pub outputs: Vec<PortRef>,
     /// A line the process writes to its log once it has registered with JACK and looked at
     /// the graph; until then the agent starts nothing else on that server (see `ready_line`
     /// in lua/engines/csound.lua for why).
@@ -531,14 +509,6 @@ pub struct Launch {
     pub start_osc: Vec<Vec<u8>>,
     /// Each live param's value and the packet that sets it (the engine's `live_message`).
     pub live: BTreeMap<String, LiveParam>,
-}
-
-/// A live param of an instance: its value, and the OSC packet that sets the running
-/// instance to it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LiveParam {
-    pub value: Value,
-    pub osc: Vec<u8>,
 }
 
 /// Engines loaded into one sandboxed Lua state, evaluated per block at deployment.
@@ -694,7 +664,7 @@ impl Engines {
         if command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(fail("command returned an empty list".into()));
         }
-        let port = |kind: &str, count: u32| -> Result<Vec<String>, ModuleError> {
+        let port = |kind: &str, count: u32| -> Result<Vec<PortRef>, ModuleError> {
             if count == 0 {
                 return Ok(Vec::new());
             }
@@ -702,7 +672,10 @@ impl Engines {
                 .get(kind)
                 .map_err(|_| fail(format!("has no `{kind}` function")))?;
             (1..=count)
-                .map(|i| f.call::<String>((ctx.clone(), i)).map_err(lua_err))
+                .map(|i| {
+                    let name = f.call::<String>((ctx.clone(), i)).map_err(lua_err)?;
+                    name.parse().map_err(|e| fail(format!("`{kind}` gave {e}")))
+                })
                 .collect()
         };
         let ready_line = table.get::<Option<String>>("ready_line").map_err(lua_err)?;

@@ -1,17 +1,8 @@
 //! Names: what a block, host or module name may look like, and "did you mean" hints.
 
-/// The longest name we accept. JACK client names are limited to 64 bytes and we append a
-/// 9-character instance suffix (`-` + 8 hex digits of the spec hash).
-pub const MAX_NAME_LEN: usize = 48;
-
-/// A name is `[A-Za-z0-9_-]+`: safe in a shell argument, a path component and a JACK client name.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+/// What a block or host name may be is the ids' rule (see `orchestra_protocol::ids`): one
+/// rule for the script's names and the wire's.
+pub use orchestra_protocol::ids::{is_valid_name, MAX_NAME_LEN};
 
 /// Why `name` is not valid, for error messages.
 pub fn invalid_name_reason(kind: &str, name: &str) -> String {

@@ -5,6 +5,7 @@
 
 use crate::deploy::links::Link;
 use crate::deploy::{Deployment, Edge, LiveParam, ProcessSpec};
+use orchestra_protocol::{ClientName, LinkId, Part, PortRef};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -15,7 +16,7 @@ pub enum Action {
         host: String,
         process: Box<ProcessSpec>,
         /// The instance this one replaces: (host, client), on this host or (a move) another.
-        replaces: Option<(String, String)>,
+        replaces: Option<(String, ClientName)>,
     },
     Connect {
         host: String,
@@ -27,16 +28,16 @@ pub enum Action {
     },
     Stop {
         host: String,
-        block: String,
-        client: String,
+        block: Part,
+        client: ClientName,
         /// True when a new instance took over (replace or move): not a removal of the block.
         replaced: bool,
     },
     /// Live params sent to the running instance at its OSC port: the same process plays on.
     Set {
         host: String,
-        block: String,
-        client: String,
+        block: Part,
+        client: ClientName,
         port: u16,
         /// The params that change, at their new values.
         to: BTreeMap<String, LiveParam>,
@@ -194,7 +195,7 @@ impl Action {
 }
 
 /// `tone.freq = 660, tone.amp = 0.2`.
-pub fn set_text(block: &str, params: &BTreeMap<String, LiveParam>) -> String {
+pub fn set_text(block: &Part, params: &BTreeMap<String, LiveParam>) -> String {
     params
         .iter()
         .map(|(name, p)| format!("{block}.{name} = {}", p.value))
@@ -246,30 +247,29 @@ impl Plan {
     /// anyway (a stopped client's edges go with it). Each disconnect is a request to the host;
     /// on 20 hosts of 200 synths they were most of the teardown.
     pub fn without_edges_of_stopped(self) -> Plan {
-        let stopped: BTreeSet<(String, String)> = self
+        let stopped: BTreeSet<(&str, &ClientName)> = self
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::Stop { host, client, .. } => Some((host.clone(), client.clone())),
+                Action::Stop { host, client, .. } => Some((host.as_str(), client)),
                 _ => None,
             })
             .collect();
-        let goes = |host: &str, port: &str| {
-            let client = port.split(':').next().unwrap_or(port);
-            stopped.contains(&(host.to_string(), client.to_string()))
-        };
-        Plan {
-            actions: self
-                .actions
-                .into_iter()
-                .filter(|a| match a {
-                    Action::Disconnect { host, edge } => {
-                        !goes(host, &edge.from) && !goes(host, &edge.to)
-                    }
-                    _ => true,
-                })
-                .collect(),
-        }
+        let goes = |host: &str, port: &PortRef| stopped.contains(&(host, &port.client));
+        let kept = self
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Disconnect { host, edge } => {
+                    !goes(host, &edge.from) && !goes(host, &edge.to)
+                }
+                _ => true,
+            })
+            .collect::<Vec<bool>>();
+        let mut kept = kept.into_iter();
+        let mut actions = self.actions;
+        actions.retain(|_| kept.next().unwrap_or(true));
+        Plan { actions }
     }
 
     /// The plan that takes this one back: each action's undo, last first (edges go before
@@ -336,19 +336,19 @@ impl Plan {
         for action in &self.actions {
             match action {
                 Action::Start { host, process, .. } => {
-                    coming.insert((host.as_str(), process.client.as_str()));
+                    coming.insert((host.as_str(), &process.client));
                 }
                 Action::Stop { host, client, .. } => {
-                    going.insert((host.as_str(), client.as_str()));
+                    going.insert((host.as_str(), client));
                 }
                 _ => {}
             }
         }
-        let client = |port: &str| port.split(':').next().unwrap_or(port).to_string();
-        let of = |set: &BTreeSet<(&str, &str)>, host: &str, port: &str| {
-            set.contains(&(host, client(port).as_str()))
+        let of = |set: &BTreeSet<(&str, &ClientName)>, host: &str, port: &PortRef| {
+            set.contains(&(host, &port.client))
         };
-        let stays = |host: &str, port: &str| !of(&coming, host, port) && !of(&going, host, port);
+        let stays =
+            |host: &str, port: &PortRef| !of(&coming, host, port) && !of(&going, host, port);
         let mut fades: BTreeMap<&str, Crossfade> = BTreeMap::new();
         for action in &self.actions {
             let (host, edge, comes) = match action {
@@ -431,7 +431,7 @@ pub fn diff(current: &Deployment, desired: &Deployment) -> Plan {
             if let (Some(set), Some(port)) = (live_changes(old.1, wanted.1), wanted.1.osc_port) {
                 plan.actions.push(Action::Set {
                     host: wanted.0.to_string(),
-                    block: block.to_string(),
+                    block: wanted.1.block.clone(),
                     client: wanted.1.client.clone(),
                     port,
                     to: set.0,
@@ -475,7 +475,7 @@ pub fn diff(current: &Deployment, desired: &Deployment) -> Plan {
         }
         plan.actions.push(Action::Stop {
             host: old.0.to_string(),
-            block: block.to_string(),
+            block: old.1.block.clone(),
             client: old.1.client.clone(),
             replaced: new.is_some(),
         });
@@ -486,12 +486,12 @@ pub fn diff(current: &Deployment, desired: &Deployment) -> Plan {
 /// What a host's agent reports, as far as repair needs it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
-    /// Running instances: (block, client).
-    pub processes: Vec<(String, String)>,
+    /// Running instances: (what each plays, its client).
+    pub processes: Vec<(Part, ClientName)>,
     /// Edges the agent holds as intended (made or waiting for their ports).
     pub intended: BTreeSet<Edge>,
     /// The pid of each running instance, by client (what the web page shows).
-    pub pids: BTreeMap<String, u32>,
+    pub pids: BTreeMap<ClientName, u32>,
 }
 
 /// The difference between what was applied and what the agents observe.
@@ -511,9 +511,9 @@ pub fn repair(applied: &Deployment, observed: &BTreeMap<String, Observed>) -> Re
     let no_edges = BTreeSet::new();
     for (host, seen) in observed {
         let want = applied.hosts.get(host);
-        let alive: BTreeSet<&str> = seen.processes.iter().map(|(_, c)| c.as_str()).collect();
+        let alive: BTreeSet<&ClientName> = seen.processes.iter().map(|(_, c)| c).collect();
         for process in want.iter().flat_map(|h| h.processes.values()) {
-            if !alive.contains(process.client.as_str()) {
+            if !alive.contains(&process.client) {
                 out.dead.push((host.clone(), process.clone()));
             }
         }
@@ -574,14 +574,9 @@ pub fn counts_line(plan: &Plan) -> String {
 /// stopped (−), connections made and cut; network links as one line each rather than their
 /// jacktrip processes and edges.
 pub fn describe(plan: &Plan, before: &Deployment, after: &Deployment) -> Vec<String> {
-    let link_ids: BTreeSet<&str> = before
-        .links
-        .iter()
-        .chain(&after.links)
-        .map(|l| l.id.as_str())
-        .collect();
-    let is_link_port = |port: &str| link_ids.contains(port.split(':').next().unwrap_or(""));
-    let is_link_block = |block: &str| link_ids.contains(block.split('.').next().unwrap_or(""));
+    // A link's ports and ends are said as the link's own line, below.
+    let is_link_port = |port: &PortRef| port.client.link().is_some();
+    let is_link_block = |block: &Part| block.link().is_some();
     let mut lines: Vec<String> = plan
         .actions
         .iter()
@@ -598,7 +593,7 @@ pub fn describe(plan: &Plan, before: &Deployment, after: &Deployment) -> Vec<Str
         .map(Action::line)
         .collect();
     let ids =
-        |d: &Deployment| -> BTreeSet<String> { d.links.iter().map(|l| l.id.clone()).collect() };
+        |d: &Deployment| -> BTreeSet<LinkId> { d.links.iter().map(|l| l.id.clone()).collect() };
     let (old, new) = (ids(before), ids(after));
     for link in after.links.iter().filter(|l| !old.contains(&l.id)) {
         lines.push(format!(

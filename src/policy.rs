@@ -2,6 +2,7 @@
 //! is restarted before it is left stopped, and how often a lost agent is replaced. Pure: the
 //! caller passes the time, so each rule is tested without a clock or a synth.
 
+use orchestra_protocol::ClientName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -60,8 +61,8 @@ pub enum Restart {
 #[derive(Debug, Clone, Default)]
 pub struct Restarts {
     pub policy: RestartPolicy,
-    exits: BTreeMap<String, Vec<Instant>>,
-    given_up: BTreeSet<String>,
+    exits: BTreeMap<ClientName, Vec<Instant>>,
+    given_up: BTreeSet<ClientName>,
 }
 
 impl Restarts {
@@ -73,14 +74,14 @@ impl Restarts {
     }
 
     /// A dead `client` was found at `now`: restart it, or not.
-    pub fn decide(&mut self, client: &str, now: Instant) -> Restart {
+    pub fn decide(&mut self, client: &ClientName, now: Instant) -> Restart {
         if self.given_up.contains(client) {
             return Restart::Stopped;
         }
-        let times = self.exits.entry(client.to_string()).or_default();
+        let times = self.exits.entry(client.clone()).or_default();
         times.retain(|t| now.saturating_duration_since(*t) < self.policy.window);
         if times.len() >= self.policy.max_exits {
-            self.given_up.insert(client.to_string());
+            self.given_up.insert(client.clone());
             return Restart::GiveUp;
         }
         times.push(now);
@@ -88,8 +89,8 @@ impl Restarts {
     }
 
     /// A restart that failed counts like an exit (it is not retried at once).
-    pub fn failed(&mut self, client: &str, now: Instant) {
-        self.exits.entry(client.to_string()).or_default().push(now);
+    pub fn failed(&mut self, client: &ClientName, now: Instant) {
+        self.exits.entry(client.clone()).or_default().push(now);
     }
 
     /// A reload is a fresh start for every synth: its past exits no longer count.
@@ -142,15 +143,36 @@ mod tests {
         let start = Instant::now();
         let at = |s: u64| start + Duration::from_secs(s);
         let mut restarts = Restarts::new(RestartPolicy::default());
-        assert_eq!(restarts.decide("osc-1", at(0)), Restart::Now);
-        assert_eq!(restarts.decide("osc-1", at(10)), Restart::Now);
-        assert_eq!(restarts.decide("osc-1", at(20)), Restart::Now);
-        assert_eq!(restarts.decide("osc-1", at(25)), Restart::GiveUp);
-        assert_eq!(restarts.decide("osc-1", at(100)), Restart::Stopped);
+        assert_eq!(
+            restarts.decide(&"osc-1".parse().unwrap(), at(0)),
+            Restart::Now
+        );
+        assert_eq!(
+            restarts.decide(&"osc-1".parse().unwrap(), at(10)),
+            Restart::Now
+        );
+        assert_eq!(
+            restarts.decide(&"osc-1".parse().unwrap(), at(20)),
+            Restart::Now
+        );
+        assert_eq!(
+            restarts.decide(&"osc-1".parse().unwrap(), at(25)),
+            Restart::GiveUp
+        );
+        assert_eq!(
+            restarts.decide(&"osc-1".parse().unwrap(), at(100)),
+            Restart::Stopped
+        );
         // Another synth is not affected, and a reload forgives.
-        assert_eq!(restarts.decide("filt-1", at(100)), Restart::Now);
+        assert_eq!(
+            restarts.decide(&"filt-1".parse().unwrap(), at(100)),
+            Restart::Now
+        );
         restarts.forgive();
-        assert_eq!(restarts.decide("osc-1", at(101)), Restart::Now);
+        assert_eq!(
+            restarts.decide(&"osc-1".parse().unwrap(), at(101)),
+            Restart::Now
+        );
     }
 
     #[test]
@@ -159,7 +181,10 @@ mod tests {
         let mut restarts = Restarts::new(RestartPolicy::default());
         for minute in 0..10 {
             let now = start + Duration::from_secs(60 * minute);
-            assert_eq!(restarts.decide("osc-1", now), Restart::Now);
+            assert_eq!(
+                restarts.decide(&"osc-1".parse().unwrap(), now),
+                Restart::Now
+            );
         }
     }
 

@@ -2,7 +2,6 @@
 //! until a signal (Ctrl-C, SIGTERM, `--seconds`), and tear down by applying the diff to an
 //! empty deployment. `plan`, `check` and `down` are the same stages stopped earlier.
 
-use crate::agent::protocol::{DownReply, Event, Request};
 use crate::conductor::{Conductor, Converge, Converged, Paper};
 use crate::deploy::{jack_ports, Deployment};
 use crate::events::Events;
@@ -20,6 +19,7 @@ use crate::watch::Change;
 use crate::web::{Web, WebOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::FutureExt;
+use orchestra_protocol::wire::{self, Event};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -231,9 +231,9 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
         } else {
             local.display().to_string()
         };
-        let reply = fleet
+        let recording_at = fleet
             .get(&host)?
-            .call(Request::Record {
+            .ask(wire::Record {
                 path: asked,
                 channels: 2,
             })
@@ -245,8 +245,7 @@ pub async fn run(options: RunOptions, shutdown: Shutdown) -> Result<()> {
             local.display()
         );
         if remote {
-            let written = reply["path"].as_str().unwrap_or_default().to_string();
-            recording = Some((host, written, local));
+            recording = Some((host, recording_at.path, local));
         }
     }
 
@@ -339,8 +338,7 @@ fn summary(deployment: &Deployment, fleet: &Fleet) -> String {
         let synths: Vec<&str> = host
             .processes
             .values()
-            .filter(|p| p.module != "jacktrip")
-            .map(|p| p.block.as_str())
+            .filter_map(|p| p.block.block().map(|b| b.as_str()))
             .collect();
         let links: Vec<String> = deployment
             .links
@@ -415,7 +413,7 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: 
         if edges.is_empty() && !up.failed.is_empty() {
             return None;
         }
-        let request = Request::WaitEdges {
+        let request = wire::WaitEdges {
             timeout_ms: 10_000,
             only: if up.failed.is_empty() {
                 Vec::new()
@@ -425,7 +423,7 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: 
         };
         Some(async move {
             let waiting = Instant::now();
-            let reply = session.call(request).await;
+            let reply = session.ask(request).await;
             (host, waiting.elapsed(), reply)
         })
     });
@@ -433,10 +431,8 @@ async fn wait_for_edges(fleet: &Fleet, desired: &Desired, started: Instant, up: 
     for (host, took, reply) in futures::future::join_all(asked).await {
         fleet.time(host, "wiring", took);
         match reply {
-            Ok(v) => {
-                let missing: Vec<crate::deploy::Edge> =
-                    serde_json::from_value(v["missing"].clone()).unwrap_or_default();
-                missing_all.extend(missing.into_iter().map(|e| (host.clone(), e)));
+            Ok(waited) => {
+                missing_all.extend(waited.missing.into_iter().map(|e| (host.clone(), e)));
             }
             Err(e) => eprintln!("error: {e:#}"),
         }
@@ -679,7 +675,7 @@ async fn teardown(
     let mut failures = 0;
     let mut steps = TeardownSteps::new();
     let sessions = conductor.hosts().sessions.values();
-    let stopped = futures::future::join_all(sessions.map(|s| s.call(Request::StopRecording)));
+    let stopped = futures::future::join_all(sessions.map(|s| s.ask(wire::StopRecording {})));
     for result in stopped.await {
         if let Err(e) = result {
             eprintln!("error: cannot finish the recording: {e:#}");
@@ -700,7 +696,7 @@ async fn teardown(
     let shut = fleet
         .sessions
         .values()
-        .map(|s| s.call(Request::Shutdown { stop_jack: true }));
+        .map(|s| s.ask(wire::Shutdown { stop_jack: true }));
     for result in futures::future::join_all(shut).await {
         if let Err(e) = result {
             eprintln!("error: {e:#}");
@@ -755,9 +751,9 @@ pub async fn down(script: &Path, state_dir: Option<&Path>, connect: &ConnectOpti
         let setup = &setup;
         async move {
             let (session, workdir) = setup.open_agent(host, ssh.as_deref(), None).await?;
-            let reply = session.call(Request::Down { workdir }).await;
+            let reply = session.ask(wire::Down { workdir }).await;
             session.close().await;
-            Ok::<DownReply, anyhow::Error>(serde_json::from_value(reply?)?)
+            reply
         }
     });
     let replies = futures::future::join_all(stops).await;

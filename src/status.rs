@@ -2,13 +2,14 @@
 //! applied, each host's run directory (read by a short-lived agent, beside the one that looks
 //! after it) what runs there now. Read only: nothing is started, stopped or connected.
 
-use crate::agent::protocol::{ProcessStatus, Request};
 use crate::deploy::Deployment;
 use crate::hosts::fleet::{self, AgentSetup, ConnectOptions};
 use crate::model::Host;
 use crate::script::layer::LiveLayer;
 use crate::state;
 use anyhow::Result;
+use orchestra_protocol::wire::{self, ProcessStatus};
+use orchestra_protocol::ClientName;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -84,9 +85,9 @@ async fn ask_hosts(
             let ssh = connected.ssh.get(&host.name).cloned();
             let seen = async {
                 let (session, workdir) = setup.open_agent(host, ssh.as_deref(), None).await?;
-                let reply = session.call(Request::Inspect { workdir }).await;
+                let reply = session.ask(wire::Inspect { workdir }).await;
                 session.close().await;
-                Ok::<_, anyhow::Error>(serde_json::from_value(reply?)?)
+                Ok::<_, anyhow::Error>(reply?.processes)
             }
             .await
             .map_err(|e| format!("{e:#}"));
@@ -118,9 +119,9 @@ fn report(
             None => "at an unknown time".to_string(),
         }
     );
-    let state_of = |host: &str, client: &str| -> String {
+    let state_of = |host: &str, client: &ClientName| -> String {
         match seen.get(host) {
-            Some(Ok(instances)) => match instances.iter().find(|i| i.client == client) {
+            Some(Ok(instances)) => match instances.iter().find(|i| i.client == *client) {
                 Some(i) if i.alive => format!("playing (pid {})", i.pid),
                 Some(i) => format!("exited (pid {} gone)", i.pid),
                 None => "not running".to_string(),
@@ -138,11 +139,7 @@ fn report(
             }
             None => {}
         }
-        for process in deployed
-            .processes
-            .values()
-            .filter(|p| p.module != "jacktrip")
-        {
+        for process in deployed.processes.values().filter(|p| !p.is_link()) {
             let _ = writeln!(
                 out,
                 "  {:<16} {:<12} {}",
@@ -169,7 +166,7 @@ fn report(
                 .and_then(|h| {
                     h.processes
                         .values()
-                        .find(|p| p.module == "jacktrip" && p.client == link.id)
+                        .find(|p| p.is_link() && p.client == link.id.client())
                 })
                 .map(|p| state_of(host, &p.client))
                 .unwrap_or_else(|| "not applied".to_string())
@@ -178,7 +175,7 @@ fn report(
         let round_trip = match seen.get(&link.from_host) {
             Some(Ok(instances)) => instances
                 .iter()
-                .find(|i| i.client == link.id && i.alive)
+                .find(|i| i.client == link.id.client() && i.alive)
                 .and_then(|i| i.rtt_us)
                 .map(|us| format!(", round trip {:.2} ms", us as f64 / 1000.0))
                 .unwrap_or_default(),

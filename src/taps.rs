@@ -4,16 +4,17 @@
 //! [`TapsHub`] that carries the hosts' levels and sound to every page — one stream per target
 //! whatever the number of listeners.
 
-use crate::agent::protocol::{Event, Level, ListenTap, Request};
 use crate::deploy::Deployment;
 use base64::Engine as _;
+use orchestra_protocol::wire::{Event, Level, ListenTap, Taps};
+use orchestra_protocol::PortRef;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
 /// What a listener asks for to hear the DAC (a block's name is the other choice: no block
 /// name holds a `:`).
-pub const DAC_TARGET: &str = crate::agent::taps::DAC;
+pub const DAC_TARGET: &str = orchestra_protocol::wire::DAC;
 
 /// What the pages want now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,16 +29,16 @@ pub struct Wanted {
 /// while a page is open; each listened block on its host (the mean of its outputs), and the
 /// DAC on the first host whose blocks play into `system:playback_N`. A target no host has (a
 /// block removed) is not asked of anyone.
-pub fn requests(wanted: &Wanted, deployment: &Deployment) -> BTreeMap<String, Request> {
+pub fn requests(wanted: &Wanted, deployment: &Deployment) -> BTreeMap<String, Taps> {
     let meters = wanted.pages > 0;
     let mut listen: BTreeMap<&str, Vec<ListenTap>> = BTreeMap::new();
     for target in wanted.listeners.keys() {
         let found = if target == DAC_TARGET {
             deployment.hosts.iter().find_map(|(host, h)| {
-                let mut ports: Vec<String> = h
+                let mut ports: Vec<PortRef> = h
                     .edges
                     .iter()
-                    .filter(|e| crate::agent::taps::dac_channel(&e.to).is_some())
+                    .filter(|e| e.to.dac_channel().is_some())
                     .map(|e| e.to.clone())
                     .collect();
                 ports.sort();
@@ -62,7 +63,7 @@ pub fn requests(wanted: &Wanted, deployment: &Deployment) -> BTreeMap<String, Re
         .hosts
         .keys()
         .map(|host| {
-            let request = Request::Taps {
+            let request = Taps {
                 meters,
                 listen: listen.remove(host.as_str()).unwrap_or_default(),
             };
@@ -228,22 +229,8 @@ mod tests {
 
     fn process(block: &str, module: &str, outputs: &[&str]) -> ProcessSpec {
         ProcessSpec {
-            block: block.into(),
-            module: module.into(),
-            client: format!("{block}-00000000"),
-            dir: String::new(),
-            command: Vec::new(),
-            files: Default::default(),
-            spec_hash: String::new(),
-            inputs: Vec::new(),
-            outputs: outputs.iter().map(|s| s.to_string()).collect(),
-            ready_line: None,
-            package: None,
-            osc_port: None,
-            render_key: String::new(),
-            start_osc: Vec::new(),
-            live: Default::default(),
-            fade_ms: 0,
+            outputs: outputs.iter().map(|s| (*s).into()).collect(),
+            ..ProcessSpec::fixture(block, module, &format!("{block}-00000000"))
         }
     }
 
@@ -255,13 +242,13 @@ mod tests {
             },
             processes: processes
                 .into_iter()
-                .map(|p| (p.block.clone(), p))
+                .map(|p| (p.block.to_string(), p))
                 .collect(),
             edges: edges
                 .iter()
                 .map(|(from, to)| Edge {
-                    from: from.to_string(),
-                    to: to.to_string(),
+                    from: (*from).into(),
+                    to: (*to).into(),
                 })
                 .collect(),
         }
@@ -295,11 +282,9 @@ mod tests {
         d
     }
 
-    fn taps(requests: &BTreeMap<String, Request>, host: &str) -> (bool, Vec<ListenTap>) {
-        match &requests[host] {
-            Request::Taps { meters, listen } => (*meters, listen.clone()),
-            other => panic!("not a taps request: {other:?}"),
-        }
+    fn taps(requests: &BTreeMap<String, Taps>, host: &str) -> (bool, Vec<ListenTap>) {
+        let taps = &requests[host];
+        (taps.meters, taps.listen.clone())
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! over-runs as its agent reports them (at most one line a second each), hosts that cannot
 //! give real-time scheduling, and each host's totals at the end of a run.
 
-use crate::agent::protocol::{Event, Request, StatusReply};
 use crate::hosts::fleet::Fleet;
+use orchestra_protocol::wire::{self, Event};
 
 /// An agent's clean-sound event (`Xruns`, `LinkRuns`, `NoRealtime`) as the terminal says it;
 /// `None` for the others.
@@ -45,12 +45,9 @@ pub async fn print_totals(fleet: &Fleet) {
     let asked = fleet
         .sessions
         .iter()
-        .map(|(host, session)| async move { (host, session.call(Request::Status).await) });
+        .map(|(host, session)| async move { (host, session.ask(wire::Status {}).await) });
     for (host, reply) in futures::future::join_all(asked).await {
-        let Ok(reply) = reply else {
-            continue;
-        };
-        let Ok(status) = serde_json::from_value::<StatusReply>(reply) else {
+        let Ok(status) = reply else {
             continue;
         };
         if status.xruns > 0 {

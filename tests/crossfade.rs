@@ -139,7 +139,7 @@ fn with_fade_zero_a_replace_switches_at_once_and_the_click_shows() {
     );
 }
 
-/// `orchestra agent` on this test's server, spoken to in its JSON lines.
+/// `orchestra-agent` on this test's server, spoken to in its JSON lines.
 struct Agent {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
@@ -149,8 +149,8 @@ struct Agent {
 impl Agent {
     fn start(server: &str) -> Agent {
         use std::io::BufRead;
-        let mut child = orchestra(server)
-            .arg("agent")
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestra-agent"))
+            .env("JACK_DEFAULT_SERVER", server)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()

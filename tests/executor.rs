@@ -118,14 +118,20 @@ impl Hosts for FakeHosts {
                 .ok_or_else(|| anyhow::anyhow!("no agent on {}", action.host()))?;
             match action {
                 Action::Start { process, .. } => {
-                    if self.0.fail_start.lock().unwrap().contains(&process.client) {
+                    if self
+                        .0
+                        .fail_start
+                        .lock()
+                        .unwrap()
+                        .contains(process.client.as_str())
+                    {
                         anyhow::bail!("csound exited (code 1) while starting");
                     }
                     host.processes
-                        .insert(process.client.clone(), process.block.clone());
+                        .insert(process.client.to_string(), process.block.to_string());
                 }
                 Action::Stop { client, .. } => {
-                    host.processes.remove(client);
+                    host.processes.remove(client.as_str());
                 }
                 Action::Connect { edge, .. } => {
                     host.edges.insert(edge.clone());
@@ -139,7 +145,7 @@ impl Hosts for FakeHosts {
                     host.edges.remove(edge);
                 }
                 Action::Set { client, .. } => {
-                    if !host.processes.contains_key(client) {
+                    if !host.processes.contains_key(client.as_str()) {
                         anyhow::bail!("no instance `{client}` runs here to tell");
                     }
                 }
@@ -181,7 +187,7 @@ impl Hosts for FakeHosts {
                 processes: seen
                     .processes
                     .iter()
-                    .map(|(client, block)| (block.clone(), client.clone()))
+                    .map(|(client, block)| (block.as_str().into(), client.as_str().into()))
                     .collect(),
                 intended: seen.edges.clone(),
                 ..Default::default()
@@ -291,7 +297,7 @@ async fn playing() -> (FakeHosts, Deployment) {
 }
 
 fn client_of(d: &Deployment, block: &str) -> String {
-    d.hosts["localhost"].processes[block].client.clone()
+    d.hosts["localhost"].processes[block].client.to_string()
 }
 
 #[tokio::test]
@@ -446,7 +452,7 @@ async fn repair_restarts_a_dead_synth_restores_an_edge_and_stops_a_leftover() {
     let repaired = repair(&hosts, &applied, &mut Restarts::default(), Instant::now()).await;
     assert!(repaired.failures.is_empty());
     assert!(
-        matches!(&repaired.plan.actions[0], Action::Start { process, .. } if process.client == osc),
+        matches!(&repaired.plan.actions[0], Action::Start { process, .. } if process.client == osc.as_str()),
         "restarts go first: {:?}",
         repaired.plan
     );
@@ -478,7 +484,7 @@ async fn a_synth_that_exits_three_times_in_30_s_is_left_stopped_until_the_next_r
             .iter()
             .filter(|a| matches!(a, Action::Start { .. }))
             .count();
-        given_up.extend(repaired.given_up);
+        given_up.extend(repaired.given_up.iter().map(|c| c.to_string()));
     }
     assert_eq!(restarted, 3);
     assert_eq!(given_up, vec![osc.clone()], "said once");
@@ -971,7 +977,7 @@ async fn a_link_that_keeps_failing_has_its_sending_host_avoided_and_its_blocks_p
     );
     for _ in 0..4 {
         hosts.edit("h2", |h| {
-            h.processes.remove(&link.id);
+            h.processes.remove(link.id.as_str());
         });
         live.reconcile().await;
     }

@@ -51,7 +51,7 @@ fn jackd_killed_while_playing_is_restarted_and_the_tone_comes_back() {
     let mut run = Running::spawn(cmd);
     run.wait_for("playing:", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
-    let agent = pid_of(server, dir.path(), "orchestra agent");
+    let agent = pid_of(server, dir.path(), "orchestra-agent");
     let jackd = pid_of(server, dir.path(), "jackd");
     unsafe { libc::kill(jackd, libc::SIGKILL) };
 

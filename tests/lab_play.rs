@@ -337,9 +337,9 @@ fn bench_first_sound_on_three_hosts() {
 #[test]
 #[ignore = "benchmark: prints figures, asserts no timing"]
 fn bench_agent_command_over_ssh() {
-    use cloud_orchestra::agent::protocol::{JackSettings, Request};
     use cloud_orchestra::deploy::Edge;
     use cloud_orchestra::hosts::{fleet, ssh, AgentSession};
+    use cloud_orchestra::protocol::wire::{self, JackSettings};
     let show = Show::new("bench-cmd", CHAIN);
     let mut warnings = Vec::new();
     let (hosts, _) = cloud_orchestra::script::load_hosts(&show.hosts, &mut warnings).unwrap();
@@ -353,7 +353,7 @@ fn bench_agent_command_over_ssh() {
             let h1 = ssh::connect(&hosts[0], &known_hosts, Duration::from_secs(5))
                 .await
                 .unwrap();
-            let exe = Path::new(env!("CARGO_BIN_EXE_orchestra"));
+            let exe = Path::new(env!("CARGO_BIN_EXE_orchestra-agent"));
             let binary = h1
                 .ensure_binary(exe, env!("CARGO_PKG_VERSION"))
                 .await
@@ -362,7 +362,7 @@ fn bench_agent_command_over_ssh() {
             let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
             let session = AgentSession::over("h1", output, input, events);
             session
-                .call(Request::Hello {
+                .ask(wire::Hello {
                     workdir: fleet::remote_workdir("bench"),
                     jack: JackSettings {
                         rate: 48000,
@@ -380,11 +380,11 @@ fn bench_agent_command_over_ssh() {
             let mut times = Vec::new();
             for i in 0..500 {
                 let edge = Edge {
-                    from: format!("nobody:out{i}"),
+                    from: format!("nobody:out{i}").as_str().into(),
                     to: "system:playback_1".into(),
                 };
                 let t = std::time::Instant::now();
-                session.call(Request::Connect { edge }).await.unwrap();
+                session.ask(wire::Connect { edge }).await.unwrap();
                 times.push(t.elapsed());
             }
             times.sort();
@@ -396,7 +396,7 @@ fn bench_agent_command_over_ssh() {
                 times[times.len() * 99 / 100]
             );
             session
-                .call(Request::Shutdown { stop_jack: true })
+                .ask(wire::Shutdown { stop_jack: true })
                 .await
                 .unwrap();
             session.close().await;

@@ -160,7 +160,7 @@ fn a_teardown_that_fails_keeps_the_state_for_down() {
     let run = playing(server, script);
     let agent = leftovers(server, dir.path())
         .into_iter()
-        .find(|p| p.contains("orchestra agent"))
+        .find(|p| p.contains("orchestra-agent"))
         .expect("a local agent runs");
     let pid: i32 = agent.split(':').next().unwrap().parse().unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -453,10 +453,8 @@ fn a_controller_is_re_rendered_and_replaced_when_its_target_moves_and_nothing_el
         .actions
         .iter()
         .filter_map(|a| match a {
-            cloud_orchestra::plan::Action::Start { process, .. }
-                if !process.block.starts_with("link-") =>
-            {
-                Some(process.block.clone())
+            cloud_orchestra::plan::Action::Start { process, .. } => {
+                process.block.block().map(|b| b.to_string())
             }
             _ => None,
         })

@@ -406,7 +406,7 @@ fn repair_puts_back_edges_stops_leftovers_and_finds_the_dead() {
     let mut edges = host.edges.iter();
     let kept = edges.next().unwrap().clone();
     let stray = cloud_orchestra::deploy::Edge {
-        from: format!("{}:output1", osc.client),
+        from: osc.client.port("output1"),
         to: "system:playback_2".into(),
     };
     // `filt` died, one intended edge went missing, a stray edge and a leftover instance appeared.
@@ -422,7 +422,11 @@ fn repair_puts_back_edges_stops_leftovers_and_finds_the_dead() {
         &applied,
         &BTreeMap::from([("localhost".to_string(), observed.clone())]),
     );
-    let dead: Vec<&str> = found.dead.iter().map(|(_, p)| p.block.as_str()).collect();
+    let dead: Vec<String> = found
+        .dead
+        .iter()
+        .map(|(_, p)| p.block.to_string())
+        .collect();
     assert_eq!(dead, ["filt"]);
     insta::assert_snapshot!(found.plan.to_text());
     // What matches needs nothing; a host that did not answer is left alone.
@@ -487,12 +491,12 @@ fn the_wires_between_two_hosts_travel_on_one_link_and_a_new_one_restarts_nothing
     assert_eq!(first.links.len(), 1, "{:#?}", first.links);
     let link = &first.links[0];
     assert_eq!((link.wires.len(), link.channels), (3, 4));
-    let jacktrips: Vec<&str> = first
+    let jacktrips: Vec<String> = first
         .hosts
         .values()
         .flat_map(|h| h.processes.values())
         .filter(|p| p.module == "jacktrip")
-        .map(|p| p.block.as_str())
+        .map(|p| p.block.to_string())
         .collect();
     assert_eq!(
         jacktrips.len(),
@@ -578,14 +582,15 @@ fn an_instance_rendered_from_the_same_inputs_is_reused_not_rendered_again() {
         &VOICES.replace("220 * i", "220 * i + (i == 2 and 1 or 0)"),
         &marked,
     );
-    let reused: std::collections::BTreeSet<&str> = again
+    let reused: std::collections::BTreeSet<String> = again
         .hosts
         .values()
         .flat_map(|h| h.processes.values())
         .filter(|p| p.module != "jacktrip" && p.files.contains_key("mark"))
-        .map(|p| p.block.as_str())
+        .map(|p| p.block.to_string())
         .collect();
-    assert_eq!(reused, ["mix", "v1", "v3"].into(), "all but the edited v2");
+    let expected: std::collections::BTreeSet<String> = ["mix", "v1", "v3"].map(String::from).into();
+    assert_eq!(reused, expected, "all but the edited v2");
     // v2's freq is live: rendered again with its new value, but the same instance.
     let v2 = &again.hosts["h1"].processes["v2"];
     assert_eq!(v2.spec_hash, first.hosts["h1"].processes["v2"].spec_hash);
@@ -667,8 +672,8 @@ fn fade_lines(edges: &[cloud_orchestra::deploy::Edge], old: &Deployment) -> Vec<
         .flat_map(|h| h.processes.values())
         .map(|p| (p.client.as_str(), format!("old {}", p.block)))
         .collect();
-    let name = |port: &str| {
-        let (client, short) = port.split_once(':').unwrap();
+    let name = |port: &cloud_orchestra::protocol::PortRef| {
+        let (client, short) = (port.client.as_str(), &port.port);
         match clients.get(client) {
             Some(old) => format!("{old}:{short}"),
             None if client.contains('-') && !client.starts_with("system") => {
@@ -693,10 +698,10 @@ fn assert_one_fade(before: &Deployment, after: &Deployment, fade_in: &str, fade_
     let json = serde_json::to_value(&fades[0]).unwrap();
     assert_eq!(json["host"], "localhost");
     assert_eq!(json["ms"], 20);
-    assert_eq!(json["fade_in"][0]["to"], fades[0].fade_in[0].to.as_str());
+    assert_eq!(json["fade_in"][0]["to"], fades[0].fade_in[0].to.to_string());
     assert_eq!(
         json["fade_out"][0]["from"],
-        fades[0].fade_out[0].from.as_str()
+        fades[0].fade_out[0].from.to_string()
     );
     assert_eq!(fade_lines(&fades[0].fade_in, before), [fade_in]);
     assert_eq!(fade_lines(&fades[0].fade_out, before), [fade_out]);
@@ -775,7 +780,10 @@ fn a_move_fades_out_where_the_old_instance_ran_and_in_where_the_new_one_runs() {
     let v1 = &before.hosts["h1"].processes["v1"].client;
     let mix = &before.hosts["h2"].processes["mix"].client;
     let send = &before.links[0].id;
-    let edge = |from: String, to: String| cloud_orchestra::deploy::Edge { from, to };
+    let edge = |from: String, to: String| cloud_orchestra::deploy::Edge {
+        from: from.as_str().into(),
+        to: to.as_str().into(),
+    };
     let fades: Vec<(String, Vec<_>, Vec<_>)> = plan
         .crossfades()
         .into_iter()

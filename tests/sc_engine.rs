@@ -103,7 +103,8 @@ fn after_jackd_is_killed_sc_sine_sounds_again() {
 /// writes (when Python is there to ask).
 #[test]
 fn the_synthdefs_reach_the_instance_byte_for_byte_and_match_their_generator() {
-    use cloud_orchestra::modules::{rendered_file, ModuleLibrary};
+    use cloud_orchestra::modules::ModuleLibrary;
+    use cloud_orchestra::protocol::spec::rendered_file;
     let library = ModuleLibrary::builtin();
     for name in ["sc_sine", "sc_lp"] {
         let module = library.get(name).unwrap();

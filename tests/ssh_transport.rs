@@ -4,9 +4,9 @@
 #[path = "lab/mod.rs"]
 mod lab;
 
-use cloud_orchestra::agent::protocol::{Request, RequestLine};
 use cloud_orchestra::hosts::ssh::{self, SshError, SshHost};
 use cloud_orchestra::model::Host;
+use cloud_orchestra::protocol::wire::{self, RequestLine};
 use lab::{wait_until, Lab};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -359,12 +359,12 @@ fn unreachable_and_refused_hosts_fail_in_time() {
 #[test]
 fn binary_is_uploaded_once_and_serves_an_agent() {
     let lab = Lab::build("sshagent", &["h1"]);
-    let local = Path::new(env!("CARGO_BIN_EXE_orchestra"));
+    let local = Path::new(env!("CARGO_BIN_EXE_orchestra-agent"));
     let version = env!("CARGO_PKG_VERSION");
     let sha = Command::new("sha256sum").arg(local).output().unwrap();
     let sha = String::from_utf8(sha.stdout).unwrap();
     let expected_path = format!(
-        "/root/.cloud-orchestra/bin/orchestra-{version}-{}",
+        "/root/.cloud-orchestra/bin/orchestra-agent-{version}-{}",
         &sha[..12]
     );
     in_controller(&lab, || async {
@@ -408,7 +408,7 @@ fn binary_is_uploaded_once_and_serves_an_agent() {
         let (mut stdout, mut stdin) = h1.open_agent(&path).await.unwrap();
         let request = serde_json::to_string(&RequestLine {
             id: 1,
-            request: Request::Status,
+            request: wire::Status {}.into(),
         })
         .unwrap();
         assert_eq!(request, r#"{"id":1,"op":"status"}"#);
@@ -430,7 +430,7 @@ fn binary_is_uploaded_once_and_serves_an_agent() {
         let agents = |lab: &Lab| -> Vec<u32> {
             lab.processes("h1")
                 .into_iter()
-                .filter(|p| p.args.starts_with(&path) && p.args.ends_with(" agent"))
+                .filter(|p| p.args == path)
                 .map(|p| p.pid)
                 .collect()
         };

@@ -52,22 +52,13 @@ mod tests {
             .map(|(i, &n)| {
                 let block = format!("b{i}");
                 let spec = ProcessSpec {
-                    block: block.clone(),
-                    module: "m".into(),
-                    client: block.clone(),
-                    dir: String::new(),
-                    command: Vec::new(),
-                    files: Default::default(),
-                    spec_hash: String::new(),
-                    inputs: (0..n / 2).map(|k| format!("in{k}")).collect(),
-                    outputs: (0..n - n / 2).map(|k| format!("out{k}")).collect(),
-                    ready_line: None,
-                    package: None,
-                    osc_port: None,
-                    render_key: String::new(),
-                    start_osc: Vec::new(),
-                    live: Default::default(),
-                    fade_ms: 0,
+                    inputs: (0..n / 2)
+                        .map(|k| format!("{block}:in{k}").as_str().into())
+                        .collect(),
+                    outputs: (0..n - n / 2)
+                        .map(|k| format!("{block}:out{k}").as_str().into())
+                        .collect(),
+                    ..ProcessSpec::fixture(&block, "m", &block)
                 };
                 (block, spec)
             })

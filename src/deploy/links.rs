@@ -13,6 +13,7 @@
 use super::ports::PortPool;
 use super::{Edge, ProcessSpec};
 use crate::model::{AudioSettings, Host, NetworkSettings};
+use orchestra_protocol::{LinkEnd, LinkId, Part, PortRef, Side};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Link {
     /// `link-<hash8>-<channels>`: the JACK client name of both ends (each on its own host's
     /// server); the hash is of the two hosts.
-    pub id: String,
+    pub id: LinkId,
     pub from_host: String,
     pub to_host: String,
     /// Channels the link carries (jacktrip's `-n`): at least its wires, rounded up.
@@ -55,10 +56,10 @@ pub struct LinkWire {
     pub channel: u32,
     /// The wire in block terms, `osc:1>filt:1`: what keeps its channel across restarts.
     pub wire: String,
-    /// The source block's output port (full JACK name) on `from_host`.
-    pub from_port: String,
+    /// The source block's output port on `from_host`.
+    pub from_port: PortRef,
     /// The sink block's input port on `to_host`.
-    pub to_port: String,
+    pub to_port: PortRef,
 }
 
 /// A wire between two hosts, before it has a link and a channel.
@@ -67,9 +68,9 @@ pub struct LinkDraft {
     /// `osc:1>filt:1` (see [`wire_key`]).
     pub wire: String,
     pub from_host: String,
-    pub from_port: String,
+    pub from_port: PortRef,
     pub to_host: String,
-    pub to_port: String,
+    pub to_port: PortRef,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -77,7 +78,7 @@ pub enum LinkError {
     #[error("host `{host}` has no free UDP port for link {id} in {first}–{last} (network {{ first_port, last_port }} sets the range)")]
     NoFreePort {
         host: String,
-        id: String,
+        id: LinkId,
         first: u16,
         last: u16,
     },
@@ -89,9 +90,11 @@ pub fn wire_key(from: (&str, u32), to: (&str, u32)) -> String {
 }
 
 /// The id of the link from `from_host` to `to_host` with `channels` channels.
-pub fn link_id(from_host: &str, to_host: &str, channels: u32) -> String {
+pub fn link_id(from_host: &str, to_host: &str, channels: u32) -> LinkId {
     let key = format!("{from_host}\u{0}{to_host}");
     format!("link-{}-{channels}", super::short_digest(key.as_bytes()))
+        .parse()
+        .expect("a digest and a count make a link id")
 }
 
 /// Channels for `wires` wires: room to grow (the next power of two, at least 2).
@@ -191,13 +194,13 @@ pub fn allocate(
 fn free_port(
     used: &mut PortPool,
     host: &str,
-    id: &str,
+    id: &LinkId,
     network: &NetworkSettings,
 ) -> Result<u16, LinkError> {
     used.take_lowest(host, network.first_port..=network.last_port)
         .ok_or_else(|| LinkError::NoFreePort {
             host: host.to_string(),
-            id: id.to_string(),
+            id: id.clone(),
             first: network.first_port,
             last: network.last_port,
         })
@@ -206,7 +209,7 @@ fn free_port(
 /// One end of a link: the jacktrip process on one host (its instance named
 /// `<link id>.send` or `.receive`) and the edges that join its channels to the blocks' ports
 /// there.
-pub struct LinkEnd {
+pub struct EndOnHost {
     pub host: String,
     pub process: ProcessSpec,
     pub edges: Vec<Edge>,
@@ -219,7 +222,7 @@ pub fn ends(
     receiver: &Host,
     audio: &AudioSettings,
     network: &NetworkSettings,
-) -> [LinkEnd; 2] {
+) -> [EndOnHost; 2] {
     // Flags: -D no automatic JACK connections (the agent makes every edge), -J the client
     // name, -n the link's channels, -B/-P explicit bind and peer ports so several links
     // share a host, -q the receive queue, --udprt real-time priority for the network threads
@@ -233,7 +236,7 @@ pub fn ends(
         let mut flags: Vec<String> = [
             "-D",
             "-J",
-            &link.id,
+            link.id.as_str(),
             "-n",
             &link.channels.to_string(),
             "-B",
@@ -262,30 +265,33 @@ pub fn ends(
     sender.extend(common(link.client_port, link.server_port));
     let mut receiving = vec!["jacktrip".to_string(), "-s".into()];
     receiving.extend(common(link.server_port, link.client_port));
-    let port = |side: &str, channel: u32| format!("{}:{side}_{channel}", link.id);
-    let all = |side: &str| {
+    let client = link.id.client();
+    let all = |side: Side| {
         (1..=link.channels)
-            .map(|c| port(side, c))
+            .map(|c| link.id.port(side, c))
             .collect::<Vec<_>>()
     };
     // Each end is its own instance (`<id>.send`, `<id>.receive`): one client name, two hosts.
-    let spec = |end: &str, command: Vec<String>| {
+    let spec = |end: Side, command: Vec<String>| {
         let hash = super::short_digest(
             serde_json::json!({ "command": command, "audio": audio })
                 .to_string()
                 .as_bytes(),
         );
-        let name = format!("{}.{end}", link.id);
+        let end = LinkEnd {
+            link: link.id.clone(),
+            side: end,
+        };
         ProcessSpec {
-            dir: format!("links/{name}/{hash}"),
-            block: name,
+            dir: format!("links/{end}/{hash}"),
+            block: Part::Link(end),
             module: "jacktrip".into(),
-            client: link.id.clone(),
+            client: client.clone(),
             command,
             files: BTreeMap::new(),
             spec_hash: hash,
-            inputs: all("send"),
-            outputs: all("receive"),
+            inputs: all(Side::Send),
+            outputs: all(Side::Receive),
             ready_line: None,
             package: None,
             osc_port: None,
@@ -296,26 +302,26 @@ pub fn ends(
         }
     };
     [
-        LinkEnd {
+        EndOnHost {
             host: link.from_host.clone(),
-            process: spec("send", sender),
+            process: spec(Side::Send, sender),
             edges: link
                 .wires
                 .iter()
                 .map(|w| Edge {
                     from: w.from_port.clone(),
-                    to: port("send", w.channel),
+                    to: link.id.port(Side::Send, w.channel),
                 })
                 .collect(),
         },
-        LinkEnd {
+        EndOnHost {
             host: link.to_host.clone(),
-            process: spec("receive", receiving),
+            process: spec(Side::Receive, receiving),
             edges: link
                 .wires
                 .iter()
                 .map(|w| Edge {
-                    from: port("receive", w.channel),
+                    from: link.id.port(Side::Receive, w.channel),
                     to: w.to_port.clone(),
                 })
                 .collect(),
@@ -331,9 +337,9 @@ mod tests {
         LinkDraft {
             wire: wire.into(),
             from_host: from_host.into(),
-            from_port: format!("{wire}:output1"),
+            from_port: format!("{wire}:output1").as_str().into(),
             to_host: to_host.into(),
-            to_port: format!("{wire}:input1"),
+            to_port: format!("{wire}:input1").as_str().into(),
         }
     }
 

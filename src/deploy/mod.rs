@@ -8,74 +8,16 @@ mod ports;
 use ports::PortPool;
 
 use crate::model::{AudioSettings, Host};
-pub use crate::modules::LiveParam;
 use crate::modules::{Engines, ModuleError, ModuleLibrary};
 use crate::placement::Placement;
 use crate::resolve::Resolved;
 use links::{allocate, ends, wire_key, Link, LinkDraft, LinkError};
+use orchestra_protocol::{ClientName, Part, PortRef};
+pub use orchestra_protocol::{Edge, LiveParam, ProcessSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// A synth process to run: everything that defines it, hashed into `spec_hash`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessSpec {
-    pub block: String,
-    pub module: String,
-    /// JACK client name, `<block>-<hash8>` (see `client_name`): unique per instance, so a replacement can start
-    /// beside the old one (make-before-break) without a name clash.
-    pub client: String,
-    /// Working directory relative to the agent's work dir: `blocks/<block>-<module>/<hash8>`.
-    pub dir: String,
-    pub command: Vec<String>,
-    /// Rendered module files, relative path → content.
-    pub files: BTreeMap<String, String>,
-    /// Hash of module, engine, files and command: a block restarts only when it changes.
-    pub spec_hash: String,
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
-    /// The engine's "done registering with JACK" log line (`Launch::ready_line`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_line: Option<String>,
-    /// The Debian package of the program (`Launch::package`), for the error when it is missing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub package: Option<String>,
-    /// Where an OSC block's instance listens on its host (what it was last told is replayed
-    /// there before it is wired in).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub osc_port: Option<u16>,
-    /// A digest of everything this instance was rendered from (module, engine, the block's
-    /// own fields, the audio settings, and where the others run if its templates read that):
-    /// the next deployment reuses the instance as it is when its key is the same, instead of
-    /// rendering and launching it again.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub render_key: String,
-    /// OSC packets sent to the instance once it is ready, before it is wired in (the
-    /// engine's `start_messages`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub start_osc: Vec<Vec<u8>>,
-    /// The live params' values (outside the spec hash): a change of one alone is sent to the
-    /// running instance (`Action::Set`) instead of replacing it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub live: BTreeMap<String, LiveParam>,
-    /// How long a replacement of this instance crossfades into it, in ms (the block's
-    /// `fade`; 0: switched at once). Outside the spec hash: a change of it alone restarts
-    /// nothing.
-    #[serde(default = "default_fade_ms")]
-    pub fade_ms: u32,
-}
-
-fn default_fade_ms() -> u32 {
-    crate::model::DEFAULT_FADE_MS
-}
-
-/// One JACK connection, full port names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Edge {
-    pub from: String,
-    pub to: String,
-}
 
 /// What must exist on one host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,10 +145,12 @@ pub const MAX_CLIENT_NAME: usize = 31;
 
 /// `<block>-<hash8>`, the block name cut so the whole fits `MAX_CLIENT_NAME`. The hash covers
 /// the full block name, so two long names with one prefix still get distinct clients.
-pub fn client_name(block: &str, hash: &str) -> String {
+pub fn client_name(block: &str, hash: &str) -> ClientName {
     let room = MAX_CLIENT_NAME - hash.len() - 1;
     let prefix: String = block.chars().take(room).collect();
     format!("{prefix}-{hash}")
+        .parse()
+        .expect("a block name and a hash make a client name")
 }
 
 fn short_hash(parts: &serde_json::Value) -> String {
@@ -411,7 +355,7 @@ pub fn redeploy_around(
             .launch(
                 library,
                 &block.module,
-                &client_name(&block.name, &hash),
+                client_name(&block.name, &hash).as_str(),
                 (block.inputs, block.outputs),
                 &resolved.audio,
                 &block.params,
@@ -523,7 +467,7 @@ pub fn redeploy_around(
         ..Default::default()
     };
     // Port names per block (system blocks have ports but no process).
-    let mut ports: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    let mut ports: BTreeMap<&str, (Vec<PortRef>, Vec<PortRef>)> = BTreeMap::new();
     let mut keys = RenderKeys {
         resolved,
         fingerprints: &fingerprints,
@@ -588,7 +532,7 @@ pub fn redeploy_around(
         host_deployment.processes.insert(
             block.name.clone(),
             ProcessSpec {
-                block: block.name.clone(),
+                block: Part::Block(block.name.parse().expect("resolve checked the name")),
                 module: block.module.name().to_string(),
                 dir: format!(
                     "blocks/{}-{}/{}",
@@ -648,7 +592,7 @@ pub fn redeploy_around(
                 .expect("host of a placed block");
             host.edges.extend(end.edges);
             host.processes
-                .insert(end.process.block.clone(), end.process);
+                .insert(end.process.block.to_string(), end.process);
         }
     }
     Ok(deployment)

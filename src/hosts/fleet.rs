@@ -6,8 +6,7 @@
 
 use super::ssh::{self, SshError, SshHost};
 use super::AgentSession;
-use crate::agent::protocol::{Event, HelloReply, JackSettings, Request, StatusReply};
-use crate::deploy::{jack_ports, Deployment, Edge};
+use crate::deploy::{jack_ports, Deployment, Edge, ProcessSpec};
 use crate::executor::{self, Reached};
 use crate::model::{AudioSettings, Host};
 use crate::osc::memory::OscMemory;
@@ -15,6 +14,7 @@ use crate::plan::{Action, Observed, Plan};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::future::{join_all, BoxFuture};
 use futures::FutureExt;
+use orchestra_protocol::wire::{self, Event, HelloReply, JackSettings};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -227,7 +227,7 @@ impl AgentSetup {
         let (session, workdir) = self.open_agent(host, ssh, timings.as_deref_mut()).await?;
         let t = Instant::now();
         let hello = session
-            .call(Request::Hello {
+            .ask(wire::Hello {
                 workdir,
                 jack: JackSettings {
                     rate: audio.rate,
@@ -244,7 +244,7 @@ impl AgentSetup {
         if let Some(timings) = timings {
             timings.add("jackd", t.elapsed());
         }
-        Ok((session, serde_json::from_value(hello)?))
+        Ok((session, hello))
     }
 }
 
@@ -465,29 +465,11 @@ async fn agent_log_tail(ssh: &SshHost) -> String {
     }
 }
 
-/// The request that carries `action` out; a start of an OSC block brings what the block was
-/// last told, for the new instance.
-fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
-    match action {
-        Action::Start { process, .. } => Request::Start {
-            process: process.clone(),
-            replay: match (process.osc_port, memory) {
-                (Some(_), Some(memory)) => memory.replay(&process.block),
-                _ => Vec::new(),
-            },
-        },
-        Action::Stop { client, .. } => Request::Stop {
-            client: client.clone(),
-        },
-        Action::Set {
-            client, port, to, ..
-        } => Request::Tell {
-            client: client.clone(),
-            port: *port,
-            live: to.clone(),
-        },
-        Action::Connect { edge, .. } => Request::Connect { edge: edge.clone() },
-        Action::Disconnect { edge, .. } => Request::Disconnect { edge: edge.clone() },
+/// What a start of an OSC block brings the new instance: what the block was last told.
+fn replay_for(process: &ProcessSpec, memory: Option<&OscMemory>) -> Vec<Vec<u8>> {
+    match (process.osc_port, process.block.block(), memory) {
+        (Some(_), Some(block), Some(memory)) => memory.replay(block.as_str()),
+        _ => Vec::new(),
     }
 }
 
@@ -495,19 +477,43 @@ fn request_of(action: &Action, memory: Option<&OscMemory>) -> Request {
 impl executor::Hosts for Fleet {
     fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<executor::Acted>> {
         async move {
-            let reply = self
-                .get(action.host())?
-                .call(request_of(action, self.osc_memory.as_ref()))
-                .await?;
-            if let (Action::Set { block, to, .. }, Some(memory)) = (action, &self.osc_memory) {
-                memory.forget(block, to.values().map(|p| p.osc.as_slice()));
-            }
-            Ok(match action {
-                Action::Connect { .. } if reply["connected"].as_bool() == Some(true) => {
-                    executor::Acted::Connected
+            // Each action is one request to the host's agent.
+            let agent = self.get(action.host())?;
+            match action {
+                Action::Start { process, .. } => {
+                    let replay = replay_for(process, self.osc_memory.as_ref());
+                    let process = process.clone();
+                    agent.ask(wire::Start { process, replay }).await?;
                 }
-                _ => executor::Acted::Done,
-            })
+                Action::Stop { client, .. } => {
+                    let client = client.clone();
+                    agent.ask(wire::Stop { client }).await?;
+                }
+                Action::Set {
+                    block,
+                    client,
+                    port,
+                    to,
+                    ..
+                } => {
+                    let (client, port, live) = (client.clone(), *port, to.clone());
+                    agent.ask(wire::Tell { client, port, live }).await?;
+                    if let (Some(memory), Some(block)) = (&self.osc_memory, block.block()) {
+                        memory.forget(block.as_str(), to.values().map(|p| p.osc.as_slice()));
+                    }
+                }
+                Action::Connect { edge, .. } => {
+                    let edge = edge.clone();
+                    if agent.ask(wire::Connect { edge }).await?.connected {
+                        return Ok(executor::Acted::Connected);
+                    }
+                }
+                Action::Disconnect { edge, .. } => {
+                    let edge = edge.clone();
+                    agent.ask(wire::Disconnect { edge }).await?;
+                }
+            }
+            Ok(executor::Acted::Done)
         }
         .boxed()
     }
@@ -519,14 +525,14 @@ impl executor::Hosts for Fleet {
         timeout: Duration,
     ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
         async move {
-            let reply = self
+            let waited = self
                 .get(host)?
-                .call(Request::WaitEdges {
+                .ask(wire::WaitEdges {
                     timeout_ms: timeout.as_millis() as u64,
                     only: edges,
                 })
                 .await?;
-            Ok(serde_json::from_value(reply["missing"].clone()).unwrap_or_default())
+            Ok(waited.missing)
         }
         .boxed()
     }
@@ -536,10 +542,9 @@ impl executor::Hosts for Fleet {
             // A host cut off the network answers nothing, not even an error: half the grace
             // period for its agent, half for the host itself (see `answers`).
             let grace = self.setup.connect.grace / 2;
-            let reply = tokio::time::timeout(grace, self.get(host)?.call(Request::Status))
+            let status = tokio::time::timeout(grace, self.get(host)?.ask(wire::Status {}))
                 .await
                 .map_err(|_| executor::Unanswered(grace))??;
-            let status: StatusReply = serde_json::from_value(reply)?;
             self.udp_in_use
                 .lock()
                 .expect("lock")
@@ -576,7 +581,7 @@ impl executor::Hosts for Fleet {
         known
     }
 
-    fn tell_taps<'a>(&'a self, host: &'a str, taps: Request) -> BoxFuture<'a, ()> {
+    fn tell_taps<'a>(&'a self, host: &'a str, taps: wire::Taps) -> BoxFuture<'a, ()> {
         async move {
             if let Ok(session) = self.get(host) {
                 if let Err(e) = session.tell(taps, Duration::from_millis(200)).await {
@@ -639,22 +644,17 @@ impl executor::Hosts for Fleet {
         fade: &'a crate::plan::Crossfade,
     ) -> BoxFuture<'a, anyhow::Result<Option<String>>> {
         async move {
-            let reply = self
+            let faded = self
                 .get(&fade.host)?
-                .call(Request::Crossfade {
+                .ask(wire::Crossfade {
                     fade_in: fade.fade_in.clone(),
                     fade_out: fade.fade_out.clone(),
                     ms: fade.ms,
                 })
                 .await?;
-            Ok(match reply["faded"].as_bool() {
-                Some(true) => None,
-                _ => Some(
-                    reply["why"]
-                        .as_str()
-                        .unwrap_or("no reason given")
-                        .to_string(),
-                ),
+            Ok(match faded.faded {
+                true => None,
+                false => Some(faded.why.unwrap_or_else(|| "no reason given".into())),
             })
         }
         .boxed()

@@ -5,8 +5,8 @@
 pub mod fleet;
 pub mod ssh;
 
-use crate::agent::protocol::{AgentLine, Event, Request, RequestLine};
 use anyhow::{anyhow, bail, Context, Result};
+use orchestra_protocol::wire::{read_reply, AgentLine, Ask, Event, Request, RequestLine};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -46,7 +46,6 @@ impl AgentSession {
         let exe = agent_executable()?;
         let mut command = Command::new(&exe);
         command
-            .arg("agent")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -112,8 +111,19 @@ impl AgentSession {
         }
     }
 
-    /// Send one request and wait for its reply.
-    pub async fn call(&self, request: Request) -> Result<Value> {
+    /// Ask the agent `request` and wait for its reply, read as the type the request names.
+    pub async fn ask<A: Ask>(&self, request: A) -> Result<A::Reply> {
+        let reply = self.call(request.into()).await?;
+        read_reply::<A>(reply).with_context(|| {
+            format!(
+                "the agent on {} answered in a form this controller does not read",
+                self.host
+            )
+        })
+    }
+
+    /// Send one request and wait for its reply, as it came.
+    async fn call(&self, request: Request) -> Result<Value> {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -149,11 +159,14 @@ impl AgentSession {
     /// Send one request without waiting for its reply (nobody waits for its id: the reader
     /// drops it), giving up if the agent's input does not take it within `within` (a host cut
     /// off the network).
-    pub async fn tell(&self, request: Request, within: std::time::Duration) -> Result<()> {
+    pub async fn tell<A: Ask>(&self, request: A, within: std::time::Duration) -> Result<()> {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut line = serde_json::to_string(&RequestLine { id, request })?;
+        let mut line = serde_json::to_string(&RequestLine {
+            id,
+            request: request.into(),
+        })?;
         line.push('\n');
         tokio::time::timeout(within, async {
             let mut stdin = self.stdin.lock().await;
@@ -190,7 +203,7 @@ impl AgentSession {
     }
 }
 
-/// The binary to run as the agent: this very executable (see [`crate::executable`]).
+/// The binary to run as the agent (see [`crate::executable`]).
 pub(crate) fn agent_executable() -> Result<std::path::PathBuf> {
-    crate::executable::path()
+    crate::executable::agent()
 }

@@ -2,9 +2,11 @@
 //! agents report running) with what the [`Happening`]s told since (exits, synths given up,
 //! hosts down, links' round trips, the log), folded into one [`View`] sent whole as JSON.
 
-use crate::agent::protocol::Event;
 use crate::events::{BlockParam, Happening, Scene};
 use crate::modules::params::ParamKind;
+use crate::plan::Action;
+use orchestra_protocol::wire::Event;
+use orchestra_protocol::{ClientName, LinkId, PortRef};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -103,16 +105,16 @@ pub struct LogLine {
 pub struct ViewModel {
     scene: Scene,
     /// Clients that exited and were not seen running since: the repair restarts them.
-    exited: BTreeSet<String>,
+    exited: BTreeSet<ClientName>,
     /// Clients given up on until the next reload.
-    given_up: BTreeSet<String>,
+    given_up: BTreeSet<ClientName>,
     /// Blocks that failed to start and are not part of what was applied: (host, block, module).
     failed_starts: BTreeSet<(String, String, String)>,
     down: BTreeSet<String>,
-    /// Link id → last round trip in ms.
-    rtt: BTreeMap<String, f64>,
+    /// Link → last round trip in ms.
+    rtt: BTreeMap<LinkId, f64>,
     /// Links whose receiving end got nothing since their last round trip.
-    starved: BTreeSet<String>,
+    starved: BTreeSet<LinkId>,
     log: VecDeque<LogLine>,
 }
 
@@ -142,12 +144,11 @@ impl ViewModel {
                     self.forget_pid(host, client);
                 }
                 Event::LinkRtt { end, rtt_us, .. } => {
-                    let id = link_of(end);
-                    self.starved.remove(&id);
-                    self.rtt.insert(id, *rtt_us as f64 / 1000.0);
+                    self.starved.remove(&end.link);
+                    self.rtt.insert(end.link.clone(), *rtt_us as f64 / 1000.0);
                 }
-                Event::LinkStarved { block, .. } => {
-                    self.starved.insert(link_of(block));
+                Event::LinkStarved { end, .. } => {
+                    self.starved.insert(end.link.clone());
                 }
                 _ => {}
             },
@@ -155,10 +156,15 @@ impl ViewModel {
                 self.given_up.insert(client.clone());
             }
             Happening::Applied { .. } | Happening::Unchanged { .. } => self.given_up.clear(),
-            Happening::ActionFailed { action, .. } => {
-                if let Some(failed) = failed_start(action) {
-                    self.failed_starts.insert(failed);
-                }
+            Happening::ActionFailed {
+                action: Action::Start { host, process, .. },
+                ..
+            } if !process.is_link() => {
+                self.failed_starts.insert((
+                    host.clone(),
+                    process.block.to_string(),
+                    process.module.clone(),
+                ));
             }
             Happening::HostDown { host, .. } => {
                 self.down.insert(host.clone());
@@ -184,14 +190,7 @@ impl ViewModel {
 
     fn log(&mut self, happening: &Happening) {
         let text = happening.to_string();
-        let kind = match happening {
-            Happening::ReloadStarted { .. } | Happening::Planned { .. } => "reload",
-            Happening::Applied { .. } | Happening::Unchanged { .. } => "applied",
-            _ if text.trim_start().starts_with("error") || text.contains("\nerror") => "error",
-            Happening::Rejected { .. } | Happening::RolledBack { .. } => "error",
-            _ if text.starts_with("warning") => "warning",
-            _ => "info",
-        };
+        let kind = kind_of(happening);
         if self.log.len() == LOG_LINES {
             self.log.pop_front();
         }
@@ -203,7 +202,7 @@ impl ViewModel {
     }
 
     /// A client that exited is not running, whatever the last report said.
-    fn forget_pid(&mut self, host: &str, client: &str) {
+    fn forget_pid(&mut self, host: &str, client: &ClientName) {
         if let Some(pids) = self.scene.running.get_mut(host) {
             pids.remove(client);
         }
@@ -220,15 +219,15 @@ impl ViewModel {
                 let mut blocks: Vec<BlockView> = h
                     .processes
                     .values()
-                    .filter(|p| p.module != "jacktrip")
-                    .map(|p| {
+                    .filter_map(|p| Some((p, p.block.block()?)))
+                    .map(|(p, block)| {
                         let pid = running.get(&p.client).copied();
                         BlockView {
-                            name: p.block.clone(),
+                            name: block.to_string(),
                             module: p.module.clone(),
                             state: self.state(&p.client, pid),
                             pid,
-                            params: self.params_of(&p.block),
+                            params: self.params_of(block.as_str()),
                         }
                     })
                     .collect();
@@ -244,10 +243,10 @@ impl ViewModel {
                             params: self.params_of(block),
                         }),
                 );
-                let clients: BTreeMap<&str, &str> = h
+                let clients: BTreeMap<&ClientName, String> = h
                     .processes
                     .values()
-                    .map(|p| (p.client.as_str(), p.block.as_str()))
+                    .map(|p| (&p.client, p.block.to_string()))
                     .collect();
                 let connections = h
                     .edges
@@ -296,17 +295,18 @@ impl ViewModel {
             .links
             .iter()
             .map(|l| {
+                let client = l.id.client();
                 let ends_running = [&l.from_host, &l.to_host].iter().all(|h| {
                     self.scene
                         .running
                         .get(*h)
-                        .is_some_and(|pids| pids.contains_key(&l.id))
+                        .is_some_and(|pids| pids.contains_key(&client))
                 });
                 LinkView {
-                    id: l.id.clone(),
+                    id: l.id.to_string(),
                     from_host: l.from_host.clone(),
                     to_host: l.to_host.clone(),
-                    state: if self.given_up.contains(&l.id) {
+                    state: if self.given_up.contains(&client) {
                         "failed"
                     } else if self.starved.contains(&l.id) {
                         "starved"
@@ -347,7 +347,7 @@ impl ViewModel {
             .collect()
     }
 
-    fn state(&self, client: &str, pid: Option<u32>) -> &'static str {
+    fn state(&self, client: &ClientName, pid: Option<u32>) -> &'static str {
         if self.given_up.contains(client) {
             "failed"
         } else if pid.is_some() {
@@ -413,25 +413,39 @@ pub fn slider(param: &BlockParam) -> (f64, f64, Option<f64>) {
     (min, max, step)
 }
 
-/// `link-0a1b2c3d-2.send` → `link-0a1b2c3d-2`.
-fn link_of(end: &str) -> String {
-    end.split('.').next().unwrap_or(end).to_string()
-}
-
-/// `+ start osc (sine) on h1` → (h1, osc, sine).
-fn failed_start(action: &str) -> Option<(String, String, String)> {
-    let rest = action.strip_prefix("+ start ")?;
-    let (block, rest) = rest.split_once(" (")?;
-    let (module, host) = rest.split_once(") on ")?;
-    Some((host.to_string(), block.to_string(), module.to_string()))
+/// How the page colours a happening's line: `error`, `warning`, `reload`, `applied` or
+/// `info`, by what it is (never by its words).
+fn kind_of(happening: &Happening) -> &'static str {
+    match happening {
+        Happening::ReloadStarted { .. } | Happening::Planned { .. } => "reload",
+        Happening::Applied { .. } | Happening::Unchanged { .. } => "applied",
+        Happening::Rejected { .. }
+        | Happening::RolledBack { .. }
+        | Happening::ActionFailed { .. }
+        | Happening::GaveUp { .. }
+        | Happening::AgentLost { .. }
+        | Happening::HostDown { .. }
+        | Happening::LinkAvoided { .. }
+        | Happening::Error { .. } => "error",
+        Happening::Repaired { failures, .. } if !failures.is_empty() => "error",
+        Happening::Host { event, .. } => match event {
+            Event::Exited { .. } | Event::LinkStarved { .. } | Event::JackFailed { .. } => "error",
+            Event::NoRealtime { .. } => "warning",
+            _ => "info",
+        },
+        Happening::Warning { .. } | Happening::HostLeftOut { .. } => "warning",
+        _ => "info",
+    }
 }
 
 /// `osc-0a5c05ef:output1` → (`osc`, `output1`), by the host's clients; other ports
 /// (`system:playback_1`) as they are.
-fn in_block_terms(port: &str, clients: &BTreeMap<&str, &str>) -> (String, String) {
-    let (client, name) = port.split_once(':').unwrap_or((port, ""));
-    let owner = clients.get(client).copied().unwrap_or(client);
-    (owner.to_string(), name.to_string())
+fn in_block_terms(port: &PortRef, clients: &BTreeMap<&ClientName, String>) -> (String, String) {
+    let owner = clients
+        .get(&port.client)
+        .cloned()
+        .unwrap_or_else(|| port.client.to_string());
+    (owner, port.port.clone())
 }
 
 /// `HH:MM:SS` in UTC.
@@ -448,24 +462,7 @@ mod tests {
     use std::sync::Arc;
 
     fn process(block: &str, module: &str) -> ProcessSpec {
-        ProcessSpec {
-            block: block.into(),
-            module: module.into(),
-            client: format!("{block}-0000000a"),
-            dir: String::new(),
-            command: Vec::new(),
-            files: BTreeMap::new(),
-            spec_hash: String::new(),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            ready_line: None,
-            package: None,
-            osc_port: None,
-            render_key: String::new(),
-            start_osc: Vec::new(),
-            live: Default::default(),
-            fade_ms: 0,
-        }
+        ProcessSpec::fixture(block, module, &format!("{block}-0000000a"))
     }
 
     fn scene() -> Scene {
@@ -504,7 +501,7 @@ mod tests {
             loads: BTreeMap::from([("localhost".to_string(), 2)]),
             running: BTreeMap::from([(
                 "localhost".to_string(),
-                BTreeMap::from([("osc-0000000a".to_string(), 4242)]),
+                BTreeMap::from([("osc-0000000a".into(), 4242)]),
             )]),
             params: BTreeMap::new(),
         }
@@ -572,7 +569,11 @@ mod tests {
         });
         assert_eq!(states(&model.view())[0], ("filt".into(), "failed", None));
         model.tell(&Happening::ActionFailed {
-            action: "+ start noise (noise) on localhost".into(),
+            action: Action::Start {
+                host: "localhost".into(),
+                process: Box::new(process("noise", "noise")),
+                replaces: None,
+            },
             error: "csound: no such file".into(),
             retried: false,
         });
@@ -668,7 +669,7 @@ mod tests {
         model.tell(&Happening::Host {
             host: "h2".into(),
             event: Event::LinkStarved {
-                block: "link-0a1b2c3d-2.recv".into(),
+                end: "link-0a1b2c3d-2.receive".into(),
                 client: "link-0a1b2c3d-2".into(),
                 for_ms: 900,
             },

@@ -162,7 +162,8 @@ pub fn launched_bare_it_connects_nothing(
     env: &[(&str, &str)],
     named: &[&str],
 ) -> String {
-    use cloud_orchestra::modules::{rendered_file, Engines, ModuleLibrary};
+    use cloud_orchestra::modules::{Engines, ModuleLibrary};
+    use cloud_orchestra::protocol::spec::rendered_file;
     let library = ModuleLibrary::builtin();
     let module = library.get(module).unwrap();
     let params = module.manifest.defaults();

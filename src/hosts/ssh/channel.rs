@@ -3,7 +3,7 @@
 use super::*;
 
 impl SshHost {
-    /// Start `<remote_binary> agent` on the host, its stderr appended to
+    /// Start `<remote_binary>` (the agent) on the host, its stderr appended to
     /// `~/.cloud-orchestra/agent.log`, and return its stdout (JSON lines from the agent) and
     /// stdin (JSON lines to it). Shutting the writer down — or dropping it — sends EOF, and the
     /// agent exits when its stdin closes. Both halves keep the connection open while they live.
@@ -64,7 +64,7 @@ impl SshHost {
         let dir = format!("{home}/{REMOTE_DIR}");
         // `exec`: the agent replaces the shell, so EOF on the channel reaches it directly.
         Ok(format!(
-            "mkdir -p {} && exec {} agent 2>>{}",
+            "mkdir -p {} && exec {} 2>>{}",
             shell_quote(&dir),
             shell_quote(remote_binary),
             shell_quote(&format!("{dir}/agent.log")),

@@ -1,5 +1,6 @@
-//! The orchestra binary on a host: this very binary, stripped of debug sections and uploaded
-//! over SFTP when the host has no copy of it (digests cached so a warm start uploads nothing).
+//! The agent binary on a host: `orchestra-agent`, built beside this orchestra, stripped of
+//! debug sections and uploaded over SFTP when the host has no copy of it (digests cached so a
+//! warm start uploads nothing).
 
 use super::*;
 
@@ -41,15 +42,16 @@ impl SshHost {
             .cloned()
     }
 
-    /// Make sure the host has this orchestra binary and return its absolute path there:
-    /// `~/.cloud-orchestra/bin/orchestra-<version>-<first 12 hex of the sha256 of local>`.
+    /// Make sure the host has this agent binary and return its absolute path there:
+    /// `~/.cloud-orchestra/bin/orchestra-agent-<version>-<first 12 hex of the sha256 of local>`.
     ///
     /// Nothing is sent when that file is already there and executable. Otherwise, when the
     /// host's CPU matches this build, the binary is uploaded over SFTP (with its debug
     /// sections stripped by `objcopy --strip-debug` when objcopy is available: a debug build
     /// shrinks about eightfold) to a temporary name, made executable and renamed into place,
     /// so a half-uploaded binary is never run. On another CPU, a binary installed by hand as
-    /// `~/.cloud-orchestra/bin/orchestra-<version>` is used, else [`SshError::NoBinaryForArch`].
+    /// `~/.cloud-orchestra/bin/orchestra-agent-<version>` is used, else
+    /// [`SshError::NoBinaryForArch`].
     pub async fn ensure_binary(&self, local: &Path, version: &str) -> Result<String, SshError> {
         if version.is_empty()
             || !version
@@ -64,13 +66,13 @@ impl SshHost {
         let digest = file_digest(local).await?;
         let home = self.home().await?;
         let dir = format!("{home}/{REMOTE_DIR}/bin");
-        let path = format!("{dir}/orchestra-{version}-{}", &digest[..12]);
+        let path = format!("{dir}/orchestra-agent-{version}-{}", &digest[..12]);
         if self.is_executable(&path).await? {
             return Ok(path);
         }
         let remote_arch = self.arch().await?;
         if !same_arch(&remote_arch, std::env::consts::ARCH) {
-            let by_hand = format!("{dir}/orchestra-{version}");
+            let by_hand = format!("{dir}/orchestra-agent-{version}");
             if self.is_executable(&by_hand).await? {
                 return Ok(by_hand);
             }

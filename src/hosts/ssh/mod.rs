@@ -146,12 +146,13 @@ pub enum SshError {
         /// The end of what it wrote to stderr.
         stderr: String,
     },
-    /// The host's CPU is not the one this orchestra binary was built for, and no binary for
-    /// it was installed by hand.
+    /// The host's CPU is not the one this agent binary was built for, and no binary for it
+    /// was installed by hand.
     #[error(
-        "host {host} is {remote_arch} but this orchestra is built for {local_arch}, so it \
-         cannot be uploaded; build orchestra {version} on {host} (`cargo install --path .` in \
-         its source tree) and copy the binary to ~/{REMOTE_DIR}/bin/orchestra-{version} there"
+        "host {host} is {remote_arch} but this orchestra is built for {local_arch}, so its \
+         agent cannot be uploaded; build orchestra {version} on {host} (`cargo build --release` \
+         in its source tree) and copy target/release/orchestra-agent to \
+         ~/{REMOTE_DIR}/bin/orchestra-agent-{version} there"
     )]
     NoBinaryForArch {
         /// The host's name in the hosts file.

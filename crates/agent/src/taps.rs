@@ -4,10 +4,10 @@
 //! the rings on its own tick. The client exists only while someone meters or listens: a client
 //! with a process callback is woken, and waited for, every period.
 
-use super::protocol::{Event, Level, ListenTap};
-use crate::deploy::Edge;
 use anyhow::{anyhow, Result};
 use base64::Engine as _;
+use orchestra_protocol::wire::{Event, Level, ListenTap};
+use orchestra_protocol::{Edge, PortRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,9 +19,7 @@ pub const WINDOWS_PER_SECOND: u32 = 20;
 /// How much sound a listened tap holds for the agent to drain (it drains every 50 ms).
 const LISTEN_RING_SECONDS: usize = 1;
 
-/// What the DAC's channels are metered under, in place of a block name (which never holds a
-/// `:`), as the page names the DAC.
-pub const DAC: &str = "system:playback";
+pub use orchestra_protocol::wire::DAC;
 
 /// What the process callback publishes of one tap: its last whole window's peak and RMS (as
 /// f32 bits), and how many windows it has measured.
@@ -35,7 +33,7 @@ struct Published {
 /// One tap as the process callback sees it.
 struct Tap {
     /// Its input's full name (read by the agent only, to find it again).
-    name: String,
+    name: PortRef,
     port: jack::Port<jack::AudioIn>,
     published: Arc<Published>,
     peak: f32,
@@ -122,9 +120,9 @@ pub struct Wanted {
 /// An input of the taps client, as the agent knows it.
 struct Input {
     /// The port it hears: a synth's output, or the `system:playback_N` it mirrors.
-    source: String,
-    /// Its own port's full name.
-    name: String,
+    source: PortRef,
+    /// Its own port.
+    name: PortRef,
     wanted: Wanted,
     published: Arc<Published>,
     windows_seen: u64,
@@ -185,8 +183,8 @@ impl Taps {
 
     /// Tap exactly the ports of `wanted` (port → what for): new ones get an input, gone ones
     /// lose theirs, a change of listening starts or ends its ring.
-    pub fn set(&mut self, wanted: &BTreeMap<String, Wanted>) -> Result<()> {
-        let gone: Vec<String> = self
+    pub fn set(&mut self, wanted: &BTreeMap<PortRef, Wanted>) -> Result<()> {
+        let gone: Vec<PortRef> = self
             .inputs
             .iter()
             .filter(|i| !wanted.contains_key(&i.source))
@@ -237,7 +235,7 @@ impl Taps {
         Ok((Some(reader), Some(writer)))
     }
 
-    fn add(&mut self, source: &str, want: &Wanted) -> Result<()> {
+    fn add(&mut self, source: &PortRef, want: &Wanted) -> Result<()> {
         let short = format!("in_{}", self.next_input);
         self.next_input += 1;
         let port = self
@@ -245,7 +243,11 @@ impl Taps {
             .as_client()
             .register_port(&short, jack::AudioIn::default())
             .map_err(|e| anyhow!("taps: cannot add an input: {e:?}"))?;
-        let name = port.name().map_err(|e| anyhow!("{e:?}"))?;
+        let name: PortRef = port
+            .name()
+            .map_err(|e| anyhow!("{e:?}"))?
+            .parse()
+            .map_err(|e| anyhow!("taps: {e}"))?;
         let published = Arc::new(Published::default());
         let (reader, writer) = self.listen_ring(want.listened)?;
         self.lock().push(Tap {
@@ -258,7 +260,7 @@ impl Taps {
             listen: writer,
         });
         self.inputs.push(Input {
-            source: source.to_string(),
+            source: source.clone(),
             name,
             wanted: want.clone(),
             published,
@@ -268,11 +270,11 @@ impl Taps {
         Ok(())
     }
 
-    fn remove(&mut self, name: &str) {
-        self.inputs.retain(|i| i.name != name);
+    fn remove(&mut self, name: &PortRef) {
+        self.inputs.retain(|i| i.name != *name);
         let tap = {
             let mut taps = self.lock();
-            let at = taps.iter().position(|t| t.name == name);
+            let at = taps.iter().position(|t| t.name == *name);
             at.map(|at| taps.remove(at))
         };
         if let Some(tap) = tap {
@@ -282,11 +284,11 @@ impl Taps {
 
     /// The edges from synth outputs into their taps, and the inputs that mirror DAC
     /// channels (channel from 1, input), for the graph to make.
-    pub fn wiring(&self) -> (BTreeSet<Edge>, Vec<(usize, String)>) {
+    pub fn wiring(&self) -> (BTreeSet<Edge>, Vec<(u32, PortRef)>) {
         let mut edges = BTreeSet::new();
         let mut dac = Vec::new();
         for input in &self.inputs {
-            match dac_channel(&input.source) {
+            match input.source.dac_channel() {
                 Some(channel) => dac.push((channel, input.name.clone())),
                 None => {
                     edges.insert(Edge {
@@ -310,11 +312,7 @@ impl Taps {
             input.windows_seen = windows;
             levels.push(Level {
                 block: input.wanted.block.clone(),
-                port: input
-                    .source
-                    .split_once(':')
-                    .map_or(input.source.as_str(), |(_, port)| port)
-                    .to_string(),
+                port: input.source.port.clone(),
                 peak: f32::from_bits(input.published.peak.load(Ordering::Relaxed)),
                 rms: f32::from_bits(input.published.rms.load(Ordering::Relaxed)),
             });
@@ -387,11 +385,6 @@ impl Taps {
     }
 }
 
-/// The DAC channel (from 1) `port` is, if it is one.
-pub fn dac_channel(port: &str) -> Option<usize> {
-    port.strip_prefix("system:playback_")?.parse().ok()
-}
-
 /// How long a thread of this process has run, in ns (`/proc/self/task/TID/schedstat`'s first
 /// field: exact, where `stat`'s ticks are a hundredth of a second, too coarse for a thread
 /// that runs a few hundred microseconds a second).
@@ -406,13 +399,6 @@ fn thread_cpu_ns(tid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dac_channels_are_read_from_playback_ports() {
-        assert_eq!(dac_channel("system:playback_2"), Some(2));
-        assert_eq!(dac_channel("system:capture_1"), None);
-        assert_eq!(dac_channel("tone-ab12cd34:out"), None);
-    }
 
     #[test]
     fn this_threads_cpu_time_is_read_and_grows_as_it_works() {

@@ -2,9 +2,9 @@
 //! file in the work dir, so a later agent knows it is ours to stop); notice when ours ends,
 //! reaping it, and clear what a killed server leaves behind so the next one starts.
 
-use crate::agent::protocol::JackSettings;
-use crate::agent::supervisor::{command_name, process_alive, process_state};
+use crate::supervisor::{command_name, process_alive, process_state};
 use anyhow::{bail, Context, Result};
+use orchestra_protocol::wire::JackSettings;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,7 +111,7 @@ impl Server {
     /// Stop it (SIGTERM, then SIGKILL) and forget the pid file.
     pub fn stop(mut self, workdir: &Path) {
         if process_alive(self.pid) && command_name(self.pid).as_deref() == Some("jackd") {
-            crate::agent::supervisor::terminate_group(self.pid, Duration::from_secs(3));
+            crate::supervisor::terminate_group(self.pid, Duration::from_secs(3));
         }
         if let Some(child) = self.child.as_mut() {
             let _ = child.wait();
@@ -132,7 +132,7 @@ fn last_line(log: &Path) -> String {
         "no message buffer overruns",
         "JACK server starting",
     ];
-    let tail = crate::agent::supervisor::log_tail(log, 30);
+    let tail = crate::supervisor::log_tail(log, 30);
     let said: Vec<&str> = tail
         .lines()
         .map(str::trim)
@@ -159,7 +159,7 @@ pub fn start(workdir: &Path, jack: &JackSettings) -> Result<Server> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    crate::agent::supervisor::detach(&mut command);
+    crate::supervisor::detach(&mut command);
     let mut child = command
         .spawn()
         .context("cannot start jackd (is jackd2 installed? scripts/setup.sh installs it)")?;
@@ -210,7 +210,7 @@ pub fn stop_ours(workdir: &Path) -> Result<bool> {
         .with_context(|| format!("{}: not a pid", path.display()))?;
     let running = process_alive(pid as u32) && command_name(pid as u32).as_deref() == Some("jackd");
     if running {
-        crate::agent::supervisor::terminate_group(pid as u32, Duration::from_secs(3));
+        crate::supervisor::terminate_group(pid as u32, Duration::from_secs(3));
     }
     let _ = std::fs::remove_file(path);
     Ok(running)

@@ -3,11 +3,12 @@
 //! graph, the recorder) and the intended edges are made again. The time from the death to the
 //! edges being back is reported to the controller.
 
-use super::graph::{GraphEvent, JackGraph};
-use super::protocol::{Event, JackSettings};
-use super::{jackd, startup, Agent};
-use crate::deploy::Edge;
-use anyhow::{bail, Context, Result};
+use crate::agent::{send_osc, Host, Jack};
+use crate::graph::{GraphEvent, JackGraph};
+use crate::{jackd, startup, supervisor};
+use anyhow::{bail, Result};
+use orchestra_protocol::wire::{Event, JackSettings};
+use orchestra_protocol::{ClientName, Edge};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -28,18 +29,19 @@ pub struct Lost {
     next_try: Instant,
 }
 
-impl Agent {
+impl Host {
     /// Whether the JACK server is gone — the agent's client was shut down, or our jackd ended
     /// (reaped here) — noting when and why. The agent's clients of the dead server are let go.
-    pub(super) fn notice_jack_lost(&mut self) -> bool {
-        if self.jack_lost.is_some() {
-            return true;
-        }
+    pub fn notice_jack_lost(&mut self) -> bool {
         let mut lost: Option<(String, Instant)> = None;
-        if let Some(rx) = self.graph_events.as_mut() {
-            while let Ok(event) = rx.try_recv() {
-                if let GraphEvent::ServerGone(reason, at) = event {
-                    lost = Some((reason, at));
+        match &mut self.jack {
+            Jack::Lost(_) => return true,
+            Jack::Closed => return false,
+            Jack::Up { events, .. } => {
+                while let Ok(event) = events.try_recv() {
+                    if let GraphEvent::ServerGone(reason, at) = event {
+                        lost = Some((reason, at));
+                    }
                 }
             }
         }
@@ -59,18 +61,16 @@ impl Agent {
         tracing::info!("JACK server `{}` is gone: {reason}", jackd::server_name());
         // The dead server's last xruns are counted before its client is let go.
         self.count_xruns();
-        let mut intended = self
-            .graph
-            .take()
-            .map(JackGraph::abandon)
-            .unwrap_or_default();
+        let mut intended = match std::mem::replace(&mut self.jack, Jack::Closed) {
+            Jack::Up { graph, .. } => graph.abandon(),
+            _ => BTreeSet::new(),
+        };
         // A crossfade under way ends here, its edges as it would have left them.
         for (id, fading) in std::mem::take(&mut self.crossfades) {
             fading.abandon(&mut intended);
             let why = anyhow::anyhow!("the JACK server went away during the crossfade");
             self.crossfades_ended.push((id, Err(why)));
         }
-        self.graph_events = None;
         if let Some(recorder) = self.recorder.as_mut() {
             recorder.server_lost();
         }
@@ -78,7 +78,7 @@ impl Agent {
         if let Some(taps) = self.taps.take() {
             taps.abandon();
         }
-        self.jack_lost = Some(Lost {
+        self.jack = Jack::Lost(Lost {
             reason,
             since,
             intended,
@@ -90,21 +90,24 @@ impl Agent {
 
     /// Bring the server back if it is gone (and its next try is due); the events say how it
     /// went.
-    pub(super) async fn restore_jack(&mut self) -> Vec<Event> {
+    pub async fn restore_jack(&mut self) -> Vec<Event> {
         if !self.notice_jack_lost() {
             return Vec::new();
         }
-        let Some(settings) = self.jack_settings.clone() else {
+        let settings = self.settings.clone();
+        let Jack::Lost(lost) = &self.jack else {
             return Vec::new();
         };
-        let lost = self.jack_lost.as_ref().expect("noticed");
         if Instant::now() < lost.next_try {
             return Vec::new();
         }
         let intended = lost.intended.clone();
+        // The host keeps what it knew of the lost server while the new one comes up.
+        let Jack::Lost(lost) = std::mem::replace(&mut self.jack, Jack::Closed) else {
+            unreachable!("lost, as matched above")
+        };
         match self.bring_back(&settings, intended).await {
             Ok((synths, edges, mut events)) => {
-                let lost = self.jack_lost.take().expect("noticed");
                 let after_ms = lost.since.elapsed().as_millis() as u64;
                 tracing::info!(
                     "JACK server back: {synths} synth(s), {edges} edge(s) in {after_ms} ms"
@@ -119,17 +122,13 @@ impl Agent {
             }
             Err(e) => {
                 // Undo the half that came up, so the next try starts from the same place.
-                if let Some(graph) = self.graph.take() {
-                    let intended = graph.abandon();
-                    if let Some(lost) = self.jack_lost.as_mut() {
-                        lost.intended = intended;
-                    }
+                let mut lost = lost;
+                if let Jack::Up { graph, .. } = std::mem::replace(&mut self.jack, Jack::Closed) {
+                    lost.intended = graph.abandon();
                 }
-                self.graph_events = None;
                 if let Some(recorder) = self.recorder.as_mut() {
                     recorder.server_lost();
                 }
-                let lost = self.jack_lost.as_mut().expect("noticed");
                 let wait = RETRY_FIRST
                     .saturating_mul(1 << lost.failures.min(5))
                     .min(RETRY_AT_MOST);
@@ -137,14 +136,16 @@ impl Agent {
                 lost.next_try = Instant::now() + wait;
                 let error = format!("{e:#}");
                 tracing::info!("cannot bring the JACK server back: {error}; next try in {wait:?}");
-                if lost.failures == 1 {
+                let events = if lost.failures == 1 {
                     vec![Event::JackFailed {
                         reason: lost.reason.clone(),
                         error,
                     }]
                 } else {
                     Vec::new()
-                }
+                };
+                self.jack = Jack::Lost(lost);
+                events
             }
         }
     }
@@ -157,7 +158,7 @@ impl Agent {
         settings: &JackSettings,
         intended: BTreeSet<Edge>,
     ) -> Result<(usize, usize, Vec<Event>)> {
-        let workdir = self.workdir.clone().context("no hello yet")?;
+        let workdir = self.workdir.clone();
         let began = Instant::now();
         if !jackd::is_running() {
             if let Some(old) = self.jackd.take() {
@@ -178,18 +179,17 @@ impl Agent {
             recorder.reopen()?;
             graph.set_recorder_inputs(recorder.inputs.clone());
         }
-        self.graph = Some(graph);
-        self.graph_events = Some(events);
+        self.jack = Jack::Up { graph, events };
         let server_up = began.elapsed();
 
         // A restarted server has none of the old clients; a server that stayed up (only our
         // client was dropped) keeps those whose ports are still there.
-        let down: Vec<String> = {
-            let sup = self.supervisor.as_ref().context("no hello yet")?;
-            let graph = self.graph.as_ref().expect("opened above");
+        let down: Vec<ClientName> = {
+            let sup = &self.supervisor;
+            let graph = self.graph_if_up().expect("opened above");
             sup.clients()
                 .filter(|c| !sup.plays(c, |port| graph.port_exists(port)))
-                .map(str::to_string)
+                .cloned()
                 .collect()
         };
         let mut synths = 0;
@@ -199,11 +199,11 @@ impl Agent {
             // One synth registers with JACK at a time here (see `startup`): a server that came
             // back is no time to find out what else might race.
             self.wait_for_starts(true).await;
-            match self.supervisor()?.restart(&client)? {
+            match self.supervisor.restart(&client)? {
                 Ok(pid) => {
                     synths += 1;
                     self.dead_clients.remove(&client);
-                    let spec = self.supervisor()?.spec(&client).cloned();
+                    let spec = self.supervisor.spec(&client).cloned();
                     if let Some(spec) = spec {
                         self.starting
                             .push(startup::Starting::new(&spec, pid, &workdir));
@@ -222,13 +222,13 @@ impl Agent {
         // values it was told since it started (its files still say the first ones).
         for (spec, pid) in restarted {
             let Some(port) = spec.osc_port else { continue };
-            if !super::supervisor::process_alive(pid) {
+            if !supervisor::process_alive(pid) {
                 continue;
             }
             let live = spec.live.values().map(|p| p.osc.clone());
             let messages: Vec<Vec<u8>> = spec.start_osc.iter().cloned().chain(live).collect();
             if !messages.is_empty() {
-                super::send_osc(port, &messages);
+                send_osc(port, &messages);
             }
         }
         let synths_up = began.elapsed();

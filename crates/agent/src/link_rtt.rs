@@ -4,7 +4,8 @@
 //! the path the audio takes, with nothing to run on the peer and nothing logged there.
 //! jacktrip's own statistics (`-I`) carry no round trip, and its `-x` needs a loopback server.
 
-use crate::agent::protocol::Event;
+use orchestra_protocol::wire::Event;
+use orchestra_protocol::LinkEnd;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,10 +28,10 @@ pub fn read(dir: &std::path::Path) -> Option<u64> {
         .and_then(|text| text.trim().parse().ok())
 }
 
-/// A sending end here: its block (`link-….send`), its instance directory, and its peer.
+/// A sending end here: which end it is, its instance directory, and its peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sender {
-    pub block: String,
+    pub end: LinkEnd,
     pub dir: PathBuf,
     pub peer: String,
     pub port: u16,
@@ -38,7 +39,7 @@ pub struct Sender {
 
 impl Sender {
     /// From a sending end's command, `jacktrip -c ADDRESS … -P PORT …` (see deploy::links).
-    pub fn from_command(block: &str, dir: PathBuf, command: &[String]) -> Option<Sender> {
+    pub fn from_command(end: &LinkEnd, dir: PathBuf, command: &[String]) -> Option<Sender> {
         let after = |flag: &str| {
             command
                 .iter()
@@ -46,7 +47,7 @@ impl Sender {
                 .and_then(|i| command.get(i + 1))
         };
         Some(Sender {
-            block: block.to_string(),
+            end: end.clone(),
             dir,
             peer: after("-c")?.clone(),
             port: after("-P")?.parse().ok()?,
@@ -74,19 +75,19 @@ pub async fn probe(peer: &str, port: u16) -> Result<Duration, String> {
 /// The probes of every sending end here, run on a task of their own, and what of them to say.
 pub struct RoundTrips {
     senders: Arc<Mutex<Vec<Sender>>>,
-    measured: Arc<Mutex<BTreeMap<String, Duration>>>,
+    measured: Arc<Mutex<BTreeMap<LinkEnd, Duration>>>,
     /// Per end, the round trip last reported to the controller.
-    reported: BTreeMap<String, Duration>,
+    reported: BTreeMap<LinkEnd, Duration>,
     /// Per end, the round trip last written into its [`RTT_FILE`]: a file is written when a
     /// probe measured something new, not at every upkeep.
-    written: BTreeMap<String, Duration>,
+    written: BTreeMap<LinkEnd, Duration>,
 }
 
 impl RoundTrips {
     /// Start probing (on the current tokio runtime); the task ends with this value.
     pub fn start() -> RoundTrips {
         let senders: Arc<Mutex<Vec<Sender>>> = Default::default();
-        let measured: Arc<Mutex<BTreeMap<String, Duration>>> = Default::default();
+        let measured: Arc<Mutex<BTreeMap<LinkEnd, Duration>>> = Default::default();
         let (watched, into) = (Arc::downgrade(&senders), measured.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(PROBE_EVERY);
@@ -101,10 +102,10 @@ impl RoundTrips {
                 let probes = now.iter().map(|s| probe(&s.peer, s.port));
                 let results = futures::future::join_all(probes).await;
                 let mut measured = into.lock().expect("lock");
-                measured.retain(|block, _| now.iter().any(|s| &s.block == block));
+                measured.retain(|block, _| now.iter().any(|s| &s.end == block));
                 for (sender, result) in now.iter().zip(results) {
                     if let Ok(rtt) = result {
-                        measured.insert(sender.block.clone(), rtt);
+                        measured.insert(sender.end.clone(), rtt);
                     }
                 }
             }
@@ -124,23 +125,23 @@ impl RoundTrips {
         let measured = self.measured.lock().expect("lock").clone();
         let mut events = Vec::new();
         for sender in &senders {
-            let Some(&rtt) = measured.get(&sender.block) else {
+            let Some(&rtt) = measured.get(&sender.end) else {
                 continue;
             };
-            if self.written.get(&sender.block) != Some(&rtt) {
+            if self.written.get(&sender.end) != Some(&rtt) {
                 let _ = std::fs::write(sender.dir.join(RTT_FILE), rtt.as_micros().to_string());
-                self.written.insert(sender.block.clone(), rtt);
+                self.written.insert(sender.end.clone(), rtt);
             }
-            if worth_saying(self.reported.get(&sender.block).copied(), rtt) {
-                self.reported.insert(sender.block.clone(), rtt);
+            if worth_saying(self.reported.get(&sender.end).copied(), rtt) {
+                self.reported.insert(sender.end.clone(), rtt);
                 events.push(Event::LinkRtt {
-                    end: sender.block.clone(),
+                    end: sender.end.clone(),
                     peer: sender.peer.clone(),
                     rtt_us: rtt.as_micros() as u64,
                 });
             }
         }
-        let running = |block: &String| senders.iter().any(|s| &s.block == block);
+        let running = |block: &LinkEnd| senders.iter().any(|s| &s.end == block);
         self.reported.retain(|block, _| running(block));
         self.written.retain(|block, _| running(block));
         *self.senders.lock().expect("lock") = senders;
@@ -168,14 +169,14 @@ mod tests {
     #[test]
     fn a_sending_end_names_its_peer_and_port_and_a_receiving_end_is_none() {
         let sender = Sender::from_command(
-            "link-a-2.send",
+            &"link-a-2.send".parse().unwrap(),
             PathBuf::from("/w/links/x"),
             &command("jacktrip -c 10.0.0.12 -D -J link-a-2 -n 2 -B 4471 -P 4470 -q 4"),
         );
         assert_eq!(
             sender,
             Some(Sender {
-                block: "link-a-2.send".into(),
+                end: "link-a-2.send".parse().unwrap(),
                 dir: PathBuf::from("/w/links/x"),
                 peer: "10.0.0.12".into(),
                 port: 4470,
@@ -183,7 +184,11 @@ mod tests {
         );
         let receiver = command("jacktrip -s -D -J link-a-2 -n 2 -B 4470 -P 4471 -q 4");
         assert_eq!(
-            Sender::from_command("link-a-2.receive", PathBuf::new(), &receiver),
+            Sender::from_command(
+                &"link-a-2.receive".parse().unwrap(),
+                PathBuf::new(),
+                &receiver
+            ),
             None
         );
     }
@@ -207,7 +212,7 @@ mod tests {
     async fn an_ends_file_is_written_when_a_probe_measured_something_new() {
         let dir = tempfile::tempdir().unwrap();
         let sender = Sender {
-            block: "link-a-2.send".into(),
+            end: "link-a-2.send".parse().unwrap(),
             dir: dir.path().to_path_buf(),
             peer: "127.0.0.1".into(),
             port: 9,
@@ -218,7 +223,7 @@ mod tests {
                 .measured
                 .lock()
                 .unwrap()
-                .insert(sender.block.clone(), Duration::from_micros(us));
+                .insert(sender.end.clone(), Duration::from_micros(us));
         };
         measure(&trips, 180);
         assert_eq!(trips.update(vec![sender.clone()]).len(), 1);

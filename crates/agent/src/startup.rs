@@ -9,7 +9,7 @@
 //! each other (jacktrip ends, `command` programs such as jack_metro: ten on one server took
 //! ten times one start when each waited for the one before).
 
-use crate::deploy::ProcessSpec;
+use orchestra_protocol::{ClientName, PortRef, ProcessSpec};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,17 +19,17 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 /// A process that may still be registering with JACK.
 #[derive(Debug)]
 pub struct Starting {
-    pub client: String,
+    pub client: ClientName,
     pid: u32,
     log: PathBuf,
     ready_line: Option<String>,
-    ports: Vec<String>,
+    ports: Vec<PortRef>,
     since: Instant,
 }
 
 impl Starting {
     /// The ports it will register.
-    pub fn ports(&self) -> &[String] {
+    pub fn ports(&self) -> &[PortRef] {
         &self.ports
     }
 
@@ -51,8 +51,8 @@ impl Starting {
 
     /// True once the process no longer races with others starting: it said so, its ports
     /// exist (engines without a ready line), it is gone, or it took too long.
-    pub fn settled(&self, port_exists: impl Fn(&str) -> bool) -> bool {
-        if !crate::agent::supervisor::process_alive(self.pid) {
+    pub fn settled(&self, port_exists: impl Fn(&PortRef) -> bool) -> bool {
+        if !crate::supervisor::process_alive(self.pid) {
             return true;
         }
         if self.since.elapsed() >= GIVE_UP_AFTER {
@@ -61,7 +61,7 @@ impl Starting {
         }
         match &self.ready_line {
             Some(line) => log_contains(&self.log, line),
-            None => self.ports.iter().all(|p| port_exists(p)),
+            None => self.ports.iter().all(port_exists),
         }
     }
 }
@@ -78,22 +78,12 @@ mod tests {
 
     fn spec(ready_line: Option<&str>) -> ProcessSpec {
         ProcessSpec {
-            block: "osc".into(),
-            module: "sine".into(),
-            client: "osc-12345678".into(),
             dir: "blocks/osc".into(),
             command: vec!["sleep".into(), "5".into()],
-            files: Default::default(),
             spec_hash: "12345678".into(),
-            inputs: vec![],
             outputs: vec!["osc-12345678:output1".into()],
             ready_line: ready_line.map(String::from),
-            package: None,
-            osc_port: None,
-            render_key: String::new(),
-            start_osc: Vec::new(),
-            live: Default::default(),
-            fade_ms: 0,
+            ..ProcessSpec::fixture("osc", "sine", "osc-12345678")
         }
     }
 
@@ -119,7 +109,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let starting = Starting::new(&spec(None), std::process::id(), dir.path());
         assert!(!starting.settled(|_| false));
-        assert!(starting.settled(|p| p == "osc-12345678:output1"));
+        assert!(starting.settled(|p| *p == "osc-12345678:output1"));
     }
 
     #[test]

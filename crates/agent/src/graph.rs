@@ -3,9 +3,9 @@
 //! mirrors what reaches `system:playback_N` into the recorder and the DAC's taps; the taps of
 //! synth outputs (see `taps`) are its own edges. Callbacks only send to a channel.
 
-use crate::deploy::Edge;
 use jack::jack_sys as j;
 use libc::{c_char, c_int, c_void};
+use orchestra_protocol::{ClientName, Edge, PortRef};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,16 +84,16 @@ pub struct JackGraph {
     gone: Arc<AtomicBool>,
     intended: BTreeSet<Edge>,
     /// Where the recorder listens: (its input ports, index 0 = DAC channel 1).
-    recorder_inputs: Vec<String>,
+    recorder_inputs: Vec<PortRef>,
     /// Where the DAC's taps listen: (DAC channel from 1, the tap's input port).
-    dac_taps: Vec<(usize, String)>,
+    dac_taps: Vec<(u32, PortRef)>,
     /// Synth outputs into their taps: made whenever their ports are ready, never reported as
     /// intended (the controller did not ask for them), never removed as unplanned.
     tap_edges: BTreeSet<Edge>,
     /// When each client's ports were first seen. A client registers its ports before it
     /// activates; connecting in that window fails ("inactive client") and was seen to leave
     /// csound stalled, so edges wait until a client has settled.
-    first_seen: RefCell<HashMap<String, Instant>>,
+    first_seen: RefCell<HashMap<ClientName, Instant>>,
     /// Remove unplanned edges to programs that are not the orchestra's too.
     exclusive: bool,
 }
@@ -101,7 +101,20 @@ pub struct JackGraph {
 /// How long a new client's ports must exist before we connect them.
 const SETTLE: Duration = Duration::from_millis(100);
 
-const PLAYBACK_PREFIX: &str = "system:playback_";
+/// A port's name as JACK takes it.
+fn jack_name(port: &PortRef) -> String {
+    port.to_string()
+}
+
+/// A port JACK named, as ours are (a name that is not `client:port` is none of ours).
+fn port_named(name: &str) -> Option<PortRef> {
+    name.parse().ok()
+}
+
+/// Whether the port belongs to the server's own `system` client (the sound card, the DAC).
+fn is_system(port: &PortRef) -> bool {
+    port.client == "system"
+}
 
 impl JackGraph {
     /// Open and activate the control client with notification callbacks and no process
@@ -158,7 +171,7 @@ impl JackGraph {
     }
 
     /// Whether the server says it runs real-time (jackd's `-R`, its default; `-r` turns it
-    /// off). Whether the kernel granted it is another matter: see `crate::agent::realtime`.
+    /// off). Whether the kernel granted it is another matter: see `crate::realtime`.
     pub fn server_realtime(&self) -> bool {
         // SAFETY: a plain query on a live client.
         unsafe { j::jack_is_realtime(self.client.raw()) != 0 }
@@ -207,32 +220,32 @@ impl JackGraph {
         self.exclusive = exclusive;
     }
 
-    pub fn set_recorder_inputs(&mut self, inputs: Vec<String>) {
+    pub fn set_recorder_inputs(&mut self, inputs: Vec<PortRef>) {
         self.recorder_inputs = inputs;
     }
 
     /// What the taps hear: synth outputs through `edges`, and DAC channels through the inputs
     /// of `dac` that mirror them.
-    pub fn set_taps(&mut self, edges: BTreeSet<Edge>, dac: Vec<(usize, String)>) {
+    pub fn set_taps(&mut self, edges: BTreeSet<Edge>, dac: Vec<(u32, PortRef)>) {
         self.tap_edges = edges;
         self.dac_taps = dac;
     }
 
     /// Every input that mirrors a DAC channel: (channel from 1, the input).
-    fn mirror_inputs(&self) -> impl Iterator<Item = (usize, &str)> {
+    fn mirror_inputs(&self) -> impl Iterator<Item = (u32, &PortRef)> {
         self.recorder_inputs
             .iter()
             .enumerate()
-            .map(|(i, input)| (i + 1, input.as_str()))
-            .chain(self.dac_taps.iter().map(|(c, input)| (*c, input.as_str())))
+            .map(|(i, input)| (i as u32 + 1, input))
+            .chain(self.dac_taps.iter().map(|(c, input)| (*c, input)))
     }
 
-    fn is_mirror_input(&self, port: &str) -> bool {
+    fn is_mirror_input(&self, port: &PortRef) -> bool {
         self.mirror_inputs().any(|(_, input)| input == port)
     }
 
     /// Whether any client called `name` has ports on the server.
-    pub fn client_exists(&self, name: &str) -> bool {
+    pub fn client_exists(&self, name: &ClientName) -> bool {
         !self
             .client
             .ports(Some(&format!("^{name}:")), None, jack::PortFlags::empty())
@@ -246,16 +259,21 @@ impl JackGraph {
             .len()
     }
 
-    pub fn port_exists(&self, name: &str) -> bool {
-        self.client.port_by_name(name).is_some()
+    pub fn port_exists(&self, port: &PortRef) -> bool {
+        self.client.port_by_name(&jack_name(port)).is_some()
     }
 
     /// Remove `edge` now, and its copies into the recorder and the DAC's taps. Only writes to
     /// the graph (see [`JackGraph::connect_now`]).
     pub fn disconnect(&self, edge: &Edge) {
-        let _ = self.client.disconnect_ports_by_name(&edge.from, &edge.to);
+        let from = jack_name(&edge.from);
+        let _ = self
+            .client
+            .disconnect_ports_by_name(&from, &jack_name(&edge.to));
         for mirror in self.mirrors_of(&edge.to) {
-            let _ = self.client.disconnect_ports_by_name(&edge.from, mirror);
+            let _ = self
+                .client
+                .disconnect_ports_by_name(&from, &jack_name(mirror));
         }
     }
 
@@ -267,25 +285,28 @@ impl JackGraph {
     /// The full reconcile is left to the upkeep. When it cannot tell (a new client), false,
     /// and the edge is made as the reconcile finds its ports ready.
     pub fn connect_now(&self, edge: &Edge) -> bool {
-        let settled = |port: &str| {
-            let client = port.split(':').next().unwrap_or("");
-            client == "system"
+        let settled = |port: &PortRef| {
+            is_system(port)
                 || self
                     .first_seen
                     .borrow()
-                    .get(client)
+                    .get(&port.client)
                     .is_some_and(|seen| seen.elapsed() >= SETTLE)
         };
         if !settled(&edge.from) || !settled(&edge.to) {
             return false;
         }
-        let made = match self.client.connect_ports_by_name(&edge.from, &edge.to) {
+        let from = jack_name(&edge.from);
+        let made = match self
+            .client
+            .connect_ports_by_name(&from, &jack_name(&edge.to))
+        {
             Ok(()) | Err(jack::Error::PortAlreadyConnected(..)) => true,
             Err(_) => false,
         };
         if made {
             for mirror in self.mirrors_of(&edge.to) {
-                let _ = self.client.connect_ports_by_name(&edge.from, mirror);
+                let _ = self.client.connect_ports_by_name(&from, &jack_name(mirror));
             }
         }
         made
@@ -293,11 +314,8 @@ impl JackGraph {
 
     /// The inputs (the recorder's, the DAC's taps) that mirror `port`, when it is a DAC
     /// channel.
-    pub fn mirrors_of(&self, port: &str) -> Vec<&str> {
-        let Some(channel) = port
-            .strip_prefix(PLAYBACK_PREFIX)
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
+    pub fn mirrors_of(&self, port: &PortRef) -> Vec<&PortRef> {
+        let Some(channel) = port.dac_channel() else {
             return Vec::new();
         };
         self.mirror_inputs()
@@ -308,34 +326,30 @@ impl JackGraph {
 
     fn connected(&self, edge: &Edge) -> bool {
         self.client
-            .port_by_name(&edge.from)
-            .and_then(|p| p.is_connected_to(&edge.to).ok())
+            .port_by_name(&jack_name(&edge.from))
+            .and_then(|p| p.is_connected_to(&jack_name(&edge.to)).ok())
             .unwrap_or(false)
     }
 
     /// The port exists and its client has had time to activate.
-    pub fn ready(&self, port: &str) -> bool {
-        if self.client.port_by_name(port).is_none() {
+    pub fn ready(&self, port: &PortRef) -> bool {
+        if self.client.port_by_name(&jack_name(port)).is_none() {
             return false;
         }
-        let client = port.split(':').next().unwrap_or("");
-        if client == "system" {
+        if is_system(port) {
             return true;
         }
         let now = Instant::now();
         let mut seen = self.first_seen.borrow_mut();
-        now.duration_since(*seen.entry(client.to_string()).or_insert(now)) >= SETTLE
+        now.duration_since(*seen.entry(port.client.clone()).or_insert(now)) >= SETTLE
     }
 
     /// Start each new client's settle time when its ports first show up, not when an edge
     /// first asks for them (a synth started long ago and wired now needs no wait), and forget
     /// clients that left (one that comes back under its name settles again).
-    fn note_clients(&self, all_ports: &[String]) {
+    fn note_clients(&self, all_ports: &[PortRef]) {
         let now = Instant::now();
-        let present: BTreeSet<String> = all_ports
-            .iter()
-            .filter_map(|p| p.split_once(':').map(|(c, _)| c.to_string()))
-            .collect();
+        let present: BTreeSet<ClientName> = all_ports.iter().map(|p| p.client.clone()).collect();
         let mut seen = self.first_seen.borrow_mut();
         seen.retain(|c, _| present.contains(c));
         for c in present {
@@ -350,16 +364,17 @@ impl JackGraph {
     /// Everything is read first and written after: a read while a write is pending waits
     /// for JACK's next cycle (see [`JackGraph::connect_now`]), so reading between writes cost
     /// a period per edge — 10 new synths' edges took a fifth of a second at 1024 frames.
-    pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a str>) {
+    pub fn reconcile<'a>(&self, our_clients: impl Iterator<Item = &'a ClientName>) {
         let client = &self.client;
-        let ours: BTreeSet<&str> = our_clients.collect();
-        let managed = |port: &str| {
-            let owner = port.split(':').next().unwrap_or("");
-            owner == "system" || ours.contains(owner)
-        };
+        let ours: BTreeSet<&ClientName> = our_clients.collect();
+        let managed = |port: &PortRef| is_system(port) || ours.contains(&port.client);
         // One listing of every port, shared below: a query per client compiled a regex and
         // scanned every port each time, five times a second.
-        let all_ports = client.ports(None, None, jack::PortFlags::empty());
+        let all_ports: Vec<PortRef> = client
+            .ports(None, None, jack::PortFlags::empty())
+            .iter()
+            .filter_map(|name| port_named(name))
+            .collect();
         self.note_clients(&all_ports);
         let to_connect: Vec<&Edge> = self
             .intended
@@ -372,30 +387,27 @@ impl JackGraph {
             .filter(|e| self.ready(&e.from) && self.ready(&e.to) && !self.connected(e))
             .collect();
         let mut to_disconnect = Vec::new();
-        let of_ours = all_ports.iter().filter(|port| {
-            port.split_once(':')
-                .is_some_and(|(owner, _)| ours.contains(owner))
-        });
-        for port_name in of_ours {
-            let Some(port) = client.port_by_name(port_name) else {
+        let of_ours = all_ports.iter().filter(|port| ours.contains(&port.client));
+        for ours in of_ours {
+            let Some(port) = client.port_by_name(&jack_name(ours)) else {
                 continue;
             };
             let is_output = port.flags().contains(jack::PortFlags::IS_OUTPUT);
-            for other in port.get_connections() {
+            for other in port.get_connections().iter().filter_map(|n| port_named(n)) {
+                // A crossfade's voices are the agent's own, for a moment.
+                let fading = other.client.as_str().starts_with(crate::fader::CLIENT);
+                let theirs = !self.exclusive && !managed(&other);
                 let edge = if is_output {
                     Edge {
-                        from: port_name.clone(),
-                        to: other.clone(),
+                        from: ours.clone(),
+                        to: other,
                     }
                 } else {
                     Edge {
-                        from: other.clone(),
-                        to: port_name.clone(),
+                        from: other,
+                        to: ours.clone(),
                     }
                 };
-                let theirs = !self.exclusive && !managed(&other);
-                // A crossfade's voices are the agent's own, for a moment.
-                let fading = other.starts_with(super::fader::CLIENT);
                 if !self.intended.contains(&edge)
                     && !self.is_mirror_input(&edge.to)
                     && !self.tap_edges.contains(&edge)
@@ -408,22 +420,28 @@ impl JackGraph {
             }
         }
         let mirror = self.mirror_changes(&to_connect, &to_disconnect);
+        let connect = |edge: &Edge| {
+            client.connect_ports_by_name(&jack_name(&edge.from), &jack_name(&edge.to))
+        };
+        let disconnect = |edge: &Edge| {
+            client.disconnect_ports_by_name(&jack_name(&edge.from), &jack_name(&edge.to))
+        };
         for edge in to_connect {
-            if let Err(e) = client.connect_ports_by_name(&edge.from, &edge.to) {
-                tracing::warn!("connect {} → {}: {e:?}", edge.from, edge.to);
+            if let Err(e) = connect(edge) {
+                tracing::warn!("connect {edge}: {e:?}");
             }
         }
         for edge in taps_to_connect {
-            let _ = client.connect_ports_by_name(&edge.from, &edge.to);
+            let _ = connect(edge);
         }
         for edge in &to_disconnect {
-            let _ = client.disconnect_ports_by_name(&edge.from, &edge.to);
+            let _ = disconnect(edge);
         }
         for (edge, on) in mirror {
             let _ = if on {
-                client.connect_ports_by_name(&edge.from, &edge.to)
+                connect(&edge)
             } else {
-                client.disconnect_ports_by_name(&edge.from, &edge.to)
+                disconnect(&edge)
             };
         }
     }
@@ -435,18 +453,19 @@ impl JackGraph {
         let client = &self.client;
         // A crossfade's voices into the DAC are not copied: the crossfade fades the copies
         // itself (see `fader`), and its voices into the mirrors are its own.
-        let connections = |port: &str| -> BTreeSet<String> {
+        let connections = |port: &PortRef| -> BTreeSet<PortRef> {
             client
-                .port_by_name(port)
+                .port_by_name(&jack_name(port))
                 .map(|p| p.get_connections())
                 .unwrap_or_default()
-                .into_iter()
-                .filter(|from| !from.starts_with(super::fader::CLIENT))
+                .iter()
+                .filter_map(|name| port_named(name))
+                .filter(|from| !from.client.as_str().starts_with(crate::fader::CLIENT))
                 .collect()
         };
         let mut changes = Vec::new();
         for (channel, rec) in self.mirror_inputs() {
-            let playback = format!("{PLAYBACK_PREFIX}{channel}");
+            let playback = PortRef::playback(channel);
             let mut sources = connections(&playback);
             sources.extend(
                 connecting
@@ -458,9 +477,9 @@ impl JackGraph {
                 sources.remove(&gone.from);
             }
             let current = connections(rec);
-            let edge = |from: &String| Edge {
+            let edge = |from: &PortRef| Edge {
                 from: from.clone(),
-                to: rec.to_string(),
+                to: rec.clone(),
             };
             changes.extend(sources.difference(&current).map(|s| (edge(s), true)));
             changes.extend(current.difference(&sources).map(|s| (edge(s), false)));

@@ -3,7 +3,8 @@
 //! and the total), so a host in trouble informs the musician without flooding the terminal;
 //! likewise each jacktrip end's under- and over-runs, from the stats it prints.
 
-use super::protocol::Event;
+use orchestra_protocol::wire::Event;
+use orchestra_protocol::{LinkEnd, Side};
 use std::time::{Duration, Instant};
 
 /// At most one report per host this often.
@@ -149,8 +150,8 @@ fn tail(path: &std::path::Path) -> Option<String> {
 /// orchestra's audio (a receiving end's `recv`, a sending end's `send`), read from their logs
 /// once a second: one `Event::LinkRuns` per end that had new ones.
 pub struct LinkMeter {
-    /// Per end (its block, `link-….receive`): the counts last read from its log.
-    seen: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Per end: the counts last read from its log.
+    seen: std::collections::BTreeMap<LinkEnd, (u64, u64)>,
     /// New runs since this agent started, over all ends: (under, over).
     total: (u64, u64),
     last_read: Instant,
@@ -169,9 +170,8 @@ impl LinkMeter {
         self.total
     }
 
-    /// Read the ends' logs (`(block, log path)`) if a second has passed; the reports of those
-    /// with new runs.
-    pub fn read(&mut self, ends: &[(String, std::path::PathBuf)], now: Instant) -> Vec<Event> {
+    /// Read the ends' logs if a second has passed; the reports of those with new runs.
+    pub fn read(&mut self, ends: &[(LinkEnd, std::path::PathBuf)], now: Instant) -> Vec<Event> {
         if now - self.last_read < REPORT_EVERY {
             return Vec::new();
         }
@@ -184,10 +184,9 @@ impl LinkMeter {
             let Some(stats) = tail(log).as_deref().and_then(last_jacktrip_stats) else {
                 continue;
             };
-            let now_counts = if end.ends_with(".send") {
-                stats.send
-            } else {
-                stats.recv
+            let now_counts = match end.side {
+                Side::Send => stats.send,
+                Side::Receive => stats.recv,
             };
             let before = self.seen.insert(end.clone(), now_counts).unwrap_or((0, 0));
             // A restarted end counts from zero again.
@@ -238,7 +237,7 @@ UDP waiting too long (more than 30ms) for 10.0.0.12...
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         std::fs::write(&log, LOG).unwrap();
-        let ends = vec![("link-a.receive".to_string(), log.clone())];
+        let ends = vec![("link-a.receive".parse::<LinkEnd>().unwrap(), log.clone())];
         let t0 = Instant::now();
         let mut meter = LinkMeter::new(t0);
         assert!(meter.read(&ends, t0).is_empty(), "not a second yet");

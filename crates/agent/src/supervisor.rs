@@ -3,9 +3,9 @@
 //! notices when one exits (reaping its own children), and starts one again from its spec when
 //! its JACK server died under it.
 
-use crate::agent::protocol::{Event, ProcessStatus};
-use crate::deploy::{LiveParam, ProcessSpec};
 use anyhow::{bail, Context, Result};
+use orchestra_protocol::wire::{Event, ProcessStatus};
+use orchestra_protocol::{ClientName, LinkEnd, LiveParam, Part, PortRef, ProcessSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 /// What `instance.json` records, so a later agent can adopt the process safely.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct InstanceRecord {
-    block: String,
-    client: String,
+    block: Part,
+    client: ClientName,
     pid: u32,
     /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22): guards against a
     /// recycled pid being mistaken for ours.
@@ -36,7 +36,7 @@ struct Managed {
 
 pub struct Supervisor {
     workdir: PathBuf,
-    running: BTreeMap<String, Managed>,
+    running: BTreeMap<ClientName, Managed>,
     /// Instances told to stop that have not ended yet, with when they get SIGKILL.
     stopping: Vec<(Managed, Instant)>,
 }
@@ -91,7 +91,7 @@ pub fn inspect(workdir: &Path) -> Vec<ProcessStatus> {
     instance_records(workdir)
         .into_iter()
         .map(|(dir, record)| ProcessStatus {
-            rtt_us: crate::agent::link_rtt::read(&dir),
+            rtt_us: crate::link_rtt::read(&dir),
             alive: still_runs(&record),
             block: record.block,
             client: record.client,
@@ -250,7 +250,7 @@ impl Supervisor {
 
     /// Adopt instances a previous agent started that still run — synths under `blocks/`, the
     /// jacktrip ends of network links under `links/` — and clean up dead ones.
-    pub fn adopt(&mut self) -> Vec<String> {
+    pub fn adopt(&mut self) -> Vec<ClientName> {
         let mut adopted = Vec::new();
         for (dir, record) in instance_records(&self.workdir) {
             if still_runs(&record) {
@@ -304,8 +304,8 @@ impl Supervisor {
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         for (rel, content) in &spec.files {
-            let (rel, content) =
-                crate::modules::rendered_file(rel, content).map_err(anyhow::Error::msg)?;
+            let (rel, content) = orchestra_protocol::spec::rendered_file(rel, content)
+                .map_err(anyhow::Error::msg)?;
             if rel.split('/').any(|part| part == ".." || part.is_empty()) {
                 bail!("module file `{rel}` is not a plain relative path");
             }
@@ -360,7 +360,7 @@ impl Supervisor {
     /// [`Supervisor::reap_stopping`]: the stops of one change, or of a teardown, overlap
     /// instead of each waiting for its program to close its JACK client (tens of ms each,
     /// most of a 10-synth host's teardown). Unknown clients are already stopped.
-    pub fn begin_stop(&mut self, client: &str) {
+    pub fn begin_stop(&mut self, client: &ClientName) {
         let Some(managed) = self.running.remove(client) else {
             return;
         };
@@ -397,13 +397,15 @@ impl Supervisor {
     }
 
     /// Whether `client` was told to stop and has not ended yet.
-    pub fn is_stopping(&self, client: &str) -> bool {
-        self.stopping.iter().any(|(m, _)| m.record.client == client)
+    pub fn is_stopping(&self, client: &ClientName) -> bool {
+        self.stopping
+            .iter()
+            .any(|(m, _)| m.record.client == *client)
     }
 
     /// Wait until `client` (every instance told to stop, for `None`) has ended: at most the
     /// grace, then SIGKILL.
-    pub fn wait_ended(&mut self, client: Option<&str>) {
+    pub fn wait_ended(&mut self, client: Option<&ClientName>) {
         loop {
             let all_ended = self.reap_stopping();
             if all_ended || client.is_some_and(|c| !self.is_stopping(c)) {
@@ -450,7 +452,7 @@ impl Supervisor {
 
     /// Whether the instance runs (and, given `port_exists`, has all its JACK ports): after its
     /// JACK server died, one that does not must start again.
-    pub fn plays(&self, client: &str, port_exists: impl Fn(&str) -> bool) -> bool {
+    pub fn plays(&self, client: &ClientName, port_exists: impl Fn(&PortRef) -> bool) -> bool {
         let Some(managed) = self.running.get(client) else {
             return false;
         };
@@ -458,11 +460,7 @@ impl Supervisor {
             return false;
         }
         match &managed.record.spec {
-            Some(spec) => spec
-                .inputs
-                .iter()
-                .chain(&spec.outputs)
-                .all(|p| port_exists(p)),
+            Some(spec) => spec.inputs.iter().chain(&spec.outputs).all(&port_exists),
             None => true,
         }
     }
@@ -470,7 +468,7 @@ impl Supervisor {
     /// Stop an instance (it is reaped) and start it again from its spec, under the same JACK
     /// client name. `Ok(Err(event))`: there is no spec to start it from; it is forgotten and
     /// the `Exited` event tells the controller to start it.
-    pub fn restart(&mut self, client: &str) -> Result<Result<u32, Event>> {
+    pub fn restart(&mut self, client: &ClientName) -> Result<Result<u32, Event>> {
         let Some(mut managed) = self.running.remove(client) else {
             bail!("`{client}` is not running here");
         };
@@ -484,7 +482,7 @@ impl Supervisor {
             Some(spec) => Ok(Ok(self.start(&spec)?)),
             None => Ok(Err(Event::Exited {
                 block: managed.record.block.clone(),
-                client: client.to_string(),
+                client: client.clone(),
                 code: None,
                 signal: None,
                 log_tail: log_tail(&managed.dir.join("log"), 8),
@@ -494,7 +492,7 @@ impl Supervisor {
 
     /// Live params told to a running instance: kept in its spec (and `instance.json`), which
     /// is what a restart starts it from and tells it again.
-    pub fn told(&mut self, client: &str, live: &BTreeMap<String, LiveParam>) -> Result<()> {
+    pub fn told(&mut self, client: &ClientName, live: &BTreeMap<String, LiveParam>) -> Result<()> {
         let Some(managed) = self.running.get_mut(client) else {
             return Ok(());
         };
@@ -506,12 +504,12 @@ impl Supervisor {
     }
 
     /// The spec an instance was started from, when known.
-    pub fn spec(&self, client: &str) -> Option<&ProcessSpec> {
+    pub fn spec(&self, client: &ClientName) -> Option<&ProcessSpec> {
         self.running.get(client)?.record.spec.as_ref()
     }
 
-    pub fn clients(&self) -> impl Iterator<Item = &str> {
-        self.running.keys().map(String::as_str)
+    pub fn clients(&self) -> impl Iterator<Item = &ClientName> {
+        self.running.keys()
     }
 
     pub fn status(&self) -> Vec<ProcessStatus> {
@@ -522,67 +520,61 @@ impl Supervisor {
                 client: m.record.client.clone(),
                 pid: m.record.pid,
                 alive: process_alive(m.record.pid),
-                rtt_us: crate::agent::link_rtt::read(&m.dir),
+                rtt_us: crate::link_rtt::read(&m.dir),
             })
             .collect()
     }
 
-    /// Whether the instance is a jacktrip end of a network link, not a synth.
     /// The receiving ends of network links here (`jacktrip -s`), with their logs.
-    pub fn link_receivers(&self) -> Vec<crate::agent::link_health::Receiver> {
+    pub fn link_receivers(&self) -> Vec<crate::link_health::Receiver> {
         self.running
             .values()
             .filter_map(|m| {
                 let spec = m.record.spec.as_ref()?;
-                (spec.module == "jacktrip" && spec.command.iter().any(|a| a == "-s")).then(|| {
-                    crate::agent::link_health::Receiver {
-                        block: m.record.block.clone(),
+                let end = m.record.block.link_end()?;
+                spec.command
+                    .iter()
+                    .any(|a| a == "-s")
+                    .then(|| crate::link_health::Receiver {
+                        end: end.clone(),
                         client: m.record.client.clone(),
                         log: m.dir.join("log"),
-                    }
-                })
+                    })
             })
             .collect()
     }
 
     /// The sending jacktrip ends running here, for their round trips.
-    pub fn link_senders(&self) -> Vec<crate::agent::link_rtt::Sender> {
+    pub fn link_senders(&self) -> Vec<crate::link_rtt::Sender> {
         self.running
             .values()
             .filter_map(|m| {
-                let spec = m.record.spec.as_ref().filter(|s| s.module == "jacktrip")?;
-                crate::agent::link_rtt::Sender::from_command(
-                    &m.record.block,
-                    m.dir.clone(),
-                    &spec.command,
-                )
+                let spec = m.record.spec.as_ref()?;
+                let end = m.record.block.link_end()?;
+                crate::link_rtt::Sender::from_command(end, m.dir.clone(), &spec.command)
             })
             .collect()
     }
 
-    pub fn is_link(&self, client: &str) -> bool {
-        match self
-            .running
-            .get(client)
-            .and_then(|m| m.record.spec.as_ref())
-        {
-            Some(spec) => spec.module == "jacktrip",
-            None => client.starts_with("link-"),
+    /// Whether the instance is a jacktrip end of a network link, not a synth.
+    pub fn is_link(&self, client: &ClientName) -> bool {
+        match self.running.get(client) {
+            Some(m) => m.record.block.link_end().is_some(),
+            None => client.link().is_some(),
         }
     }
 
-    /// The jacktrip ends running here: their block (`link-….receive`) and log.
-    pub fn link_logs(&self) -> Vec<(String, PathBuf)> {
+    /// The jacktrip ends running here, with their logs.
+    pub fn link_logs(&self) -> Vec<(LinkEnd, PathBuf)> {
         self.running
-            .iter()
-            .filter(|(client, _)| self.is_link(client))
-            .map(|(_, m)| (m.record.block.clone(), m.dir.join("log")))
+            .values()
+            .filter_map(|m| Some((m.record.block.link_end()?.clone(), m.dir.join("log"))))
             .collect()
     }
 
     /// Stop every instance, all at once, and wait until they ended.
     pub fn stop_all(&mut self) {
-        let clients: Vec<String> = self.running.keys().cloned().collect();
+        let clients: Vec<ClientName> = self.running.keys().cloned().collect();
         for client in clients {
             self.begin_stop(&client);
         }
@@ -596,22 +588,10 @@ mod tests {
 
     fn spec(block: &str, script: &str) -> ProcessSpec {
         ProcessSpec {
-            block: block.into(),
-            module: "test".into(),
-            client: format!("{block}-00000000"),
             dir: format!("blocks/{block}-test/00000000"),
             command: vec!["sh".into(), "-c".into(), script.into()],
-            files: Default::default(),
             spec_hash: "00000000".into(),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            ready_line: None,
-            package: None,
-            osc_port: None,
-            render_key: String::new(),
-            start_osc: Vec::new(),
-            live: Default::default(),
-            fade_ms: 0,
+            ..ProcessSpec::fixture(block, "test", &format!("{block}-00000000"))
         }
     }
 
@@ -673,7 +653,7 @@ mod tests {
         // The shell must have set its trap before it is told to stop.
         std::thread::sleep(Duration::from_millis(200));
         for block in ["a", "b", "c", "deaf"] {
-            sup.begin_stop(&format!("{block}-00000000"));
+            sup.begin_stop(&format!("{block}-00000000").parse().unwrap());
         }
         assert!(sup.stops_pending());
         assert!(sup.clients().next().is_none(), "none counts as running");
@@ -688,7 +668,7 @@ mod tests {
                 .exists());
         }
         // Unknown and already stopped: nothing to do.
-        sup.begin_stop("a-00000000");
+        sup.begin_stop(&"a-00000000".parse().unwrap());
         assert!(!sup.stops_pending());
     }
 }

@@ -4,7 +4,8 @@
 //! saying so for [`STARVED_AFTER`] is reported once per starvation, and the controller
 //! restarts the link.
 
-use crate::agent::protocol::Event;
+use orchestra_protocol::wire::Event;
+use orchestra_protocol::{ClientName, LinkEnd};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -27,13 +28,13 @@ struct Watched {
 /// The receiving ends of this host's links and what their logs said lately.
 #[derive(Debug, Default)]
 pub struct LinkHealth {
-    watched: BTreeMap<String, Watched>,
+    watched: BTreeMap<ClientName, Watched>,
 }
 
-/// One receiving end: its block (`link-….receive`), client and log file.
+/// One receiving end: which end it is, its client and its log file.
 pub struct Receiver {
-    pub block: String,
-    pub client: String,
+    pub end: LinkEnd,
+    pub client: ClientName,
     pub log: PathBuf,
 }
 
@@ -52,7 +53,7 @@ impl LinkHealth {
                 if !watched.reported && now.duration_since(since) >= STARVED_AFTER {
                     watched.reported = true;
                     starved.push(Event::LinkStarved {
-                        block: receiver.block,
+                        end: receiver.end,
                         client: receiver.client,
                         for_ms: now.duration_since(since).as_millis() as u64,
                     });
@@ -104,8 +105,8 @@ mod tests {
         .unwrap();
         let receiver = || {
             vec![Receiver {
-                block: "link-a.receive".into(),
-                client: "link-a".into(),
+                end: "link-a.receive".parse().unwrap(),
+                client: "link-a".parse().unwrap(),
                 log: log.clone(),
             }]
         };

@@ -4,6 +4,7 @@
 //! it, the outage recorded as the silence it was.
 
 use anyhow::{Context, Result};
+use orchestra_protocol::PortRef;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -103,10 +104,13 @@ impl Closing {
     }
 }
 
+/// The recorder's JACK client: one of the agent's own, whose edges it keeps.
+pub const CLIENT: &str = "orchestra-rec";
+
 pub struct Recorder {
     client: Option<jack::AsyncClient<(), Capture>>,
     closing: Closing,
-    pub inputs: Vec<String>,
+    pub inputs: Vec<PortRef>,
     channels: u32,
     rate: u32,
     feeds: mpsc::Sender<Feed>,
@@ -126,7 +130,7 @@ pub struct Recorder {
 struct Capturing {
     client: jack::AsyncClient<(), Capture>,
     closing: Closing,
-    inputs: Vec<String>,
+    inputs: Vec<PortRef>,
     rate: u32,
     ring: jack::RingBufferReader,
     first_cycle_us: Arc<AtomicU64>,
@@ -134,7 +138,7 @@ struct Capturing {
 
 /// A JACK client `orchestra-rec` with `channels` inputs, writing into a fresh ring buffer.
 fn open_capture(channels: u32) -> Result<Capturing> {
-    let (client, _) = jack::Client::new("orchestra-rec", jack::ClientOptions::NO_START_SERVER)
+    let (client, _) = jack::Client::new(CLIENT, jack::ClientOptions::NO_START_SERVER)
         .map_err(|e| anyhow::anyhow!("recorder: cannot open a JACK client: {e:?}"))?;
     let rate = client.sample_rate();
     let period = client.buffer_size() as usize;
@@ -144,7 +148,8 @@ fn open_capture(channels: u32) -> Result<Capturing> {
         let port = client
             .register_port(&format!("in_{c}"), jack::AudioIn::default())
             .map_err(|e| anyhow::anyhow!("recorder port: {e:?}"))?;
-        inputs.push(port.name().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        let name = port.name().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        inputs.push(name.parse().map_err(|e| anyhow::anyhow!("recorder: {e}"))?);
         ports.push(port);
     }
     let (reader, writer) = jack::RingBuffer::new(rate as usize * channels as usize * 4 * 4)

@@ -6,9 +6,9 @@
 //! and whenever the direct edge is made or cut: no JACK request has to land in a given cycle.
 
 use super::graph::JackGraph;
-use crate::deploy::Edge;
 use anyhow::{anyhow, Result};
 use jack::jack_sys as j;
+use orchestra_protocol::Edge;
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -154,9 +154,10 @@ impl Fade {
         let mut voices = Vec::with_capacity(edges.len());
         let mut wiring = Vec::with_capacity(edges.len() * 2);
         for (n, (edge, comes)) in edges.iter().enumerate() {
+            let (from, to) = (edge.from.to_string(), edge.to.to_string());
             let source = client
-                .port_by_name(&edge.from)
-                .ok_or_else(|| anyhow!("no port {} to fade", edge.from))?;
+                .port_by_name(&from)
+                .ok_or_else(|| anyhow!("no port {from} to fade"))?;
             let input = client
                 .register_port(&format!("in_{}", n + 1), jack::AudioIn::default())
                 .map_err(|e| anyhow!("crossfade: cannot register a port: {e:?}"))?;
@@ -164,14 +165,14 @@ impl Fade {
                 .register_port(&format!("out_{}", n + 1), jack::AudioOut::default())
                 .map_err(|e| anyhow!("crossfade: cannot register a port: {e:?}"))?;
             let name = |port: &str| CString::new(port).map_err(|e| anyhow!("port name: {e}"));
-            wiring.push((edge.from.clone(), input.name()?));
-            wiring.push((output.name()?, edge.to.clone()));
+            wiring.push((from.clone(), input.name()?));
+            wiring.push((output.name()?, to.clone()));
             voices.push(Voice {
                 input,
                 output,
                 source,
-                source_name: name(&edge.from)?,
-                dest_name: name(&edge.to)?,
+                source_name: name(&from)?,
+                dest_name: name(&to)?,
                 from: if *comes { 0.0 } else { 1.0 },
             });
         }
@@ -246,7 +247,7 @@ impl Crossfading {
                 for mirror in graph.mirrors_of(&edge.to) {
                     let copy = Edge {
                         from: edge.from.clone(),
-                        to: mirror.to_string(),
+                        to: mirror.clone(),
                     };
                     voices.push((copy, comes));
                 }
