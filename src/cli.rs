@@ -276,7 +276,9 @@ pub async fn main(cli: Cli) -> Result<()> {
                 &source.source().placement,
                 &Default::default(),
             )?;
-            runtime::judge(&loaded, &desired, source.strict)?;
+            for warning in runtime::judgement(&loaded, &desired, source.strict)? {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} blocks, {} connections, {} host(s))",
                 source.script.display(),
@@ -326,9 +328,17 @@ fn plan(
     state_dir: Option<PathBuf>,
 ) -> Result<()> {
     let dir = crate::state::state_dir(&source.script, state_dir.as_deref());
-    let layer =
-        crate::script::layer::LiveLayer::load(&dir, &crate::script::orchestra_name(&source.script));
+    let (layer, unreadable) = crate::script::layer::LiveLayer::load_or_warn(
+        &dir,
+        &crate::script::orchestra_name(&source.script),
+    );
+    if let Some(warning) = unreadable {
+        eprintln!("warning: {warning}");
+    }
     let mut loaded = runtime::load_with(&source, &layer)?;
+    for warning in &loaded.orchestra.warnings {
+        eprintln!("warning: {warning}");
+    }
     loaded.round_trips = crate::state::load_round_trips(&dir, &loaded.resolved.name);
     // The UDP ports bound on this machine, for its hosts: a new OSC port is chosen as `run`
     // will choose it (its agents say which are bound), and the plan names the same clients.
@@ -368,7 +378,9 @@ fn plan(
         &Default::default(),
     )?;
     let actions = crate::plan::diff(&current, &desired.deployment);
-    runtime::warn_adapted(&desired);
+    for line in &desired.adapted {
+        eprintln!("warning: {line}");
+    }
     let over_latency = crate::pipeline::latency_verdict(&loaded, &desired, source.strict)?;
     if let Some(over) = &over_latency {
         eprintln!("warning: {over}");
@@ -395,7 +407,9 @@ fn plan(
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Text => {
-            runtime::warn_overflow(&loaded, &desired);
+            if let Some(overflow) = crate::pipeline::overflow_warning(&loaded, &desired) {
+                eprintln!("warning: {overflow}");
+            }
             if explain {
                 let solution = crate::placement::Solution {
                     placement: desired.placement.clone(),

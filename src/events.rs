@@ -3,7 +3,7 @@
 //! is the line a musician reads); anyone else — the tests, the web page — subscribes to the
 //! same stream. What plays now, the [`Scene`], is kept beside it for those that draw it.
 
-use crate::deploy::Deployment;
+use crate::deploy::{Deployment, Edge};
 use crate::modules::params::ParamSpec;
 use crate::plan::Action;
 use orchestra_protocol::wire::Event;
@@ -13,9 +13,75 @@ use std::fmt;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
-/// One thing that happened while the orchestra plays.
+/// One thing that happened while the orchestra plays (from the start of `run` to its last
+/// line: every line `run` prints is one).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Happening {
+    /// The live layer of the last run is laid over the script again.
+    LayerRestored {
+        /// How it is made up (`3 change(s)`).
+        size: String,
+    },
+    /// A server of the run listens.
+    Listening {
+        what: Listener,
+        address: String,
+    },
+    /// A host's agent started a JACK server of the dummy driver there: nothing is audible.
+    SilentJack {
+        host: String,
+    },
+    /// A host's agent adopted what an earlier run left playing there.
+    Adopted {
+        host: String,
+        instances: usize,
+    },
+    /// What reaches the DAC of `host` is recorded, into `path` (on this machine).
+    Recording {
+        host: String,
+        path: String,
+    },
+    /// What each host runs and how long each of its steps took (a run on several hosts).
+    Summary {
+        lines: Vec<String>,
+    },
+    /// Every synth started and is wired, `ready_ms` after the run began.
+    Playing {
+        synths: usize,
+        connections: usize,
+        links: usize,
+        hosts: usize,
+        ready_ms: u128,
+    },
+    /// Some synths did not start; each is named with why.
+    PartlyStarted {
+        started: usize,
+        synths: usize,
+        hosts: usize,
+        can_sound: bool,
+        failed: Vec<crate::first_run::Failed>,
+    },
+    /// An edge that was not made: one of its ports never appeared.
+    NotConnected {
+        host: String,
+        edge: Edge,
+    },
+    /// What the OSC server saw in the run.
+    OscCounted {
+        line: String,
+    },
+    /// A host's clean-sound totals at the end of the run.
+    SoundTotals {
+        host: String,
+        xruns: u64,
+        underruns: u64,
+        overruns: u64,
+    },
+    /// The run stopped; how long each step of the teardown took, in ms.
+    Stopped {
+        took_ms: u128,
+        steps: Vec<(&'static str, u128)>,
+    },
     /// A reload began: files changed, or an OSC command asked for it.
     ReloadStarted {
         why: String,
@@ -123,9 +189,120 @@ pub enum Happening {
     },
 }
 
+/// A server of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The page (its address is what to open, with the token when one is needed).
+    Page,
+    /// The OSC control server and router.
+    Osc,
+}
+
 impl fmt::Display for Happening {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Happening::LayerRestored { size } => write!(
+                f,
+                "live layer from the last run ({size}; /orchestra/reset drops it)"
+            ),
+            Happening::Listening {
+                what: Listener::Page,
+                address,
+            } => write!(f, "web page on {address}"),
+            Happening::Listening {
+                what: Listener::Osc,
+                address,
+            } => write!(
+                f,
+                "OSC control and router on {address} (/orchestra/… commands; /BLOCK/… goes to the block)"
+            ),
+            Happening::SilentJack { host } => write!(
+                f,
+                "started a silent JACK server (dummy driver) on {host}: nothing is audible here; add --record out.wav to hear what reaches the DAC"
+            ),
+            Happening::Adopted { host, instances } => {
+                write!(f, "adopted {instances} running instance(s) on {host}")
+            }
+            Happening::Recording { host, path } => {
+                write!(f, "recording what reaches the DAC on {host} to {path}")
+            }
+            Happening::Summary { lines } => write!(f, "{}", lines.join("\n")),
+            Happening::Playing {
+                synths,
+                connections,
+                links,
+                hosts,
+                ready_ms,
+            } => {
+                let links = match links {
+                    0 => String::new(),
+                    n => format!(", {n} network link(s)"),
+                };
+                write!(
+                    f,
+                    "playing: {synths} synth(s), {connections} connection(s){links} on {hosts} host(s), ready after {ready_ms} ms (Ctrl-C stops)"
+                )
+            }
+            Happening::PartlyStarted {
+                started,
+                synths,
+                hosts,
+                can_sound,
+                failed,
+            } => {
+                write!(
+                    f,
+                    "{started} of {synths} synth(s) started on {hosts} host(s); {}:",
+                    if *can_sound {
+                        "playing what can sound (Ctrl-C stops). Failed"
+                    } else {
+                        "nothing can sound. Failed"
+                    }
+                )?;
+                for failure in failed {
+                    write!(
+                        f,
+                        "\n  {} on {}: {}",
+                        failure.block, failure.host, failure.why
+                    )?;
+                }
+                Ok(())
+            }
+            Happening::NotConnected { host, edge } => write!(
+                f,
+                "warning: not connected on {host}: {} → {} (a port is missing)",
+                edge.from, edge.to
+            ),
+            Happening::OscCounted { line } => write!(f, "{line}"),
+            Happening::SoundTotals {
+                host,
+                xruns,
+                underruns,
+                overruns,
+            } => {
+                let mut said = Vec::new();
+                if *xruns > 0 {
+                    said.push(format!("xruns on {host}: {xruns} during the run"));
+                }
+                if underruns + overruns > 0 {
+                    said.push(format!(
+                        "link under-runs on {host}: {underruns} under-run(s), {overruns} over-run(s) during the run"
+                    ));
+                }
+                write!(f, "{}", said.join("\n"))
+            }
+            Happening::Stopped { took_ms, steps } => {
+                let steps: Vec<String> = steps
+                    .iter()
+                    .map(|(step, ms)| format!("{step} {ms} ms"))
+                    .collect();
+                write!(
+                    f,
+                    "stopped in {:.2} s: {}",
+                    *took_ms as f64 / 1000.0,
+                    steps.join(" · ")
+                )
+            }
             Happening::ReloadStarted { why } => write!(f, "reload: {why}"),
             Happening::Rejected { error } => write!(
                 f,

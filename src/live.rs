@@ -16,7 +16,8 @@ use crate::osc::dispatch::Command;
 use crate::osc::memory::OscMemory;
 use crate::osc::server::{ControlRequest, SharedRoutes, Via};
 use crate::pipeline::{
-    desire, latency_verdict, load_changes, load_with_async, warn_overflow, Desired, Loaded, Source,
+    desire, latency_verdict, load_changes, load_with_async, overflow_warning, Desired, Loaded,
+    Source,
 };
 use crate::script::layer::{LiveLayer, LiveOp, Refused};
 use crate::state::AppliedState;
@@ -482,6 +483,10 @@ impl<H: Hosts> Live<H> {
                 return self.rejected(format!("{e:#}"));
             }
         };
+        // What the script (or the live layer laid over it) warns of.
+        for text in &loaded.orchestra.warnings {
+            self.tell(Happening::Warning { text: text.clone() });
+        }
         if let Some(watcher) = self.watcher.as_mut() {
             if let Err(e) = watcher.set(&loaded.orchestra.files, &self.source.modules) {
                 self.tell(Happening::Warning {
@@ -496,7 +501,9 @@ impl<H: Hosts> Live<H> {
             }
         };
         if desired.cost.overflow != self.overflow {
-            warn_overflow(&loaded, &desired);
+            if let Some(text) = overflow_warning(&loaded, &desired) {
+                self.tell(Happening::Warning { text });
+            }
             self.overflow = desired.cost.overflow;
         }
         // Over the latency limit: refused with --strict, else said when the path changes.

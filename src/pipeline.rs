@@ -110,9 +110,6 @@ pub fn load_changes(
 
 /// Modules and resolution of an evaluated orchestra (Rust only: bounded by construction).
 fn finish_load(source: &Source, orchestra: Orchestra) -> Result<Loaded> {
-    for warning in &orchestra.warnings {
-        eprintln!("warning: {warning}");
-    }
     let mut library = ModuleLibrary::builtin();
     for dir in &source.modules {
         library.add_dir(dir)?;
@@ -180,27 +177,20 @@ pub fn latency_verdict(loaded: &Loaded, desired: &Desired, strict: bool) -> Resu
     }
 }
 
-/// What a one-shot command says of a placement before acting on it: cores it lacks, modules
-/// adapted, a path over the latency limit (an error with `strict`).
-pub fn judge(loaded: &Loaded, desired: &Desired, strict: bool) -> Result<()> {
-    warn_overflow(loaded, desired);
-    warn_adapted(desired);
-    if let Some(over) = latency_verdict(loaded, desired, strict)? {
-        eprintln!("warning: {over}");
-    }
-    Ok(())
+/// What to warn of before acting on a placement: what the script itself warned of, cores it
+/// lacks, modules adapted (a module written for another setup: `fm: sr 44100 → 48000, ksmps
+/// 100 → 64`), a path over the latency limit (an error with `strict`). Each a line without
+/// its `warning: `.
+pub fn judgement(loaded: &Loaded, desired: &Desired, strict: bool) -> Result<Vec<String>> {
+    let mut warnings = loaded.orchestra.warnings.clone();
+    warnings.extend(overflow_warning(loaded, desired));
+    warnings.extend(desired.adapted.iter().cloned());
+    warnings.extend(latency_verdict(loaded, desired, strict)?);
+    Ok(warnings)
 }
 
-/// Say once per module what its engine overrode to make it fit (a module written for
-/// another setup: `fm: sr 44100 → 48000, ksmps 100 → 64`).
-pub fn warn_adapted(desired: &Desired) {
-    for line in &desired.adapted {
-        eprintln!("warning: {line}");
-    }
-}
-
-/// Warn when the blocks need more cores than the hosts have: it still runs.
-pub fn warn_overflow(loaded: &Loaded, desired: &Desired) {
+/// When the blocks need more cores than the hosts have (it still runs), what to say.
+pub fn overflow_warning(loaded: &Loaded, desired: &Desired) -> Option<String> {
     if desired.cost.overflow > 0 {
         let loads = crate::placement::host_loads(&loaded.resolved, &desired.placement);
         let detail: Vec<String> = loaded
@@ -210,10 +200,11 @@ pub fn warn_overflow(loaded: &Loaded, desired: &Desired) {
             .filter(|h| loads.get(&h.name).copied().unwrap_or(0) > h.cores as u64)
             .map(|h| format!("{} needs {} of {} cores", h.name, loads[&h.name], h.cores))
             .collect();
-        eprintln!(
-            "warning: the orchestra needs {} more core(s) than the hosts have ({}); running anyway",
+        return Some(format!(
+            "the orchestra needs {} more core(s) than the hosts have ({}); running anyway",
             desired.cost.overflow,
             detail.join(", ")
-        );
+        ));
     }
+    None
 }

@@ -51,7 +51,10 @@ pub async fn status(
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok());
-    let layer = LiveLayer::load(&dir, &name);
+    let (layer, unreadable) = LiveLayer::load_or_warn(&dir, &name);
+    if let Some(warning) = unreadable {
+        eprintln!("warning: {warning}");
+    }
     print!("{}", report(&name, &applied.deployment, &seen, age, &layer));
     Ok(())
 }

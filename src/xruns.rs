@@ -2,6 +2,7 @@
 //! over-runs as its agent reports them (at most one line a second each), hosts that cannot
 //! give real-time scheduling, and each host's totals at the end of a run.
 
+use crate::events::{Events, Happening};
 use crate::hosts::fleet::Fleet;
 use orchestra_protocol::wire::{self, Event};
 
@@ -39,9 +40,10 @@ pub fn xruns_line(host: &str, count: u64, total: u64, window_ms: u64) -> String 
     )
 }
 
-/// One line per host that had xruns during the run: `xruns on h2: 12 during the run`. Asked
-/// of the agents before teardown (a host that does not answer is left out: teardown says why).
-pub async fn print_totals(fleet: &Fleet) {
+/// Per host that had xruns or link runs during the run, its totals (`xruns on h2: 12 during
+/// the run`). Asked of the agents before teardown (a host that does not answer is left out:
+/// teardown says why).
+pub async fn say_totals(fleet: &Fleet, events: &Events) {
     let asked = fleet
         .sessions
         .iter()
@@ -50,14 +52,14 @@ pub async fn print_totals(fleet: &Fleet) {
         let Ok(status) = reply else {
             continue;
         };
-        if status.xruns > 0 {
-            eprintln!("xruns on {host}: {} during the run", status.xruns);
-        }
-        let (under, over) = status.link_runs;
-        if under + over > 0 {
-            eprintln!(
-                "link under-runs on {host}: {under} under-run(s), {over} over-run(s) during the run"
-            );
+        let (underruns, overruns) = status.link_runs;
+        if status.xruns + underruns + overruns > 0 {
+            events.emit(Happening::SoundTotals {
+                host: host.clone(),
+                xruns: status.xruns,
+                underruns,
+                overruns,
+            });
         }
     }
 }

@@ -80,6 +80,11 @@ impl fmt::Display for LiveOp {
     }
 }
 
+/// A saved live layer that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("the live layer beside the state is unreadable ({0}); ignored")]
+pub struct Unreadable(#[source] serde_json::Error);
+
 /// The changes made live that still matter, in the order they came.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveLayer {
@@ -190,20 +195,23 @@ impl LiveLayer {
         }
     }
 
-    /// The layer saved beside the state, if any (an unreadable one is reported and dropped),
-    /// folded (one saved by an older version may hold the whole history).
-    pub fn load(dir: &Path, orchestra: &str) -> LiveLayer {
+    /// The layer saved beside the state (empty when there is none), folded (one saved by an
+    /// older version may hold the whole history); one that cannot be read is an error its
+    /// caller says and goes on without.
+    pub fn load(dir: &Path, orchestra: &str) -> Result<LiveLayer, Unreadable> {
         match std::fs::read(layer_file(dir, orchestra)) {
-            Ok(bytes) => match serde_json::from_slice::<LiveLayer>(&bytes) {
-                Ok(saved) => LiveLayer::of(saved.ops),
-                Err(e) => {
-                    eprintln!(
-                        "warning: the live layer beside the state is unreadable ({e}); ignored"
-                    );
-                    LiveLayer::default()
-                }
-            },
-            Err(_) => LiveLayer::default(),
+            Ok(bytes) => serde_json::from_slice::<LiveLayer>(&bytes)
+                .map(|saved| LiveLayer::of(saved.ops))
+                .map_err(Unreadable),
+            Err(_) => Ok(LiveLayer::default()),
+        }
+    }
+
+    /// [`LiveLayer::load`], an unreadable layer left out with the warning that says so.
+    pub fn load_or_warn(dir: &Path, orchestra: &str) -> (LiveLayer, Option<String>) {
+        match LiveLayer::load(dir, orchestra) {
+            Ok(layer) => (layer, None),
+            Err(e) => (LiveLayer::default(), Some(e.to_string())),
         }
     }
 

@@ -428,12 +428,15 @@ fn kind_of(happening: &Happening) -> &'static str {
         | Happening::LinkAvoided { .. }
         | Happening::Error { .. } => "error",
         Happening::Repaired { failures, .. } if !failures.is_empty() => "error",
+        Happening::PartlyStarted { .. } => "error",
         Happening::Host { event, .. } => match event {
             Event::Exited { .. } | Event::LinkStarved { .. } | Event::JackFailed { .. } => "error",
             Event::NoRealtime { .. } => "warning",
             _ => "info",
         },
-        Happening::Warning { .. } | Happening::HostLeftOut { .. } => "warning",
+        Happening::Warning { .. }
+        | Happening::HostLeftOut { .. }
+        | Happening::NotConnected { .. } => "warning",
         _ => "info",
     }
 }
