@@ -4,8 +4,11 @@
 pub mod jack_ports;
 pub mod links;
 mod ports;
+mod render;
 
 use ports::PortPool;
+pub(crate) use render::short_digest;
+use render::{build_all, Blocks, Built, Renderer};
 
 use crate::model::{AudioSettings, Host};
 use crate::modules::{Engines, ModuleError, ModuleLibrary};
@@ -15,8 +18,6 @@ use links::{allocate, ends, wire_key, Link, LinkDraft, LinkError};
 use orchestra_protocol::{ClientName, Part, PortRef};
 pub use orchestra_protocol::{Edge, LiveParam, ProcessSpec};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What must exist on one host.
@@ -55,82 +56,6 @@ pub enum DeployError {
     OscPorts { host: String, first: u16, last: u16 },
 }
 
-/// What one render of a block gives.
-struct Built {
-    files: BTreeMap<String, String>,
-    hash: String,
-    /// How the engine launches the instance (`command` is `None` for system blocks: `dac`,
-    /// `adc` have ports, no process).
-    launch: crate::modules::Launch,
-}
-
-/// Every block as templates see it, and the OSC ports that view was made with.
-struct Blocks {
-    view: minijinja::Value,
-    osc_ports: BTreeMap<String, u16>,
-}
-
-/// Each module's fingerprint (its files, manifest and engine source), digested once per
-/// deployment: part of every instance's spec hash and render key.
-struct Fingerprints(BTreeMap<String, String>);
-
-impl Fingerprints {
-    fn new(resolved: &Resolved, library: &ModuleLibrary) -> Fingerprints {
-        let mut map = BTreeMap::new();
-        for block in resolved.blocks.values() {
-            let module = &block.module;
-            map.entry(module.name().to_string()).or_insert_with(|| {
-                let engine = library.engine_source(&module.manifest.synth).unwrap_or("");
-                full_digest(format!("{}{engine}", module.fingerprint()).as_bytes())
-            });
-        }
-        Fingerprints(map)
-    }
-
-    fn of(&self, module: &crate::modules::Module) -> &str {
-        &self.0[module.name()]
-    }
-}
-
-/// The render keys of one deployment's blocks (see [`ProcessSpec::render_key`]): what is
-/// the same for every block (the view of where every block and host is) digested once.
-struct RenderKeys<'a> {
-    resolved: &'a Resolved,
-    fingerprints: &'a Fingerprints,
-    blocks: &'a Blocks,
-    hosts: &'a minijinja::Value,
-    others: Option<String>,
-}
-
-impl<'a> RenderKeys<'a> {
-    fn of(
-        &mut self,
-        block: &'a crate::resolve::ResolvedBlock,
-        host: &str,
-        osc_port: Option<u16>,
-    ) -> Result<String, DeployError> {
-        let module = &block.module;
-        let reads_others = module.reads_others().map_err(|error| DeployError::Module {
-            block: block.name.clone(),
-            error,
-        })?;
-        let mut key = json!({
-            "module": self.fingerprints.of(module), "block": block.name, "host": host,
-            "inputs": block.inputs, "outputs": block.outputs, "params": block.params,
-            "osc_port": osc_port, "audio": self.resolved.audio,
-        });
-        if reads_others {
-            let (blocks, hosts) = (&self.blocks.view, self.hosts);
-            let others = self
-                .others
-                .get_or_insert_with(|| full_digest(format!("{blocks}{hosts}").as_bytes()));
-            key["others"] = json!(others);
-        }
-        // The whole digest: two different inputs must never pass for the same.
-        Ok(full_digest(key.to_string().as_bytes()))
-    }
-}
-
 /// Where an OSC-capable block listens: what the router forwards to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OscEndpoint {
@@ -151,68 +76,6 @@ pub fn client_name(block: &str, hash: &str) -> ClientName {
     format!("{prefix}-{hash}")
         .parse()
         .expect("a block name and a hash make a client name")
-}
-
-fn short_hash(parts: &serde_json::Value) -> String {
-    short_digest(parts.to_string().as_bytes())
-}
-
-/// SHA-256 in hex.
-fn full_digest(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// Eight hex digits of SHA-256: the spec hashes and link ids in client names.
-pub(crate) fn short_digest(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Below this many blocks to build, one thread builds them: a thread of its own needs a Lua
-/// state of its own, which costs about as much as building a hundred blocks.
-const PARALLEL_FROM: usize = 256;
-
-/// Build `blocks` (render, hash, ask the engine), in their order. Many are built on a few
-/// threads, each with its engines in a Lua state of its own (a Lua state is not shared
-/// between threads); what those engines adapted joins `engines`. Every build is pure, so
-/// the result is the same however the work is split.
-fn build_all(
-    blocks: &[&crate::resolve::ResolvedBlock],
-    build: &(dyn Fn(&crate::resolve::ResolvedBlock, &mut Engines) -> Result<Built, DeployError>
-          + Sync),
-    engines: &mut Engines,
-) -> Result<Vec<Built>, DeployError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
-    if blocks.len() < PARALLEL_FROM || threads < 2 {
-        return blocks.iter().map(|b| build(b, engines)).collect();
-    }
-    let chunk = blocks.len().div_ceil(threads);
-    // Each worker's builds, and what its engines adapted (a Lua state stays on its thread).
-    type Done = (Result<Vec<Built>, DeployError>, Vec<String>);
-    let done: Vec<Done> = std::thread::scope(|scope| {
-        let workers: Vec<_> = blocks
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut own = Engines::new();
-                    let built = part.iter().map(|b| build(b, &mut own)).collect();
-                    (built, own.adapted().map(str::to_string).collect())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a deploy worker panicked"))
-            .collect()
-    });
-    let mut all = Vec::with_capacity(blocks.len());
-    for (built, adapted) in done {
-        engines.absorb(adapted);
-        all.extend(built?);
-    }
-    Ok(all)
 }
 
 /// UDP ports bound on each host, by host name: what a new OSC port must not be.
@@ -262,122 +125,48 @@ pub fn redeploy_around(
     previous: &Deployment,
     in_use: &PortsInUse,
 ) -> Result<Deployment, DeployError> {
-    let hosts_by_name: BTreeMap<&str, &Host> = resolved
-        .hosts
-        .iter()
-        .map(|h| (h.name.as_str(), h))
-        .collect();
-    let host_of = |block: &str| -> Result<&Host, DeployError> {
-        placement
-            .host_of(block)
-            .and_then(|h| hosts_by_name.get(h).copied())
-            .ok_or_else(|| DeployError::Unplaced(block.to_string()))
+    let renderer = Renderer::new(resolved, placement, library);
+    let Ports {
+        osc,
+        blocks,
+        prebuilt,
+    } = osc_ports(&renderer, previous, in_use, engines)?;
+    let mut deployment = Deployment {
+        orchestra: resolved.name.clone(),
+        audio: resolved.audio,
+        osc,
+        ..Default::default()
     };
-    // Every host and every block as templates see them (`hosts.NAME.…`, `blocks.NAME.…`):
-    // built once and shared by every block's context (a copy per block made a 2000-block
-    // plan quadratic).
-    let hosts_context = minijinja::Value::from_serialize(
-        resolved
-            .hosts
-            .iter()
-            .map(|h| {
-                (
-                    h.name.as_str(),
-                    json!({"address": h.address, "cores": h.cores}),
-                )
-            })
-            .collect::<BTreeMap<&str, serde_json::Value>>(),
-    );
-    let blocks_context = |osc: &BTreeMap<String, OscEndpoint>| {
-        resolved
-            .blocks
-            .values()
-            .map(|b| {
-                let host = host_of(&b.name)?;
-                Ok((
-                    b.name.clone(),
-                    json!({"host": host.name, "address": host.address, "module": b.module.name(),
-                           "osc_port": osc.get(&b.name).map(|e| e.port)}),
-                ))
-            })
-            .collect::<Result<BTreeMap<String, serde_json::Value>, DeployError>>()
-            .map(|blocks| Blocks {
-                view: minijinja::Value::from_serialize(&blocks),
-                osc_ports: osc.iter().map(|(b, e)| (b.clone(), e.port)).collect(),
-            })
-    };
-    let fingerprints = Fingerprints::new(resolved, library);
-    // A block's rendered files, its spec hash and how its engine launches it.
-    let build = |block: &crate::resolve::ResolvedBlock,
-                 blocks: &Blocks,
-                 engines: &mut Engines|
-     -> Result<Built, DeployError> {
-        let host = host_of(&block.name)?;
-        let fail = |error| DeployError::Module {
-            block: block.name.clone(),
-            error,
-        };
-        let osc_port = blocks.osc_ports.get(&block.name);
-        // The block's files rendered with these params.
-        let render = |params: &BTreeMap<String, serde_json::Value>| {
-            let context = minijinja::context! {
-                block => minijinja::Value::from_serialize(json!({
-                    "name": block.name, "module": block.module.name(), "host": host.name,
-                    "inputs": block.inputs, "outputs": block.outputs, "params": params,
-                    "osc_port": osc_port})),
-                params => minijinja::Value::from_serialize(params),
-                audio => minijinja::Value::from_serialize(
-                    json!({"rate": resolved.audio.rate, "period": resolved.audio.period})),
-                blocks => blocks.view.clone(),
-                hosts => hosts_context.clone(),
-            };
-            block.module.render(&context).map_err(fail)
-        };
-        let mut files = render(&block.params)?;
-        // Live params are sent to a running instance, so the hash is made as if each were at
-        // its default: a change of one alone keeps the instance. (The instance's files have
-        // the real values: a replacement starts where the old one was.)
-        let masked = block.module.manifest.without_live_values(&block.params);
-        let masked_files = if masked == block.params {
-            None
-        } else {
-            Some(render(&masked)?)
-        };
-        // Hash what defines the process: what the engine is given (its files, params, ports
-        // and audio) and the engine itself (in the module's fingerprint). The client name
-        // carries the hash, so the engine is asked once, with that name.
-        let hash = short_hash(&json!({
-            "block": block.name, "module": fingerprints.of(&block.module),
-            "files": masked_files.as_ref().unwrap_or(&files),
-            "params": masked, "ports": [block.inputs, block.outputs], "audio": resolved.audio,
-        }));
-        let mut launch = engines
-            .launch(
-                library,
-                &block.module,
-                client_name(&block.name, &hash).as_str(),
-                (block.inputs, block.outputs),
-                &resolved.audio,
-                &block.params,
-                &files,
-                osc_port.copied(),
-            )
-            .map_err(fail)?;
-        engines.note_adapted(block.module.name(), &launch.notes);
-        // The engine's own flags taken out of the module's CsOptions: the instance runs that.
-        if let Some((main, text)) = launch.main_rewritten.take() {
-            files.insert(main, text);
-        }
-        Ok(Built {
-            files,
-            hash,
-            launch,
-        })
-    };
+    let ports = processes(
+        &renderer,
+        &mut deployment,
+        previous,
+        &blocks,
+        prebuilt,
+        engines,
+    )?;
+    wires(&renderer, &mut deployment, previous, &ports)?;
+    Ok(deployment)
+}
 
-    // OSC ports. An instance keeps its port while its spec stays the same; a new instance
-    // (replaced or moved) gets a port no running instance holds, because the old one still
-    // listens until the new one plays (make-before-break).
+/// Where the OSC blocks listen, every block as templates see it with those ports, and the
+/// blocks already rendered to find out.
+struct Ports {
+    osc: BTreeMap<String, OscEndpoint>,
+    blocks: Blocks,
+    prebuilt: BTreeMap<String, Built>,
+}
+
+/// OSC ports. An instance keeps its port while its spec stays the same; a new instance
+/// (replaced or moved) gets a port no running instance holds, because the old one still
+/// listens until the new one plays (make-before-break).
+fn osc_ports(
+    renderer: &Renderer,
+    previous: &Deployment,
+    in_use: &PortsInUse,
+    engines: &mut Engines,
+) -> Result<Ports, DeployError> {
+    let resolved = renderer.resolved;
     let mut taken = PortPool::default();
     for endpoint in previous.osc.values() {
         taken.hold(&endpoint.host, endpoint.port);
@@ -391,27 +180,21 @@ pub fn redeploy_around(
         .osc
         .iter()
         .filter(|(name, e)| {
-            resolved
-                .blocks
-                .get(*name)
-                .is_some_and(|b| b.module.manifest.osc && placement.host_of(name) == Some(&e.host))
+            resolved.blocks.get(*name).is_some_and(|b| {
+                b.module.manifest.osc
+                    && renderer.host_of(name).is_ok_and(|host| host.name == e.host)
+            })
         })
         .map(|(name, e)| (name.clone(), e.clone()))
         .collect();
-    let with_old_ports = blocks_context(&kept)?;
-    let mut old_keys = RenderKeys {
-        resolved,
-        fingerprints: &fingerprints,
-        blocks: &with_old_ports,
-        hosts: &hosts_context,
-        others: None,
-    };
+    let with_old_ports = renderer.blocks(&kept)?;
+    let mut old_keys = renderer.keys(&with_old_ports);
     // Kept blocks rendered with their old ports (when their render key does not already
     // say so), to see whether their spec stays the same.
     let mut prebuilt: BTreeMap<String, Built> = BTreeMap::new();
     let mut osc = BTreeMap::new();
     for block in resolved.blocks.values().filter(|b| b.module.manifest.osc) {
-        let host = host_of(&block.name)?;
+        let host = renderer.host_of(&block.name)?;
         let unchanged = match kept.get(&block.name) {
             Some(old) => {
                 let before = previous
@@ -422,7 +205,7 @@ pub fn redeploy_around(
                 if before.is_some_and(|p| p.render_key == key) {
                     true
                 } else {
-                    let built = build(block, &with_old_ports, engines)?;
+                    let built = renderer.build(block, &with_old_ports, engines)?;
                     let same = before.is_some_and(|p| p.spec_hash == built.hash);
                     prebuilt.insert(block.name.clone(), built);
                     same
@@ -452,35 +235,41 @@ pub fn redeploy_around(
             },
         );
     }
-    let blocks = blocks_context(&osc)?;
+    let blocks = renderer.blocks(&osc)?;
     if blocks.osc_ports != with_old_ports.osc_ports {
         // Some OSC port is new, and a template may read it (`blocks.NAME.osc_port`): the
         // kept blocks are rendered again with the final view. Otherwise (most edits) their
         // first render is the final one.
         prebuilt.clear();
     }
-
-    let mut deployment = Deployment {
-        orchestra: resolved.name.clone(),
-        audio: resolved.audio,
+    Ok(Ports {
         osc,
-        ..Default::default()
-    };
-    // Port names per block (system blocks have ports but no process).
-    let mut ports: BTreeMap<&str, (Vec<PortRef>, Vec<PortRef>)> = BTreeMap::new();
-    let mut keys = RenderKeys {
-        resolved,
-        fingerprints: &fingerprints,
-        blocks: &blocks,
-        hosts: &hosts_context,
-        others: None,
-    };
-    // Each block's render key; those rendered from the same inputs before are the same
-    // instance, as it was, and the rest are built (in parallel when there are many).
+        blocks,
+        prebuilt,
+    })
+}
+
+/// Each block's JACK ports by block name: (inputs, outputs), port 1 first.
+type BlockPorts<'a> = BTreeMap<&'a str, (Vec<PortRef>, Vec<PortRef>)>;
+
+/// Each block's instance on its host: one rendered from the same inputs before is the same
+/// instance, as it was, and the rest are built (in parallel when there are many). The port
+/// names of every block (system blocks have ports but no process), inputs and outputs.
+fn processes<'r>(
+    renderer: &'r Renderer,
+    deployment: &mut Deployment,
+    previous: &Deployment,
+    blocks: &Blocks,
+    mut prebuilt: BTreeMap<String, Built>,
+    engines: &mut Engines,
+) -> Result<BlockPorts<'r>, DeployError> {
+    let resolved = renderer.resolved;
+    let mut ports = BTreeMap::new();
+    let mut keys = renderer.keys(blocks);
     let mut keyed = Vec::with_capacity(resolved.blocks.len());
     let mut to_build = Vec::new();
     for block in resolved.blocks.values() {
-        let host = host_of(&block.name)?;
+        let host = renderer.host_of(&block.name)?;
         let osc_port = deployment.osc.get(&block.name).map(|e| e.port);
         let render_key = keys.of(block, &host.name, osc_port)?;
         let same = previous
@@ -493,10 +282,13 @@ pub fn redeploy_around(
         }
         keyed.push((block, host, osc_port, render_key, same));
     }
+    let build = |block: &crate::resolve::ResolvedBlock, engines: &mut Engines| {
+        renderer.build(block, blocks, engines)
+    };
     let mut built_now: BTreeMap<&str, Built> = to_build
         .iter()
         .map(|b| b.name.as_str())
-        .zip(build_all(&to_build, &|b, e| build(b, &blocks, e), engines)?)
+        .zip(build_all(&to_build, &build, engines)?)
         .collect();
     for (block, host, osc_port, render_key, same) in keyed {
         let host_deployment = deployment
@@ -508,7 +300,10 @@ pub fn redeploy_around(
                 edges: BTreeSet::new(),
             });
         if let Some(same) = same {
-            ports.insert(&block.name, (same.inputs.clone(), same.outputs.clone()));
+            ports.insert(
+                block.name.as_str(),
+                (same.inputs.clone(), same.outputs.clone()),
+            );
             let same = ProcessSpec {
                 fade_ms: block.fade_ms,
                 ..same.clone()
@@ -523,12 +318,13 @@ pub fn redeploy_around(
                 .expect("every block without an instance was built"),
         };
         let real = built.launch;
-        if real.command.is_none() {
-            ports.insert(&block.name, (real.inputs, real.outputs));
+        ports.insert(
+            block.name.as_str(),
+            (real.inputs.clone(), real.outputs.clone()),
+        );
+        let Some(command) = real.command else {
             continue;
-        }
-        let client = client_name(&block.name, &built.hash);
-        ports.insert(&block.name, (real.inputs.clone(), real.outputs.clone()));
+        };
         host_deployment.processes.insert(
             block.name.clone(),
             ProcessSpec {
@@ -540,8 +336,8 @@ pub fn redeploy_around(
                     block.module.name(),
                     built.hash
                 ),
-                client,
-                command: real.command.unwrap_or_default(),
+                client: client_name(&block.name, &built.hash),
+                command,
                 files: built.files,
                 spec_hash: built.hash,
                 inputs: real.inputs,
@@ -556,10 +352,22 @@ pub fn redeploy_around(
             },
         );
     }
+    Ok(ports)
+}
+
+/// Each wire as an edge on its host, or on a network link between its two hosts (links that
+/// stay keep their UDP ports), whose jacktrip ends join the processes of their hosts.
+fn wires(
+    renderer: &Renderer,
+    deployment: &mut Deployment,
+    previous: &Deployment,
+    ports: &BlockPorts,
+) -> Result<(), DeployError> {
+    let resolved = renderer.resolved;
     let mut drafts = Vec::new();
     for wire in &resolved.wires {
-        let from_host = host_of(&wire.from.0)?.name.clone();
-        let to_host = host_of(&wire.to.0)?.name.clone();
+        let from_host = renderer.host_of(&wire.from.0)?.name.clone();
+        let to_host = renderer.host_of(&wire.to.0)?.name.clone();
         let from_port = ports[wire.from.0.as_str()].1[wire.from.1 as usize - 1].clone();
         let to_port = ports[wire.to.0.as_str()].0[wire.to.1 as usize - 1].clone();
         if from_host == to_host {
@@ -584,7 +392,7 @@ pub fn redeploy_around(
     }
     deployment.links = allocate(&drafts, &previous.links, &resolved.network)?;
     for link in &deployment.links {
-        let receiver = hosts_by_name[link.to_host.as_str()];
+        let receiver = renderer.host(&link.to_host);
         for end in ends(link, receiver, &resolved.audio, &resolved.network) {
             let host = deployment
                 .hosts
@@ -595,5 +403,5 @@ pub fn redeploy_around(
                 .insert(end.process.block.to_string(), end.process);
         }
     }
-    Ok(deployment)
+    Ok(())
 }
