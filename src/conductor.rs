@@ -6,6 +6,7 @@
 //! same conductor over [`Paper`] hosts: it plans and says what it would do, and acts on
 //! nothing. What it does is told as [`Happening`]s.
 
+use crate::clock;
 use crate::deploy::{Deployment, Edge};
 use crate::events::{Events, Happening};
 use crate::executor::{self, Failures, Hosts, Reached};
@@ -153,7 +154,7 @@ impl<H: Hosts> Conductor<H> {
 
     /// Hosts left out of placements for now, though up: one sends on a link that kept failing.
     pub fn avoided(&self) -> impl Iterator<Item = &String> {
-        let now = Instant::now();
+        let now = clock::now();
         self.avoided
             .iter()
             .filter(move |(_, until)| **until > now)
@@ -362,7 +363,7 @@ impl<H: Hosts> Conductor<H> {
             &self.hosts,
             &self.applied.deployment,
             &mut self.restarts,
-            started,
+            clock::now(),
         )
         .await;
         for (host, pids) in &repaired.running {
@@ -370,7 +371,7 @@ impl<H: Hosts> Conductor<H> {
         }
         let policy = self.policies.restart;
         for client in repaired.given_up {
-            self.avoid_if_link(&client, started);
+            self.avoid_if_link(&client, clock::now());
             self.events.emit(Happening::GaveUp {
                 client,
                 exits: policy.max_exits,
@@ -434,15 +435,15 @@ impl<H: Hosts> Conductor<H> {
         }
         if !answers {
             self.hosts.forget(host);
-            self.down.insert(host.to_string(), Instant::now());
-            self.probed.allow(host, Instant::now());
+            self.down.insert(host.to_string(), clock::now());
+            self.probed.allow(host, clock::now());
             self.events.emit(Happening::HostDown {
                 host: host.to_string(),
                 why: format!("{error:#}; it does not answer"),
             });
             return AgentFate::Down;
         }
-        if !self.respawned.allow(host, Instant::now()) {
+        if !self.respawned.allow(host, clock::now()) {
             return AgentFate::Waiting;
         }
         self.events.emit(Happening::AgentLost {
@@ -516,7 +517,7 @@ impl<H: Hosts> Conductor<H> {
     /// agent (which adopts what still runs there, for the next repair to stop) and counts as
     /// up. The hosts back.
     pub async fn probe_down_hosts(&mut self, known: &[Host]) -> Vec<String> {
-        let now = Instant::now();
+        let now = clock::now();
         let due: Vec<String> = self
             .down
             .keys()
@@ -536,7 +537,7 @@ impl<H: Hosts> Conductor<H> {
                     let since = self.down.remove(&host).unwrap_or(now);
                     self.events.emit(Happening::HostBack {
                         host: host.clone(),
-                        down_ms: since.elapsed().as_millis(),
+                        down_ms: clock::since(since).as_millis(),
                     });
                     back.push(host);
                 }

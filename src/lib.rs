@@ -15,10 +15,10 @@
 //!   [`deploy::jack_ports`] sizes each host's JACK server to the orchestra.
 //! - [`plan`]: `diff(current, desired)` → ordered, make-before-break actions; the crossfades
 //!   of a replace; their undo; the repair plan from what agents observe; [`policy`]: restart
-//!   and respawn limits as data.
+//!   and respawn limits as data, going by the [`clock`] (tokio's, paused in tests).
 //! - [`executor`]: the one place that carries plans out on hosts (phases, make-before-break
 //!   with undo, repair), through the [`executor::Hosts`] trait (the real fleet, or hosts in
-//!   memory in tests).
+//!   memory in tests: `testing::FakeHosts`, with the `testing` feature).
 //! - [`conductor`]: the one owner of what plays: every change (first run, live edit, repair,
 //!   teardown) converges through it, in play or dry-run mode, and is told as [`events`].
 //! - [`protocol`] (the `orchestra-protocol` crate): the wire between the controller and the
@@ -54,6 +54,7 @@
 pub mod analysis;
 pub mod audio;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod conductor;
 pub mod csd;
@@ -80,6 +81,8 @@ pub mod script;
 pub mod state;
 pub mod status;
 pub mod taps;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watch;
 pub mod web;
 pub mod xruns;

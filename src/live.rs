@@ -8,6 +8,7 @@
 //! conductor repairs what the agents report against what was applied. Generic over the
 //! [`Hosts`]: the real fleet, or hosts in memory in tests.
 
+use crate::clock;
 use crate::commands::{Batch, Reply, Waiting};
 use crate::conductor::{Conductor, Converge, Converged};
 use crate::events::Happening;
@@ -179,7 +180,7 @@ impl<H: Hosts> Live<H> {
 
     /// Hosts that did not answer at start, not waited for again for a while.
     pub fn left_out(mut self, hosts: impl IntoIterator<Item = String>) -> Live<H> {
-        let now = Instant::now();
+        let now = clock::now();
         self.unreachable.extend(hosts.into_iter().map(|h| (h, now)));
         self
     }
@@ -554,7 +555,7 @@ impl<H: Hosts> Live<H> {
     async fn place_on_reachable_hosts(&mut self, loaded: &mut Loaded) -> anyhow::Result<Desired> {
         // A host that did not answer lately is not waited for again on every save.
         self.unreachable
-            .retain(|_, since| since.elapsed() < RETRY_UNREACHABLE);
+            .retain(|_, since| clock::since(*since) < RETRY_UNREACHABLE);
         loaded.round_trips = self.round_trips.clone();
         loaded.ports_in_use = self.conductor.hosts().ports_in_use();
         loop {
@@ -581,7 +582,7 @@ impl<H: Hosts> Live<H> {
             if reached.left_out.is_empty() {
                 return Ok(desired);
             }
-            let now = Instant::now();
+            let now = clock::now();
             for (host, _) in reached.left_out {
                 self.unreachable.insert(host, now);
             }

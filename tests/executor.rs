@@ -7,248 +7,23 @@
 use cloud_orchestra::conductor::{Conductor, Converge};
 use cloud_orchestra::deploy::{redeploy, Deployment, Edge};
 use cloud_orchestra::events::{Events, Happening};
-use cloud_orchestra::executor::{
-    apply, apply_or_roll_back, repair, Acted, Hosts, Reached, Unanswered,
-};
+use cloud_orchestra::executor::{apply, apply_or_roll_back, repair};
 use cloud_orchestra::live::{play, Inputs, Live};
-use cloud_orchestra::model::Host;
 use cloud_orchestra::modules::{Engines, ModuleLibrary};
 use cloud_orchestra::pipeline::{desire, load, Source};
 use cloud_orchestra::placement::{place, Options};
-use cloud_orchestra::plan::{diff, Action, Observed};
+use cloud_orchestra::plan::{diff, Action};
 use cloud_orchestra::policy::{Policies, RestartPolicy, Restarts};
 use cloud_orchestra::resolve::resolve;
 use cloud_orchestra::script::orchestra_from_text;
 use cloud_orchestra::state::{self, AppliedState};
+use cloud_orchestra::testing::FakeHosts;
 use cloud_orchestra::watch::Change;
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, watch};
-
-/// What one fake host runs.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct FakeHost {
-    /// client → block
-    processes: BTreeMap<String, String>,
-    edges: BTreeSet<Edge>,
-}
-
-/// Hosts in memory, with failures to inject; clones share the same hosts, so a test keeps
-/// one while the conductor owns another.
-#[derive(Clone)]
-struct FakeHosts(Arc<Inner>);
-
-struct Inner {
-    hosts: Mutex<BTreeMap<String, FakeHost>>,
-    /// Clients whose start fails (a compile error, say).
-    fail_start: Mutex<BTreeSet<String>>,
-    /// Edges an agent holds but whose ports never appear.
-    never_appear: Mutex<BTreeSet<Edge>>,
-    /// Whether a connect answers that its edge exists at once (its ports were there).
-    made_at_once: AtomicBool,
-    /// The hosts asked to wait for edges, with how many, in order.
-    waits: Mutex<Vec<(String, usize)>>,
-    /// Hosts whose agent does not answer (a new agent does not help while `stay_lost`).
-    lost: Mutex<BTreeSet<String>>,
-    stay_lost: AtomicBool,
-    /// Every action carried out, in order.
-    log: Mutex<Vec<String>>,
-    /// Hosts whose agent was replaced, in order.
-    respawned: Mutex<Vec<String>>,
-    /// Hosts cut off the network: they answer nothing.
-    cut_off: Mutex<BTreeSet<String>>,
-    /// Hosts whose agent is too busy to answer in time.
-    busy: Mutex<BTreeSet<String>>,
-    /// Hosts whose agent the conductor dropped as down, in order.
-    forgotten: Mutex<Vec<String>>,
-    /// Actions wait while this is false (an apply in progress, held open by the test).
-    open: watch::Sender<bool>,
-}
-
-impl FakeHosts {
-    fn with_hosts(names: &[&str]) -> FakeHosts {
-        let hosts = names
-            .iter()
-            .map(|name| (name.to_string(), FakeHost::default()))
-            .collect();
-        FakeHosts(Arc::new(Inner {
-            hosts: Mutex::new(hosts),
-            fail_start: Mutex::default(),
-            never_appear: Mutex::default(),
-            made_at_once: AtomicBool::new(false),
-            waits: Mutex::default(),
-            lost: Mutex::default(),
-            stay_lost: AtomicBool::new(false),
-            log: Mutex::default(),
-            respawned: Mutex::default(),
-            cut_off: Mutex::default(),
-            busy: Mutex::default(),
-            forgotten: Mutex::default(),
-            open: watch::Sender::new(true),
-        }))
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, FakeHost> {
-        self.0.hosts.lock().unwrap().clone()
-    }
-
-    fn edit(&self, host: &str, change: impl FnOnce(&mut FakeHost)) {
-        change(self.0.hosts.lock().unwrap().get_mut(host).unwrap());
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.0.log.lock().unwrap().clone()
-    }
-}
-
-impl Hosts for FakeHosts {
-    fn act<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, anyhow::Result<Acted>> {
-        async move {
-            let mut open = self.0.open.subscribe();
-            open.wait_for(|open| *open).await?;
-            self.0.log.lock().unwrap().push(action.line());
-            let mut hosts = self.0.hosts.lock().unwrap();
-            let host = hosts
-                .get_mut(action.host())
-                .ok_or_else(|| anyhow::anyhow!("no agent on {}", action.host()))?;
-            match action {
-                Action::Start { process, .. } => {
-                    if self
-                        .0
-                        .fail_start
-                        .lock()
-                        .unwrap()
-                        .contains(process.client.as_str())
-                    {
-                        anyhow::bail!("csound exited (code 1) while starting");
-                    }
-                    host.processes
-                        .insert(process.client.to_string(), process.block.to_string());
-                }
-                Action::Stop { client, .. } => {
-                    host.processes.remove(client.as_str());
-                }
-                Action::Connect { edge, .. } => {
-                    host.edges.insert(edge.clone());
-                    if self.0.made_at_once.load(Ordering::SeqCst)
-                        && !self.0.never_appear.lock().unwrap().contains(edge)
-                    {
-                        return Ok(Acted::Connected);
-                    }
-                }
-                Action::Disconnect { edge, .. } => {
-                    host.edges.remove(edge);
-                }
-                Action::Set { client, .. } => {
-                    if !host.processes.contains_key(client.as_str()) {
-                        anyhow::bail!("no instance `{client}` runs here to tell");
-                    }
-                }
-            }
-            Ok(Acted::Done)
-        }
-        .boxed()
-    }
-
-    fn missing_edges<'a>(
-        &'a self,
-        host: &'a str,
-        edges: Vec<Edge>,
-        _timeout: Duration,
-    ) -> BoxFuture<'a, anyhow::Result<Vec<Edge>>> {
-        async move {
-            self.0
-                .waits
-                .lock()
-                .unwrap()
-                .push((host.to_string(), edges.len()));
-            let never = self.0.never_appear.lock().unwrap();
-            Ok(edges.into_iter().filter(|e| never.contains(e)).collect())
-        }
-        .boxed()
-    }
-
-    fn observe<'a>(&'a self, host: &'a str) -> BoxFuture<'a, anyhow::Result<Observed>> {
-        async move {
-            if self.0.lost.lock().unwrap().contains(host) {
-                anyhow::bail!("the agent's channel closed");
-            }
-            if self.0.busy.lock().unwrap().contains(host) {
-                return Err(Unanswered(Duration::from_millis(500)).into());
-            }
-            let hosts = self.0.hosts.lock().unwrap();
-            let seen = &hosts[host];
-            Ok(Observed {
-                processes: seen
-                    .processes
-                    .iter()
-                    .map(|(client, block)| (block.as_str().into(), client.as_str().into()))
-                    .collect(),
-                intended: seen.edges.clone(),
-                ..Default::default()
-            })
-        }
-        .boxed()
-    }
-
-    fn names(&self) -> Vec<String> {
-        let forgotten = self.0.forgotten.lock().unwrap();
-        self.0
-            .hosts
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|h| !forgotten.contains(h))
-            .cloned()
-            .collect()
-    }
-
-    fn reach<'a>(
-        &'a mut self,
-        hosts: Vec<Host>,
-        _running: &'a Deployment,
-    ) -> BoxFuture<'a, anyhow::Result<Reached>> {
-        async move {
-            let mut known = self.0.hosts.lock().unwrap();
-            for host in &hosts {
-                known.entry(host.name.clone()).or_default();
-                self.0.forgotten.lock().unwrap().retain(|h| *h != host.name);
-                self.0.lost.lock().unwrap().remove(&host.name);
-            }
-            Ok(Reached::all(hosts))
-        }
-        .boxed()
-    }
-
-    fn answers<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, bool> {
-        async move { !self.0.cut_off.lock().unwrap().contains(&host.name) }.boxed()
-    }
-
-    fn forget(&mut self, host: &str) {
-        self.0.lost.lock().unwrap().insert(host.to_string());
-        self.0.forgotten.lock().unwrap().push(host.to_string());
-    }
-
-    fn respawn<'a>(
-        &'a mut self,
-        host: &'a Host,
-        _running: &'a Deployment,
-    ) -> BoxFuture<'a, anyhow::Result<usize>> {
-        async move {
-            self.0.respawned.lock().unwrap().push(host.name.clone());
-            if !self.0.stay_lost.load(Ordering::SeqCst) {
-                self.0.lost.lock().unwrap().remove(&host.name);
-            }
-            Ok(self.0.hosts.lock().unwrap()[&host.name].processes.len())
-        }
-        .boxed()
-    }
-}
+use tokio::sync::{broadcast, mpsc};
 
 const SONG: &str = r#"
 local osc  = block "osc"  { module = "sine", freq = 440 }
@@ -671,13 +446,11 @@ async fn edits_saved_while_one_is_applied_are_merged_into_one_reload() {
     assert_eq!(live.conductor().applied().deployment, last);
 }
 
-#[tokio::test]
+/// In paused time: the policy's own window (5 s) passes without waiting for it.
+#[tokio::test(start_paused = true)]
 async fn a_lost_agent_is_replaced_no_more_often_than_the_policy_says() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = Policies {
-        respawn_every: Duration::from_millis(300),
-        ..Policies::default()
-    };
+    let policies = Policies::default();
     let (mut live, hosts, _) = live_on_fake_hosts(dir.path(), policies).await;
     let mut seen = live.conductor().events().subscribe();
     hosts.0.lost.lock().unwrap().insert("localhost".into());
@@ -831,14 +604,12 @@ fn where_blocks_run(hosts: &FakeHosts) -> BTreeMap<String, String> {
     at
 }
 
-#[tokio::test]
+/// In paused time: the down host is probed again after the policy's own 2 s, unwaited.
+#[tokio::test(start_paused = true)]
 async fn a_host_that_goes_down_has_its_blocks_placed_on_the_others_and_is_used_again_when_back() {
     let dir = tempfile::tempdir().unwrap();
     let song = SONG.replace(r#"module = "dac""#, r#"module = "dac", host = "h1""#);
-    let policies = Policies {
-        probe_down_every: Duration::from_millis(50),
-        ..Policies::default()
-    };
+    let policies = Policies::default();
     let (mut live, hosts, _) = live_on(dir.path(), &song, Some(TWO_HOSTS), policies).await;
     let mut seen = live.conductor().events().subscribe();
     let before = where_blocks_run(&hosts);
